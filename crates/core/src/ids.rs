@@ -69,7 +69,9 @@ impl FromStr for Dialect {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error("malformed instance id {0:?}: expected a prefix (rm-, pc-, dds-, cmgo-) and 4 to 32 lowercase letters or digits")]
+    #[error(
+        "malformed instance id {0:?}: expected a prefix (rm-, pc-, dds-, cmgo-) and 4 to 32 lowercase letters or digits"
+    )]
     Malformed(String),
     #[error("unknown dialect {0:?}: expected one of rds, polardb, dds, tencent_mongo")]
     UnknownDialect(String),
@@ -84,7 +86,10 @@ impl InstanceId {
     /// A new id for `dialect`, with the random part taken from `random`
     /// (needs at least `dialect.random_len()` bytes).
     pub fn generate(dialect: Dialect, random: &[u8]) -> InstanceId {
-        assert!(random.len() >= dialect.random_len(), "not enough randomness");
+        assert!(
+            random.len() >= dialect.random_len(),
+            "not enough randomness"
+        );
         let mut s = String::from(dialect.prefix());
         // First character a letter, as the clouds' ids are.
         for (i, b) in random[..dialect.random_len()].iter().enumerate() {
@@ -163,7 +168,16 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "rm-", "rm-ABCDEFGH", "xx-abcdefgh", "rm-abc", "rm-abcd efgh", "rm-../../etc", "pc-é1234567"] {
+        for bad in [
+            "",
+            "rm-",
+            "rm-ABCDEFGH",
+            "xx-abcdefgh",
+            "rm-abc",
+            "rm-abcd efgh",
+            "rm-../../etc",
+            "pc-é1234567",
+        ] {
             assert!(InstanceId::parse(bad).is_err(), "{bad:?}");
         }
         assert!(InstanceId::parse("rm-uf6wjk5xxxxxxx").is_ok());

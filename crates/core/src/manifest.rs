@@ -133,8 +133,7 @@ pub fn is_safe_relative_path(p: &str) -> bool {
     !p.is_empty()
         && !p.starts_with('/')
         && !p.contains('\0')
-        && p.split('/')
-            .all(|c| !c.is_empty() && c != ".." && c != ".")
+        && p.split('/').all(|c| !c.is_empty() && c != ".." && c != ".")
 }
 
 #[cfg(test)]
@@ -145,7 +144,15 @@ mod tests {
     fn safe_paths() {
         assert!(is_safe_relative_path("base/1/1234"));
         assert!(is_safe_relative_path("PG_VERSION"));
-        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a//b", "a/./b", "a/"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../b",
+            "a//b",
+            "a/./b",
+            "a/",
+        ] {
             assert!(!is_safe_relative_path(bad), "{bad}");
         }
     }

@@ -62,7 +62,8 @@ impl RateEstimator {
             }
         }
         self.samples.push_back((t_ms, bytes));
-        while let (Some(&(first, _)), Some(&(last, _))) = (self.samples.front(), self.samples.back())
+        while let (Some(&(first, _)), Some(&(last, _))) =
+            (self.samples.front(), self.samples.back())
         {
             if last - first > self.window_ms && self.samples.len() > 2 {
                 self.samples.pop_front();

@@ -34,7 +34,11 @@ pub struct SetAge {
 /// Ids of the sets (of one instance) that have expired at `now_ms`.
 pub fn plan_expiry(sets: &[SetAge], policy: RetentionPolicy, now_ms: i64) -> Vec<i64> {
     let mut by_age: Vec<&SetAge> = sets.iter().collect();
-    by_age.sort_by(|a, b| b.finished_ms.cmp(&a.finished_ms).then(b.set_id.cmp(&a.set_id)));
+    by_age.sort_by(|a, b| {
+        b.finished_ms
+            .cmp(&a.finished_ms)
+            .then(b.set_id.cmp(&a.set_id))
+    });
     let cutoff = now_ms - policy.keep_days as i64 * MS_PER_DAY;
     by_age
         .into_iter()

@@ -237,7 +237,10 @@ mod tests {
     fn finished_only_through_finishing() {
         for s in TaskState::ALL {
             if s != Finishing {
-                assert!(!s.can_transition_to(Finished), "{s} must not finish directly");
+                assert!(
+                    !s.can_transition_to(Finished),
+                    "{s} must not finish directly"
+                );
             }
         }
     }

@@ -62,7 +62,13 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     if b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't') || b[13] != b':' {
         return None;
     }
-    let (y, mo, d, h, mi) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?);
+    let (y, mo, d, h, mi) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+    );
     let body = &s[16..s.len() - 1];
     let (sec, frac_ms) = if body.is_empty() {
         (0, 0)
@@ -110,9 +116,15 @@ mod tests {
     fn known_dates() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_rfc3339(1_705_403_096_000), "2024-01-16T11:04:56Z");
-        assert_eq!(parse_rfc3339("2024-01-16T11:04:56Z"), Some(1_705_403_096_000));
+        assert_eq!(
+            parse_rfc3339("2024-01-16T11:04:56Z"),
+            Some(1_705_403_096_000)
+        );
         assert_eq!(parse_rfc3339("2024-01-16T11:04Z"), Some(1_705_403_040_000));
-        assert_eq!(parse_rfc3339("2024-01-16T11:04:56.5Z"), Some(1_705_403_096_500));
+        assert_eq!(
+            parse_rfc3339("2024-01-16T11:04:56.5Z"),
+            Some(1_705_403_096_500)
+        );
         assert_eq!(parse_rfc3339("2024-02-30T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("2024-01-16 11:04:56"), None);
         assert_eq!(parse_rfc3339("garbage"), None);

@@ -1,1 +1,32 @@
-pub fn placeholder() {}
+//! Stowage's repository: where backup sets live.
+//!
+//! The format is specified in `docs/repository-format.md`; this crate is its
+//! implementation. Data flows
+//!
+//! ```text
+//! bytes ─► Chunker (FastCDC, keyed) ─► keyed BLAKE3 id ─► dedup against Index
+//!        ─► workers: zstd + XChaCha20-Poly1305 (all cores) ─► packer ─► Storage
+//! ```
+//!
+//! and the write order is packs, then index, then snapshot: a snapshot only
+//! ever names chunks whose packs and index entries are already durable.
+//!
+//! The crate is synchronous and runs its own threads; it has no async runtime.
+
+pub mod chunker;
+pub mod crypto;
+pub mod gc;
+pub mod index;
+pub mod lock;
+pub mod pack;
+pub mod repo;
+pub mod restore;
+pub mod storage;
+pub mod verify;
+pub mod writer;
+
+pub use chunker::ChunkerParams;
+pub use crypto::KdfParams;
+pub use repo::{RepoConfig, RepoError, Repository};
+pub use storage::{FileType, LocalStorage, Storage, StorageError};
+pub use writer::{BackupStats, BackupWriter, FileMeta};

@@ -1,0 +1,312 @@
+//! Restore: a plan first, then parallel execution.
+//!
+//! [`plan`] maps each needed chunk to the places it goes (file, offset) and
+//! groups chunks by pack, so each pack is read once. Worker threads take
+//! packs from a queue, read the span of the pack that holds the needed
+//! chunks, check each chunk's MAC and id, and write it with positional writes
+//! into files created at their final size. Metadata (mode, owner, mtime) is
+//! applied after all data is written, directories last.
+
+use crate::index::Index;
+use crate::pack::{PackEntry, open_blob};
+use crate::repo::{RepoError, Repository};
+use crate::storage::FileType;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use stowage_core::manifest::{ChunkId, FileEntry, FileKind, Manifest, is_safe_relative_path};
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// Set each file's owner to the uid/gid recorded in the backup (needs root).
+    pub preserve_owner: bool,
+    /// Call fsync on every file and directory before returning.
+    pub fsync: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            threads: 0,
+            preserve_owner: false,
+            fsync: true,
+        }
+    }
+}
+
+struct Dest {
+    file: usize,
+    offset: u64,
+}
+
+pub struct RestorePlan {
+    /// (target path, entry) for every entry of the restored archives.
+    entries: Vec<(PathBuf, FileEntry)>,
+    /// pack position → chunks to read from it (sorted by offset) and their destinations.
+    packs: Vec<(u32, Vec<(PackEntry, Vec<Dest>)>)>,
+    pub total_bytes: u64,
+}
+
+/// Plans the restore of `archives` (index into `m.archives`, target folder).
+pub fn plan(
+    m: &Manifest,
+    idx: &Index,
+    targets: &[(usize, PathBuf)],
+) -> Result<RestorePlan, RepoError> {
+    let mut entries = Vec::new();
+    let mut by_chunk: HashMap<ChunkId, Vec<Dest>> = HashMap::new();
+    let mut total = 0u64;
+    for (ai, root) in targets {
+        let archive = m
+            .archives
+            .get(*ai)
+            .ok_or_else(|| RepoError::Invalid(format!("no archive #{ai}")))?;
+        for f in &archive.files {
+            if !is_safe_relative_path(&f.path) {
+                return Err(RepoError::Corrupt(format!(
+                    "unsafe path {:?} in manifest",
+                    f.path
+                )));
+            }
+            let fi = entries.len();
+            let mut off = 0u64;
+            for c in &f.chunks {
+                let loc = idx.get(c).ok_or_else(|| {
+                    RepoError::Corrupt(format!("chunk {c} of {} is not in the index", f.path))
+                })?;
+                by_chunk.entry(*c).or_default().push(Dest {
+                    file: fi,
+                    offset: off,
+                });
+                off += loc.raw_len as u64;
+            }
+            if f.kind == FileKind::File && off != f.size {
+                return Err(RepoError::Corrupt(format!(
+                    "{}: chunks add up to {off} bytes, size is {}",
+                    f.path, f.size
+                )));
+            }
+            total += f.size;
+            entries.push((root.join(&f.path), f.clone()));
+        }
+    }
+    let mut packs: HashMap<u32, Vec<(PackEntry, Vec<Dest>)>> = HashMap::new();
+    for (id, dests) in by_chunk {
+        let loc = idx.get(&id).expect("checked above");
+        packs.entry(loc.pack).or_default().push((
+            PackEntry {
+                id,
+                offset: loc.offset,
+                stored_len: loc.stored_len,
+                raw_len: loc.raw_len,
+                compression: loc.compression,
+            },
+            dests,
+        ));
+    }
+    let mut packs: Vec<_> = packs.into_iter().collect();
+    for (_, v) in &mut packs {
+        v.sort_by_key(|(e, _)| e.offset);
+    }
+    packs.sort_by_key(|(p, _)| *p);
+    Ok(RestorePlan {
+        entries,
+        packs,
+        total_bytes: total,
+    })
+}
+
+fn io<E: std::fmt::Display>(what: &Path) -> impl FnOnce(E) -> RepoError + '_ {
+    move |e| RepoError::Io(format!("{}: {e}", what.display()))
+}
+
+impl Repository {
+    /// Carries out a restore plan. `progress(done, total)` is called as data
+    /// is written; `cancel` is polled between packs.
+    pub fn restore(
+        &self,
+        plan: &RestorePlan,
+        opts: &RestoreOptions,
+        progress: &(dyn Fn(u64, u64) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<(), RepoError> {
+        // 1. Layout: directories, empty files at final size, symlinks.
+        for (path, e) in &plan.entries {
+            match e.kind {
+                FileKind::Dir => fs::create_dir_all(path).map_err(io(path))?,
+                FileKind::File => {
+                    if let Some(p) = path.parent() {
+                        fs::create_dir_all(p).map_err(io(p))?;
+                    }
+                    let f = File::create(path).map_err(io(path))?;
+                    f.set_len(e.size).map_err(io(path))?;
+                }
+                FileKind::Symlink => {
+                    if let Some(p) = path.parent() {
+                        fs::create_dir_all(p).map_err(io(p))?;
+                    }
+                    let target = e.link_target.as_deref().unwrap_or("");
+                    let _ = fs::remove_file(path);
+                    std::os::unix::fs::symlink(target, path).map_err(io(path))?;
+                }
+            }
+        }
+        // 2. Data, pack by pack, on all cores.
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            opts.threads
+        };
+        let next = AtomicU64::new(0);
+        let done = AtomicU64::new(0);
+        let failure: Mutex<Option<RepoError>> = Mutex::new(None);
+        let idx = self.index();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let mut open: Option<(usize, File)> = None;
+                    loop {
+                        if cancel.load(Ordering::Relaxed) || failure.lock().expect("lock").is_some()
+                        {
+                            return;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some((pack, chunks)) = plan.packs.get(i) else {
+                            return;
+                        };
+                        if let Err(e) =
+                            self.restore_pack(plan, &idx, *pack, chunks, &mut open, &done, progress)
+                        {
+                            failure.lock().expect("lock").get_or_insert(e);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner().expect("lock") {
+            return Err(e);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RepoError::Cancelled);
+        }
+        // 3. Metadata; files first, then directories deepest first (so their
+        // mtimes are not disturbed by what is created inside them).
+        let mut dirs = Vec::new();
+        for (path, e) in &plan.entries {
+            match e.kind {
+                FileKind::File => {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io(path))?;
+                    if opts.fsync {
+                        f.sync_all().map_err(io(path))?;
+                    }
+                    set_meta(path, e, Some(&f), opts)?;
+                }
+                FileKind::Dir => dirs.push((path, e)),
+                FileKind::Symlink => {
+                    if opts.preserve_owner {
+                        std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid))
+                            .map_err(io(path))?;
+                    }
+                }
+            }
+        }
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (path, e) in dirs {
+            if opts.fsync {
+                File::open(path)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(path))?;
+            }
+            set_meta(path, e, None, opts)?;
+        }
+        progress(plan.total_bytes, plan.total_bytes);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn restore_pack(
+        &self,
+        plan: &RestorePlan,
+        idx: &Index,
+        pack: u32,
+        chunks: &[(PackEntry, Vec<Dest>)],
+        open: &mut Option<(usize, File)>,
+        done: &AtomicU64,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(), RepoError> {
+        let name = hex::encode(idx.pack_id(pack));
+        let start = chunks.first().map(|(e, _)| e.offset as u64).unwrap_or(0);
+        let end = chunks
+            .iter()
+            .map(|(e, _)| e.offset as u64 + e.stored_len as u64)
+            .max()
+            .unwrap_or(0);
+        let span = self
+            .storage
+            .get_range(FileType::Pack, &name, start, end - start)?;
+        for (e, dests) in chunks {
+            let a = (e.offset as u64 - start) as usize;
+            let sealed = &span[a..a + e.stored_len as usize];
+            let raw = open_blob(&self.cipher, sealed, e)
+                .map_err(|m| RepoError::Corrupt(format!("pack {name}: {m}")))?;
+            if self.key.chunk_id(&raw) != e.id {
+                return Err(RepoError::Corrupt(format!(
+                    "pack {name}: chunk {} does not match its id",
+                    e.id
+                )));
+            }
+            for d in dests {
+                let file = match open {
+                    Some((fi, f)) if *fi == d.file => f,
+                    _ => {
+                        let path = &plan.entries[d.file].0;
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .map_err(io(path))?;
+                        &mut open.insert((d.file, f)).1
+                    }
+                };
+                file.write_all_at(&raw, d.offset)
+                    .map_err(io(&plan.entries[d.file].0))?;
+                let n = done.fetch_add(raw.len() as u64, Ordering::Relaxed) + raw.len() as u64;
+                progress(n, plan.total_bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_meta(
+    path: &Path,
+    e: &FileEntry,
+    f: Option<&File>,
+    opts: &RestoreOptions,
+) -> Result<(), RepoError> {
+    if opts.preserve_owner {
+        std::os::unix::fs::chown(path, Some(e.uid), Some(e.gid)).map_err(io(path))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(e.mode & 0o7777)).map_err(io(path))?;
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64);
+    let times = fs::FileTimes::new().set_modified(mtime);
+    match f {
+        Some(f) => f.set_times(times).map_err(io(path))?,
+        None => {
+            if let Ok(d) = File::open(path) {
+                let _ = d.set_times(times);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,454 @@
+//! The backup pipeline.
+//!
+//! The caller's thread chunks the stream and hashes each chunk (cheap), and
+//! looks the id up in the committed index and in this backup's own set of new
+//! chunks. Only new chunks go on: N worker threads compress and seal them in
+//! parallel, one packer thread appends them to packs and writes each full pack.
+//! Channels between the stages are bounded, so memory stays flat however
+//! large the backup: at most `QUEUE` chunks wait per stage and one pack is
+//! being filled.
+//!
+//! `finish` writes, in this order: the last pack, one index file for all packs
+//! of this backup, and the snapshot. Then it checks that every chunk the
+//! snapshot names resolves to a durable pack. A writer dropped before
+//! `finish` (error, cancel, crash) leaves only packs no index names; `gc`
+//! reclaims them.
+
+use crate::chunker::Chunker;
+use crate::crypto::{Cipher, MasterKey, Role};
+use crate::index::{self, Index, PackId};
+use crate::lock::{self, LockGuard, LockKind};
+use crate::pack::{Compression, PackBuilder, PackEntry};
+use crate::repo::{RepoError, Repository};
+use crate::storage::FileType;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use stowage_core::manifest::{
+    Archive, ChunkId, FileEntry, FileKind, MANIFEST_VERSION, Manifest, Summary,
+};
+
+const QUEUE: usize = 64;
+
+/// Counters readable while the backup runs.
+#[derive(Debug, Default)]
+pub struct BackupStats {
+    /// Bytes of file content handed to the writer.
+    pub bytes_in: AtomicU64,
+    /// Bytes of packs written to storage so far.
+    pub bytes_stored: AtomicU64,
+    pub chunks_total: AtomicU64,
+    pub chunks_new: AtomicU64,
+}
+
+/// Metadata of one entry as the engine knows it.
+#[derive(Debug, Clone)]
+pub struct FileMeta {
+    pub path: String,
+    pub kind: FileKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub link_target: Option<String>,
+}
+
+struct Job {
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+struct Sealed {
+    id: ChunkId,
+    sealed: Vec<u8>,
+    raw_len: u32,
+    compression: Compression,
+}
+
+type PackerResult = Result<Vec<(PackId, Vec<PackEntry>)>, RepoError>;
+
+pub struct BackupWriter {
+    repo: Arc<Repository>,
+    key: MasterKey,
+    committed: Arc<Index>,
+    seen: HashSet<ChunkId>,
+    chunker: Chunker,
+    tx: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    packer: Option<JoinHandle<PackerResult>>,
+    failure: Arc<Mutex<Option<String>>>,
+    stats: Arc<BackupStats>,
+    archives: Vec<Archive>,
+    current: Option<FileEntry>,
+    started_ms: i64,
+    _lock: LockGuard,
+}
+
+impl Repository {
+    /// Starts a backup with `threads` compression workers (0 = one per core).
+    pub fn start_backup(self: &Arc<Self>, threads: usize) -> Result<BackupWriter, RepoError> {
+        let lock = self.lock(LockKind::Shared, "backup")?;
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            threads
+        };
+        let failure = Arc::new(Mutex::new(None));
+        let stats = Arc::new(BackupStats::default());
+        let (tx, rx) = bounded::<Job>(QUEUE);
+        let (stx, srx) = bounded::<Sealed>(QUEUE);
+        let mut workers = Vec::new();
+        for i in 0..threads {
+            let (rx, stx, cipher, level) = (
+                rx.clone(),
+                stx.clone(),
+                self.cipher.clone(),
+                self.config.compression_level,
+            );
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("backup-seal-{i}"))
+                    .spawn(move || seal_worker(rx, stx, cipher, level))
+                    .map_err(|e| RepoError::Io(e.to_string()))?,
+            );
+        }
+        drop(stx);
+        let packer = {
+            let (repo, failure, stats) = (self.clone(), failure.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("backup-packer".into())
+                .spawn(move || packer(repo, srx, failure, stats))
+                .map_err(|e| RepoError::Io(e.to_string()))?
+        };
+        Ok(BackupWriter {
+            key: self.key.clone(),
+            committed: self.index(),
+            seen: HashSet::new(),
+            chunker: Chunker::new(self.config.chunker, self.key.chunker_seed()),
+            repo: self.clone(),
+            tx: Some(tx),
+            workers,
+            packer: Some(packer),
+            failure,
+            stats,
+            archives: Vec::new(),
+            current: None,
+            started_ms: lock::now_ms(),
+            _lock: lock,
+        })
+    }
+}
+
+fn seal_worker(rx: Receiver<Job>, tx: Sender<Sealed>, cipher: Cipher, level: i32) {
+    let mut zc = zstd::bulk::Compressor::new(level).expect("zstd compressor");
+    for job in rx {
+        let raw_len = job.data.len() as u32;
+        let (payload, compression) = match zc.compress(&job.data) {
+            Ok(z) if z.len() < job.data.len() => (z, Compression::Zstd),
+            _ => (job.data, Compression::None),
+        };
+        let sealed = cipher.seal(Role::Chunk, &payload);
+        if tx
+            .send(Sealed {
+                id: job.id,
+                sealed,
+                raw_len,
+                compression,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn packer(
+    repo: Arc<Repository>,
+    rx: Receiver<Sealed>,
+    failure: Arc<Mutex<Option<String>>>,
+    stats: Arc<BackupStats>,
+) -> PackerResult {
+    let target = repo.config.pack_size as usize;
+    let mut done = Vec::new();
+    let mut pack = PackBuilder::new(target + target / 8);
+    let mut error: Option<RepoError> = None;
+    let mut flush = |pack: PackBuilder, error: &mut Option<RepoError>| {
+        if error.is_some() {
+            return;
+        }
+        let (name, bytes, entries) = pack.finish(&repo.cipher);
+        match repo.storage.put(FileType::Pack, &name, &bytes) {
+            Ok(()) => {
+                stats
+                    .bytes_stored
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let mut id = [0u8; 32];
+                hex::decode_to_slice(&name, &mut id).expect("hex name");
+                done.push((id, entries));
+            }
+            Err(e) => {
+                *failure.lock().expect("failure lock") = Some(e.to_string());
+                *error = Some(e.into());
+            }
+        }
+    };
+    for s in rx {
+        // Keep draining after an error so workers never block; drop the data.
+        if error.is_some() {
+            continue;
+        }
+        pack.add(s.id, &s.sealed, s.raw_len, s.compression);
+        if pack.len() >= target {
+            let full = std::mem::replace(&mut pack, PackBuilder::new(target + target / 8));
+            flush(full, &mut error);
+        }
+    }
+    if !pack.is_empty() {
+        flush(pack, &mut error);
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
+impl BackupWriter {
+    pub fn stats(&self) -> Arc<BackupStats> {
+        self.stats.clone()
+    }
+
+    fn check_failed(&self) -> Result<(), RepoError> {
+        match &*self.failure.lock().expect("failure lock") {
+            Some(e) => Err(RepoError::Io(format!(
+                "writing to the repository failed: {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a new archive (a data directory, a tablespace, a shard …).
+    pub fn begin_archive(
+        &mut self,
+        name: &str,
+        source_location: Option<String>,
+    ) -> Result<(), RepoError> {
+        self.end_file_if_open()?;
+        self.archives.push(Archive {
+            name: name.to_string(),
+            source_location,
+            files: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn archive(&mut self) -> &mut Archive {
+        if self.archives.is_empty() {
+            self.archives.push(Archive {
+                name: "base".into(),
+                source_location: None,
+                files: Vec::new(),
+            });
+        }
+        self.archives.last_mut().expect("an archive")
+    }
+
+    /// Adds a directory, symlink or empty file with no content to stream.
+    pub fn add_entry(&mut self, meta: FileMeta) -> Result<(), RepoError> {
+        self.begin_file(meta)?;
+        self.end_file()
+    }
+
+    pub fn begin_file(&mut self, meta: FileMeta) -> Result<(), RepoError> {
+        self.end_file_if_open()?;
+        if !stowage_core::manifest::is_safe_relative_path(&meta.path) {
+            return Err(RepoError::Invalid(format!(
+                "unsafe path in backup stream: {:?}",
+                meta.path
+            )));
+        }
+        self.current = Some(FileEntry {
+            path: meta.path,
+            kind: meta.kind,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime: meta.mtime,
+            size: 0,
+            link_target: meta.link_target,
+            chunks: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Appends content to the open file.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), RepoError> {
+        let Some(cur) = self.current.as_mut() else {
+            return Err(RepoError::Invalid("write without an open file".into()));
+        };
+        cur.size += data.len() as u64;
+        self.stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mut ids = Vec::new();
+        let mut send_err = false;
+        {
+            let (key, committed, seen, tx, stats) = (
+                &self.key,
+                &self.committed,
+                &mut self.seen,
+                &self.tx,
+                &self.stats,
+            );
+            self.chunker.push(data, &mut |c| {
+                submit(c, key, committed, seen, tx, stats, &mut ids, &mut send_err)
+            });
+        }
+        self.current.as_mut().expect("open file").chunks.extend(ids);
+        if send_err {
+            self.check_failed()?;
+            return Err(RepoError::Io("backup pipeline stopped".into()));
+        }
+        Ok(())
+    }
+
+    pub fn end_file(&mut self) -> Result<(), RepoError> {
+        let mut ids = Vec::new();
+        let mut send_err = false;
+        {
+            let (key, committed, seen, tx, stats) = (
+                &self.key,
+                &self.committed,
+                &mut self.seen,
+                &self.tx,
+                &self.stats,
+            );
+            self.chunker.finish(&mut |c| {
+                submit(c, key, committed, seen, tx, stats, &mut ids, &mut send_err)
+            });
+        }
+        if send_err {
+            self.check_failed()?;
+            return Err(RepoError::Io("backup pipeline stopped".into()));
+        }
+        if let Some(mut f) = self.current.take() {
+            f.chunks.extend(ids);
+            self.archive().files.push(f);
+        }
+        Ok(())
+    }
+
+    fn end_file_if_open(&mut self) -> Result<(), RepoError> {
+        if self.current.is_some() {
+            self.end_file()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn shutdown(&mut self) -> PackerResult {
+        self.tx.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        match self.packer.take() {
+            Some(p) => p
+                .join()
+                .map_err(|_| RepoError::Io("packer thread panicked".into()))?,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Makes the backup durable: last pack, index, snapshot, completeness
+    /// check. Returns the snapshot id and the manifest.
+    pub fn finish(
+        mut self,
+        labels: BTreeMap<String, String>,
+        engine_meta: serde_json::Value,
+    ) -> Result<(String, Manifest), RepoError> {
+        self.end_file_if_open()?;
+        let packs = self.shutdown()?;
+        let mut new_index = Index::default();
+        for (p, entries) in &packs {
+            new_index.add_pack(*p, entries);
+        }
+        if !packs.is_empty() {
+            let (name, bytes) = index::encode(&packs, &self.repo.cipher);
+            self.repo.storage.put(FileType::Index, &name, &bytes)?;
+            self.stats
+                .bytes_stored
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        self.repo.commit_index(&new_index);
+        let files = self.archives.iter().map(|a| a.files.len() as u64).sum();
+        let bytes_logical = self
+            .archives
+            .iter()
+            .flat_map(|a| &a.files)
+            .map(|f| f.size)
+            .sum();
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            started_ms: self.started_ms,
+            finished_ms: lock::now_ms(),
+            hostname: lock::hostname(),
+            labels,
+            archives: std::mem::take(&mut self.archives),
+            summary: Summary {
+                files,
+                bytes_logical,
+                bytes_stored_new: self.stats.bytes_stored.load(Ordering::Relaxed),
+                chunks_total: self.stats.chunks_total.load(Ordering::Relaxed),
+                chunks_new: self.stats.chunks_new.load(Ordering::Relaxed),
+            },
+            engine_meta,
+        };
+        self.repo.check_manifest_complete(&manifest)?;
+        let id = self.repo.write_snapshot(&manifest)?;
+        Ok((id, manifest))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    c: &[u8],
+    key: &MasterKey,
+    committed: &Index,
+    seen: &mut HashSet<ChunkId>,
+    tx: &Option<Sender<Job>>,
+    stats: &BackupStats,
+    ids: &mut Vec<ChunkId>,
+    send_err: &mut bool,
+) {
+    let id = key.chunk_id(c);
+    ids.push(id);
+    stats.chunks_total.fetch_add(1, Ordering::Relaxed);
+    if committed.contains(&id) || !seen.insert(id) {
+        return;
+    }
+    stats.chunks_new.fetch_add(1, Ordering::Relaxed);
+    let Some(tx) = tx else {
+        *send_err = true;
+        return;
+    };
+    if tx
+        .send(Job {
+            id,
+            data: c.to_vec(),
+        })
+        .is_err()
+    {
+        *send_err = true;
+    }
+}
+
+impl Drop for BackupWriter {
+    fn drop(&mut self) {
+        // Abandoned (error or cancel): stop the threads. Packs already written
+        // are named by no index and are reclaimed by gc.
+        let _ = self.shutdown();
+    }
+}

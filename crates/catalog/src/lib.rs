@@ -1,1 +1,134 @@
+//! The catalog: what Stowage knows about accounts, instances, tasks and sets.
+//!
+//! [`Catalog`] is the seam: the service talks only to the trait, so a
+//! PostgreSQL catalog (shared by several nodes) can be added next to
+//! [`sqlite::SqliteCatalog`] without touching the service or the engines.
+//!
+//! # Invariants kept here
+//!
+//! * At most one active (non-terminal) backup task per instance: enforced by
+//!   a unique index, so it holds even with several writers.
+//! * A task becomes `finished` in the same transaction that inserts its
+//!   backup set ([`Catalog::finish_backup_task`]).
+//! * State changes are checked against the core state machine; an illegal
+//!   transition is an error, not a silent overwrite.
+//! * Every query is scoped by account: another account's rows are
+//!   indistinguishable from missing rows.
 
+pub mod model;
+pub mod sqlite;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use stowage_core::{Progress, TaskState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("instance {0} already has a backup task in progress")]
+    InstanceBusy(String),
+    #[error(transparent)]
+    Transition(#[from] stowage_core::TransitionError),
+    #[error("catalog database error: {0}")]
+    Db(String),
+}
+
+impl From<sqlx::Error> for CatalogError {
+    fn from(e: sqlx::Error) -> Self {
+        CatalogError::Db(e.to_string())
+    }
+}
+
+pub type CatalogResult<T> = Result<T, CatalogError>;
+
+/// Extra fields written together with a state change.
+#[derive(Debug, Clone, Default)]
+pub struct StateUpdate {
+    pub error: Option<String>,
+    pub progress: Option<Progress>,
+    pub consistent_point: Option<serde_json::Value>,
+    pub result: Option<serde_json::Value>,
+}
+
+#[async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    // accounts and keys
+    async fn create_account(&self, name: &str, now_ms: i64) -> CatalogResult<Account>;
+    async fn account_by_name(&self, name: &str) -> CatalogResult<Option<Account>>;
+    async fn insert_access_key(&self, key: &AccessKey) -> CatalogResult<()>;
+    async fn access_key(&self, id: &str) -> CatalogResult<Option<AccessKey>>;
+    async fn list_access_keys(&self, account_id: &str) -> CatalogResult<Vec<AccessKey>>;
+
+    // instances
+    async fn insert_instance(&self, i: &Instance) -> CatalogResult<()>;
+    async fn instance(&self, account_id: &str, id: &str) -> CatalogResult<Option<Instance>>;
+    async fn list_instances(&self, account_id: &str) -> CatalogResult<Vec<Instance>>;
+    /// Refused while the instance has an active task.
+    async fn delete_instance(&self, account_id: &str, id: &str) -> CatalogResult<()>;
+
+    // backup tasks
+    /// Creates a `pending` task; `InstanceBusy` if one is active already.
+    async fn create_backup_task(&self, t: &NewTask, now_ms: i64) -> CatalogResult<BackupTask>;
+    async fn backup_task(&self, account_id: &str, id: i64) -> CatalogResult<Option<BackupTask>>;
+    async fn list_backup_tasks(
+        &self,
+        account_id: &str,
+        f: &TaskFilter,
+    ) -> CatalogResult<Vec<BackupTask>>;
+    async fn set_backup_task_state(
+        &self,
+        id: i64,
+        to: TaskState,
+        u: StateUpdate,
+        now_ms: i64,
+    ) -> CatalogResult<BackupTask>;
+    async fn set_backup_task_progress(
+        &self,
+        id: i64,
+        p: Progress,
+        now_ms: i64,
+    ) -> CatalogResult<()>;
+    /// Records the set and marks the task finished, atomically.
+    async fn finish_backup_task(
+        &self,
+        id: i64,
+        set: &NewSet,
+        now_ms: i64,
+    ) -> CatalogResult<(BackupTask, BackupSet)>;
+    /// Marks every non-terminal task and job of `node` failed (after a restart).
+    async fn fail_interrupted(&self, node: &str, reason: &str, now_ms: i64) -> CatalogResult<u64>;
+
+    // backup sets
+    async fn backup_set(&self, account_id: &str, id: i64) -> CatalogResult<Option<BackupSet>>;
+    async fn list_backup_sets(
+        &self,
+        account_id: &str,
+        instance_id: Option<&str>,
+    ) -> CatalogResult<Vec<BackupSet>>;
+    async fn delete_backup_set(&self, account_id: &str, id: i64) -> CatalogResult<()>;
+
+    // jobs (restore, verify, gc)
+    async fn create_job(
+        &self,
+        account_id: &str,
+        kind: stowage_core::TaskKind,
+        set_id: Option<i64>,
+        params: serde_json::Value,
+        node: &str,
+        now_ms: i64,
+    ) -> CatalogResult<Job>;
+    async fn job(&self, account_id: &str, id: i64) -> CatalogResult<Option<Job>>;
+    async fn list_jobs(&self, account_id: &str, limit: u32) -> CatalogResult<Vec<Job>>;
+    async fn set_job_state(
+        &self,
+        id: i64,
+        to: TaskState,
+        u: StateUpdate,
+        now_ms: i64,
+    ) -> CatalogResult<Job>;
+    async fn set_job_progress(&self, id: i64, p: Progress, now_ms: i64) -> CatalogResult<()>;
+}

@@ -1,0 +1,132 @@
+//! Rows of the catalog, as plain values.
+
+use serde::Serialize;
+use stowage_core::{TaskKind, TaskMode, TaskState};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    pub id: String,
+    pub account_id: String,
+    /// Sealed secret (see the service's secret box); never the clear text.
+    pub secret_enc: Vec<u8>,
+    pub status: String,
+    pub description: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub engine: String,
+    pub topology: String,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    #[serde(skip)]
+    pub password_enc: Option<Vec<u8>>,
+    pub dbname: Option<String>,
+    pub options: serde_json::Value,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackupTask {
+    pub id: i64,
+    pub account_id: String,
+    pub instance_id: String,
+    pub mode: TaskMode,
+    pub method: String,
+    pub state: TaskState,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub updated_ms: i64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub bytes_stored: u64,
+    pub consistent_point: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub set_id: Option<i64>,
+    pub node: Option<String>,
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackupSet {
+    pub id: i64,
+    pub account_id: String,
+    pub instance_id: String,
+    pub task_id: i64,
+    pub snapshot_id: String,
+    pub engine: String,
+    pub method: String,
+    pub mode: TaskMode,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub bytes_logical: u64,
+    pub bytes_stored: u64,
+    pub consistent_point: Option<serde_json::Value>,
+    pub meta: serde_json::Value,
+    pub expires_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub account_id: String,
+    pub kind: TaskKind,
+    pub state: TaskState,
+    pub set_id: Option<i64>,
+    pub params: serde_json::Value,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub updated_ms: i64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub error: Option<String>,
+    pub result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub instance_id: Option<String>,
+    pub states: Vec<TaskState>,
+    pub task_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// A new backup task.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub account_id: String,
+    pub instance_id: String,
+    pub mode: TaskMode,
+    pub method: String,
+    pub client_token: Option<String>,
+    pub node: Option<String>,
+}
+
+/// What a finished backup produced.
+#[derive(Debug, Clone)]
+pub struct NewSet {
+    pub snapshot_id: String,
+    pub engine: String,
+    pub method: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub bytes_logical: u64,
+    pub bytes_stored: u64,
+    pub consistent_point: Option<serde_json::Value>,
+    pub meta: serde_json::Value,
+    pub expires_ms: Option<i64>,
+}

@@ -1,0 +1,694 @@
+//! The embedded SQLite catalog (the default, one file under the data dir).
+//!
+//! One writer connection at a time (SQLite's model) in WAL mode, so reads by
+//! the API never wait for a backup's progress writes.
+
+use crate::model::*;
+use crate::{Catalog, CatalogError, CatalogResult, StateUpdate};
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use stowage_core::{Progress, TaskKind, TaskMode, TaskState};
+
+/// Schema migrations, applied in order; each runs once, in a transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+pub struct SqliteCatalog {
+    pool: SqlitePool,
+}
+
+fn bad_row(e: impl std::fmt::Display) -> CatalogError {
+    CatalogError::Db(format!("malformed row: {e}"))
+}
+
+impl SqliteCatalog {
+    /// Opens (creating if needed) the catalog file and brings its schema up to date.
+    pub async fn open(path: &Path) -> CatalogResult<SqliteCatalog> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        let c = SqliteCatalog { pool };
+        c.migrate().await?;
+        Ok(c)
+    }
+
+    async fn migrate(&self) -> CatalogResult<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        for (version, sql) in MIGRATIONS {
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_ms) VALUES (?, 0)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn json_opt(s: Option<String>) -> Option<serde_json::Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn task_from_row(r: &SqliteRow) -> CatalogResult<BackupTask> {
+    Ok(BackupTask {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        instance_id: r.try_get("instance_id")?,
+        mode: TaskMode::from_str(&r.try_get::<String, _>("mode")?).map_err(bad_row)?,
+        method: r.try_get("method")?,
+        state: TaskState::from_str(&r.try_get::<String, _>("state")?).map_err(bad_row)?,
+        created_ms: r.try_get("created_ms")?,
+        started_ms: r.try_get("started_ms")?,
+        finished_ms: r.try_get("finished_ms")?,
+        updated_ms: r.try_get("updated_ms")?,
+        bytes_done: r.try_get::<i64, _>("bytes_done")? as u64,
+        bytes_total: r.try_get::<i64, _>("bytes_total")? as u64,
+        bytes_stored: r.try_get::<i64, _>("bytes_stored")? as u64,
+        consistent_point: json_opt(r.try_get("consistent_point")?),
+        error: r.try_get("error")?,
+        set_id: r.try_get("set_id")?,
+        node: r.try_get("node")?,
+        client_token: r.try_get("client_token")?,
+    })
+}
+
+fn set_from_row(r: &SqliteRow) -> CatalogResult<BackupSet> {
+    Ok(BackupSet {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        instance_id: r.try_get("instance_id")?,
+        task_id: r.try_get("task_id")?,
+        snapshot_id: r.try_get("snapshot_id")?,
+        engine: r.try_get("engine")?,
+        method: r.try_get("method")?,
+        mode: TaskMode::from_str(&r.try_get::<String, _>("mode")?).map_err(bad_row)?,
+        started_ms: r.try_get("started_ms")?,
+        finished_ms: r.try_get("finished_ms")?,
+        bytes_logical: r.try_get::<i64, _>("bytes_logical")? as u64,
+        bytes_stored: r.try_get::<i64, _>("bytes_stored")? as u64,
+        consistent_point: json_opt(r.try_get("consistent_point")?),
+        meta: json_opt(r.try_get("meta")?).unwrap_or(serde_json::Value::Null),
+        expires_ms: r.try_get("expires_ms")?,
+    })
+}
+
+fn job_from_row(r: &SqliteRow) -> CatalogResult<Job> {
+    Ok(Job {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        kind: TaskKind::from_str(&r.try_get::<String, _>("kind")?).map_err(bad_row)?,
+        state: TaskState::from_str(&r.try_get::<String, _>("state")?).map_err(bad_row)?,
+        set_id: r.try_get("set_id")?,
+        params: json_opt(r.try_get("params")?).unwrap_or(serde_json::Value::Null),
+        created_ms: r.try_get("created_ms")?,
+        started_ms: r.try_get("started_ms")?,
+        finished_ms: r.try_get("finished_ms")?,
+        updated_ms: r.try_get("updated_ms")?,
+        bytes_done: r.try_get::<i64, _>("bytes_done")? as u64,
+        bytes_total: r.try_get::<i64, _>("bytes_total")? as u64,
+        error: r.try_get("error")?,
+        result: json_opt(r.try_get("result")?),
+    })
+}
+
+fn instance_from_row(r: &SqliteRow) -> CatalogResult<Instance> {
+    Ok(Instance {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        name: r.try_get("name")?,
+        engine: r.try_get("engine")?,
+        topology: r.try_get("topology")?,
+        host: r.try_get("host")?,
+        port: r.try_get::<i64, _>("port")? as u16,
+        username: r.try_get("username")?,
+        password_enc: r.try_get("password_enc")?,
+        dbname: r.try_get("dbname")?,
+        options: json_opt(r.try_get("options")?).unwrap_or(serde_json::Value::Null),
+        created_ms: r.try_get("created_ms")?,
+    })
+}
+
+fn key_from_row(r: &SqliteRow) -> CatalogResult<AccessKey> {
+    Ok(AccessKey {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        secret_enc: r.try_get("secret_enc")?,
+        status: r.try_get("status")?,
+        description: r.try_get("description")?,
+        created_ms: r.try_get("created_ms")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+async fn task_in(tx: &mut Transaction<'_, Sqlite>, id: i64) -> CatalogResult<BackupTask> {
+    let r = sqlx::query("SELECT * FROM backup_tasks WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| CatalogError::NotFound(format!("backup task {id}")))?;
+    task_from_row(&r)
+}
+
+async fn job_in(tx: &mut Transaction<'_, Sqlite>, id: i64) -> CatalogResult<Job> {
+    let r = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| CatalogError::NotFound(format!("job {id}")))?;
+    job_from_row(&r)
+}
+
+#[async_trait]
+impl Catalog for SqliteCatalog {
+    async fn create_account(&self, name: &str, now_ms: i64) -> CatalogResult<Account> {
+        let id = format!("acc-{}", name);
+        sqlx::query("INSERT INTO accounts (id, name, created_ms) VALUES (?, ?, ?)")
+            .bind(&id)
+            .bind(name)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    CatalogError::Conflict(format!("account {name} already exists"))
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(Account {
+            id,
+            name: name.into(),
+            created_ms: now_ms,
+        })
+    }
+
+    async fn account_by_name(&self, name: &str) -> CatalogResult<Option<Account>> {
+        let r = sqlx::query("SELECT id, name, created_ms FROM accounts WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map(|r| {
+            Ok(Account {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                created_ms: r.try_get("created_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_access_key(&self, k: &AccessKey) -> CatalogResult<()> {
+        sqlx::query("INSERT INTO access_keys (id, account_id, secret_enc, status, description, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&k.id)
+            .bind(&k.account_id)
+            .bind(&k.secret_enc)
+            .bind(&k.status)
+            .bind(&k.description)
+            .bind(k.created_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn access_key(&self, id: &str) -> CatalogResult<Option<AccessKey>> {
+        let r = sqlx::query("SELECT * FROM access_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_access_keys(&self, account_id: &str) -> CatalogResult<Vec<AccessKey>> {
+        let rows =
+            sqlx::query("SELECT * FROM access_keys WHERE account_id = ? ORDER BY created_ms")
+                .bind(account_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn insert_instance(&self, i: &Instance) -> CatalogResult<()> {
+        sqlx::query(
+            "INSERT INTO instances (id, account_id, name, engine, topology, host, port, username, password_enc, dbname, options, created_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&i.id)
+        .bind(&i.account_id)
+        .bind(&i.name)
+        .bind(&i.engine)
+        .bind(&i.topology)
+        .bind(&i.host)
+        .bind(i.port as i64)
+        .bind(&i.username)
+        .bind(&i.password_enc)
+        .bind(&i.dbname)
+        .bind(i.options.to_string())
+        .bind(i.created_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                CatalogError::Conflict(format!("an instance named {:?} or with id {} already exists", i.name, i.id))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn instance(&self, account_id: &str, id: &str) -> CatalogResult<Option<Instance>> {
+        let r =
+            sqlx::query("SELECT * FROM instances WHERE account_id = ? AND (id = ? OR name = ?)")
+                .bind(account_id)
+                .bind(id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        r.as_ref().map(instance_from_row).transpose()
+    }
+
+    async fn list_instances(&self, account_id: &str) -> CatalogResult<Vec<Instance>> {
+        let rows =
+            sqlx::query("SELECT * FROM instances WHERE account_id = ? ORDER BY created_ms, id")
+                .bind(account_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    async fn delete_instance(&self, account_id: &str, id: &str) -> CatalogResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let busy: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM backup_tasks WHERE instance_id = ? AND active = 1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if busy.is_some() {
+            return Err(CatalogError::InstanceBusy(id.into()));
+        }
+        let n = sqlx::query("DELETE FROM instances WHERE account_id = ? AND id = ?")
+            .bind(account_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(CatalogError::NotFound(format!("instance {id}")));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_backup_task(&self, t: &NewTask, now_ms: i64) -> CatalogResult<BackupTask> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(tok) = &t.client_token {
+            // Idempotency: the same token for the same instance returns the first task.
+            let r = sqlx::query("SELECT * FROM backup_tasks WHERE account_id = ? AND instance_id = ? AND client_token = ?")
+                .bind(&t.account_id)
+                .bind(&t.instance_id)
+                .bind(tok)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(r) = r {
+                return task_from_row(&r);
+            }
+        }
+        let res = sqlx::query(
+            "INSERT INTO backup_tasks (account_id, instance_id, mode, method, state, active, created_ms, updated_ms, node, client_token)
+             VALUES (?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?)",
+        )
+        .bind(&t.account_id)
+        .bind(&t.instance_id)
+        .bind(t.mode.as_str())
+        .bind(&t.method)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(&t.node)
+        .bind(&t.client_token)
+        .execute(&mut *tx)
+        .await;
+        let id = match res {
+            Ok(r) => r.last_insert_rowid(),
+            Err(e) if is_unique_violation(&e) => {
+                return Err(CatalogError::InstanceBusy(t.instance_id.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let task = task_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn backup_task(&self, account_id: &str, id: i64) -> CatalogResult<Option<BackupTask>> {
+        let r = sqlx::query("SELECT * FROM backup_tasks WHERE account_id = ? AND id = ?")
+            .bind(account_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn list_backup_tasks(
+        &self,
+        account_id: &str,
+        f: &TaskFilter,
+    ) -> CatalogResult<Vec<BackupTask>> {
+        let mut sql = String::from("SELECT * FROM backup_tasks WHERE account_id = ?");
+        if f.instance_id.is_some() {
+            sql.push_str(" AND instance_id = ?");
+        }
+        if f.task_id.is_some() {
+            sql.push_str(" AND id = ?");
+        }
+        if !f.states.is_empty() {
+            sql.push_str(" AND state IN (");
+            sql.push_str(&vec!["?"; f.states.len()].join(","));
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        // Built only from fixed fragments and placeholders; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
+        if let Some(i) = &f.instance_id {
+            q = q.bind(i);
+        }
+        if let Some(id) = f.task_id {
+            q = q.bind(id);
+        }
+        for s in &f.states {
+            q = q.bind(s.as_str());
+        }
+        q = q.bind(f.limit.unwrap_or(100) as i64);
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn set_backup_task_state(
+        &self,
+        id: i64,
+        to: TaskState,
+        u: StateUpdate,
+        now_ms: i64,
+    ) -> CatalogResult<BackupTask> {
+        let mut tx = self.pool.begin().await?;
+        let cur = task_in(&mut tx, id).await?;
+        cur.state.transition(to)?;
+        let p = u.progress.unwrap_or(Progress {
+            bytes_done: cur.bytes_done,
+            bytes_total: cur.bytes_total,
+            bytes_stored: cur.bytes_stored,
+        });
+        sqlx::query(
+            "UPDATE backup_tasks SET state = ?, active = ?, updated_ms = ?,
+               started_ms = COALESCE(started_ms, ?), finished_ms = ?,
+               bytes_done = ?, bytes_total = ?, bytes_stored = ?,
+               error = COALESCE(?, error), consistent_point = COALESCE(?, consistent_point)
+             WHERE id = ?",
+        )
+        .bind(to.as_str())
+        .bind(if to.is_terminal() { None } else { Some(1) })
+        .bind(now_ms)
+        .bind(if to.is_running() { Some(now_ms) } else { None })
+        .bind(if to.is_terminal() { Some(now_ms) } else { None })
+        .bind(p.bytes_done as i64)
+        .bind(p.bytes_total as i64)
+        .bind(p.bytes_stored as i64)
+        .bind(u.error)
+        .bind(u.consistent_point.map(|v| v.to_string()))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let t = task_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(t)
+    }
+
+    async fn set_backup_task_progress(
+        &self,
+        id: i64,
+        p: Progress,
+        now_ms: i64,
+    ) -> CatalogResult<()> {
+        sqlx::query("UPDATE backup_tasks SET bytes_done = ?, bytes_total = ?, bytes_stored = ?, updated_ms = ? WHERE id = ? AND active = 1")
+            .bind(p.bytes_done as i64)
+            .bind(p.bytes_total as i64)
+            .bind(p.bytes_stored as i64)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_backup_task(
+        &self,
+        id: i64,
+        s: &NewSet,
+        now_ms: i64,
+    ) -> CatalogResult<(BackupTask, BackupSet)> {
+        let mut tx = self.pool.begin().await?;
+        let cur = task_in(&mut tx, id).await?;
+        cur.state.transition(TaskState::Finished)?;
+        let set_id = sqlx::query(
+            "INSERT INTO backup_sets (account_id, instance_id, task_id, snapshot_id, engine, method, mode, started_ms, finished_ms,
+               bytes_logical, bytes_stored, consistent_point, meta, expires_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&cur.account_id)
+        .bind(&cur.instance_id)
+        .bind(id)
+        .bind(&s.snapshot_id)
+        .bind(&s.engine)
+        .bind(&s.method)
+        .bind(cur.mode.as_str())
+        .bind(s.started_ms)
+        .bind(s.finished_ms)
+        .bind(s.bytes_logical as i64)
+        .bind(s.bytes_stored as i64)
+        .bind(s.consistent_point.as_ref().map(|v| v.to_string()))
+        .bind(s.meta.to_string())
+        .bind(s.expires_ms)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        sqlx::query(
+            "UPDATE backup_tasks SET state = 'finished', active = NULL, updated_ms = ?, finished_ms = ?, set_id = ?,
+               bytes_done = ?, bytes_stored = ?, bytes_total = MAX(bytes_total, ?), consistent_point = ?
+             WHERE id = ?",
+        )
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(set_id)
+        .bind(s.bytes_logical as i64)
+        .bind(s.bytes_stored as i64)
+        .bind(s.bytes_logical as i64)
+        .bind(s.consistent_point.as_ref().map(|v| v.to_string()))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let task = task_in(&mut tx, id).await?;
+        let r = sqlx::query("SELECT * FROM backup_sets WHERE id = ?")
+            .bind(set_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let set = set_from_row(&r)?;
+        tx.commit().await?;
+        Ok((task, set))
+    }
+
+    async fn fail_interrupted(&self, node: &str, reason: &str, now_ms: i64) -> CatalogResult<u64> {
+        let a = sqlx::query(
+            "UPDATE backup_tasks SET state = 'failed', active = NULL, error = ?, finished_ms = ?, updated_ms = ?
+             WHERE active = 1 AND (node = ? OR node IS NULL)",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(node)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let b = sqlx::query(
+            "UPDATE jobs SET state = 'failed', error = ?, finished_ms = ?, updated_ms = ?
+             WHERE state NOT IN ('finished', 'failed', 'cancelled') AND (node = ? OR node IS NULL)",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(node)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(a + b)
+    }
+
+    async fn backup_set(&self, account_id: &str, id: i64) -> CatalogResult<Option<BackupSet>> {
+        let r = sqlx::query("SELECT * FROM backup_sets WHERE account_id = ? AND id = ?")
+            .bind(account_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(set_from_row).transpose()
+    }
+
+    async fn list_backup_sets(
+        &self,
+        account_id: &str,
+        instance_id: Option<&str>,
+    ) -> CatalogResult<Vec<BackupSet>> {
+        let rows = match instance_id {
+            Some(i) => {
+                sqlx::query("SELECT * FROM backup_sets WHERE account_id = ? AND instance_id = ? ORDER BY id DESC")
+                    .bind(account_id)
+                    .bind(i)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM backup_sets WHERE account_id = ? ORDER BY id DESC")
+                    .bind(account_id)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(set_from_row).collect()
+    }
+
+    async fn delete_backup_set(&self, account_id: &str, id: i64) -> CatalogResult<()> {
+        let n = sqlx::query("DELETE FROM backup_sets WHERE account_id = ? AND id = ?")
+            .bind(account_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(CatalogError::NotFound(format!("backup set {id}")));
+        }
+        Ok(())
+    }
+
+    async fn create_job(
+        &self,
+        account_id: &str,
+        kind: TaskKind,
+        set_id: Option<i64>,
+        params: serde_json::Value,
+        node: &str,
+        now_ms: i64,
+    ) -> CatalogResult<Job> {
+        let mut tx = self.pool.begin().await?;
+        let id = sqlx::query(
+            "INSERT INTO jobs (account_id, kind, state, set_id, params, created_ms, updated_ms, node) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
+        )
+        .bind(account_id)
+        .bind(kind.as_str())
+        .bind(set_id)
+        .bind(params.to_string())
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(node)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        let j = job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(j)
+    }
+
+    async fn job(&self, account_id: &str, id: i64) -> CatalogResult<Option<Job>> {
+        let r = sqlx::query("SELECT * FROM jobs WHERE account_id = ? AND id = ?")
+            .bind(account_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list_jobs(&self, account_id: &str, limit: u32) -> CatalogResult<Vec<Job>> {
+        let rows = sqlx::query("SELECT * FROM jobs WHERE account_id = ? ORDER BY id DESC LIMIT ?")
+            .bind(account_id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn set_job_state(
+        &self,
+        id: i64,
+        to: TaskState,
+        u: StateUpdate,
+        now_ms: i64,
+    ) -> CatalogResult<Job> {
+        let mut tx = self.pool.begin().await?;
+        let cur = job_in(&mut tx, id).await?;
+        cur.state.transition(to)?;
+        let p = u.progress.unwrap_or(Progress {
+            bytes_done: cur.bytes_done,
+            bytes_total: cur.bytes_total,
+            bytes_stored: 0,
+        });
+        sqlx::query(
+            "UPDATE jobs SET state = ?, updated_ms = ?, started_ms = COALESCE(started_ms, ?), finished_ms = ?,
+               bytes_done = ?, bytes_total = ?, error = COALESCE(?, error), result = COALESCE(?, result)
+             WHERE id = ?",
+        )
+        .bind(to.as_str())
+        .bind(now_ms)
+        .bind(if to.is_running() { Some(now_ms) } else { None })
+        .bind(if to.is_terminal() { Some(now_ms) } else { None })
+        .bind(p.bytes_done as i64)
+        .bind(p.bytes_total as i64)
+        .bind(u.error)
+        .bind(u.result.map(|v| v.to_string()))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let j = job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(j)
+    }
+
+    async fn set_job_progress(&self, id: i64, p: Progress, now_ms: i64) -> CatalogResult<()> {
+        sqlx::query("UPDATE jobs SET bytes_done = ?, bytes_total = ?, updated_ms = ? WHERE id = ?")
+            .bind(p.bytes_done as i64)
+            .bind(p.bytes_total as i64)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

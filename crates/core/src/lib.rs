@@ -16,6 +16,6 @@ pub mod task;
 pub mod time;
 
 pub use ids::{Dialect, IdError, InstanceId};
-pub use progress::{Progress, RateEstimator};
+pub use progress::{LiveTask, Progress, RateEstimator};
 pub use secret::Secret;
 pub use task::{TaskKind, TaskMode, TaskState, TransitionError};

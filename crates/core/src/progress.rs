@@ -171,3 +171,64 @@ mod tests {
         assert!(t.due(2600));
     }
 }
+
+/// The live state of one running task, shared between the thread doing the
+/// work and the service that persists and serves it. Plain atomics: the
+/// worker never waits on the catalog, and readers never wait on the worker.
+#[derive(Debug)]
+pub struct LiveTask {
+    state: std::sync::atomic::AtomicU8,
+    pub bytes_done: std::sync::atomic::AtomicU64,
+    pub bytes_total: std::sync::atomic::AtomicU64,
+    pub bytes_stored: std::sync::atomic::AtomicU64,
+    cancel: std::sync::atomic::AtomicBool,
+}
+
+impl Default for LiveTask {
+    fn default() -> Self {
+        LiveTask {
+            state: std::sync::atomic::AtomicU8::new(0),
+            bytes_done: Default::default(),
+            bytes_total: Default::default(),
+            bytes_stored: Default::default(),
+            cancel: Default::default(),
+        }
+    }
+}
+
+impl LiveTask {
+    pub fn state(&self) -> crate::TaskState {
+        crate::TaskState::ALL[self.state.load(std::sync::atomic::Ordering::Acquire) as usize]
+    }
+
+    pub fn set_state(&self, s: crate::TaskState) {
+        let i = crate::TaskState::ALL
+            .iter()
+            .position(|x| *x == s)
+            .expect("known state");
+        self.state
+            .store(i as u8, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn progress(&self) -> Progress {
+        use std::sync::atomic::Ordering::Relaxed;
+        Progress {
+            bytes_done: self.bytes_done.load(Relaxed),
+            bytes_total: self.bytes_total.load(Relaxed),
+            bytes_stored: self.bytes_stored.load(Relaxed),
+        }
+    }
+
+    pub fn cancel(&self) {
+        self.cancel
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn cancel_flag(&self) -> &std::sync::atomic::AtomicBool {
+        &self.cancel
+    }
+}

@@ -1,1 +1,142 @@
+//! Database engines: how to take a consistent backup of each kind of
+//! database, stream it into the repository, and lay it out again on restore.
+//!
+//! An engine runs on a worker thread of its own and talks to the service only
+//! through a [`LiveTask`] (state, byte counters, cancel flag) and a
+//! [`BackupWriter`]. Engines know nothing of the catalog or the HTTP API.
 
+pub mod pg;
+pub mod tar;
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use stowage_core::manifest::Manifest;
+use stowage_core::{LiveTask, Secret};
+use stowage_repo::{BackupWriter, RepoError};
+
+/// How to reach a database.
+#[derive(Debug, Clone)]
+pub struct ConnSpec {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub dbname: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+/// What kind of failure, so the service and the API can answer precisely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Host unreachable, connection refused, DNS failure, timeout.
+    Unreachable,
+    /// Wrong password or unknown user.
+    Authentication,
+    /// Authenticated, but the role lacks a privilege (e.g. REPLICATION).
+    Permission,
+    /// The server is out of a resource (`max_wal_senders`, connections).
+    Capacity,
+    /// The server went away or shut down during the work.
+    ServerGone,
+    /// Server version or configuration not supported.
+    Unsupported,
+    /// The server said something we did not expect.
+    Protocol,
+    Cancelled,
+    /// Writing to or reading from the repository failed.
+    Repository,
+    /// Writing the restored files failed.
+    Filesystem,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl EngineError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        EngineError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<RepoError> for EngineError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::Cancelled => EngineError::new(ErrorKind::Cancelled, "cancelled"),
+            e => EngineError::new(ErrorKind::Repository, format!("repository: {e}")),
+        }
+    }
+}
+
+/// Facts about a database server, from the check step.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub version: String,
+    pub system_identifier: Option<String>,
+    pub details: serde_json::Value,
+}
+
+/// What a finished backup stream established.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// The point the backup is consistent at (LSN, GTID, oplog timestamp …).
+    pub consistent_point: serde_json::Value,
+    /// Everything else worth keeping in the manifest.
+    pub meta: serde_json::Value,
+}
+
+pub trait Engine: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn method(&self) -> &'static str;
+
+    /// Connects and checks privileges and settings, without side effects.
+    fn check(&self, conn: &ConnSpec) -> Result<ServerInfo, EngineError>;
+
+    /// Streams a consistent backup into `writer`. Moves `live` through
+    /// `Checking → Preparing → Running`; the caller finishes the set.
+    fn backup(
+        &self,
+        conn: &ConnSpec,
+        label: &str,
+        writer: &mut BackupWriter,
+        live: &LiveTask,
+    ) -> Result<BackupOutcome, EngineError>;
+
+    /// Where each archive of the manifest goes under `target`.
+    fn restore_targets(
+        &self,
+        m: &Manifest,
+        target: &Path,
+    ) -> Result<Vec<(usize, PathBuf)>, EngineError>;
+
+    /// Fix-ups after the files are in place (links, permissions).
+    fn after_restore(
+        &self,
+        m: &Manifest,
+        target: &Path,
+        targets: &[(usize, PathBuf)],
+        set_owner: bool,
+    ) -> Result<(), EngineError>;
+}
+
+/// The engine for an instance's engine name.
+pub fn engine_for(name: &str) -> Option<&'static dyn Engine> {
+    match name {
+        "postgresql" => Some(&pg::PostgresPhysical),
+        _ => None,
+    }
+}
+
+impl From<tar::TarError> for EngineError {
+    fn from(e: tar::TarError) -> Self {
+        EngineError::new(ErrorKind::Protocol, format!("backup stream: {e}"))
+    }
+}

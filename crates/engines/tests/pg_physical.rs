@@ -1,0 +1,138 @@
+//! The PostgreSQL engine against real PostgreSQL servers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use stowage_core::{LiveTask, Secret, TaskState};
+use stowage_engines::{ConnSpec, Engine, ErrorKind, pg::PostgresPhysical};
+use stowage_repo::restore::{self, RestoreOptions};
+use stowage_repo::{ChunkerParams, KdfParams, LocalStorage, Repository, Storage};
+use stowage_testkit::{PgOptions, PgServer, fix_ownership, is_root};
+
+fn conn(port: u16, user: &str, password: Option<&str>) -> ConnSpec {
+    ConnSpec {
+        host: "127.0.0.1".into(),
+        port,
+        user: user.into(),
+        password: password.map(Secret::from),
+        dbname: None,
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+fn repo(dir: &std::path::Path) -> Arc<Repository> {
+    let s: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir).unwrap());
+    Arc::new(
+        Repository::init(
+            s,
+            "pw",
+            ChunkerParams::default(),
+            KdfParams::insecure_fast(),
+        )
+        .unwrap(),
+    )
+}
+
+#[test]
+fn backup_and_restore_a_live_server() {
+    let pg = PgServer::start(PgOptions::default());
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, repeat(md5(g::text), 10) FROM generate_series(1, 20000) g;");
+    let work = tempfile::tempdir().unwrap();
+    let repo = repo(&work.path().join("repo"));
+    let live = LiveTask::default();
+    let mut w = repo.start_backup(0).unwrap();
+    let out = PostgresPhysical
+        .backup(&conn(pg.port, "postgres", None), "test 1", &mut w, &live)
+        .unwrap();
+    assert_eq!(live.state(), TaskState::Running);
+    let p = live.progress();
+    assert!(
+        p.bytes_total > 1_000_000 && p.bytes_done >= p.bytes_total / 2,
+        "{p:?}"
+    );
+    let (snap, manifest) = w.finish(BTreeMap::new(), out.meta.clone()).unwrap();
+    assert!(
+        out.consistent_point["stop_lsn"]
+            .as_str()
+            .unwrap()
+            .contains('/')
+    );
+    assert!(manifest.archives.iter().any(|a| a.name == "base"));
+    assert!(
+        manifest
+            .archives
+            .iter()
+            .any(|a| a.files.iter().any(|f| f.path.starts_with("pg_wal/0000"))),
+        "WAL included"
+    );
+    // Written after the backup: must not be in the restored copy.
+    pg.psql("INSERT INTO t VALUES (999999, 'after');");
+
+    let target = work.path().join("restored");
+    let m = repo.read_snapshot(&snap).unwrap();
+    let targets = PostgresPhysical.restore_targets(&m, &target).unwrap();
+    let plan = restore::plan(&m, &repo.index(), &targets).unwrap();
+    let opts = RestoreOptions {
+        preserve_owner: is_root(),
+        ..Default::default()
+    };
+    repo.restore(&plan, &opts, &|_, _| {}, &AtomicBool::new(false))
+        .unwrap();
+    PostgresPhysical
+        .after_restore(&m, &target, &targets, is_root())
+        .unwrap();
+    fix_ownership(work.path());
+    let restored = PgServer::start_existing(&target, PgOptions::default());
+    assert_eq!(
+        restored.psql("SELECT count(*), sum(length(v)) FROM t"),
+        "20000|6400000"
+    );
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM t WHERE id = 999999"),
+        "0"
+    );
+}
+
+#[test]
+fn clear_errors_for_connection_problems() {
+    let mut pg = PgServer::start(PgOptions {
+        password_auth: true,
+        ..Default::default()
+    });
+    pg.psql("CREATE ROLE bk LOGIN REPLICATION PASSWORD 'right'; CREATE ROLE norepl LOGIN PASSWORD 'pw';");
+    let e = PostgresPhysical
+        .check(&conn(pg.port, "bk", Some("wrong")))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Authentication, "{e}");
+    assert!(e.message.contains("password"), "{e}");
+    let info = PostgresPhysical
+        .check(&conn(pg.port, "bk", Some("right")))
+        .unwrap();
+    assert!(info.version.starts_with("15"), "{info:?}");
+    let e = PostgresPhysical
+        .check(&conn(pg.port, "norepl", Some("pw")))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permission, "{e}");
+    assert!(e.message.contains("REPLICATION"), "{e}");
+    let port = pg.port;
+    pg.stop();
+    let e = PostgresPhysical
+        .check(&conn(port, "bk", Some("right")))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
+    assert!(e.message.contains(&format!("127.0.0.1:{port}")), "{e}");
+}
+
+#[test]
+fn no_wal_sender_available() {
+    let pg = PgServer::start(PgOptions {
+        max_wal_senders: 0,
+        ..Default::default()
+    });
+    let e = PostgresPhysical
+        .check(&conn(pg.port, "postgres", None))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Capacity, "{e}");
+    assert!(e.message.contains("max_wal_senders"), "{e}");
+}

@@ -1,1 +1,566 @@
-fn main() {}
+//! `stowage`: the server and its command-line client in one binary.
+
+mod client;
+mod watch;
+
+use clap::{Args, Parser, Subcommand};
+use client::{CallError, Client, enc};
+use indicatif::HumanBytes;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8420";
+
+#[derive(Parser)]
+#[command(
+    name = "stowage",
+    version,
+    about = "Self-hosted database backup service: consistent online backups into a deduplicated, compressed, encrypted repository, with live task progress.",
+    long_about = "Self-hosted database backup service.\n\n\
+`stowage serve` runs the server (API, task engine, repository). Every other command is a client of a running server's REST API.\n\n\
+Quick start:\n  stowage serve &\n  stowage instance add --name pg1 --host 127.0.0.1 --port 5432 --user postgres\n  stowage backup pg1 --wait\n  stowage set list\n  stowage restore <set-id> --target /srv/restored --wait\n\n\
+Exit codes: 0 success, 1 the task or job failed or was cancelled, 2 the server refused the request, 3 the server could not be reached."
+)]
+struct Cli {
+    #[command(flatten)]
+    g: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Global {
+    /// Server URL for client commands.
+    #[arg(long, global = true, env = "STOWAGE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    /// Data directory (server state; the client reads admin-credentials from it by default).
+    #[arg(long, global = true, env = "STOWAGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Access key id (default: from <data-dir>/admin-credentials).
+    #[arg(long, global = true, env = "STOWAGE_ACCESS_KEY_ID")]
+    access_key_id: Option<String>,
+    /// Access key secret (default: from <data-dir>/admin-credentials).
+    #[arg(long, global = true, env = "STOWAGE_ACCESS_KEY_SECRET", hide_env_values = true)]
+    access_key_secret: Option<String>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server: REST API, task engine and repository, with embedded defaults.
+    Serve(ServeArgs),
+    /// Register, list, check and remove database instances.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Start a backup of an instance (by id or name).
+    Backup {
+        instance: String,
+        /// Follow the task with a progress bar until it ends.
+        #[arg(long)]
+        wait: bool,
+        /// Idempotency token: repeating a request with the same token returns the same task.
+        #[arg(long)]
+        client_token: Option<String>,
+    },
+    /// Inspect and control backup tasks.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Inspect and delete backup sets.
+    #[command(subcommand)]
+    Set(SetCmd),
+    /// Restore a backup set into an empty folder on the server's machine.
+    Restore {
+        set_id: i64,
+        /// Absolute path of the target folder (created if missing; must be empty unless --force).
+        #[arg(long)]
+        target: PathBuf,
+        /// Replace the contents of a non-empty target folder.
+        #[arg(long)]
+        force: bool,
+        /// Return at once instead of following the restore.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Re-read every pack of the repository and check every chunk's hash and MAC.
+    Verify {
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Reclaim repository space no backup set uses any more.
+    Gc {
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Inspect restore, verify and gc jobs.
+    #[command(subcommand)]
+    Job(JobCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "STOWAGE_LISTEN", default_value = "127.0.0.1:8420")]
+    listen: String,
+    /// Repository folder (default: <data-dir>/repository).
+    #[arg(long, env = "STOWAGE_REPOSITORY")]
+    repository: Option<PathBuf>,
+    /// File holding the repository password (default: generated into <data-dir>/repository.password).
+    #[arg(long, env = "STOWAGE_REPO_PASSWORD_FILE")]
+    repo_password_file: Option<PathBuf>,
+    /// Name of this node.
+    #[arg(long, env = "STOWAGE_NODE", default_value = "local")]
+    node: String,
+}
+
+#[derive(Subcommand)]
+enum InstanceCmd {
+    /// Register a database. The password comes from STOWAGE_DB_PASSWORD or --password-file.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "postgresql")]
+        engine: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 5432)]
+        port: u16,
+        #[arg(long, default_value = "postgres")]
+        user: String,
+        /// Read the password from this file.
+        #[arg(long, conflicts_with = "password_env")]
+        password_file: Option<PathBuf>,
+        /// Read the password from this environment variable.
+        #[arg(long, default_value = "STOWAGE_DB_PASSWORD")]
+        password_env: Option<String>,
+        #[arg(long)]
+        dbname: Option<String>,
+        /// Id format: rds (rm-…), polardb (pc-…), dds (dds-…), tencent_mongo (cmgo-…).
+        #[arg(long)]
+        dialect: Option<String>,
+    },
+    /// List registered instances.
+    List,
+    /// Show one instance.
+    Show { instance: String },
+    /// Connect to the instance and check privileges and settings.
+    Check { instance: String },
+    /// Unregister an instance (its backup sets stay).
+    Remove { instance: String },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// List backup tasks, newest first.
+    List {
+        #[arg(long)]
+        instance: Option<String>,
+        /// Comma-separated states, e.g. running,pending.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show one task.
+    Show { id: i64 },
+    /// Follow a task with a progress bar until it ends.
+    Watch { id: i64 },
+    /// Ask a running task to stop.
+    Cancel { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum SetCmd {
+    /// List backup sets, newest first.
+    List {
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Show one set; --files lists its files.
+    Show {
+        id: i64,
+        #[arg(long)]
+        files: bool,
+    },
+    /// Delete a set (its data is reclaimed by `stowage gc`).
+    Delete { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    List,
+    Show { id: i64 },
+    Watch { id: i64 },
+    Cancel { id: i64 },
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/stowage"),
+        None => PathBuf::from("stowage-data"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let data_dir = cli.g.data_dir.clone().unwrap_or_else(default_data_dir);
+    match cli.cmd {
+        Cmd::Serve(a) => serve(a, data_dir),
+        cmd => {
+            let c = match client_for(&cli.g, &data_dir) {
+                Ok(c) => c,
+                Err(m) => {
+                    eprintln!("error: {m}");
+                    return ExitCode::from(2);
+                }
+            };
+            match run(&c, &cli.g, cmd) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+    }
+}
+
+fn client_for(g: &Global, data_dir: &std::path::Path) -> Result<Client, String> {
+    let (id, secret) = match (&g.access_key_id, &g.access_key_secret) {
+        (Some(i), Some(s)) => (i.clone(), s.clone()),
+        _ => {
+            let f = data_dir.join("admin-credentials");
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                format!(
+                    "no access key: set STOWAGE_ACCESS_KEY_ID and STOWAGE_ACCESS_KEY_SECRET, or let the client read {} ({e})",
+                    f.display()
+                )
+            })?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+            (
+                v["access_key_id"].as_str().unwrap_or_default().to_string(),
+                v["access_key_secret"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    Ok(Client::new(&g.server, &id, &secret))
+}
+
+fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let res = rt.block_on(async move {
+        let repo_password = match &a.repo_password_file {
+            Some(f) => Some(stowage_core::Secret::new(
+                std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?.trim().to_string(),
+            )),
+            None => None,
+        };
+        let cfg = stowage_service::Config {
+            data_dir: data_dir.clone(),
+            repository: a.repository,
+            repo_password,
+            node: a.node,
+            insecure_fast_kdf: std::env::var("STOWAGE_INSECURE_FAST_KDF").is_ok_and(|v| v == "1"),
+        };
+        let (svc, boot) = stowage_service::Service::start(cfg).await.map_err(|e| e.to_string())?;
+        if let Some(p) = &boot.admin_credentials_file {
+            tracing::info!(file = %p.display(), "created the admin access key (first start); the CLI reads it from this file; keep it private");
+        }
+        if boot.interrupted_tasks > 0 {
+            tracing::warn!(count = boot.interrupted_tasks, "tasks interrupted by the last shutdown were marked failed");
+        }
+        tracing::info!(data_dir = %data_dir.display(), repository = %boot.repository, "stowage ready");
+        let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+        tracing::info!("listening on http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+        stowage_api::serve(listener, svc, shutdown_signal()).await.map_err(|e| e.to_string())
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn bytes(v: &Value) -> String {
+    v.as_u64().map(|b| HumanBytes(b).to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn task_row(t: &Value) -> Vec<String> {
+    vec![
+        s(&t["id"]),
+        s(&t["instance_id"]),
+        s(&t["mode"]),
+        s(&t["state"]),
+        format!("{}%", s(&t["progress"]["percent"])),
+        format!("{}/{}", bytes(&t["progress"]["bytes_done"]), bytes(&t["progress"]["bytes_total"])),
+        s(&t["created_at"]),
+        s(&t["set_id"]),
+    ]
+}
+
+const TASK_HEADERS: [&str; 8] = ["ID", "INSTANCE", "MODE", "STATE", "PROGRESS", "BYTES", "CREATED", "SET"];
+
+fn show_task(t: &Value, json: bool) {
+    if json {
+        return print_json(t);
+    }
+    table(&TASK_HEADERS, vec![task_row(t)]);
+    if let Some(e) = t["error"].as_str() {
+        println!("error: {e}");
+    }
+    if !t["consistent_point"].is_null() {
+        println!("consistent point: {}", t["consistent_point"]);
+    }
+}
+
+/// Follows a task or job; exit code 0 if it finished, 1 otherwise.
+fn finish_follow(v: &Value, json: bool, what: &str) -> u8 {
+    if json {
+        print_json(v);
+    }
+    let state = v["state"].as_str().unwrap_or("?");
+    if state == "finished" {
+        if !json {
+            eprintln!("{what} finished");
+        }
+        0
+    } else {
+        eprintln!("{what} {state}: {}", v["error"].as_str().unwrap_or("no reason recorded"));
+        1
+    }
+}
+
+fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
+    let json = g.json;
+    match cmd {
+        Cmd::Serve(_) => unreachable!("handled in main"),
+        Cmd::Instance(ic) => match ic {
+            InstanceCmd::Add { name, engine, host, port, user, password_file, password_env, dbname, dialect } => {
+                let password = match (password_file, password_env) {
+                    (Some(f), _) => Some(std::fs::read_to_string(&f).map_err(|e| CallError::Api { code: "InvalidParameter".into(), message: format!("{}: {e}", f.display()) })?.trim_end_matches(['\n', '\r']).to_string()),
+                    (None, Some(var)) => std::env::var(var).ok(),
+                    _ => None,
+                };
+                let body = json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect});
+                let v = c.post("/v1/instances", Some(&body))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!("registered instance {} ({})", s(&v["id"]), s(&v["name"]));
+                }
+            }
+            InstanceCmd::List => {
+                let v = c.get("/v1/instances")?;
+                if json {
+                    print_json(&v);
+                } else {
+                    let rows = v["instances"].as_array().cloned().unwrap_or_default().iter().map(|i| {
+                        vec![s(&i["id"]), s(&i["name"]), s(&i["engine"]), format!("{}:{}", s(&i["host"]), s(&i["port"])), s(&i["user"]), s(&i["created_at"])]
+                    }).collect();
+                    table(&["ID", "NAME", "ENGINE", "ADDRESS", "USER", "CREATED"], rows);
+                }
+            }
+            InstanceCmd::Show { instance } => print_json(&c.get(&format!("/v1/instances/{}", enc(&instance)))?),
+            InstanceCmd::Check { instance } => {
+                let v = c.post(&format!("/v1/instances/{}/check", enc(&instance)), None)?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!("ok: PostgreSQL {} (system {})", s(&v["server"]["version"]), s(&v["server"]["system_identifier"]));
+                }
+            }
+            InstanceCmd::Remove { instance } => {
+                c.delete(&format!("/v1/instances/{}", enc(&instance)))?;
+                if !json {
+                    println!("removed instance {instance}");
+                }
+            }
+        },
+        Cmd::Backup { instance, wait, client_token } => {
+            let body = json!({"client_token": client_token});
+            let t = c.post(&format!("/v1/instances/{}/backups", enc(&instance)), Some(&body))?;
+            let id = t["id"].as_i64().unwrap_or(0);
+            if !wait {
+                show_task(&t, json);
+                return Ok(0);
+            }
+            if !json {
+                eprintln!("backup task {id} of {} started", s(&t["instance_id"]));
+            }
+            let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"))?;
+            let code = finish_follow(&v, json, &format!("backup task {id}"));
+            if code == 0 && !json {
+                println!("backup set {} created: {} read, {} newly stored, consistent at {}", s(&v["set_id"]), bytes(&v["progress"]["bytes_done"]), bytes(&v["progress"]["bytes_stored"]), s(&v["consistent_point"]["stop_lsn"]));
+            }
+            return Ok(code);
+        }
+        Cmd::Task(tc) => match tc {
+            TaskCmd::List { instance, state, limit } => {
+                let mut q = vec![];
+                if let Some(i) = instance {
+                    q.push(format!("instance={}", enc(&i)));
+                }
+                if let Some(st) = state {
+                    q.push(format!("state={}", enc(&st)));
+                }
+                if let Some(l) = limit {
+                    q.push(format!("limit={l}"));
+                }
+                let v = c.get(&format!("/v1/tasks?{}", q.join("&")))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    table(&TASK_HEADERS, v["tasks"].as_array().cloned().unwrap_or_default().iter().map(task_row).collect());
+                }
+            }
+            TaskCmd::Show { id } => show_task(&c.get(&format!("/v1/tasks/{id}"))?, json),
+            TaskCmd::Watch { id } => {
+                let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"))?;
+                return Ok(finish_follow(&v, json, &format!("backup task {id}")));
+            }
+            TaskCmd::Cancel { id } => show_task(&c.post(&format!("/v1/tasks/{id}/cancel"), None)?, json),
+        },
+        Cmd::Set(sc) => match sc {
+            SetCmd::List { instance } => {
+                let q = instance.map(|i| format!("?instance={}", enc(&i))).unwrap_or_default();
+                let v = c.get(&format!("/v1/sets{q}"))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    let rows = v["sets"].as_array().cloned().unwrap_or_default().iter().map(|x| {
+                        vec![s(&x["id"]), s(&x["instance_id"]), s(&x["method"]), s(&x["finished_at"]), bytes(&x["bytes_logical"]), bytes(&x["bytes_stored"]), s(&x["consistent_point"]["stop_lsn"])]
+                    }).collect();
+                    table(&["ID", "INSTANCE", "METHOD", "FINISHED", "SIZE", "NEW STORED", "STOP LSN"], rows);
+                }
+            }
+            SetCmd::Show { id, files } => {
+                let v = c.get(&format!("/v1/sets/{id}"))?;
+                if files {
+                    let m = c.get(&format!("/v1/sets/{id}/manifest"))?;
+                    if json {
+                        print_json(&json!({"set": v, "manifest": m}));
+                    } else {
+                        print_json(&v);
+                        for f in m["files"].as_array().cloned().unwrap_or_default() {
+                            println!("{:>6} {:>12} {}/{}", s(&f["mode"]), s(&f["size"]), s(&f["archive"]), s(&f["path"]));
+                        }
+                    }
+                } else {
+                    print_json(&v);
+                }
+            }
+            SetCmd::Delete { id } => {
+                c.delete(&format!("/v1/sets/{id}"))?;
+                if !json {
+                    println!("deleted backup set {id}; run `stowage gc` to reclaim its space");
+                }
+            }
+        },
+        Cmd::Restore { set_id, target, force, no_wait } => {
+            let target = if target.is_absolute() { target } else { std::env::current_dir().map(|d| d.join(&target)).unwrap_or(target) };
+            let j = c.post(&format!("/v1/sets/{set_id}/restore"), Some(&json!({"target": target, "force": force})))?;
+            return follow_job(c, &j, json, no_wait, "restore");
+        }
+        Cmd::Verify { no_wait } => {
+            let j = c.post("/v1/verify", None)?;
+            let code = follow_job(c, &j, json, no_wait, "verify")?;
+            return Ok(code);
+        }
+        Cmd::Gc { no_wait } => {
+            let j = c.post("/v1/gc", None)?;
+            return follow_job(c, &j, json, no_wait, "gc");
+        }
+        Cmd::Job(jc) => match jc {
+            JobCmd::List => {
+                let v = c.get("/v1/jobs")?;
+                if json {
+                    print_json(&v);
+                } else {
+                    let rows = v["jobs"].as_array().cloned().unwrap_or_default().iter().map(|j| {
+                        vec![s(&j["id"]), s(&j["kind"]), s(&j["state"]), format!("{}%", s(&j["progress"]["percent"])), s(&j["created_at"]), s(&j["error"])]
+                    }).collect();
+                    table(&["ID", "KIND", "STATE", "PROGRESS", "CREATED", "ERROR"], rows);
+                }
+            }
+            JobCmd::Show { id } => print_json(&c.get(&format!("/v1/jobs/{id}"))?),
+            JobCmd::Watch { id } => {
+                let v = watch::follow(c, &format!("/v1/jobs/{id}"), &format!("job {id}"))?;
+                return Ok(finish_follow(&v, json, &format!("job {id}")));
+            }
+            JobCmd::Cancel { id } => print_json(&c.post(&format!("/v1/jobs/{id}/cancel"), None)?),
+        },
+    }
+    Ok(0)
+}
+
+fn follow_job(c: &Client, j: &Value, json: bool, no_wait: bool, what: &str) -> Result<u8, CallError> {
+    let id = j["id"].as_i64().unwrap_or(0);
+    if no_wait {
+        if json {
+            print_json(j);
+        } else {
+            println!("{what} job {id} started; follow it with `stowage job watch {id}`");
+        }
+        return Ok(0);
+    }
+    let v = watch::follow(c, &format!("/v1/jobs/{id}"), &format!("{what} {id}"))?;
+    let code = finish_follow(&v, json, &format!("{what} job {id}"));
+    if code == 0 && !json {
+        match what {
+            "restore" => println!("restored {} into {}", bytes(&v["result"]["bytes"]), s(&v["result"]["target"])),
+            "verify" => println!(
+                "repository OK: {} packs, {} chunks, {} snapshots checked ({} read); {} unreferenced packs reclaimable by gc",
+                s(&v["result"]["packs_checked"]), s(&v["result"]["chunks_checked"]), s(&v["result"]["snapshots_checked"]), bytes(&v["result"]["bytes_read"]), s(&v["result"]["unreferenced_packs"])
+            ),
+            "gc" => println!("gc: {} packs deleted, {} reclaimed, {} packs kept", s(&v["result"]["packs_deleted"]), bytes(&v["result"]["bytes_reclaimed"]), s(&v["result"]["packs_kept"])),
+            _ => {}
+        }
+    }
+    Ok(code)
+}

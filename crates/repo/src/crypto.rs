@@ -30,6 +30,8 @@ pub enum Role {
     Snapshot,
     Config,
     MasterKey,
+    /// A secret kept in the service's catalog (access-key secrets, database passwords).
+    CatalogSecret,
 }
 
 impl Role {
@@ -41,6 +43,7 @@ impl Role {
             Role::Snapshot => b"stowage/1/snapshot",
             Role::Config => b"stowage/1/config",
             Role::MasterKey => b"stowage/1/master-key",
+            Role::CatalogSecret => b"stowage/1/catalog-secret",
         }
     }
 }
@@ -124,6 +127,11 @@ impl MasterKey {
 pub struct Cipher(XChaCha20Poly1305);
 
 impl Cipher {
+    /// A cipher for a key the caller keeps (e.g. the server's catalog key).
+    pub fn from_key(key: &[u8; 32]) -> Cipher {
+        Cipher(XChaCha20Poly1305::new(key.into()))
+    }
+
     pub fn seal(&self, role: Role, plaintext: &[u8]) -> Vec<u8> {
         let nonce: [u8; NONCE_LEN] = random_bytes();
         let ct = self

@@ -1,1 +1,526 @@
+//! Stowage's service layer.
+//!
+//! [`Service`] owns the catalog, the repository and the running tasks, and is
+//! what every API dialect calls. It knows no wire format: the API crate turns
+//! requests into these calls and [`ServiceError`]s into its dialect's errors.
+//!
+//! A backup task runs on a blocking worker thread (the engine and the
+//! repository pipeline are synchronous); an async monitor mirrors the task's
+//! [`LiveTask`] into the catalog: every state change at once, progress at
+//! most once a second.
 
+pub mod error;
+mod runner;
+pub mod secrets;
+
+pub use error::{ErrorKind, ServiceError, ServiceResult};
+
+use secrets::{SecretBox, random_token, write_private};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use stowage_catalog::sqlite::SqliteCatalog;
+use stowage_catalog::{AccessKey, BackupSet, BackupTask, Catalog, Instance, Job, NewTask, TaskFilter};
+use stowage_core::ids::{Dialect, InstanceId};
+use stowage_core::{LiveTask, Progress, Secret, TaskKind, TaskMode, TaskState};
+use stowage_repo::{ChunkerParams, KdfParams, LocalStorage, Repository, Storage};
+
+pub fn now_ms() -> i64 {
+    stowage_repo::lock::now_ms()
+}
+
+/// How `stowage serve` is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds `catalog.db`, `repository/`, `server.key`, `admin-credentials`.
+    pub data_dir: PathBuf,
+    /// Repository folder; default `<data_dir>/repository`.
+    pub repository: Option<PathBuf>,
+    /// Repository password; default: generated once into `<data_dir>/repository.password`.
+    pub repo_password: Option<Secret>,
+    /// Name of this node (tasks it runs are failed if it restarts mid-way).
+    pub node: String,
+    /// Faster key derivation, for tests only.
+    pub insecure_fast_kdf: bool,
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub account_id: String,
+    pub key_id: String,
+}
+
+/// Access key as shown once at creation.
+#[derive(Serialize, Deserialize)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, ***)", self.access_key_id)
+    }
+}
+
+/// What the operator needs to know after start-up.
+#[derive(Debug)]
+pub struct Bootstrap {
+    /// Set on first start: where the admin credentials were written.
+    pub admin_credentials_file: Option<PathBuf>,
+    pub repository: String,
+    pub interrupted_tasks: u64,
+}
+
+/// Registration of an instance.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NewInstance {
+    pub name: String,
+    #[serde(default = "default_engine")]
+    pub engine: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub dbname: Option<String>,
+    /// The API dialect whose id format the instance gets (default by engine).
+    #[serde(default)]
+    pub dialect: Option<String>,
+}
+
+fn default_engine() -> String {
+    "postgresql".into()
+}
+
+pub struct Service {
+    catalog: Arc<dyn Catalog>,
+    repo: Arc<Repository>,
+    secrets: SecretBox,
+    node: String,
+    live_tasks: Mutex<HashMap<i64, Arc<LiveTask>>>,
+    live_jobs: Mutex<HashMap<i64, Arc<LiveTask>>>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl Service {
+    /// Opens (or creates on first start) everything under the data dir.
+    pub async fn start(cfg: Config) -> ServiceResult<(Arc<Service>, Bootstrap)> {
+        let dd = &cfg.data_dir;
+        std::fs::create_dir_all(dd).map_err(|e| ServiceError::internal(format!("cannot create data dir {}: {e}", dd.display())))?;
+        let secrets = SecretBox::load_or_create(&dd.join("server.key"))?;
+        let catalog = SqliteCatalog::open(&dd.join("catalog.db")).await?;
+        let catalog: Arc<dyn Catalog> = Arc::new(catalog);
+
+        let password = match &cfg.repo_password {
+            Some(p) => p.clone(),
+            None => {
+                let f = dd.join("repository.password");
+                match std::fs::read_to_string(&f) {
+                    Ok(s) => Secret::new(s.trim().to_string()),
+                    Err(_) => {
+                        let p = random_token(40, false);
+                        write_private(&f, p.as_bytes())?;
+                        Secret::new(p)
+                    }
+                }
+            }
+        };
+        let repo_dir = cfg.repository.clone().unwrap_or_else(|| dd.join("repository"));
+        let kdf = if cfg.insecure_fast_kdf { KdfParams::insecure_fast() } else { KdfParams::default() };
+        let repo = tokio::task::spawn_blocking(move || -> ServiceResult<Repository> {
+            let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(&repo_dir).map_err(|e| ServiceError::internal(e.to_string()))?);
+            Ok(Repository::open_or_init(storage, password.expose(), ChunkerParams::default(), kdf)?)
+        })
+        .await
+        .map_err(|e| ServiceError::internal(e.to_string()))??;
+        let interrupted = catalog
+            .fail_interrupted(&cfg.node, "interrupted: the server stopped while the task ran; its partial data is reclaimed by gc", now_ms())
+            .await?;
+        let svc = Arc::new(Service {
+            catalog,
+            repo: Arc::new(repo),
+            secrets,
+            node: cfg.node.clone(),
+            live_tasks: Default::default(),
+            live_jobs: Default::default(),
+        });
+        let admin_credentials_file = svc.ensure_admin(dd).await?;
+        Ok((
+            svc.clone(),
+            Bootstrap {
+                admin_credentials_file,
+                repository: svc.repo.location(),
+                interrupted_tasks: interrupted,
+            },
+        ))
+    }
+
+    /// First start: create the `default` account and its admin key, written
+    /// to `<data_dir>/admin-credentials` (0600), never to the log.
+    async fn ensure_admin(&self, dd: &Path) -> ServiceResult<Option<PathBuf>> {
+        if self.catalog.account_by_name("default").await?.is_some() {
+            return Ok(None);
+        }
+        let acc = self.catalog.create_account("default", now_ms()).await?;
+        let creds = self.create_access_key(&acc.id, "admin key created at first start").await?;
+        let path = dd.join("admin-credentials");
+        write_private(&path, serde_json::to_string_pretty(&creds).expect("json").as_bytes())?;
+        Ok(Some(path))
+    }
+
+    pub async fn create_access_key(&self, account_id: &str, description: &str) -> ServiceResult<Credentials> {
+        let id = format!("STWK{}", random_token(20, true));
+        let secret = Secret::new(random_token(40, false));
+        self.catalog
+            .insert_access_key(&AccessKey {
+                id: id.clone(),
+                account_id: account_id.into(),
+                secret_enc: self.secrets.seal(&secret),
+                status: "active".into(),
+                description: description.into(),
+                created_ms: now_ms(),
+            })
+            .await?;
+        Ok(Credentials {
+            access_key_id: id,
+            access_key_secret: secret.expose().to_string(),
+        })
+    }
+
+    /// The account and clear secret of an active key (for signature checks).
+    pub async fn key_secret(&self, key_id: &str) -> ServiceResult<(Principal, Secret)> {
+        let k = self
+            .catalog
+            .access_key(key_id)
+            .await?
+            .filter(|k| k.status == "active")
+            .ok_or_else(|| ServiceError::new(ErrorKind::Unauthorized, "unknown or disabled access key"))?;
+        let secret = self.secrets.open(&k.secret_enc)?;
+        Ok((
+            Principal {
+                account_id: k.account_id,
+                key_id: k.id,
+            },
+            secret,
+        ))
+    }
+
+    /// Bearer-style check: key id and secret given directly.
+    pub async fn authenticate(&self, key_id: &str, secret: &str) -> ServiceResult<Principal> {
+        let (p, s) = self.key_secret(key_id).await?;
+        if constant_time_eq(s.expose().as_bytes(), secret.as_bytes()) {
+            Ok(p)
+        } else {
+            Err(ServiceError::new(ErrorKind::Unauthorized, "unknown or disabled access key"))
+        }
+    }
+
+    // ---- instances ----
+
+    pub async fn add_instance(&self, p: &Principal, n: NewInstance) -> ServiceResult<Instance> {
+        if !valid_name(&n.name) {
+            return Err(ServiceError::invalid("name: 1 to 64 letters, digits, '-', '_' or '.'"));
+        }
+        if stowage_engines::engine_for(&n.engine).is_none() {
+            return Err(ServiceError::invalid(format!("engine {:?} is not supported (supported: postgresql)", n.engine)));
+        }
+        if n.host.trim().is_empty() || n.host.len() > 255 || n.host.contains(char::is_whitespace) {
+            return Err(ServiceError::invalid("host: a host name or IP address"));
+        }
+        if n.port == 0 {
+            return Err(ServiceError::invalid("port: 1 to 65535"));
+        }
+        if n.user.is_empty() || n.user.len() > 63 {
+            return Err(ServiceError::invalid("user: 1 to 63 characters"));
+        }
+        let dialect = match n.dialect.as_deref() {
+            None => Dialect::Rds,
+            Some(d) => d.parse::<Dialect>().map_err(|e| ServiceError::invalid(e.to_string()))?,
+        };
+        let id = InstanceId::generate(dialect, &stowage_repo::crypto::random_bytes::<32>());
+        let inst = Instance {
+            id: id.to_string(),
+            account_id: p.account_id.clone(),
+            name: n.name,
+            engine: n.engine,
+            topology: "standalone".into(),
+            host: n.host,
+            port: n.port,
+            username: n.user,
+            password_enc: n.password.filter(|s| !s.is_empty()).map(|s| self.secrets.seal(&s)),
+            dbname: n.dbname,
+            options: serde_json::json!({"dialect": dialect.as_str()}),
+            created_ms: now_ms(),
+        };
+        self.catalog.insert_instance(&inst).await?;
+        Ok(inst)
+    }
+
+    /// By id or by name.
+    pub async fn instance(&self, p: &Principal, id: &str) -> ServiceResult<Instance> {
+        if id.is_empty() || id.len() > 64 {
+            return Err(ServiceError::invalid("instance: an id like rm-… or a name"));
+        }
+        self.catalog
+            .instance(&p.account_id, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("instance {id}")))
+    }
+
+    pub async fn list_instances(&self, p: &Principal) -> ServiceResult<Vec<Instance>> {
+        Ok(self.catalog.list_instances(&p.account_id).await?)
+    }
+
+    pub async fn remove_instance(&self, p: &Principal, id: &str) -> ServiceResult<()> {
+        let i = self.instance(p, id).await?;
+        Ok(self.catalog.delete_instance(&p.account_id, &i.id).await?)
+    }
+
+    fn conn_spec(&self, i: &Instance) -> ServiceResult<stowage_engines::ConnSpec> {
+        Ok(stowage_engines::ConnSpec {
+            host: i.host.clone(),
+            port: i.port,
+            user: i.username.clone(),
+            password: i.password_enc.as_deref().map(|p| self.secrets.open(p)).transpose()?,
+            dbname: i.dbname.clone(),
+            connect_timeout: std::time::Duration::from_secs(10),
+        })
+    }
+
+    /// Connects to the instance and reports what it finds.
+    pub async fn check_instance(&self, p: &Principal, id: &str) -> ServiceResult<stowage_engines::ServerInfo> {
+        let i = self.instance(p, id).await?;
+        let spec = self.conn_spec(&i)?;
+        let engine = stowage_engines::engine_for(&i.engine).ok_or_else(|| ServiceError::internal("engine gone"))?;
+        tokio::task::spawn_blocking(move || engine.check(&spec))
+            .await
+            .map_err(|e| ServiceError::internal(e.to_string()))?
+            .map_err(|e| ServiceError::new(ErrorKind::InvalidState, e.message))
+    }
+
+    // ---- backup tasks ----
+
+    /// Creates a backup task and starts it at once. A second backup of an
+    /// instance while one is active is refused (`InstanceBusy`).
+    pub async fn start_backup(self: &Arc<Self>, p: &Principal, instance: &str, mode: TaskMode, client_token: Option<String>) -> ServiceResult<BackupTask> {
+        if let Some(t) = &client_token
+            && (t.is_empty() || t.len() > 64 || !t.is_ascii())
+        {
+            return Err(ServiceError::invalid("client token: 1 to 64 ASCII characters"));
+        }
+        let i = self.instance(p, instance).await?;
+        let task = self
+            .catalog
+            .create_backup_task(
+                &NewTask {
+                    account_id: p.account_id.clone(),
+                    instance_id: i.id.clone(),
+                    mode,
+                    method: "physical".into(),
+                    client_token,
+                    node: Some(self.node.clone()),
+                },
+                now_ms(),
+            )
+            .await?;
+        if task.state == TaskState::Pending && !self.live_tasks.lock().expect("lock").contains_key(&task.id) {
+            let live = Arc::new(LiveTask::default());
+            self.live_tasks.lock().expect("lock").insert(task.id, live.clone());
+            let svc = self.clone();
+            let spec = self.conn_spec(&i)?;
+            let t = task.clone();
+            tokio::spawn(async move { runner::run_backup(svc, t, i, spec, live).await });
+        }
+        Ok(task)
+    }
+
+    fn overlay(&self, mut t: BackupTask) -> BackupTask {
+        if let Some(l) = self.live_tasks.lock().expect("lock").get(&t.id)
+            && !t.state.is_terminal()
+        {
+            let p = l.progress();
+            t.bytes_done = p.bytes_done.max(t.bytes_done);
+            t.bytes_total = p.bytes_total.max(t.bytes_total);
+            t.bytes_stored = p.bytes_stored.max(t.bytes_stored);
+        }
+        t
+    }
+
+    pub async fn task(&self, p: &Principal, id: i64) -> ServiceResult<BackupTask> {
+        let t = self
+            .catalog
+            .backup_task(&p.account_id, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("backup task {id}")))?;
+        Ok(self.overlay(t))
+    }
+
+    pub async fn list_tasks(&self, p: &Principal, f: &TaskFilter) -> ServiceResult<Vec<BackupTask>> {
+        Ok(self.catalog.list_backup_tasks(&p.account_id, f).await?.into_iter().map(|t| self.overlay(t)).collect())
+    }
+
+    /// Asks a task to stop. A task past `running` finishes anyway.
+    pub async fn cancel_task(&self, p: &Principal, id: i64) -> ServiceResult<BackupTask> {
+        let t = self.task(p, id).await?;
+        if t.state.is_terminal() {
+            return Err(ServiceError::new(ErrorKind::InvalidState, format!("task {id} is already {}", t.state)));
+        }
+        if t.state == TaskState::Finishing {
+            return Err(ServiceError::new(ErrorKind::InvalidState, format!("task {id} is finishing and can no longer be cancelled")));
+        }
+        if let Some(l) = self.live_tasks.lock().expect("lock").get(&id) {
+            l.cancel();
+        }
+        self.task(p, id).await
+    }
+
+    // ---- backup sets ----
+
+    pub async fn set(&self, p: &Principal, id: i64) -> ServiceResult<BackupSet> {
+        self.catalog
+            .backup_set(&p.account_id, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("backup set {id}")))
+    }
+
+    pub async fn list_sets(&self, p: &Principal, instance: Option<&str>) -> ServiceResult<Vec<BackupSet>> {
+        let inst = match instance {
+            Some(i) => Some(self.instance(p, i).await?.id),
+            None => None,
+        };
+        Ok(self.catalog.list_backup_sets(&p.account_id, inst.as_deref()).await?)
+    }
+
+    /// Forgets a set; its data is reclaimed by the next gc.
+    pub async fn delete_set(&self, p: &Principal, id: i64) -> ServiceResult<()> {
+        let s = self.set(p, id).await?;
+        self.catalog.delete_backup_set(&p.account_id, id).await?;
+        let repo = self.repo.clone();
+        tokio::task::spawn_blocking(move || repo.delete_snapshot(&s.snapshot_id))
+            .await
+            .map_err(|e| ServiceError::internal(e.to_string()))??;
+        Ok(())
+    }
+
+    /// The repository manifest of a set (file list, engine facts).
+    pub async fn set_manifest(&self, p: &Principal, id: i64) -> ServiceResult<stowage_core::manifest::Manifest> {
+        let s = self.set(p, id).await?;
+        let repo = self.repo.clone();
+        tokio::task::spawn_blocking(move || repo.read_snapshot(&s.snapshot_id))
+            .await
+            .map_err(|e| ServiceError::internal(e.to_string()))?
+            .map_err(Into::into)
+    }
+
+    // ---- jobs: restore, verify, gc ----
+
+    pub async fn start_restore(self: &Arc<Self>, p: &Principal, set_id: i64, target: &str, force: bool) -> ServiceResult<Job> {
+        let set = self.set(p, set_id).await?;
+        let target = PathBuf::from(target);
+        if !target.is_absolute() {
+            return Err(ServiceError::invalid("target: an absolute path on the server"));
+        }
+        if target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(ServiceError::invalid("target: no '..' components"));
+        }
+        let non_empty = std::fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if non_empty && !force {
+            return Err(ServiceError::new(
+                ErrorKind::TargetNotEmpty,
+                format!("restore target {} is not empty; choose an empty folder, or force to replace its contents", target.display()),
+            ));
+        }
+        if target.exists() && !target.is_dir() {
+            return Err(ServiceError::invalid(format!("target {} exists and is not a folder", target.display())));
+        }
+        let job = self
+            .catalog
+            .create_job(&p.account_id, TaskKind::Restore, Some(set_id), serde_json::json!({"target": target, "force": force}), &self.node, now_ms())
+            .await?;
+        self.spawn_job(job.clone(), runner::JobWork::Restore { set, target, force });
+        Ok(job)
+    }
+
+    pub async fn start_verify(self: &Arc<Self>, p: &Principal) -> ServiceResult<Job> {
+        let job = self.catalog.create_job(&p.account_id, TaskKind::Verify, None, serde_json::json!({}), &self.node, now_ms()).await?;
+        self.spawn_job(job.clone(), runner::JobWork::Verify);
+        Ok(job)
+    }
+
+    pub async fn start_gc(self: &Arc<Self>, p: &Principal) -> ServiceResult<Job> {
+        let job = self.catalog.create_job(&p.account_id, TaskKind::Gc, None, serde_json::json!({}), &self.node, now_ms()).await?;
+        self.spawn_job(job.clone(), runner::JobWork::Gc);
+        Ok(job)
+    }
+
+    fn spawn_job(self: &Arc<Self>, job: Job, work: runner::JobWork) {
+        let live = Arc::new(LiveTask::default());
+        self.live_jobs.lock().expect("lock").insert(job.id, live.clone());
+        let svc = self.clone();
+        tokio::spawn(async move { runner::run_job(svc, job, work, live).await });
+    }
+
+    pub async fn job(&self, p: &Principal, id: i64) -> ServiceResult<Job> {
+        let mut j = self
+            .catalog
+            .job(&p.account_id, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("job {id}")))?;
+        if let Some(l) = self.live_jobs.lock().expect("lock").get(&id)
+            && !j.state.is_terminal()
+        {
+            let pr = l.progress();
+            j.bytes_done = pr.bytes_done.max(j.bytes_done);
+            j.bytes_total = pr.bytes_total.max(j.bytes_total);
+        }
+        Ok(j)
+    }
+
+    pub async fn list_jobs(&self, p: &Principal) -> ServiceResult<Vec<Job>> {
+        Ok(self.catalog.list_jobs(&p.account_id, 100).await?)
+    }
+
+    pub async fn cancel_job(&self, p: &Principal, id: i64) -> ServiceResult<Job> {
+        let j = self.job(p, id).await?;
+        if j.state.is_terminal() {
+            return Err(ServiceError::new(ErrorKind::InvalidState, format!("job {id} is already {}", j.state)));
+        }
+        if let Some(l) = self.live_jobs.lock().expect("lock").get(&id) {
+            l.cancel();
+        }
+        self.job(p, id).await
+    }
+
+    pub fn repository(&self) -> &Arc<Repository> {
+        &self.repo
+    }
+
+    /// Number of tasks and jobs running on this node.
+    pub fn running(&self) -> usize {
+        self.live_tasks.lock().expect("lock").len() + self.live_jobs.lock().expect("lock").len()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Progress of a task for display.
+pub fn percent(t: &BackupTask) -> u8 {
+    Progress {
+        bytes_done: t.bytes_done,
+        bytes_total: t.bytes_total,
+        bytes_stored: t.bytes_stored,
+    }
+    .percent(t.state == TaskState::Finished)
+}

@@ -1,0 +1,410 @@
+//! Stowage's own REST API, version 1.
+//!
+//! JSON in and out. Every route but `/v1/health` needs
+//! `Authorization: Bearer <access-key-id>:<access-key-secret>`.
+//! Errors are `{"error": {"code": "...", "message": "..."}}` with a fitting
+//! status; a client's mistake is never a 500.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use stowage_catalog::{BackupSet, BackupTask, Instance, Job, TaskFilter};
+use stowage_core::time::format_rfc3339;
+use stowage_core::{Progress, TaskMode, TaskState};
+use stowage_service::{ErrorKind, NewInstance, Principal, Service, ServiceError};
+
+type Svc = Arc<Service>;
+
+pub struct ApiError(ServiceError);
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        ApiError(e)
+    }
+}
+
+fn status_and_code(k: ErrorKind) -> (StatusCode, &'static str) {
+    match k {
+        ErrorKind::InvalidParameter => (StatusCode::BAD_REQUEST, "InvalidParameter"),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
+        ErrorKind::Conflict => (StatusCode::CONFLICT, "Conflict"),
+        ErrorKind::InstanceBusy => (StatusCode::CONFLICT, "InstanceBusy"),
+        ErrorKind::TargetNotEmpty => (StatusCode::CONFLICT, "TargetNotEmpty"),
+        ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        ErrorKind::InvalidState => (StatusCode::CONFLICT, "InvalidState"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = status_and_code(self.0.kind);
+        (status, Json(json!({"error": {"code": code, "message": self.0.message}}))).into_response()
+    }
+}
+
+fn invalid(m: impl Into<String>) -> ApiError {
+    ApiError(ServiceError::invalid(m))
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The caller, from the `Authorization` header.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<Svc> for Auth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, svc: &Svc) -> Result<Self, Self::Rejection> {
+        let unauthorized = |m: &str| ApiError(ServiceError::new(ErrorKind::Unauthorized, m));
+        let h = parts
+            .headers
+            .get("authorization")
+            .ok_or_else(|| unauthorized("missing Authorization header (Bearer <access-key-id>:<access-key-secret>)"))?;
+        let h = h.to_str().map_err(|_| unauthorized("malformed Authorization header"))?;
+        let token = h.strip_prefix("Bearer ").ok_or_else(|| unauthorized("Authorization must be: Bearer <access-key-id>:<access-key-secret>"))?;
+        let (id, secret) = token.split_once(':').ok_or_else(|| unauthorized("Authorization must be: Bearer <access-key-id>:<access-key-secret>"))?;
+        Ok(Auth(svc.authenticate(id.trim(), secret.trim()).await?))
+    }
+}
+
+/// JSON body whose rejections use our error shape.
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Svc> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, svc: &Svc) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, svc).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(invalid(json_rejection(e))),
+        }
+    }
+}
+
+fn json_rejection(e: JsonRejection) -> String {
+    match e {
+        JsonRejection::MissingJsonContentType(_) => "expected a JSON body (Content-Type: application/json)".into(),
+        other => format!("invalid JSON body: {}", other.body_text()),
+    }
+}
+
+/// Query string whose rejections use our error shape.
+pub struct Q<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<Svc> for Q<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, svc: &Svc) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, svc).await {
+            Ok(Query(v)) => Ok(Q(v)),
+            Err(e) => Err(invalid(format!("invalid query: {}", match e {
+                QueryRejection::FailedToDeserializeQueryString(e) => e.body_text(),
+                other => other.body_text(),
+            }))),
+        }
+    }
+}
+
+fn parse_id(s: &str, what: &str) -> ApiResult<i64> {
+    s.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| invalid(format!("{what} id must be a positive integer, got {s:?}")))
+}
+
+fn ts(ms: Option<i64>) -> Value {
+    ms.map(|m| Value::String(format_rfc3339(m))).unwrap_or(Value::Null)
+}
+
+pub fn instance_json(i: &Instance) -> Value {
+    json!({
+        "id": i.id,
+        "name": i.name,
+        "engine": i.engine,
+        "topology": i.topology,
+        "host": i.host,
+        "port": i.port,
+        "user": i.username,
+        "has_password": i.password_enc.is_some(),
+        "dbname": i.dbname,
+        "dialect": i.options.get("dialect"),
+        "created_at": ts(Some(i.created_ms)),
+    })
+}
+
+fn progress_json(done: u64, total: u64, stored: u64, finished: bool) -> Value {
+    let p = Progress { bytes_done: done, bytes_total: total, bytes_stored: stored };
+    json!({"percent": p.percent(finished), "bytes_done": done, "bytes_total": p.display_total(), "bytes_stored": stored})
+}
+
+pub fn task_json(t: &BackupTask) -> Value {
+    json!({
+        "id": t.id,
+        "instance_id": t.instance_id,
+        "mode": t.mode,
+        "method": t.method,
+        "state": t.state,
+        "progress": progress_json(t.bytes_done, t.bytes_total, t.bytes_stored, t.state == TaskState::Finished),
+        "created_at": ts(Some(t.created_ms)),
+        "started_at": ts(t.started_ms),
+        "finished_at": ts(t.finished_ms),
+        "updated_at": ts(Some(t.updated_ms)),
+        "consistent_point": t.consistent_point,
+        "error": t.error,
+        "set_id": t.set_id,
+    })
+}
+
+pub fn set_json(s: &BackupSet) -> Value {
+    json!({
+        "id": s.id,
+        "instance_id": s.instance_id,
+        "task_id": s.task_id,
+        "engine": s.engine,
+        "method": s.method,
+        "mode": s.mode,
+        "started_at": ts(Some(s.started_ms)),
+        "finished_at": ts(Some(s.finished_ms)),
+        "bytes_logical": s.bytes_logical,
+        "bytes_stored": s.bytes_stored,
+        "consistent_point": s.consistent_point,
+        "snapshot_id": s.snapshot_id,
+        "meta": s.meta,
+        "expires_at": ts(s.expires_ms),
+    })
+}
+
+pub fn job_json(j: &Job) -> Value {
+    json!({
+        "id": j.id,
+        "kind": j.kind,
+        "state": j.state,
+        "set_id": j.set_id,
+        "params": j.params,
+        "progress": progress_json(j.bytes_done, j.bytes_total, 0, j.state == TaskState::Finished),
+        "created_at": ts(Some(j.created_ms)),
+        "started_at": ts(j.started_ms),
+        "finished_at": ts(j.finished_ms),
+        "error": j.error,
+        "result": j.result,
+    })
+}
+
+pub fn router(svc: Svc) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/instances", get(list_instances).post(add_instance))
+        .route("/v1/instances/{id}", get(get_instance).delete(remove_instance))
+        .route("/v1/instances/{id}/check", post(check_instance))
+        .route("/v1/instances/{id}/backups", post(create_backup))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/v1/sets", get(list_sets))
+        .route("/v1/sets/{id}", get(get_set).delete(delete_set))
+        .route("/v1/sets/{id}/manifest", get(set_manifest))
+        .route("/v1/sets/{id}/restore", post(restore_set))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/verify", post(verify))
+        .route("/v1/gc", post(gc))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(svc)
+}
+
+async fn not_found() -> ApiError {
+    ApiError(ServiceError::new(ErrorKind::NotFound, "no such API route (see docs/api.md)"))
+}
+
+async fn method_not_allowed() -> Response {
+    (StatusCode::METHOD_NOT_ALLOWED, Json(json!({"error": {"code": "MethodNotAllowed", "message": "this route does not accept that HTTP method"}}))).into_response()
+}
+
+async fn health(State(svc): State<Svc>) -> Json<Value> {
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "running": svc.running()}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewInstanceBody {
+    name: String,
+    #[serde(default)]
+    engine: Option<String>,
+    host: String,
+    port: u16,
+    user: String,
+    #[serde(default)]
+    password: Option<stowage_core::Secret>,
+    #[serde(default)]
+    dbname: Option<String>,
+    #[serde(default)]
+    dialect: Option<String>,
+}
+
+async fn add_instance(State(svc): State<Svc>, Auth(p): Auth, Body(b): Body<NewInstanceBody>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let i = svc
+        .add_instance(
+            &p,
+            NewInstance {
+                name: b.name,
+                engine: b.engine.unwrap_or_else(|| "postgresql".into()),
+                host: b.host,
+                port: b.port,
+                user: b.user,
+                password: b.password,
+                dbname: b.dbname,
+                dialect: b.dialect,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(instance_json(&i))))
+}
+
+async fn list_instances(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Value>> {
+    let v: Vec<Value> = svc.list_instances(&p).await?.iter().map(instance_json).collect();
+    Ok(Json(json!({"instances": v})))
+}
+
+async fn get_instance(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(instance_json(&svc.instance(&p, &id).await?)))
+}
+
+async fn remove_instance(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    svc.remove_instance(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn check_instance(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let info = svc.check_instance(&p, &id).await?;
+    Ok(Json(json!({"ok": true, "server": info})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    #[serde(default)]
+    client_token: Option<String>,
+}
+
+async fn create_backup(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    // The body is optional: an empty POST starts a backup with defaults.
+    let b: BackupBody = if body.is_empty() {
+        BackupBody::default()
+    } else {
+        if !headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json")) {
+            return Err(invalid("expected a JSON body (Content-Type: application/json)"));
+        }
+        serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid JSON body: {e}")))?
+    };
+    let t = svc.start_backup(&p, &id, TaskMode::Manual, b.client_token).await?;
+    Ok((StatusCode::ACCEPTED, Json(task_json(&t))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskQuery {
+    instance: Option<String>,
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_tasks(State(svc): State<Svc>, Auth(p): Auth, Q(q): Q<TaskQuery>) -> ApiResult<Json<Value>> {
+    let mut f = TaskFilter::default();
+    if let Some(i) = q.instance {
+        f.instance_id = Some(svc.instance(&p, &i).await?.id);
+    }
+    if let Some(s) = q.state {
+        for part in s.split(',') {
+            let st: TaskState = part.trim().parse().map_err(|_| invalid(format!("state {part:?} is not one of pending, checking, preparing, running, finishing, finished, failed, cancelled")))?;
+            f.states.push(st);
+        }
+    }
+    if let Some(l) = q.limit {
+        if !(1..=1000).contains(&l) {
+            return Err(invalid("limit: 1 to 1000"));
+        }
+        f.limit = Some(l);
+    }
+    let v: Vec<Value> = svc.list_tasks(&p, &f).await?.iter().map(task_json).collect();
+    Ok(Json(json!({"tasks": v})))
+}
+
+async fn get_task(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(task_json(&svc.task(&p, parse_id(&id, "task")?).await?)))
+}
+
+async fn cancel_task(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(task_json(&svc.cancel_task(&p, parse_id(&id, "task")?).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetQuery {
+    instance: Option<String>,
+}
+
+async fn list_sets(State(svc): State<Svc>, Auth(p): Auth, Q(q): Q<SetQuery>) -> ApiResult<Json<Value>> {
+    let v: Vec<Value> = svc.list_sets(&p, q.instance.as_deref()).await?.iter().map(set_json).collect();
+    Ok(Json(json!({"sets": v})))
+}
+
+async fn get_set(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(set_json(&svc.set(&p, parse_id(&id, "set")?).await?)))
+}
+
+async fn set_manifest(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let m = svc.set_manifest(&p, parse_id(&id, "set")?).await?;
+    let files: Vec<Value> = m
+        .archives
+        .iter()
+        .flat_map(|a| a.files.iter().map(move |f| json!({"archive": a.name, "path": f.path, "kind": f.kind, "size": f.size, "mode": format!("{:o}", f.mode), "chunks": f.chunks.len()})))
+        .collect();
+    Ok(Json(json!({"summary": m.summary, "engine_meta": m.engine_meta, "labels": m.labels, "files": files})))
+}
+
+async fn delete_set(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    svc.delete_set(&p, parse_id(&id, "set")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    target: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn restore_set(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>, Body(b): Body<RestoreBody>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let j = svc.start_restore(&p, parse_id(&id, "set")?, &b.target, b.force).await?;
+    Ok((StatusCode::ACCEPTED, Json(job_json(&j))))
+}
+
+async fn list_jobs(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Value>> {
+    let v: Vec<Value> = svc.list_jobs(&p).await?.iter().map(job_json).collect();
+    Ok(Json(json!({"jobs": v})))
+}
+
+async fn get_job(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(job_json(&svc.job(&p, parse_id(&id, "job")?).await?)))
+}
+
+async fn cancel_job(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(job_json(&svc.cancel_job(&p, parse_id(&id, "job")?).await?)))
+}
+
+async fn verify(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<(StatusCode, Json<Value>)> {
+    Ok((StatusCode::ACCEPTED, Json(job_json(&svc.start_verify(&p).await?))))
+}
+
+async fn gc(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<(StatusCode, Json<Value>)> {
+    Ok((StatusCode::ACCEPTED, Json(job_json(&svc.start_gc(&p).await?))))
+}
+

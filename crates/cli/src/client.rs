@@ -1,0 +1,99 @@
+//! A small blocking client of Stowage's REST API.
+
+use serde_json::Value;
+use std::time::Duration;
+
+pub struct Client {
+    base: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+/// Why a call failed, with the exit code the CLI uses for it.
+pub enum CallError {
+    /// The server answered with an error (exit 2).
+    Api { code: String, message: String },
+    /// The server could not be reached (exit 3).
+    Unreachable(String),
+}
+
+impl CallError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CallError::Api { .. } => 2,
+            CallError::Unreachable(_) => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Api { code, message, .. } => write!(f, "{code}: {message}"),
+            CallError::Unreachable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Client {
+    pub fn new(base: &str, key_id: &str, secret: &str) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            auth: format!("Bearer {key_id}:{secret}"),
+            agent,
+        }
+    }
+
+    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, CallError> {
+        let mut resp = r.map_err(|e| {
+            CallError::Unreachable(format!("cannot reach the Stowage server at {}: {e} (is `stowage serve` running? see --server)", self.base))
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if status >= 400 {
+            let code = v["error"]["code"].as_str().unwrap_or("Error").to_string();
+            let message = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(CallError::Api { code, message });
+        }
+        Ok(v)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, CallError> {
+        self.finish(self.agent.get(&self.url(path)).header("Authorization", &self.auth).call())
+    }
+
+    pub fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, CallError> {
+        let req = self.agent.post(&self.url(path)).header("Authorization", &self.auth);
+        self.finish(match body {
+            Some(b) => req.send_json(b),
+            None => req.send_empty(),
+        })
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Value, CallError> {
+        self.finish(self.agent.delete(&self.url(path)).header("Authorization", &self.auth).call())
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

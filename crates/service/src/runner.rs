@@ -1,0 +1,294 @@
+//! Running tasks and jobs, and mirroring their live state into the catalog.
+
+use crate::{Service, now_ms};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use stowage_catalog::{BackupSet, BackupTask, Instance, Job, NewSet, StateUpdate};
+use stowage_core::progress::Throttle;
+use stowage_core::{LiveTask, TaskState};
+use stowage_engines::{ConnSpec, EngineError, ErrorKind};
+use stowage_repo::lock::LockKind;
+use stowage_repo::restore::{self, RestoreOptions};
+
+/// Progress is persisted at most this often per task.
+const PROGRESS_INTERVAL_MS: u64 = 1000;
+const POLL: Duration = Duration::from_millis(100);
+
+pub(crate) enum JobWork {
+    Restore { set: BackupSet, target: PathBuf, force: bool },
+    Verify,
+    Gc,
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Task(i64),
+    Job(i64),
+}
+
+/// The next state on the success path, used to persist every intermediate
+/// state even when the worker moved through several between two polls.
+fn next_forward(s: TaskState) -> Option<TaskState> {
+    match s {
+        TaskState::Pending => Some(TaskState::Checking),
+        TaskState::Checking => Some(TaskState::Preparing),
+        TaskState::Preparing => Some(TaskState::Running),
+        TaskState::Running => Some(TaskState::Finishing),
+        _ => None,
+    }
+}
+
+fn rank(s: TaskState) -> u8 {
+    match s {
+        TaskState::Pending => 0,
+        TaskState::Checking => 1,
+        TaskState::Preparing => 2,
+        TaskState::Running => 3,
+        TaskState::Finishing => 4,
+        _ => 5,
+    }
+}
+
+async fn persist_state(svc: &Service, t: Target, to: TaskState, u: StateUpdate) -> Result<(), String> {
+    let r = match t {
+        Target::Task(id) => svc.catalog.set_backup_task_state(id, to, u, now_ms()).await.map(|_| ()),
+        Target::Job(id) => svc.catalog.set_job_state(id, to, u, now_ms()).await.map(|_| ()),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// Brings the persisted state up to the live one.
+async fn sync(svc: &Service, t: Target, live: &LiveTask, persisted: &mut TaskState) {
+    let want = live.state();
+    while rank(*persisted) < rank(want) {
+        let Some(next) = next_forward(*persisted) else { break };
+        let u = StateUpdate {
+            progress: Some(live.progress()),
+            ..Default::default()
+        };
+        match persist_state(svc, t, next, u).await {
+            Ok(()) => *persisted = next,
+            Err(e) => {
+                tracing::error!(error = %e, "could not persist a state change");
+                break;
+            }
+        }
+    }
+}
+
+/// Waits for `work` while mirroring `live` into the catalog.
+async fn monitor<T>(svc: &Service, t: Target, live: &LiveTask, persisted: &mut TaskState, mut work: tokio::task::JoinHandle<T>) -> Result<T, String> {
+    let mut throttle = Throttle::new(PROGRESS_INTERVAL_MS);
+    let mut last = live.progress();
+    loop {
+        tokio::select! {
+            res = &mut work => {
+                sync(svc, t, live, persisted).await;
+                return res.map_err(|e| format!("worker thread failed: {e}"));
+            }
+            _ = tokio::time::sleep(POLL) => {
+                sync(svc, t, live, persisted).await;
+                let p = live.progress();
+                if p != last && throttle.due(now_ms() as u64) {
+                    last = p;
+                    let r = match t {
+                        Target::Task(id) => svc.catalog.set_backup_task_progress(id, p, now_ms()).await,
+                        Target::Job(id) => svc.catalog.set_job_progress(id, p, now_ms()).await,
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "could not persist progress");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn fail(svc: &Service, t: Target, persisted: TaskState, e: &EngineError) {
+    let to = if e.kind == ErrorKind::Cancelled && persisted.can_transition_to(TaskState::Cancelled) {
+        TaskState::Cancelled
+    } else {
+        TaskState::Failed
+    };
+    let msg = if e.kind == ErrorKind::Cancelled { "cancelled by request".to_string() } else { e.message.clone() };
+    if let Err(err) = persist_state(svc, t, to, StateUpdate { error: Some(msg), ..Default::default() }).await {
+        tracing::error!(error = %err, "could not record a failed task");
+    }
+}
+
+pub(crate) async fn run_backup(svc: Arc<Service>, task: BackupTask, inst: Instance, spec: ConnSpec, live: Arc<LiveTask>) {
+    let t = Target::Task(task.id);
+    tracing::info!(task = task.id, instance = %inst.id, "backup task started");
+    let engine = stowage_engines::engine_for(&inst.engine).expect("validated at registration");
+    let label = format!("stowage task {}", task.id);
+    let labels: BTreeMap<String, String> = [
+        ("instance_id", inst.id.clone()),
+        ("task_id", task.id.to_string()),
+        ("engine", inst.engine.clone()),
+        ("account_id", inst.account_id.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let repo = svc.repo.clone();
+    let l = live.clone();
+    let started = now_ms();
+    let work = tokio::task::spawn_blocking(move || {
+        let mut w = repo.start_backup(0)?;
+        let out = engine.backup(&spec, &label, &mut w, &l)?;
+        if l.is_cancelled() {
+            return Err(EngineError::new(ErrorKind::Cancelled, "cancelled"));
+        }
+        l.set_state(TaskState::Finishing);
+        let stats = w.stats();
+        let (snap, m) = w.finish(labels, out.meta.clone())?;
+        l.bytes_stored.store(stats.bytes_stored.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok::<_, EngineError>((snap, m, out))
+    });
+    let mut persisted = TaskState::Pending;
+    let res = monitor(&svc, t, &live, &mut persisted, work).await;
+    match res.map_err(|m| EngineError::new(ErrorKind::Repository, m)).and_then(|r| r) {
+        Ok((snap, m, out)) => {
+            let set = NewSet {
+                snapshot_id: snap,
+                engine: inst.engine.clone(),
+                method: engine.method().into(),
+                started_ms: started,
+                finished_ms: m.finished_ms,
+                bytes_logical: m.summary.bytes_logical,
+                bytes_stored: m.summary.bytes_stored_new,
+                consistent_point: Some(out.consistent_point),
+                meta: out.meta,
+                expires_ms: None,
+            };
+            match svc.catalog.finish_backup_task(task.id, &set, now_ms()).await {
+                Ok((_, s)) => tracing::info!(task = task.id, set = s.id, bytes = s.bytes_logical, stored = s.bytes_stored, "backup finished"),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record the finished backup");
+                    fail(&svc, t, persisted, &EngineError::new(ErrorKind::Repository, format!("could not record the backup set: {e}"))).await;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(task = task.id, error = %e.message, "backup failed");
+            fail(&svc, t, persisted, &e).await;
+        }
+    }
+    svc.live_tasks.lock().expect("lock").remove(&task.id);
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+fn clear_dir(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())?;
+        } else {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn fs_err(p: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |e| EngineError::new(ErrorKind::Filesystem, format!("{}: {e}", p.display()))
+}
+
+fn restore_work(svc: &Service, set: &BackupSet, target: &Path, force: bool, live: &LiveTask) -> Result<serde_json::Value, EngineError> {
+    live.set_state(TaskState::Checking);
+    let repo = &svc.repo;
+    let _lock = repo.lock(LockKind::Shared, "restore")?;
+    let m = repo.read_snapshot(&set.snapshot_id)?;
+    let engine = stowage_engines::engine_for(&set.engine).ok_or_else(|| EngineError::new(ErrorKind::Unsupported, format!("no engine {}", set.engine)))?;
+    live.set_state(TaskState::Preparing);
+    let targets = engine.restore_targets(&m, target)?;
+    for (_, dir) in &targets {
+        if dir.exists() && std::fs::read_dir(dir).map_err(fs_err(dir))?.next().is_some() {
+            if !force {
+                return Err(EngineError::new(ErrorKind::Filesystem, format!("restore target {} is not empty", dir.display())));
+            }
+            clear_dir(dir).map_err(fs_err(dir))?;
+        }
+        std::fs::create_dir_all(dir).map_err(fs_err(dir))?;
+    }
+    let plan = restore::plan(&m, &repo.index(), &targets)?;
+    live.bytes_total.store(plan.total_bytes, Ordering::Relaxed);
+    live.set_state(TaskState::Running);
+    let opts = RestoreOptions {
+        preserve_owner: is_root(),
+        ..Default::default()
+    };
+    repo.restore(&plan, &opts, &|done, _| live.bytes_done.store(done, Ordering::Relaxed), live.cancel_flag())?;
+    live.set_state(TaskState::Finishing);
+    engine.after_restore(&m, target, &targets, is_root())?;
+    Ok(serde_json::json!({
+        "target": target,
+        "files": m.summary.files,
+        "bytes": plan.total_bytes,
+        "consistent_point": set.consistent_point,
+    }))
+}
+
+pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Arc<LiveTask>) {
+    let t = Target::Job(job.id);
+    tracing::info!(job = job.id, kind = %job.kind.as_str(), "job started");
+    let s = svc.clone();
+    let l = live.clone();
+    let handle = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, EngineError> {
+        match work {
+            JobWork::Restore { set, target, force } => restore_work(&s, &set, &target, force, &l),
+            JobWork::Verify => {
+                l.set_state(TaskState::Checking);
+                l.set_state(TaskState::Preparing);
+                l.set_state(TaskState::Running);
+                let r = s.repo.verify(0, &|done, total| {
+                    l.bytes_total.store(total, Ordering::Relaxed);
+                    l.bytes_done.store(done, Ordering::Relaxed);
+                })?;
+                l.set_state(TaskState::Finishing);
+                if r.ok() {
+                    Ok(serde_json::to_value(&r).expect("json"))
+                } else {
+                    Err(EngineError::new(
+                        ErrorKind::Repository,
+                        format!("verify found {} problem(s); first: {}", r.errors.len(), r.errors[0]),
+                    ))
+                }
+            }
+            JobWork::Gc => {
+                l.set_state(TaskState::Checking);
+                l.set_state(TaskState::Preparing);
+                l.set_state(TaskState::Running);
+                let r = s.repo.gc()?;
+                l.set_state(TaskState::Finishing);
+                Ok(serde_json::to_value(&r).expect("json"))
+            }
+        }
+    });
+    let mut persisted = TaskState::Pending;
+    let res = monitor(&svc, t, &live, &mut persisted, handle).await;
+    match res.map_err(|m| EngineError::new(ErrorKind::Repository, m)).and_then(|r| r) {
+        Ok(result) => {
+            let u = StateUpdate {
+                progress: Some(live.progress()),
+                result: Some(result),
+                ..Default::default()
+            };
+            if let Err(e) = persist_state(&svc, t, TaskState::Finished, u).await {
+                tracing::error!(error = %e, "could not record a finished job");
+            }
+            tracing::info!(job = job.id, "job finished");
+        }
+        Err(e) => {
+            tracing::warn!(job = job.id, error = %e.message, "job failed");
+            fail(&svc, t, persisted, &e).await;
+        }
+    }
+    svc.live_jobs.lock().expect("lock").remove(&job.id);
+}

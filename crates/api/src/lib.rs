@@ -21,7 +21,13 @@ pub fn app(svc: Arc<Service>) -> axum::Router {
 
 /// Serves until `shutdown` resolves; takes an already bound listener so the
 /// caller (and tests) choose the port.
-pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<Service>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    svc: Arc<Service>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = app(svc).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -46,7 +46,11 @@ fn status_and_code(k: ErrorKind) -> (StatusCode, &'static str) {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = status_and_code(self.0.kind);
-        (status, Json(json!({"error": {"code": code, "message": self.0.message}}))).into_response()
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": self.0.message}})),
+        )
+            .into_response()
     }
 }
 
@@ -63,13 +67,20 @@ impl FromRequestParts<Svc> for Auth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, svc: &Svc) -> Result<Self, Self::Rejection> {
         let unauthorized = |m: &str| ApiError(ServiceError::new(ErrorKind::Unauthorized, m));
-        let h = parts
-            .headers
-            .get("authorization")
-            .ok_or_else(|| unauthorized("missing Authorization header (Bearer <access-key-id>:<access-key-secret>)"))?;
-        let h = h.to_str().map_err(|_| unauthorized("malformed Authorization header"))?;
-        let token = h.strip_prefix("Bearer ").ok_or_else(|| unauthorized("Authorization must be: Bearer <access-key-id>:<access-key-secret>"))?;
-        let (id, secret) = token.split_once(':').ok_or_else(|| unauthorized("Authorization must be: Bearer <access-key-id>:<access-key-secret>"))?;
+        let h = parts.headers.get("authorization").ok_or_else(|| {
+            unauthorized(
+                "missing Authorization header (Bearer <access-key-id>:<access-key-secret>)",
+            )
+        })?;
+        let h = h
+            .to_str()
+            .map_err(|_| unauthorized("malformed Authorization header"))?;
+        let token = h.strip_prefix("Bearer ").ok_or_else(|| {
+            unauthorized("Authorization must be: Bearer <access-key-id>:<access-key-secret>")
+        })?;
+        let (id, secret) = token.split_once(':').ok_or_else(|| {
+            unauthorized("Authorization must be: Bearer <access-key-id>:<access-key-secret>")
+        })?;
         Ok(Auth(svc.authenticate(id.trim(), secret.trim()).await?))
     }
 }
@@ -89,7 +100,9 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Svc> for Body<T>
 
 fn json_rejection(e: JsonRejection) -> String {
     match e {
-        JsonRejection::MissingJsonContentType(_) => "expected a JSON body (Content-Type: application/json)".into(),
+        JsonRejection::MissingJsonContentType(_) => {
+            "expected a JSON body (Content-Type: application/json)".into()
+        }
         other => format!("invalid JSON body: {}", other.body_text()),
     }
 }
@@ -102,10 +115,13 @@ impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<Svc> for Q<T> {
     async fn from_request_parts(parts: &mut Parts, svc: &Svc) -> Result<Self, Self::Rejection> {
         match Query::<T>::from_request_parts(parts, svc).await {
             Ok(Query(v)) => Ok(Q(v)),
-            Err(e) => Err(invalid(format!("invalid query: {}", match e {
-                QueryRejection::FailedToDeserializeQueryString(e) => e.body_text(),
-                other => other.body_text(),
-            }))),
+            Err(e) => Err(invalid(format!(
+                "invalid query: {}",
+                match e {
+                    QueryRejection::FailedToDeserializeQueryString(e) => e.body_text(),
+                    other => other.body_text(),
+                }
+            ))),
         }
     }
 }
@@ -118,7 +134,8 @@ fn parse_id(s: &str, what: &str) -> ApiResult<i64> {
 }
 
 fn ts(ms: Option<i64>) -> Value {
-    ms.map(|m| Value::String(format_rfc3339(m))).unwrap_or(Value::Null)
+    ms.map(|m| Value::String(format_rfc3339(m)))
+        .unwrap_or(Value::Null)
 }
 
 pub fn instance_json(i: &Instance) -> Value {
@@ -133,12 +150,17 @@ pub fn instance_json(i: &Instance) -> Value {
         "has_password": i.password_enc.is_some(),
         "dbname": i.dbname,
         "dialect": i.options.get("dialect"),
+        "max_rate_kbps": i.options.get("max_rate_kbps"),
         "created_at": ts(Some(i.created_ms)),
     })
 }
 
 fn progress_json(done: u64, total: u64, stored: u64, finished: bool) -> Value {
-    let p = Progress { bytes_done: done, bytes_total: total, bytes_stored: stored };
+    let p = Progress {
+        bytes_done: done,
+        bytes_total: total,
+        bytes_stored: stored,
+    };
     json!({"percent": p.percent(finished), "bytes_done": done, "bytes_total": p.display_total(), "bytes_stored": stored})
 }
 
@@ -199,7 +221,10 @@ pub fn router(svc: Svc) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/instances", get(list_instances).post(add_instance))
-        .route("/v1/instances/{id}", get(get_instance).delete(remove_instance))
+        .route(
+            "/v1/instances/{id}",
+            get(get_instance).delete(remove_instance),
+        )
         .route("/v1/instances/{id}/check", post(check_instance))
         .route("/v1/instances/{id}/backups", post(create_backup))
         .route("/v1/tasks", get(list_tasks))
@@ -220,7 +245,10 @@ pub fn router(svc: Svc) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError(ServiceError::new(ErrorKind::NotFound, "no such API route (see docs/api.md)"))
+    ApiError(ServiceError::new(
+        ErrorKind::NotFound,
+        "no such API route (see docs/api.md)",
+    ))
 }
 
 async fn method_not_allowed() -> Response {
@@ -246,9 +274,15 @@ struct NewInstanceBody {
     dbname: Option<String>,
     #[serde(default)]
     dialect: Option<String>,
+    #[serde(default)]
+    max_rate_kbps: Option<u32>,
 }
 
-async fn add_instance(State(svc): State<Svc>, Auth(p): Auth, Body(b): Body<NewInstanceBody>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn add_instance(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Body(b): Body<NewInstanceBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let i = svc
         .add_instance(
             &p,
@@ -261,6 +295,7 @@ async fn add_instance(State(svc): State<Svc>, Auth(p): Auth, Body(b): Body<NewIn
                 password: b.password,
                 dbname: b.dbname,
                 dialect: b.dialect,
+                max_rate_kbps: b.max_rate_kbps,
             },
         )
         .await?;
@@ -268,20 +303,37 @@ async fn add_instance(State(svc): State<Svc>, Auth(p): Auth, Body(b): Body<NewIn
 }
 
 async fn list_instances(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Value>> {
-    let v: Vec<Value> = svc.list_instances(&p).await?.iter().map(instance_json).collect();
+    let v: Vec<Value> = svc
+        .list_instances(&p)
+        .await?
+        .iter()
+        .map(instance_json)
+        .collect();
     Ok(Json(json!({"instances": v})))
 }
 
-async fn get_instance(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_instance(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(instance_json(&svc.instance(&p, &id).await?)))
 }
 
-async fn remove_instance(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn remove_instance(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     svc.remove_instance(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn check_instance(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn check_instance(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let info = svc.check_instance(&p, &id).await?;
     Ok(Json(json!({"ok": true, "server": info})))
 }
@@ -293,17 +345,31 @@ struct BackupBody {
     client_token: Option<String>,
 }
 
-async fn create_backup(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn create_backup(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     // The body is optional: an empty POST starts a backup with defaults.
     let b: BackupBody = if body.is_empty() {
         BackupBody::default()
     } else {
-        if !headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json")) {
-            return Err(invalid("expected a JSON body (Content-Type: application/json)"));
+        if !headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
+        {
+            return Err(invalid(
+                "expected a JSON body (Content-Type: application/json)",
+            ));
         }
         serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid JSON body: {e}")))?
     };
-    let t = svc.start_backup(&p, &id, TaskMode::Manual, b.client_token).await?;
+    let t = svc
+        .start_backup(&p, &id, TaskMode::Manual, b.client_token)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(task_json(&t))))
 }
 
@@ -315,7 +381,11 @@ struct TaskQuery {
     limit: Option<u32>,
 }
 
-async fn list_tasks(State(svc): State<Svc>, Auth(p): Auth, Q(q): Q<TaskQuery>) -> ApiResult<Json<Value>> {
+async fn list_tasks(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Q(q): Q<TaskQuery>,
+) -> ApiResult<Json<Value>> {
     let mut f = TaskFilter::default();
     if let Some(i) = q.instance {
         f.instance_id = Some(svc.instance(&p, &i).await?.id);
@@ -332,16 +402,33 @@ async fn list_tasks(State(svc): State<Svc>, Auth(p): Auth, Q(q): Q<TaskQuery>) -
         }
         f.limit = Some(l);
     }
-    let v: Vec<Value> = svc.list_tasks(&p, &f).await?.iter().map(task_json).collect();
+    let v: Vec<Value> = svc
+        .list_tasks(&p, &f)
+        .await?
+        .iter()
+        .map(task_json)
+        .collect();
     Ok(Json(json!({"tasks": v})))
 }
 
-async fn get_task(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(task_json(&svc.task(&p, parse_id(&id, "task")?).await?)))
+async fn get_task(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(task_json(
+        &svc.task(&p, parse_id(&id, "task")?).await?,
+    )))
 }
 
-async fn cancel_task(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(task_json(&svc.cancel_task(&p, parse_id(&id, "task")?).await?)))
+async fn cancel_task(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(task_json(
+        &svc.cancel_task(&p, parse_id(&id, "task")?).await?,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -350,26 +437,49 @@ struct SetQuery {
     instance: Option<String>,
 }
 
-async fn list_sets(State(svc): State<Svc>, Auth(p): Auth, Q(q): Q<SetQuery>) -> ApiResult<Json<Value>> {
-    let v: Vec<Value> = svc.list_sets(&p, q.instance.as_deref()).await?.iter().map(set_json).collect();
+async fn list_sets(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Q(q): Q<SetQuery>,
+) -> ApiResult<Json<Value>> {
+    let v: Vec<Value> = svc
+        .list_sets(&p, q.instance.as_deref())
+        .await?
+        .iter()
+        .map(set_json)
+        .collect();
     Ok(Json(json!({"sets": v})))
 }
 
-async fn get_set(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_set(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(set_json(&svc.set(&p, parse_id(&id, "set")?).await?)))
 }
 
-async fn set_manifest(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn set_manifest(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let m = svc.set_manifest(&p, parse_id(&id, "set")?).await?;
     let files: Vec<Value> = m
         .archives
         .iter()
         .flat_map(|a| a.files.iter().map(move |f| json!({"archive": a.name, "path": f.path, "kind": f.kind, "size": f.size, "mode": format!("{:o}", f.mode), "chunks": f.chunks.len()})))
         .collect();
-    Ok(Json(json!({"summary": m.summary, "engine_meta": m.engine_meta, "labels": m.labels, "files": files})))
+    Ok(Json(
+        json!({"summary": m.summary, "engine_meta": m.engine_meta, "labels": m.labels, "files": files}),
+    ))
 }
 
-async fn delete_set(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_set(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     svc.delete_set(&p, parse_id(&id, "set")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -382,8 +492,15 @@ struct RestoreBody {
     force: bool,
 }
 
-async fn restore_set(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>, Body(b): Body<RestoreBody>) -> ApiResult<(StatusCode, Json<Value>)> {
-    let j = svc.start_restore(&p, parse_id(&id, "set")?, &b.target, b.force).await?;
+async fn restore_set(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(b): Body<RestoreBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let j = svc
+        .start_restore(&p, parse_id(&id, "set")?, &b.target, b.force)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(job_json(&j))))
 }
 
@@ -392,19 +509,34 @@ async fn list_jobs(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Valu
     Ok(Json(json!({"jobs": v})))
 }
 
-async fn get_job(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_job(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(job_json(&svc.job(&p, parse_id(&id, "job")?).await?)))
 }
 
-async fn cancel_job(State(svc): State<Svc>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(job_json(&svc.cancel_job(&p, parse_id(&id, "job")?).await?)))
+async fn cancel_job(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(job_json(
+        &svc.cancel_job(&p, parse_id(&id, "job")?).await?,
+    )))
 }
 
 async fn verify(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<(StatusCode, Json<Value>)> {
-    Ok((StatusCode::ACCEPTED, Json(job_json(&svc.start_verify(&p).await?))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(job_json(&svc.start_verify(&p).await?)),
+    ))
 }
 
 async fn gc(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<(StatusCode, Json<Value>)> {
-    Ok((StatusCode::ACCEPTED, Json(job_json(&svc.start_gc(&p).await?))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(job_json(&svc.start_gc(&p).await?)),
+    ))
 }
-

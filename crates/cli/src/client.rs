@@ -49,16 +49,26 @@ impl Client {
         }
     }
 
-    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, CallError> {
+    fn finish(
+        &self,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, CallError> {
         let mut resp = r.map_err(|e| {
             CallError::Unreachable(format!("cannot reach the Stowage server at {}: {e} (is `stowage serve` running? see --server)", self.base))
         })?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let v: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if status >= 400 {
             let code = v["error"]["code"].as_str().unwrap_or("Error").to_string();
-            let message = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}"));
+            let message = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}"));
             return Err(CallError::Api { code, message });
         }
         Ok(v)
@@ -69,11 +79,19 @@ impl Client {
     }
 
     pub fn get(&self, path: &str) -> Result<Value, CallError> {
-        self.finish(self.agent.get(&self.url(path)).header("Authorization", &self.auth).call())
+        self.finish(
+            self.agent
+                .get(&self.url(path))
+                .header("Authorization", &self.auth)
+                .call(),
+        )
     }
 
     pub fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, CallError> {
-        let req = self.agent.post(&self.url(path)).header("Authorization", &self.auth);
+        let req = self
+            .agent
+            .post(&self.url(path))
+            .header("Authorization", &self.auth);
         self.finish(match body {
             Some(b) => req.send_json(b),
             None => req.send_empty(),
@@ -81,7 +99,12 @@ impl Client {
     }
 
     pub fn delete(&self, path: &str) -> Result<Value, CallError> {
-        self.finish(self.agent.delete(&self.url(path)).header("Authorization", &self.auth).call())
+        self.finish(
+            self.agent
+                .delete(&self.url(path))
+                .header("Authorization", &self.auth)
+                .call(),
+        )
     }
 }
 

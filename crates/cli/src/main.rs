@@ -41,7 +41,12 @@ struct Global {
     #[arg(long, global = true, env = "STOWAGE_ACCESS_KEY_ID")]
     access_key_id: Option<String>,
     /// Access key secret (default: from <data-dir>/admin-credentials).
-    #[arg(long, global = true, env = "STOWAGE_ACCESS_KEY_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "STOWAGE_ACCESS_KEY_SECRET",
+        hide_env_values = true
+    )]
     access_key_secret: Option<String>,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
@@ -140,6 +145,9 @@ enum InstanceCmd {
         /// Id format: rds (rm-…), polardb (pc-…), dds (dds-…), tencent_mongo (cmgo-…).
         #[arg(long)]
         dialect: Option<String>,
+        /// Throttle backups of this instance to this many kB/s (32 to 1048576).
+        #[arg(long)]
+        max_rate_kbps: Option<u32>,
     },
     /// List registered instances.
     List,
@@ -238,10 +246,14 @@ fn client_for(g: &Global, data_dir: &std::path::Path) -> Result<Client, String> 
                     f.display()
                 )
             })?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+            let v: Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
             (
                 v["access_key_id"].as_str().unwrap_or_default().to_string(),
-                v["access_key_secret"].as_str().unwrap_or_default().to_string(),
+                v["access_key_secret"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             )
         }
     };
@@ -250,10 +262,15 @@ fn client_for(g: &Global, data_dir: &std::path::Path) -> Result<Client, String> 
 
 fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let res = rt.block_on(async move {
         let repo_password = match &a.repo_password_file {
             Some(f) => Some(stowage_core::Secret::new(
@@ -290,7 +307,8 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
@@ -318,7 +336,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -328,7 +350,9 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 fn bytes(v: &Value) -> String {
-    v.as_u64().map(|b| HumanBytes(b).to_string()).unwrap_or_else(|| "-".into())
+    v.as_u64()
+        .map(|b| HumanBytes(b).to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 fn task_row(t: &Value) -> Vec<String> {
@@ -338,13 +362,19 @@ fn task_row(t: &Value) -> Vec<String> {
         s(&t["mode"]),
         s(&t["state"]),
         format!("{}%", s(&t["progress"]["percent"])),
-        format!("{}/{}", bytes(&t["progress"]["bytes_done"]), bytes(&t["progress"]["bytes_total"])),
+        format!(
+            "{}/{}",
+            bytes(&t["progress"]["bytes_done"]),
+            bytes(&t["progress"]["bytes_total"])
+        ),
         s(&t["created_at"]),
         s(&t["set_id"]),
     ]
 }
 
-const TASK_HEADERS: [&str; 8] = ["ID", "INSTANCE", "MODE", "STATE", "PROGRESS", "BYTES", "CREATED", "SET"];
+const TASK_HEADERS: [&str; 8] = [
+    "ID", "INSTANCE", "MODE", "STATE", "PROGRESS", "BYTES", "CREATED", "SET",
+];
 
 fn show_task(t: &Value, json: bool) {
     if json {
@@ -371,7 +401,10 @@ fn finish_follow(v: &Value, json: bool, what: &str) -> u8 {
         }
         0
     } else {
-        eprintln!("{what} {state}: {}", v["error"].as_str().unwrap_or("no reason recorded"));
+        eprintln!(
+            "{what} {state}: {}",
+            v["error"].as_str().unwrap_or("no reason recorded")
+        );
         1
     }
 }
@@ -381,13 +414,32 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
     match cmd {
         Cmd::Serve(_) => unreachable!("handled in main"),
         Cmd::Instance(ic) => match ic {
-            InstanceCmd::Add { name, engine, host, port, user, password_file, password_env, dbname, dialect } => {
+            InstanceCmd::Add {
+                name,
+                engine,
+                host,
+                port,
+                user,
+                password_file,
+                password_env,
+                dbname,
+                dialect,
+                max_rate_kbps,
+            } => {
                 let password = match (password_file, password_env) {
-                    (Some(f), _) => Some(std::fs::read_to_string(&f).map_err(|e| CallError::Api { code: "InvalidParameter".into(), message: format!("{}: {e}", f.display()) })?.trim_end_matches(['\n', '\r']).to_string()),
+                    (Some(f), _) => Some(
+                        std::fs::read_to_string(&f)
+                            .map_err(|e| CallError::Api {
+                                code: "InvalidParameter".into(),
+                                message: format!("{}: {e}", f.display()),
+                            })?
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string(),
+                    ),
                     (None, Some(var)) => std::env::var(var).ok(),
                     _ => None,
                 };
-                let body = json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect});
+                let body = json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps});
                 let v = c.post("/v1/instances", Some(&body))?;
                 if json {
                     print_json(&v);
@@ -400,19 +452,41 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
-                    let rows = v["instances"].as_array().cloned().unwrap_or_default().iter().map(|i| {
-                        vec![s(&i["id"]), s(&i["name"]), s(&i["engine"]), format!("{}:{}", s(&i["host"]), s(&i["port"])), s(&i["user"]), s(&i["created_at"])]
-                    }).collect();
-                    table(&["ID", "NAME", "ENGINE", "ADDRESS", "USER", "CREATED"], rows);
+                    let rows = v["instances"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                s(&i["id"]),
+                                s(&i["name"]),
+                                s(&i["engine"]),
+                                format!("{}:{}", s(&i["host"]), s(&i["port"])),
+                                s(&i["user"]),
+                                s(&i["created_at"]),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &["ID", "NAME", "ENGINE", "ADDRESS", "USER", "CREATED"],
+                        rows,
+                    );
                 }
             }
-            InstanceCmd::Show { instance } => print_json(&c.get(&format!("/v1/instances/{}", enc(&instance)))?),
+            InstanceCmd::Show { instance } => {
+                print_json(&c.get(&format!("/v1/instances/{}", enc(&instance)))?)
+            }
             InstanceCmd::Check { instance } => {
                 let v = c.post(&format!("/v1/instances/{}/check", enc(&instance)), None)?;
                 if json {
                     print_json(&v);
                 } else {
-                    println!("ok: PostgreSQL {} (system {})", s(&v["server"]["version"]), s(&v["server"]["system_identifier"]));
+                    println!(
+                        "ok: PostgreSQL {} (system {})",
+                        s(&v["server"]["version"]),
+                        s(&v["server"]["system_identifier"])
+                    );
                 }
             }
             InstanceCmd::Remove { instance } => {
@@ -422,9 +496,16 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 }
             }
         },
-        Cmd::Backup { instance, wait, client_token } => {
+        Cmd::Backup {
+            instance,
+            wait,
+            client_token,
+        } => {
             let body = json!({"client_token": client_token});
-            let t = c.post(&format!("/v1/instances/{}/backups", enc(&instance)), Some(&body))?;
+            let t = c.post(
+                &format!("/v1/instances/{}/backups", enc(&instance)),
+                Some(&body),
+            )?;
             let id = t["id"].as_i64().unwrap_or(0);
             if !wait {
                 show_task(&t, json);
@@ -436,12 +517,22 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"))?;
             let code = finish_follow(&v, json, &format!("backup task {id}"));
             if code == 0 && !json {
-                println!("backup set {} created: {} read, {} newly stored, consistent at {}", s(&v["set_id"]), bytes(&v["progress"]["bytes_done"]), bytes(&v["progress"]["bytes_stored"]), s(&v["consistent_point"]["stop_lsn"]));
+                println!(
+                    "backup set {} created: {} read, {} newly stored, consistent at {}",
+                    s(&v["set_id"]),
+                    bytes(&v["progress"]["bytes_done"]),
+                    bytes(&v["progress"]["bytes_stored"]),
+                    s(&v["consistent_point"]["stop_lsn"])
+                );
             }
             return Ok(code);
         }
         Cmd::Task(tc) => match tc {
-            TaskCmd::List { instance, state, limit } => {
+            TaskCmd::List {
+                instance,
+                state,
+                limit,
+            } => {
                 let mut q = vec![];
                 if let Some(i) = instance {
                     q.push(format!("instance={}", enc(&i)));
@@ -456,7 +547,16 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
-                    table(&TASK_HEADERS, v["tasks"].as_array().cloned().unwrap_or_default().iter().map(task_row).collect());
+                    table(
+                        &TASK_HEADERS,
+                        v["tasks"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(task_row)
+                            .collect(),
+                    );
                 }
             }
             TaskCmd::Show { id } => show_task(&c.get(&format!("/v1/tasks/{id}"))?, json),
@@ -464,19 +564,48 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"))?;
                 return Ok(finish_follow(&v, json, &format!("backup task {id}")));
             }
-            TaskCmd::Cancel { id } => show_task(&c.post(&format!("/v1/tasks/{id}/cancel"), None)?, json),
+            TaskCmd::Cancel { id } => {
+                show_task(&c.post(&format!("/v1/tasks/{id}/cancel"), None)?, json)
+            }
         },
         Cmd::Set(sc) => match sc {
             SetCmd::List { instance } => {
-                let q = instance.map(|i| format!("?instance={}", enc(&i))).unwrap_or_default();
+                let q = instance
+                    .map(|i| format!("?instance={}", enc(&i)))
+                    .unwrap_or_default();
                 let v = c.get(&format!("/v1/sets{q}"))?;
                 if json {
                     print_json(&v);
                 } else {
-                    let rows = v["sets"].as_array().cloned().unwrap_or_default().iter().map(|x| {
-                        vec![s(&x["id"]), s(&x["instance_id"]), s(&x["method"]), s(&x["finished_at"]), bytes(&x["bytes_logical"]), bytes(&x["bytes_stored"]), s(&x["consistent_point"]["stop_lsn"])]
-                    }).collect();
-                    table(&["ID", "INSTANCE", "METHOD", "FINISHED", "SIZE", "NEW STORED", "STOP LSN"], rows);
+                    let rows = v["sets"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|x| {
+                            vec![
+                                s(&x["id"]),
+                                s(&x["instance_id"]),
+                                s(&x["method"]),
+                                s(&x["finished_at"]),
+                                bytes(&x["bytes_logical"]),
+                                bytes(&x["bytes_stored"]),
+                                s(&x["consistent_point"]["stop_lsn"]),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "ID",
+                            "INSTANCE",
+                            "METHOD",
+                            "FINISHED",
+                            "SIZE",
+                            "NEW STORED",
+                            "STOP LSN",
+                        ],
+                        rows,
+                    );
                 }
             }
             SetCmd::Show { id, files } => {
@@ -488,7 +617,13 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                     } else {
                         print_json(&v);
                         for f in m["files"].as_array().cloned().unwrap_or_default() {
-                            println!("{:>6} {:>12} {}/{}", s(&f["mode"]), s(&f["size"]), s(&f["archive"]), s(&f["path"]));
+                            println!(
+                                "{:>6} {:>12} {}/{}",
+                                s(&f["mode"]),
+                                s(&f["size"]),
+                                s(&f["archive"]),
+                                s(&f["path"])
+                            );
                         }
                     }
                 } else {
@@ -502,9 +637,23 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 }
             }
         },
-        Cmd::Restore { set_id, target, force, no_wait } => {
-            let target = if target.is_absolute() { target } else { std::env::current_dir().map(|d| d.join(&target)).unwrap_or(target) };
-            let j = c.post(&format!("/v1/sets/{set_id}/restore"), Some(&json!({"target": target, "force": force})))?;
+        Cmd::Restore {
+            set_id,
+            target,
+            force,
+            no_wait,
+        } => {
+            let target = if target.is_absolute() {
+                target
+            } else {
+                std::env::current_dir()
+                    .map(|d| d.join(&target))
+                    .unwrap_or(target)
+            };
+            let j = c.post(
+                &format!("/v1/sets/{set_id}/restore"),
+                Some(&json!({"target": target, "force": force})),
+            )?;
             return follow_job(c, &j, json, no_wait, "restore");
         }
         Cmd::Verify { no_wait } => {
@@ -522,10 +671,26 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
-                    let rows = v["jobs"].as_array().cloned().unwrap_or_default().iter().map(|j| {
-                        vec![s(&j["id"]), s(&j["kind"]), s(&j["state"]), format!("{}%", s(&j["progress"]["percent"])), s(&j["created_at"]), s(&j["error"])]
-                    }).collect();
-                    table(&["ID", "KIND", "STATE", "PROGRESS", "CREATED", "ERROR"], rows);
+                    let rows = v["jobs"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|j| {
+                            vec![
+                                s(&j["id"]),
+                                s(&j["kind"]),
+                                s(&j["state"]),
+                                format!("{}%", s(&j["progress"]["percent"])),
+                                s(&j["created_at"]),
+                                s(&j["error"]),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &["ID", "KIND", "STATE", "PROGRESS", "CREATED", "ERROR"],
+                        rows,
+                    );
                 }
             }
             JobCmd::Show { id } => print_json(&c.get(&format!("/v1/jobs/{id}"))?),
@@ -539,7 +704,13 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
     Ok(0)
 }
 
-fn follow_job(c: &Client, j: &Value, json: bool, no_wait: bool, what: &str) -> Result<u8, CallError> {
+fn follow_job(
+    c: &Client,
+    j: &Value,
+    json: bool,
+    no_wait: bool,
+    what: &str,
+) -> Result<u8, CallError> {
     let id = j["id"].as_i64().unwrap_or(0);
     if no_wait {
         if json {
@@ -553,12 +724,25 @@ fn follow_job(c: &Client, j: &Value, json: bool, no_wait: bool, what: &str) -> R
     let code = finish_follow(&v, json, &format!("{what} job {id}"));
     if code == 0 && !json {
         match what {
-            "restore" => println!("restored {} into {}", bytes(&v["result"]["bytes"]), s(&v["result"]["target"])),
+            "restore" => println!(
+                "restored {} into {}",
+                bytes(&v["result"]["bytes"]),
+                s(&v["result"]["target"])
+            ),
             "verify" => println!(
                 "repository OK: {} packs, {} chunks, {} snapshots checked ({} read); {} unreferenced packs reclaimable by gc",
-                s(&v["result"]["packs_checked"]), s(&v["result"]["chunks_checked"]), s(&v["result"]["snapshots_checked"]), bytes(&v["result"]["bytes_read"]), s(&v["result"]["unreferenced_packs"])
+                s(&v["result"]["packs_checked"]),
+                s(&v["result"]["chunks_checked"]),
+                s(&v["result"]["snapshots_checked"]),
+                bytes(&v["result"]["bytes_read"]),
+                s(&v["result"]["unreferenced_packs"])
             ),
-            "gc" => println!("gc: {} packs deleted, {} reclaimed, {} packs kept", s(&v["result"]["packs_deleted"]), bytes(&v["result"]["bytes_reclaimed"]), s(&v["result"]["packs_kept"])),
+            "gc" => println!(
+                "gc: {} packs deleted, {} reclaimed, {} packs kept",
+                s(&v["result"]["packs_deleted"]),
+                bytes(&v["result"]["bytes_reclaimed"]),
+                s(&v["result"]["packs_kept"])
+            ),
             _ => {}
         }
     }

@@ -49,12 +49,19 @@ pub fn follow(c: &Client, path: &str, label: &str) -> Result<Value, CallError> {
             }
             None => {
                 if state != last_state || last_line.elapsed() >= PLAIN_EVERY || terminal(&state) {
-                    let speed = rate.rate().map(|r| format!(", {}/s", HumanBytes(r as u64))).unwrap_or_default();
+                    let speed = rate
+                        .rate()
+                        .map(|r| format!(", {}/s", HumanBytes(r as u64)))
+                        .unwrap_or_default();
                     let eta = match rate.eta_secs(total) {
                         Some(s) if !terminal(&state) && total > 0 => format!(", ETA {s} s"),
                         _ => String::new(),
                     };
-                    println!("{label}: {state} {pct}% {} of {}{speed}{eta}", HumanBytes(done), HumanBytes(total.max(done)));
+                    println!(
+                        "{label}: {state} {pct}% {} of {}{speed}{eta}",
+                        HumanBytes(done),
+                        HumanBytes(total.max(done))
+                    );
                     last_line = Instant::now();
                 }
             }

@@ -84,6 +84,15 @@ pub struct ServerInfo {
     pub details: serde_json::Value,
 }
 
+/// Per-backup choices.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Label recorded by the database (PostgreSQL's backup_label).
+    pub label: String,
+    /// Limit the transfer rate, in kB/s (spares a busy production server).
+    pub max_rate_kbps: Option<u32>,
+}
+
 /// What a finished backup stream established.
 #[derive(Debug, Clone)]
 pub struct BackupOutcome {
@@ -105,7 +114,7 @@ pub trait Engine: Send + Sync {
     fn backup(
         &self,
         conn: &ConnSpec,
-        label: &str,
+        opts: &BackupOptions,
         writer: &mut BackupWriter,
         live: &LiveTask,
     ) -> Result<BackupOutcome, EngineError>;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use stowage_core::{LiveTask, Secret, TaskState};
-use stowage_engines::{ConnSpec, Engine, ErrorKind, pg::PostgresPhysical};
+use stowage_engines::{BackupOptions, ConnSpec, Engine, ErrorKind, pg::PostgresPhysical};
 use stowage_repo::restore::{self, RestoreOptions};
 use stowage_repo::{ChunkerParams, KdfParams, LocalStorage, Repository, Storage};
 use stowage_testkit::{PgOptions, PgServer, fix_ownership, is_root};

@@ -59,9 +59,13 @@ impl From<CatalogError> for ServiceError {
             CatalogError::Conflict(m) => ServiceError::new(ErrorKind::Conflict, m),
             CatalogError::InstanceBusy(i) => ServiceError::new(
                 ErrorKind::InstanceBusy,
-                format!("instance {i} already has a backup task in progress; wait for it or cancel it"),
+                format!(
+                    "instance {i} already has a backup task in progress; wait for it or cancel it"
+                ),
             ),
-            CatalogError::Transition(t) => ServiceError::new(ErrorKind::InvalidState, t.to_string()),
+            CatalogError::Transition(t) => {
+                ServiceError::new(ErrorKind::InvalidState, t.to_string())
+            }
             CatalogError::Db(m) => {
                 tracing::error!(error = %m, "catalog error");
                 ServiceError::internal("catalog error (see the server log)")

@@ -21,7 +21,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stowage_catalog::sqlite::SqliteCatalog;
-use stowage_catalog::{AccessKey, BackupSet, BackupTask, Catalog, Instance, Job, NewTask, TaskFilter};
+use stowage_catalog::{
+    AccessKey, BackupSet, BackupTask, Catalog, Instance, Job, NewTask, TaskFilter,
+};
 use stowage_core::ids::{Dialect, InstanceId};
 use stowage_core::{LiveTask, Progress, Secret, TaskKind, TaskMode, TaskState};
 use stowage_repo::{ChunkerParams, KdfParams, LocalStorage, Repository, Storage};
@@ -90,6 +92,9 @@ pub struct NewInstance {
     /// The API dialect whose id format the instance gets (default by engine).
     #[serde(default)]
     pub dialect: Option<String>,
+    /// Throttle backups of this instance to this many kB/s.
+    #[serde(default)]
+    pub max_rate_kbps: Option<u32>,
 }
 
 fn default_engine() -> String {
@@ -106,14 +111,19 @@ pub struct Service {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 impl Service {
     /// Opens (or creates on first start) everything under the data dir.
     pub async fn start(cfg: Config) -> ServiceResult<(Arc<Service>, Bootstrap)> {
         let dd = &cfg.data_dir;
-        std::fs::create_dir_all(dd).map_err(|e| ServiceError::internal(format!("cannot create data dir {}: {e}", dd.display())))?;
+        std::fs::create_dir_all(dd).map_err(|e| {
+            ServiceError::internal(format!("cannot create data dir {}: {e}", dd.display()))
+        })?;
         let secrets = SecretBox::load_or_create(&dd.join("server.key"))?;
         let catalog = SqliteCatalog::open(&dd.join("catalog.db")).await?;
         let catalog: Arc<dyn Catalog> = Arc::new(catalog);
@@ -132,11 +142,25 @@ impl Service {
                 }
             }
         };
-        let repo_dir = cfg.repository.clone().unwrap_or_else(|| dd.join("repository"));
-        let kdf = if cfg.insecure_fast_kdf { KdfParams::insecure_fast() } else { KdfParams::default() };
+        let repo_dir = cfg
+            .repository
+            .clone()
+            .unwrap_or_else(|| dd.join("repository"));
+        let kdf = if cfg.insecure_fast_kdf {
+            KdfParams::insecure_fast()
+        } else {
+            KdfParams::default()
+        };
         let repo = tokio::task::spawn_blocking(move || -> ServiceResult<Repository> {
-            let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(&repo_dir).map_err(|e| ServiceError::internal(e.to_string()))?);
-            Ok(Repository::open_or_init(storage, password.expose(), ChunkerParams::default(), kdf)?)
+            let storage: Arc<dyn Storage> = Arc::new(
+                LocalStorage::new(&repo_dir).map_err(|e| ServiceError::internal(e.to_string()))?,
+            );
+            Ok(Repository::open_or_init(
+                storage,
+                password.expose(),
+                ChunkerParams::default(),
+                kdf,
+            )?)
         })
         .await
         .map_err(|e| ServiceError::internal(e.to_string()))??;
@@ -169,13 +193,24 @@ impl Service {
             return Ok(None);
         }
         let acc = self.catalog.create_account("default", now_ms()).await?;
-        let creds = self.create_access_key(&acc.id, "admin key created at first start").await?;
+        let creds = self
+            .create_access_key(&acc.id, "admin key created at first start")
+            .await?;
         let path = dd.join("admin-credentials");
-        write_private(&path, serde_json::to_string_pretty(&creds).expect("json").as_bytes())?;
+        write_private(
+            &path,
+            serde_json::to_string_pretty(&creds)
+                .expect("json")
+                .as_bytes(),
+        )?;
         Ok(Some(path))
     }
 
-    pub async fn create_access_key(&self, account_id: &str, description: &str) -> ServiceResult<Credentials> {
+    pub async fn create_access_key(
+        &self,
+        account_id: &str,
+        description: &str,
+    ) -> ServiceResult<Credentials> {
         let id = format!("STWK{}", random_token(20, true));
         let secret = Secret::new(random_token(40, false));
         self.catalog
@@ -201,7 +236,9 @@ impl Service {
             .access_key(key_id)
             .await?
             .filter(|k| k.status == "active")
-            .ok_or_else(|| ServiceError::new(ErrorKind::Unauthorized, "unknown or disabled access key"))?;
+            .ok_or_else(|| {
+                ServiceError::new(ErrorKind::Unauthorized, "unknown or disabled access key")
+            })?;
         let secret = self.secrets.open(&k.secret_enc)?;
         Ok((
             Principal {
@@ -218,7 +255,10 @@ impl Service {
         if constant_time_eq(s.expose().as_bytes(), secret.as_bytes()) {
             Ok(p)
         } else {
-            Err(ServiceError::new(ErrorKind::Unauthorized, "unknown or disabled access key"))
+            Err(ServiceError::new(
+                ErrorKind::Unauthorized,
+                "unknown or disabled access key",
+            ))
         }
     }
 
@@ -226,10 +266,15 @@ impl Service {
 
     pub async fn add_instance(&self, p: &Principal, n: NewInstance) -> ServiceResult<Instance> {
         if !valid_name(&n.name) {
-            return Err(ServiceError::invalid("name: 1 to 64 letters, digits, '-', '_' or '.'"));
+            return Err(ServiceError::invalid(
+                "name: 1 to 64 letters, digits, '-', '_' or '.'",
+            ));
         }
         if stowage_engines::engine_for(&n.engine).is_none() {
-            return Err(ServiceError::invalid(format!("engine {:?} is not supported (supported: postgresql)", n.engine)));
+            return Err(ServiceError::invalid(format!(
+                "engine {:?} is not supported (supported: postgresql)",
+                n.engine
+            )));
         }
         if n.host.trim().is_empty() || n.host.len() > 255 || n.host.contains(char::is_whitespace) {
             return Err(ServiceError::invalid("host: a host name or IP address"));
@@ -240,9 +285,16 @@ impl Service {
         if n.user.is_empty() || n.user.len() > 63 {
             return Err(ServiceError::invalid("user: 1 to 63 characters"));
         }
+        if let Some(r) = n.max_rate_kbps
+            && !(32..=1_048_576).contains(&r)
+        {
+            return Err(ServiceError::invalid("max_rate_kbps: 32 to 1048576 (kB/s)"));
+        }
         let dialect = match n.dialect.as_deref() {
             None => Dialect::Rds,
-            Some(d) => d.parse::<Dialect>().map_err(|e| ServiceError::invalid(e.to_string()))?,
+            Some(d) => d
+                .parse::<Dialect>()
+                .map_err(|e| ServiceError::invalid(e.to_string()))?,
         };
         let id = InstanceId::generate(dialect, &stowage_repo::crypto::random_bytes::<32>());
         let inst = Instance {
@@ -254,9 +306,12 @@ impl Service {
             host: n.host,
             port: n.port,
             username: n.user,
-            password_enc: n.password.filter(|s| !s.is_empty()).map(|s| self.secrets.seal(&s)),
+            password_enc: n
+                .password
+                .filter(|s| !s.is_empty())
+                .map(|s| self.secrets.seal(&s)),
             dbname: n.dbname,
-            options: serde_json::json!({"dialect": dialect.as_str()}),
+            options: serde_json::json!({"dialect": dialect.as_str(), "max_rate_kbps": n.max_rate_kbps}),
             created_ms: now_ms(),
         };
         self.catalog.insert_instance(&inst).await?;
@@ -288,17 +343,26 @@ impl Service {
             host: i.host.clone(),
             port: i.port,
             user: i.username.clone(),
-            password: i.password_enc.as_deref().map(|p| self.secrets.open(p)).transpose()?,
+            password: i
+                .password_enc
+                .as_deref()
+                .map(|p| self.secrets.open(p))
+                .transpose()?,
             dbname: i.dbname.clone(),
             connect_timeout: std::time::Duration::from_secs(10),
         })
     }
 
     /// Connects to the instance and reports what it finds.
-    pub async fn check_instance(&self, p: &Principal, id: &str) -> ServiceResult<stowage_engines::ServerInfo> {
+    pub async fn check_instance(
+        &self,
+        p: &Principal,
+        id: &str,
+    ) -> ServiceResult<stowage_engines::ServerInfo> {
         let i = self.instance(p, id).await?;
         let spec = self.conn_spec(&i)?;
-        let engine = stowage_engines::engine_for(&i.engine).ok_or_else(|| ServiceError::internal("engine gone"))?;
+        let engine = stowage_engines::engine_for(&i.engine)
+            .ok_or_else(|| ServiceError::internal("engine gone"))?;
         tokio::task::spawn_blocking(move || engine.check(&spec))
             .await
             .map_err(|e| ServiceError::internal(e.to_string()))?
@@ -309,11 +373,19 @@ impl Service {
 
     /// Creates a backup task and starts it at once. A second backup of an
     /// instance while one is active is refused (`InstanceBusy`).
-    pub async fn start_backup(self: &Arc<Self>, p: &Principal, instance: &str, mode: TaskMode, client_token: Option<String>) -> ServiceResult<BackupTask> {
+    pub async fn start_backup(
+        self: &Arc<Self>,
+        p: &Principal,
+        instance: &str,
+        mode: TaskMode,
+        client_token: Option<String>,
+    ) -> ServiceResult<BackupTask> {
         if let Some(t) = &client_token
             && (t.is_empty() || t.len() > 64 || !t.is_ascii())
         {
-            return Err(ServiceError::invalid("client token: 1 to 64 ASCII characters"));
+            return Err(ServiceError::invalid(
+                "client token: 1 to 64 ASCII characters",
+            ));
         }
         let i = self.instance(p, instance).await?;
         let task = self
@@ -330,9 +402,14 @@ impl Service {
                 now_ms(),
             )
             .await?;
-        if task.state == TaskState::Pending && !self.live_tasks.lock().expect("lock").contains_key(&task.id) {
+        if task.state == TaskState::Pending
+            && !self.live_tasks.lock().expect("lock").contains_key(&task.id)
+        {
             let live = Arc::new(LiveTask::default());
-            self.live_tasks.lock().expect("lock").insert(task.id, live.clone());
+            self.live_tasks
+                .lock()
+                .expect("lock")
+                .insert(task.id, live.clone());
             let svc = self.clone();
             let spec = self.conn_spec(&i)?;
             let t = task.clone();
@@ -362,18 +439,34 @@ impl Service {
         Ok(self.overlay(t))
     }
 
-    pub async fn list_tasks(&self, p: &Principal, f: &TaskFilter) -> ServiceResult<Vec<BackupTask>> {
-        Ok(self.catalog.list_backup_tasks(&p.account_id, f).await?.into_iter().map(|t| self.overlay(t)).collect())
+    pub async fn list_tasks(
+        &self,
+        p: &Principal,
+        f: &TaskFilter,
+    ) -> ServiceResult<Vec<BackupTask>> {
+        Ok(self
+            .catalog
+            .list_backup_tasks(&p.account_id, f)
+            .await?
+            .into_iter()
+            .map(|t| self.overlay(t))
+            .collect())
     }
 
     /// Asks a task to stop. A task past `running` finishes anyway.
     pub async fn cancel_task(&self, p: &Principal, id: i64) -> ServiceResult<BackupTask> {
         let t = self.task(p, id).await?;
         if t.state.is_terminal() {
-            return Err(ServiceError::new(ErrorKind::InvalidState, format!("task {id} is already {}", t.state)));
+            return Err(ServiceError::new(
+                ErrorKind::InvalidState,
+                format!("task {id} is already {}", t.state),
+            ));
         }
         if t.state == TaskState::Finishing {
-            return Err(ServiceError::new(ErrorKind::InvalidState, format!("task {id} is finishing and can no longer be cancelled")));
+            return Err(ServiceError::new(
+                ErrorKind::InvalidState,
+                format!("task {id} is finishing and can no longer be cancelled"),
+            ));
         }
         if let Some(l) = self.live_tasks.lock().expect("lock").get(&id) {
             l.cancel();
@@ -390,12 +483,19 @@ impl Service {
             .ok_or_else(|| ServiceError::not_found(format!("backup set {id}")))
     }
 
-    pub async fn list_sets(&self, p: &Principal, instance: Option<&str>) -> ServiceResult<Vec<BackupSet>> {
+    pub async fn list_sets(
+        &self,
+        p: &Principal,
+        instance: Option<&str>,
+    ) -> ServiceResult<Vec<BackupSet>> {
         let inst = match instance {
             Some(i) => Some(self.instance(p, i).await?.id),
             None => None,
         };
-        Ok(self.catalog.list_backup_sets(&p.account_id, inst.as_deref()).await?)
+        Ok(self
+            .catalog
+            .list_backup_sets(&p.account_id, inst.as_deref())
+            .await?)
     }
 
     /// Forgets a set; its data is reclaimed by the next gc.
@@ -410,7 +510,11 @@ impl Service {
     }
 
     /// The repository manifest of a set (file list, engine facts).
-    pub async fn set_manifest(&self, p: &Principal, id: i64) -> ServiceResult<stowage_core::manifest::Manifest> {
+    pub async fn set_manifest(
+        &self,
+        p: &Principal,
+        id: i64,
+    ) -> ServiceResult<stowage_core::manifest::Manifest> {
         let s = self.set(p, id).await?;
         let repo = self.repo.clone();
         tokio::task::spawn_blocking(move || repo.read_snapshot(&s.snapshot_id))
@@ -421,48 +525,97 @@ impl Service {
 
     // ---- jobs: restore, verify, gc ----
 
-    pub async fn start_restore(self: &Arc<Self>, p: &Principal, set_id: i64, target: &str, force: bool) -> ServiceResult<Job> {
+    pub async fn start_restore(
+        self: &Arc<Self>,
+        p: &Principal,
+        set_id: i64,
+        target: &str,
+        force: bool,
+    ) -> ServiceResult<Job> {
         let set = self.set(p, set_id).await?;
         let target = PathBuf::from(target);
         if !target.is_absolute() {
-            return Err(ServiceError::invalid("target: an absolute path on the server"));
+            return Err(ServiceError::invalid(
+                "target: an absolute path on the server",
+            ));
         }
-        if target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if target
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(ServiceError::invalid("target: no '..' components"));
         }
-        let non_empty = std::fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let non_empty = std::fs::read_dir(&target)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
         if non_empty && !force {
             return Err(ServiceError::new(
                 ErrorKind::TargetNotEmpty,
-                format!("restore target {} is not empty; choose an empty folder, or force to replace its contents", target.display()),
+                format!(
+                    "restore target {} is not empty; choose an empty folder, or force to replace its contents",
+                    target.display()
+                ),
             ));
         }
         if target.exists() && !target.is_dir() {
-            return Err(ServiceError::invalid(format!("target {} exists and is not a folder", target.display())));
+            return Err(ServiceError::invalid(format!(
+                "target {} exists and is not a folder",
+                target.display()
+            )));
         }
         let job = self
             .catalog
-            .create_job(&p.account_id, TaskKind::Restore, Some(set_id), serde_json::json!({"target": target, "force": force}), &self.node, now_ms())
+            .create_job(
+                &p.account_id,
+                TaskKind::Restore,
+                Some(set_id),
+                serde_json::json!({"target": target, "force": force}),
+                &self.node,
+                now_ms(),
+            )
             .await?;
         self.spawn_job(job.clone(), runner::JobWork::Restore { set, target, force });
         Ok(job)
     }
 
     pub async fn start_verify(self: &Arc<Self>, p: &Principal) -> ServiceResult<Job> {
-        let job = self.catalog.create_job(&p.account_id, TaskKind::Verify, None, serde_json::json!({}), &self.node, now_ms()).await?;
+        let job = self
+            .catalog
+            .create_job(
+                &p.account_id,
+                TaskKind::Verify,
+                None,
+                serde_json::json!({}),
+                &self.node,
+                now_ms(),
+            )
+            .await?;
         self.spawn_job(job.clone(), runner::JobWork::Verify);
         Ok(job)
     }
 
     pub async fn start_gc(self: &Arc<Self>, p: &Principal) -> ServiceResult<Job> {
-        let job = self.catalog.create_job(&p.account_id, TaskKind::Gc, None, serde_json::json!({}), &self.node, now_ms()).await?;
+        let job = self
+            .catalog
+            .create_job(
+                &p.account_id,
+                TaskKind::Gc,
+                None,
+                serde_json::json!({}),
+                &self.node,
+                now_ms(),
+            )
+            .await?;
         self.spawn_job(job.clone(), runner::JobWork::Gc);
         Ok(job)
     }
 
     fn spawn_job(self: &Arc<Self>, job: Job, work: runner::JobWork) {
         let live = Arc::new(LiveTask::default());
-        self.live_jobs.lock().expect("lock").insert(job.id, live.clone());
+        self.live_jobs
+            .lock()
+            .expect("lock")
+            .insert(job.id, live.clone());
         let svc = self.clone();
         tokio::spawn(async move { runner::run_job(svc, job, work, live).await });
     }
@@ -490,7 +643,10 @@ impl Service {
     pub async fn cancel_job(&self, p: &Principal, id: i64) -> ServiceResult<Job> {
         let j = self.job(p, id).await?;
         if j.state.is_terminal() {
-            return Err(ServiceError::new(ErrorKind::InvalidState, format!("job {id} is already {}", j.state)));
+            return Err(ServiceError::new(
+                ErrorKind::InvalidState,
+                format!("job {id} is already {}", j.state),
+            ));
         }
         if let Some(l) = self.live_jobs.lock().expect("lock").get(&id) {
             l.cancel();

@@ -18,7 +18,11 @@ const PROGRESS_INTERVAL_MS: u64 = 1000;
 const POLL: Duration = Duration::from_millis(100);
 
 pub(crate) enum JobWork {
-    Restore { set: BackupSet, target: PathBuf, force: bool },
+    Restore {
+        set: BackupSet,
+        target: PathBuf,
+        force: bool,
+    },
     Verify,
     Gc,
 }
@@ -52,10 +56,23 @@ fn rank(s: TaskState) -> u8 {
     }
 }
 
-async fn persist_state(svc: &Service, t: Target, to: TaskState, u: StateUpdate) -> Result<(), String> {
+async fn persist_state(
+    svc: &Service,
+    t: Target,
+    to: TaskState,
+    u: StateUpdate,
+) -> Result<(), String> {
     let r = match t {
-        Target::Task(id) => svc.catalog.set_backup_task_state(id, to, u, now_ms()).await.map(|_| ()),
-        Target::Job(id) => svc.catalog.set_job_state(id, to, u, now_ms()).await.map(|_| ()),
+        Target::Task(id) => svc
+            .catalog
+            .set_backup_task_state(id, to, u, now_ms())
+            .await
+            .map(|_| ()),
+        Target::Job(id) => svc
+            .catalog
+            .set_job_state(id, to, u, now_ms())
+            .await
+            .map(|_| ()),
     };
     r.map_err(|e| e.to_string())
 }
@@ -64,7 +81,9 @@ async fn persist_state(svc: &Service, t: Target, to: TaskState, u: StateUpdate) 
 async fn sync(svc: &Service, t: Target, live: &LiveTask, persisted: &mut TaskState) {
     let want = live.state();
     while rank(*persisted) < rank(want) {
-        let Some(next) = next_forward(*persisted) else { break };
+        let Some(next) = next_forward(*persisted) else {
+            break;
+        };
         let u = StateUpdate {
             progress: Some(live.progress()),
             ..Default::default()
@@ -80,7 +99,13 @@ async fn sync(svc: &Service, t: Target, live: &LiveTask, persisted: &mut TaskSta
 }
 
 /// Waits for `work` while mirroring `live` into the catalog.
-async fn monitor<T>(svc: &Service, t: Target, live: &LiveTask, persisted: &mut TaskState, mut work: tokio::task::JoinHandle<T>) -> Result<T, String> {
+async fn monitor<T>(
+    svc: &Service,
+    t: Target,
+    live: &LiveTask,
+    persisted: &mut TaskState,
+    mut work: tokio::task::JoinHandle<T>,
+) -> Result<T, String> {
     let mut throttle = Throttle::new(PROGRESS_INTERVAL_MS);
     let mut last = live.progress();
     loop {
@@ -108,22 +133,50 @@ async fn monitor<T>(svc: &Service, t: Target, live: &LiveTask, persisted: &mut T
 }
 
 async fn fail(svc: &Service, t: Target, persisted: TaskState, e: &EngineError) {
-    let to = if e.kind == ErrorKind::Cancelled && persisted.can_transition_to(TaskState::Cancelled) {
+    let to = if e.kind == ErrorKind::Cancelled && persisted.can_transition_to(TaskState::Cancelled)
+    {
         TaskState::Cancelled
     } else {
         TaskState::Failed
     };
-    let msg = if e.kind == ErrorKind::Cancelled { "cancelled by request".to_string() } else { e.message.clone() };
-    if let Err(err) = persist_state(svc, t, to, StateUpdate { error: Some(msg), ..Default::default() }).await {
+    let msg = if e.kind == ErrorKind::Cancelled {
+        "cancelled by request".to_string()
+    } else {
+        e.message.clone()
+    };
+    if let Err(err) = persist_state(
+        svc,
+        t,
+        to,
+        StateUpdate {
+            error: Some(msg),
+            ..Default::default()
+        },
+    )
+    .await
+    {
         tracing::error!(error = %err, "could not record a failed task");
     }
 }
 
-pub(crate) async fn run_backup(svc: Arc<Service>, task: BackupTask, inst: Instance, spec: ConnSpec, live: Arc<LiveTask>) {
+pub(crate) async fn run_backup(
+    svc: Arc<Service>,
+    task: BackupTask,
+    inst: Instance,
+    spec: ConnSpec,
+    live: Arc<LiveTask>,
+) {
     let t = Target::Task(task.id);
     tracing::info!(task = task.id, instance = %inst.id, "backup task started");
     let engine = stowage_engines::engine_for(&inst.engine).expect("validated at registration");
-    let label = format!("stowage task {}", task.id);
+    let opts = stowage_engines::BackupOptions {
+        label: format!("stowage task {}", task.id),
+        max_rate_kbps: inst
+            .options
+            .get("max_rate_kbps")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as u32),
+    };
     let labels: BTreeMap<String, String> = [
         ("instance_id", inst.id.clone()),
         ("task_id", task.id.to_string()),
@@ -138,19 +191,25 @@ pub(crate) async fn run_backup(svc: Arc<Service>, task: BackupTask, inst: Instan
     let started = now_ms();
     let work = tokio::task::spawn_blocking(move || {
         let mut w = repo.start_backup(0)?;
-        let out = engine.backup(&spec, &label, &mut w, &l)?;
+        let out = engine.backup(&spec, &opts, &mut w, &l)?;
         if l.is_cancelled() {
             return Err(EngineError::new(ErrorKind::Cancelled, "cancelled"));
         }
         l.set_state(TaskState::Finishing);
         let stats = w.stats();
         let (snap, m) = w.finish(labels, out.meta.clone())?;
-        l.bytes_stored.store(stats.bytes_stored.load(Ordering::Relaxed), Ordering::Relaxed);
+        l.bytes_stored.store(
+            stats.bytes_stored.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         Ok::<_, EngineError>((snap, m, out))
     });
     let mut persisted = TaskState::Pending;
     let res = monitor(&svc, t, &live, &mut persisted, work).await;
-    match res.map_err(|m| EngineError::new(ErrorKind::Repository, m)).and_then(|r| r) {
+    match res
+        .map_err(|m| EngineError::new(ErrorKind::Repository, m))
+        .and_then(|r| r)
+    {
         Ok((snap, m, out)) => {
             let set = NewSet {
                 snapshot_id: snap,
@@ -164,11 +223,30 @@ pub(crate) async fn run_backup(svc: Arc<Service>, task: BackupTask, inst: Instan
                 meta: out.meta,
                 expires_ms: None,
             };
-            match svc.catalog.finish_backup_task(task.id, &set, now_ms()).await {
-                Ok((_, s)) => tracing::info!(task = task.id, set = s.id, bytes = s.bytes_logical, stored = s.bytes_stored, "backup finished"),
+            match svc
+                .catalog
+                .finish_backup_task(task.id, &set, now_ms())
+                .await
+            {
+                Ok((_, s)) => tracing::info!(
+                    task = task.id,
+                    set = s.id,
+                    bytes = s.bytes_logical,
+                    stored = s.bytes_stored,
+                    "backup finished"
+                ),
                 Err(e) => {
                     tracing::error!(error = %e, "could not record the finished backup");
-                    fail(&svc, t, persisted, &EngineError::new(ErrorKind::Repository, format!("could not record the backup set: {e}"))).await;
+                    fail(
+                        &svc,
+                        t,
+                        persisted,
+                        &EngineError::new(
+                            ErrorKind::Repository,
+                            format!("could not record the backup set: {e}"),
+                        ),
+                    )
+                    .await;
                 }
             }
         }
@@ -181,7 +259,9 @@ pub(crate) async fn run_backup(svc: Arc<Service>, task: BackupTask, inst: Instan
 }
 
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 fn clear_dir(dir: &Path) -> std::io::Result<()> {
@@ -200,18 +280,34 @@ fn fs_err(p: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     move |e| EngineError::new(ErrorKind::Filesystem, format!("{}: {e}", p.display()))
 }
 
-fn restore_work(svc: &Service, set: &BackupSet, target: &Path, force: bool, live: &LiveTask) -> Result<serde_json::Value, EngineError> {
+fn restore_work(
+    svc: &Service,
+    set: &BackupSet,
+    target: &Path,
+    force: bool,
+    live: &LiveTask,
+) -> Result<serde_json::Value, EngineError> {
     live.set_state(TaskState::Checking);
     let repo = &svc.repo;
     let _lock = repo.lock(LockKind::Shared, "restore")?;
     let m = repo.read_snapshot(&set.snapshot_id)?;
-    let engine = stowage_engines::engine_for(&set.engine).ok_or_else(|| EngineError::new(ErrorKind::Unsupported, format!("no engine {}", set.engine)))?;
+    let engine = stowage_engines::engine_for(&set.engine).ok_or_else(|| {
+        EngineError::new(ErrorKind::Unsupported, format!("no engine {}", set.engine))
+    })?;
     live.set_state(TaskState::Preparing);
     let targets = engine.restore_targets(&m, target)?;
     for (_, dir) in &targets {
-        if dir.exists() && std::fs::read_dir(dir).map_err(fs_err(dir))?.next().is_some() {
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map_err(fs_err(dir))?
+                .next()
+                .is_some()
+        {
             if !force {
-                return Err(EngineError::new(ErrorKind::Filesystem, format!("restore target {} is not empty", dir.display())));
+                return Err(EngineError::new(
+                    ErrorKind::Filesystem,
+                    format!("restore target {} is not empty", dir.display()),
+                ));
             }
             clear_dir(dir).map_err(fs_err(dir))?;
         }
@@ -224,7 +320,12 @@ fn restore_work(svc: &Service, set: &BackupSet, target: &Path, force: bool, live
         preserve_owner: is_root(),
         ..Default::default()
     };
-    repo.restore(&plan, &opts, &|done, _| live.bytes_done.store(done, Ordering::Relaxed), live.cancel_flag())?;
+    repo.restore(
+        &plan,
+        &opts,
+        &|done, _| live.bytes_done.store(done, Ordering::Relaxed),
+        live.cancel_flag(),
+    )?;
     live.set_state(TaskState::Finishing);
     engine.after_restore(&m, target, &targets, is_root())?;
     Ok(serde_json::json!({
@@ -257,7 +358,11 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Ar
                 } else {
                     Err(EngineError::new(
                         ErrorKind::Repository,
-                        format!("verify found {} problem(s); first: {}", r.errors.len(), r.errors[0]),
+                        format!(
+                            "verify found {} problem(s); first: {}",
+                            r.errors.len(),
+                            r.errors[0]
+                        ),
                     ))
                 }
             }
@@ -273,7 +378,10 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Ar
     });
     let mut persisted = TaskState::Pending;
     let res = monitor(&svc, t, &live, &mut persisted, handle).await;
-    match res.map_err(|m| EngineError::new(ErrorKind::Repository, m)).and_then(|r| r) {
+    match res
+        .map_err(|m| EngineError::new(ErrorKind::Repository, m))
+        .and_then(|r| r)
+    {
         Ok(result) => {
             let u = StateUpdate {
                 progress: Some(live.progress()),

@@ -22,8 +22,9 @@ impl SecretBox {
             Ok(b) => {
                 let s = String::from_utf8_lossy(&b);
                 let mut k = [0u8; 32];
-                hex::decode_to_slice(s.trim(), &mut k)
-                    .map_err(|_| ServiceError::internal(format!("{} is not a valid key file", path.display())))?;
+                hex::decode_to_slice(s.trim(), &mut k).map_err(|_| {
+                    ServiceError::internal(format!("{} is not a valid key file", path.display()))
+                })?;
                 k
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -41,10 +42,11 @@ impl SecretBox {
     }
 
     pub fn open(&self, sealed: &[u8]) -> ServiceResult<Secret> {
-        let raw = self
-            .0
-            .open(Role::CatalogSecret, sealed)
-            .map_err(|_| ServiceError::internal("a stored secret does not open with this server's key (was server.key replaced?)"))?;
+        let raw = self.0.open(Role::CatalogSecret, sealed).map_err(|_| {
+            ServiceError::internal(
+                "a stored secret does not open with this server's key (was server.key replaced?)",
+            )
+        })?;
         Ok(Secret::new(String::from_utf8_lossy(&raw).into_owned()))
     }
 }
@@ -54,7 +56,11 @@ pub fn write_private(path: &Path, data: &[u8]) -> ServiceResult<()> {
     let tmp = path.with_extension("tmp");
     let res = (|| -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -66,7 +72,11 @@ const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 
 /// Random string over `[A-Za-z0-9]` (or uppercase+digits if `upper`).
 pub fn random_token(len: usize, upper: bool) -> String {
-    let alphabet = if upper { &b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[..] } else { ALNUM };
+    let alphabet = if upper {
+        &b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[..]
+    } else {
+        ALNUM
+    };
     let mut out = String::with_capacity(len);
     while out.len() < len {
         let b: [u8; 64] = random_bytes();

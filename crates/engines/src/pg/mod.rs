@@ -22,7 +22,7 @@
 pub mod wire;
 
 use crate::tar::{TarEvent, TarReader};
-use crate::{BackupOutcome, ConnSpec, Engine, EngineError, ErrorKind, ServerInfo};
+use crate::{BackupOptions, BackupOutcome, ConnSpec, Engine, EngineError, ErrorKind, ServerInfo};
 use postgres_protocol::message::backend::Message;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -126,10 +126,11 @@ impl Engine for PostgresPhysical {
     fn backup(
         &self,
         conn: &ConnSpec,
-        label: &str,
+        opts: &BackupOptions,
         w: &mut BackupWriter,
         live: &LiveTask,
     ) -> Result<BackupOutcome, EngineError> {
+        let label = opts.label.as_str();
         live.set_state(TaskState::Checking);
         let mut c = PgConn::connect(conn, true)?;
         let id = identify(&mut c)?;
@@ -159,8 +160,13 @@ impl Engine for PostgresPhysical {
         };
         // A checkpoint can take a while on a busy server before data flows.
         c.set_idle_limit(Duration::from_secs(3600));
+        let max_rate = match opts.max_rate_kbps {
+            // The server accepts 32 kB/s to 1 GB/s.
+            Some(r) => format!(", MAX_RATE {}", r.clamp(32, 1_048_576)),
+            None => String::new(),
+        };
         c.send_query(&format!(
-            "BASE_BACKUP (LABEL {}, PROGRESS, CHECKPOINT 'fast', WAL, WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C')",
+            "BASE_BACKUP (LABEL {}, PROGRESS, CHECKPOINT 'fast', WAL, WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C'{max_rate})",
             quote_literal(label)
         ))?;
         let cancelled = || live.is_cancelled();

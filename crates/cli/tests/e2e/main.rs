@@ -1,0 +1,5 @@
+//! End-to-end tests: the real `stowage` binary (server and CLI) against real
+//! PostgreSQL servers. One test binary with submodules links once.
+
+mod harness;
+mod postgres;

@@ -1,0 +1,330 @@
+//! PostgreSQL end to end: backup under load, restore, crash, bad input.
+
+use crate::harness::{Stowage, stderr};
+use std::process::{Command, Stdio};
+use stowage_testkit::{PgOptions, PgServer, fix_ownership};
+
+fn tpcb_sums(pg: &PgServer) -> (String, i64) {
+    let sums = pg.psql(
+        "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(bbalance) FROM pgbench_branches), \
+         (SELECT sum(tbalance) FROM pgbench_tellers), (SELECT coalesce(sum(delta),0) FROM pgbench_history)",
+    );
+    let history: i64 = pg
+        .psql("SELECT count(*) FROM pgbench_history")
+        .parse()
+        .unwrap();
+    (sums, history)
+}
+
+fn add_instance(s: &Stowage, name: &str, pg: &PgServer, extra: &[&str]) -> String {
+    let port = pg.port.to_string();
+    let mut args = vec![
+        "instance",
+        "add",
+        "--name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--user",
+        "postgres",
+    ];
+    args.extend_from_slice(extra);
+    let v = s.json(&args);
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// pgbench runs during the whole backup; the restored server must satisfy
+/// the TPC-B invariant and hold the state at the stop LSN or later.
+#[test]
+fn consistent_backup_under_load_restores() {
+    let work = tempfile::tempdir().unwrap();
+    let pg = PgServer::start(PgOptions::default());
+    let o = pg.pgbench(&["-i", "-q", "-s", "4", "postgres"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = Stowage::start(&work.path().join("stowage"));
+    let id = add_instance(&s, "loaded", &pg, &[]);
+    assert!(id.starts_with("rm-") && id.len() == 19, "{id}");
+    assert!(
+        s.ok(&["instance", "check", "loaded"])
+            .contains("ok: PostgreSQL 15")
+    );
+
+    // Load that keeps writing while the backup runs.
+    let mut bench = Command::new("pgbench")
+        .args([
+            "-h",
+            &pg.dir.path().display().to_string(),
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            "2",
+            "-T",
+            "600",
+            "-n",
+            "postgres",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (_, h0) = tpcb_sums(&pg);
+    let out = s.ok(&["backup", "loaded", "--wait"]);
+    assert!(out.contains("backup set"), "{out}");
+    let (_, h1) = tpcb_sums(&pg);
+    stowage_testkit::signal(bench.id(), "INT");
+    let _ = bench.wait();
+    assert!(h1 > h0, "pgbench wrote during the backup ({h0} -> {h1})");
+
+    let tasks = s.json(&["task", "list"]);
+    let t = &tasks["tasks"][0];
+    assert_eq!(t["state"], "finished");
+    assert_eq!(t["progress"]["percent"], 100);
+    assert!(
+        t["consistent_point"]["stop_lsn"]
+            .as_str()
+            .unwrap()
+            .contains('/')
+    );
+    let set_id = t["set_id"].as_i64().unwrap();
+
+    assert!(s.ok(&["verify"]).contains("repository OK"));
+    let target = work.path().join("restored");
+    let out = s.ok(&[
+        "restore",
+        &set_id.to_string(),
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert!(out.contains("restored"), "{out}");
+    fix_ownership(&target);
+    let restored = PgServer::start_existing(&target, PgOptions::default());
+    let (sums, hr) = tpcb_sums(&restored);
+    let parts: Vec<&str> = sums.split('|').collect();
+    assert!(
+        parts.iter().all(|p| *p == parts[0]),
+        "TPC-B invariant broken in the restore: {sums}"
+    );
+    assert!(
+        hr >= h0 && hr <= h1,
+        "restored history rows {hr} not between backup start {h0} and end {h1}"
+    );
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM pgbench_accounts"),
+        "400000"
+    );
+}
+
+/// kill -9 of the server mid-backup: after restart the task is failed, never
+/// finished; the repository verifies; a new backup works; gc reclaims.
+#[test]
+fn crash_mid_backup_leaves_a_failed_task_and_a_sound_repository() {
+    let work = tempfile::tempdir().unwrap();
+    let pg = PgServer::start(PgOptions::default());
+    assert!(
+        pg.pgbench(&["-i", "-q", "-s", "3", "postgres"])
+            .status
+            .success()
+    );
+    let dd = work.path().join("stowage");
+    let mut s = Stowage::start(&dd);
+    add_instance(&s, "slow", &pg, &["--max-rate-kbps", "4096"]);
+    let t = s.json(&["backup", "slow"]);
+    let id = t["id"].as_i64().unwrap();
+    // Second backup of the same instance while one runs: refused.
+    let o = s.cli(&["backup", "slow"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("InstanceBusy"), "{}", stderr(&o));
+    s.wait_task(id, "running with data", |v| {
+        v["state"] == "running" && v["progress"]["bytes_done"].as_u64().unwrap_or(0) > 2_000_000
+    });
+    s.kill9();
+
+    let s = Stowage::start(&dd);
+    let v = s.json(&["task", "show", &id.to_string()]);
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("interrupted"), "{v}");
+    assert!(v["set_id"].is_null());
+    assert!(
+        s.json(&["set", "list"])["sets"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let out = s.ok(&["verify"]);
+    assert!(out.contains("repository OK"), "{out}");
+    // The instance is free again; back up at full speed this time.
+    let o = s.ok(&["backup", "slow", "--wait"]);
+    assert!(o.contains("backup set"), "{o}");
+    let gc = s.ok(&["gc"]);
+    assert!(gc.contains("gc:"), "{gc}");
+    assert!(s.ok(&["verify"]).contains("repository OK"));
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_corrupts_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let pg = PgServer::start(PgOptions {
+        password_auth: true,
+        ..Default::default()
+    });
+    pg.psql("CREATE ROLE bk LOGIN REPLICATION PASSWORD 'right'; CREATE TABLE t AS SELECT g FROM generate_series(1,1000) g;");
+    let s = Stowage::start(&work.path().join("stowage"));
+
+    // Unknown instance.
+    let o = s.cli(&["backup", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("NotFound") && stderr(&o).contains("nosuch"),
+        "{}",
+        stderr(&o)
+    );
+    // Malformed ids and bodies through the REST API.
+    assert_eq!(s.http("GET", "/v1/tasks/abc", None).0, 400);
+    assert_eq!(s.http("GET", "/v1/tasks/-1", None).0, 400);
+    assert_eq!(s.http("GET", "/v1/tasks/999", None).0, 404);
+    let (st, body) = s.http("POST", "/v1/instances", Some("{not json"));
+    assert_eq!(st, 400);
+    assert_eq!(body["error"]["code"], "InvalidParameter");
+    let (st, body) = s.http(
+        "POST",
+        "/v1/instances",
+        Some(r#"{"name":"x y","host":"h","port":5432,"user":"u"}"#),
+    );
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (400, Some("InvalidParameter"))
+    );
+    let (st, _) = s.http(
+        "POST",
+        "/v1/instances",
+        Some(r#"{"name":"x","host":"h","port":70000,"user":"u"}"#),
+    );
+    assert_eq!(st, 400);
+    let (st, _) = s.http("GET", "/v1/tasks?state=bogus", None);
+    assert_eq!(st, 400);
+    assert_eq!(s.http("GET", "/v1/nosuchroute", None).0, 404);
+    // Wrong key.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let r = agent
+        .get(&format!("{}/v1/instances", s.url))
+        .header("Authorization", "Bearer STWKNOPE:nope")
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Wrong database password: the task fails with the reason, exit code 1.
+    std::fs::write(work.path().join("pw"), "wrong\n").unwrap();
+    let port = pg.port.to_string();
+    let pwfile = work.path().join("pw");
+    s.ok(&[
+        "instance",
+        "add",
+        "--name",
+        "bad",
+        "--port",
+        &port,
+        "--user",
+        "bk",
+        "--password-file",
+        pwfile.to_str().unwrap(),
+    ]);
+    let o = s.cli(&["backup", "bad", "--wait"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("password authentication failed"),
+        "{}",
+        stderr(&o)
+    );
+    let t = &s.json(&["task", "list", "--instance", "bad"])["tasks"][0];
+    assert_eq!(t["state"], "failed");
+
+    // A good backup, then a restore into a non-empty folder is refused.
+    std::fs::write(work.path().join("pw"), "right\n").unwrap();
+    s.ok(&[
+        "instance",
+        "add",
+        "--name",
+        "good",
+        "--port",
+        &port,
+        "--user",
+        "bk",
+        "--password-file",
+        pwfile.to_str().unwrap(),
+    ]);
+    s.ok(&["backup", "good", "--wait"]);
+    let set = s.json(&["set", "list"])["sets"][0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let target = work.path().join("busy");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("keep.txt"), "mine").unwrap();
+    let o = s.cli(&["restore", &set, "--target", target.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("TargetNotEmpty"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(target.join("keep.txt")).unwrap(),
+        "mine"
+    );
+    let o = s.cli(&["restore", &set, "--target", "relative/../x"]);
+    assert_eq!(o.status.code(), Some(2));
+    // Unknown set.
+    assert_eq!(
+        s.cli(&["restore", "424242", "--target", "/tmp/x"])
+            .status
+            .code(),
+        Some(2)
+    );
+    // Nothing was corrupted.
+    assert!(s.ok(&["verify"]).contains("repository OK"));
+    // Secrets never appear in the log.
+    let (_, secret) = s.credentials();
+    let log = s.log();
+    assert!(
+        !log.contains(&secret) && !log.contains("right"),
+        "secret in the server log"
+    );
+}
+
+/// Backing up an unchanged database again stores almost nothing new.
+#[test]
+fn unchanged_database_dedups() {
+    let work = tempfile::tempdir().unwrap();
+    let pg = PgServer::start(PgOptions::default());
+    assert!(
+        pg.pgbench(&["-i", "-q", "-s", "2", "postgres"])
+            .status
+            .success()
+    );
+    pg.psql("CHECKPOINT");
+    let s = Stowage::start(&work.path().join("stowage"));
+    add_instance(&s, "same", &pg, &[]);
+    s.ok(&["backup", "same", "--wait"]);
+    s.ok(&["backup", "same", "--wait"]);
+    let sets = s.json(&["set", "list"]);
+    let second = &sets["sets"][0];
+    let first = &sets["sets"][1];
+    let (l1, n1) = (
+        first["bytes_logical"].as_u64().unwrap(),
+        first["bytes_stored"].as_u64().unwrap(),
+    );
+    let (l2, n2) = (
+        second["bytes_logical"].as_u64().unwrap(),
+        second["bytes_stored"].as_u64().unwrap(),
+    );
+    eprintln!("first: {l1} logical, {n1} stored; second: {l2} logical, {n2} stored");
+    assert!(l2 > 20_000_000);
+    assert!(
+        n2 * 20 < n1,
+        "second backup stored {n2} bytes, first {n1}: dedup failed"
+    );
+}

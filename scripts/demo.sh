@@ -51,7 +51,7 @@ echo "==> starting a throwaway PostgreSQL 15 with pgbench data (scale $SCALE)"
 PGPORT=$(free_port)
 start_pg "$T/pgdata" "$PGPORT"
 pgbench -q -i -s "$SCALE" -h "$T" -p "$PGPORT" -U postgres postgres 2>&1 | tail -1
-pgbench -q -T 3 -c 2 -h "$T" -p "$PGPORT" -U postgres postgres >/dev/null 2>&1
+pgbench -n -T 3 -c 2 -h "$T" -p "$PGPORT" -U postgres postgres >/dev/null 2>&1
 BEFORE=$(fingerprint "$PGPORT")
 
 echo "==> starting stowage serve (embedded defaults: SQLite catalog + local repository under $T/stowage)"

@@ -55,11 +55,11 @@ impl RateEstimator {
 
     /// Record that `bytes` (a running total) were done at `t_ms`.
     pub fn record(&mut self, t_ms: u64, bytes: u64) {
-        if let Some(&(lt, lb)) = self.samples.back() {
-            if t_ms < lt || bytes < lb {
-                // Clock went back or counter reset: start over.
-                self.samples.clear();
-            }
+        if let Some(&(lt, lb)) = self.samples.back()
+            && (t_ms < lt || bytes < lb)
+        {
+            // Clock went back or counter reset: start over.
+            self.samples.clear();
         }
         self.samples.push_back((t_ms, bytes));
         while let (Some(&(first, _)), Some(&(last, _))) =

@@ -34,9 +34,9 @@ impl ChunkerParams {
             && self.min < self.avg
             && self.avg < self.max
             && self.max <= 16 * 1024 * 1024
-            && self.min % 2 == 0
+            && self.min.is_multiple_of(2)
             && self.avg.is_power_of_two()
-            && self.max % 2 == 0;
+            && self.max.is_multiple_of(2);
         if ok {
             Ok(())
         } else {

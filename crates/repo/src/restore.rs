@@ -44,11 +44,14 @@ struct Dest {
     offset: u64,
 }
 
+/// The chunks to read from one pack and where each goes.
+type PackWork = (u32, Vec<(PackEntry, Vec<Dest>)>);
+
 pub struct RestorePlan {
     /// (target path, entry) for every entry of the restored archives.
     entries: Vec<(PathBuf, FileEntry)>,
     /// pack position → chunks to read from it (sorted by offset) and their destinations.
-    packs: Vec<(u32, Vec<(PackEntry, Vec<Dest>)>)>,
+    packs: Vec<PackWork>,
     pub total_bytes: u64,
 }
 

@@ -574,7 +574,14 @@ impl Service {
                 now_ms(),
             )
             .await?;
-        self.spawn_job(job.clone(), runner::JobWork::Restore { set, target, force });
+        self.spawn_job(
+            job.clone(),
+            runner::JobWork::Restore {
+                set: Box::new(set),
+                target,
+                force,
+            },
+        );
         Ok(job)
     }
 

@@ -19,7 +19,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 pub(crate) enum JobWork {
     Restore {
-        set: BackupSet,
+        set: Box<BackupSet>,
         target: PathBuf,
         force: bool,
     },

@@ -169,7 +169,7 @@ impl PgConn {
         if replication {
             params.push(("replication", "true"));
         }
-        frontend::startup_message(params.into_iter(), &mut c.out)
+        frontend::startup_message(params, &mut c.out)
             .map_err(|e| EngineError::new(ErrorKind::Protocol, e.to_string()))?;
         c.flush()?;
         c.authenticate(spec)?;

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (Debian 12, as root) and runs all tests:
+# unit and property tests, the repository conformance suite, and the
+# end-to-end tests against real PostgreSQL servers started on free ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+cargo test --workspace --locked 2>&1

@@ -42,8 +42,12 @@ fn backup_and_restore_a_live_server() {
     let repo = repo(&work.path().join("repo"));
     let live = LiveTask::default();
     let mut w = repo.start_backup(0).unwrap();
+    let opts = BackupOptions {
+        label: "test 1".into(),
+        max_rate_kbps: None,
+    };
     let out = PostgresPhysical
-        .backup(&conn(pg.port, "postgres", None), "test 1", &mut w, &live)
+        .backup(&conn(pg.port, "postgres", None), &opts, &mut w, &live)
         .unwrap();
     assert_eq!(live.state(), TaskState::Running);
     let p = live.progress();

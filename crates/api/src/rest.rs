@@ -176,6 +176,7 @@ pub fn task_json(t: &BackupTask) -> Value {
         "started_at": ts(t.started_ms),
         "finished_at": ts(t.finished_ms),
         "updated_at": ts(Some(t.updated_ms)),
+        "duration_ms": t.finished_ms.map(|f| f - t.created_ms),
         "consistent_point": t.consistent_point,
         "error": t.error,
         "set_id": t.set_id,
@@ -212,6 +213,7 @@ pub fn job_json(j: &Job) -> Value {
         "created_at": ts(Some(j.created_ms)),
         "started_at": ts(j.started_ms),
         "finished_at": ts(j.finished_ms),
+        "duration_ms": j.finished_ms.map(|f| f - j.created_ms),
         "error": j.error,
         "result": j.result,
     })

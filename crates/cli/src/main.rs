@@ -118,6 +118,9 @@ struct ServeArgs {
     /// Name of this node.
     #[arg(long, env = "STOWAGE_NODE", default_value = "local")]
     node: String,
+    /// Average chunk size in KiB for a NEW repository (min = avg/4, max = avg*4). For benchmarks.
+    #[arg(long, hide = true)]
+    chunk_avg_kib: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -285,6 +288,7 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
             repo_password,
             node: a.node,
             insecure_fast_kdf: std::env::var("STOWAGE_INSECURE_FAST_KDF").is_ok_and(|v| v == "1"),
+            chunker: a.chunk_avg_kib.map(|k| stowage_repo::ChunkerParams { min: k * 256, avg: k * 1024, max: k * 4096 }),
         };
         let (svc, boot) = stowage_service::Service::start(cfg).await.map_err(|e| e.to_string())?;
         if let Some(p) = &boot.admin_credentials_file {
@@ -515,7 +519,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             if !json {
                 eprintln!("backup task {id} of {} started", s(&t["instance_id"]));
             }
-            let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"))?;
+            let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"), json)?;
             let code = finish_follow(&v, json, &format!("backup task {id}"));
             if code == 0 && !json {
                 println!(
@@ -562,7 +566,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             }
             TaskCmd::Show { id } => show_task(&c.get(&format!("/v1/tasks/{id}"))?, json),
             TaskCmd::Watch { id } => {
-                let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"))?;
+                let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"), json)?;
                 return Ok(finish_follow(&v, json, &format!("backup task {id}")));
             }
             TaskCmd::Cancel { id } => {
@@ -696,7 +700,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             }
             JobCmd::Show { id } => print_json(&c.get(&format!("/v1/jobs/{id}"))?),
             JobCmd::Watch { id } => {
-                let v = watch::follow(c, &format!("/v1/jobs/{id}"), &format!("job {id}"))?;
+                let v = watch::follow(c, &format!("/v1/jobs/{id}"), &format!("job {id}"), json)?;
                 return Ok(finish_follow(&v, json, &format!("job {id}")));
             }
             JobCmd::Cancel { id } => print_json(&c.post(&format!("/v1/jobs/{id}/cancel"), None)?),
@@ -721,7 +725,7 @@ fn follow_job(
         }
         return Ok(0);
     }
-    let v = watch::follow(c, &format!("/v1/jobs/{id}"), &format!("{what} {id}"))?;
+    let v = watch::follow(c, &format!("/v1/jobs/{id}"), &format!("{what} {id}"), json)?;
     let code = finish_follow(&v, json, &format!("{what} job {id}"));
     if code == 0 && !json {
         match what {

@@ -15,8 +15,9 @@ fn terminal(state: &str) -> bool {
     matches!(state, "finished" | "failed" | "cancelled")
 }
 
-/// Polls `path` until the task/job ends; returns its last JSON.
-pub fn follow(c: &Client, path: &str, label: &str) -> Result<Value, CallError> {
+/// Polls `path` until the task/job ends; returns its last JSON. Plain lines
+/// go to stdout, or to stderr when stdout is reserved for `--json` output.
+pub fn follow(c: &Client, path: &str, label: &str, json: bool) -> Result<Value, CallError> {
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
@@ -57,11 +58,16 @@ pub fn follow(c: &Client, path: &str, label: &str) -> Result<Value, CallError> {
                         Some(s) if !terminal(&state) && total > 0 => format!(", ETA {s} s"),
                         _ => String::new(),
                     };
-                    println!(
+                    let line = format!(
                         "{label}: {state} {pct}% {} of {}{speed}{eta}",
                         HumanBytes(done),
                         HumanBytes(total.max(done))
                     );
+                    if json {
+                        eprintln!("{line}");
+                    } else {
+                        println!("{line}");
+                    }
                     last_line = Instant::now();
                 }
             }

@@ -45,6 +45,8 @@ pub struct Config {
     pub node: String,
     /// Faster key derivation, for tests only.
     pub insecure_fast_kdf: bool,
+    /// Chunker parameters for a new repository (default: `ChunkerParams::default()`).
+    pub chunker: Option<ChunkerParams>,
 }
 
 /// The authenticated caller.

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 DATASET=${DATASET:-both}
 SCALE=${SCALE:-100}
 SEMI_ROWS=${SEMI_ROWS:-13000000}
-CHUNKS=${CHUNKS:-"64 16 256"}
+CHUNKS=${CHUNKS:-"64 32 128"}
 bash scripts/deps.sh
 need=()
 for p in pgbackrest restic zstd; do command -v $p >/dev/null || need+=($p); done
@@ -155,6 +155,12 @@ run_dataset() {
   pgctl_start
 
   if [ "$ds" = pgbench ]; then
+    echo "  -- after a sparse change (updates touching ~1% of pages)"
+    pgbench -n -t $((SCALE * 8)) -c 2 -h "$OUT" -p "$PGPORT" -U postgres postgres > /dev/null 2>&1
+    psql_ "CHECKPOINT"
+    for k in $CHUNKS; do stowage_backup "$ds" "stowage backup after sparse updates (${k} KiB)" "$k"; done
+    timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --type=incr backup
+    record "$ds" "pgBackRest incr after sparse updates" "$WALL" "$CPU" "$(du_b "$(last_pgbr_backup_dir)")" "$RSS"
     echo "  -- after pgbench -T 20 (random updates)"
     pgbench -n -T 20 -c 2 -h "$OUT" -p "$PGPORT" -U postgres postgres > /dev/null 2>&1
     psql_ "CHECKPOINT"

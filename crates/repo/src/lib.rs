@@ -30,3 +30,14 @@ pub use crypto::KdfParams;
 pub use repo::{RepoConfig, RepoError, Repository};
 pub use storage::{FileType, LocalStorage, Storage, StorageError};
 pub use writer::{BackupStats, BackupWriter, FileMeta};
+
+/// `n` worker threads, or one per core when `n` is 0.
+pub(crate) fn threads_or_cores(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        n
+    }
+}

@@ -117,20 +117,24 @@ impl Repository {
             &serde_json::to_vec_pretty(&kf).expect("json"),
         )?;
         let config = RepoConfig::new(chunker);
-        let cipher = key.cipher();
         storage.put(
             FileType::Config,
             "config",
-            &cipher.seal(Role::Config, &serde_json::to_vec(&config).expect("json")),
+            &key.cipher()
+                .seal(Role::Config, &serde_json::to_vec(&config).expect("json")),
         )?;
-        Ok(Repository {
+        Ok(Repository::assemble(storage, key, config))
+    }
+
+    fn assemble(storage: Arc<dyn Storage>, key: MasterKey, config: RepoConfig) -> Repository {
+        Repository {
             storage,
-            cipher,
+            cipher: key.cipher(),
             key,
             config,
             index: RwLock::new(Arc::new(Index::default())),
             gc_mutex: Default::default(),
-        })
+        }
     }
 
     /// Opens an existing repository and loads its index.
@@ -164,14 +168,7 @@ impl Repository {
         if config.version != FORMAT_VERSION {
             return Err(RepoError::UnsupportedVersion(config.version));
         }
-        let repo = Repository {
-            storage,
-            cipher,
-            key,
-            config,
-            index: RwLock::new(Arc::new(Index::default())),
-            gc_mutex: Default::default(),
-        };
+        let repo = Repository::assemble(storage, key, config);
         repo.reload_index()?;
         Ok(repo)
     }

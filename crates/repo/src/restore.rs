@@ -159,40 +159,89 @@ impl Repository {
                 }
             }
         }
-        // 2. Data, pack by pack, on all cores.
-        let threads = if opts.threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        } else {
-            opts.threads
-        };
+        // 2. Data, pack by pack, on all cores. A file is handed to the
+        // finishers (fsync, owner, mode, mtime) as soon as its last byte is
+        // written, so flushing to disk overlaps the rest of the restore.
+        let threads = crate::threads_or_cores(opts.threads);
+        let remaining: Vec<AtomicU64> = plan
+            .entries
+            .iter()
+            .map(|(_, e)| AtomicU64::new(if e.kind == FileKind::File { e.size } else { 0 }))
+            .collect();
         let next = AtomicU64::new(0);
         let done = AtomicU64::new(0);
         let failure: Mutex<Option<RepoError>> = Mutex::new(None);
+        let fail = |e: RepoError| {
+            failure.lock().expect("lock").get_or_insert(e);
+        };
         let idx = self.index();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
+        for (i, (_, e)) in plan.entries.iter().enumerate() {
+            if e.kind == FileKind::File && e.size == 0 {
+                done_tx.send(i).expect("receiver alive");
+            }
+        }
         std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| {
-                    let mut open: Option<(usize, File)> = None;
-                    loop {
-                        if cancel.load(Ordering::Relaxed) || failure.lock().expect("lock").is_some()
-                        {
-                            return;
-                        }
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let Some((pack, chunks)) = plan.packs.get(i) else {
-                            return;
-                        };
-                        if let Err(e) =
-                            self.restore_pack(plan, &idx, *pack, chunks, &mut open, &done, progress)
-                        {
-                            failure.lock().expect("lock").get_or_insert(e);
-                            return;
+            for _ in 0..FINISHERS {
+                let rx = done_rx.clone();
+                let (fail, plan) = (&fail, plan);
+                s.spawn(move || {
+                    for i in rx {
+                        let (path, e) = &plan.entries[i];
+                        let r = OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .map_err(io(path))
+                            .and_then(|f| {
+                                if opts.fsync {
+                                    f.sync_all().map_err(io(path))?;
+                                }
+                                set_meta(path, e, Some(&f), opts)
+                            });
+                        if let Err(e) = r {
+                            fail(e);
                         }
                     }
                 });
             }
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let done_tx = done_tx.clone();
+                    let (fail, failure, next, done, remaining, idx) =
+                        (&fail, &failure, &next, &done, &remaining, &idx);
+                    s.spawn(move || {
+                        let mut open: Option<(usize, File)> = None;
+                        loop {
+                            if cancel.load(Ordering::Relaxed)
+                                || failure.lock().expect("lock").is_some()
+                            {
+                                return;
+                            }
+                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            let Some((pack, chunks)) = plan.packs.get(i) else {
+                                return;
+                            };
+                            let sink = Sink {
+                                remaining,
+                                done,
+                                done_tx: &done_tx,
+                                progress,
+                                total: plan.total_bytes,
+                            };
+                            if let Err(e) =
+                                self.restore_pack(plan, idx, *pack, chunks, &mut open, &sink)
+                            {
+                                fail(e);
+                                return;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.join();
+            }
+            drop(done_tx);
         });
         if let Some(e) = failure.into_inner().expect("lock") {
             return Err(e);
@@ -200,21 +249,12 @@ impl Repository {
         if cancel.load(Ordering::Relaxed) {
             return Err(RepoError::Cancelled);
         }
-        // 3. Metadata; files first, then directories deepest first (so their
-        // mtimes are not disturbed by what is created inside them).
+        // 3. Symlinks, then directories deepest first (so their mtimes are
+        // not disturbed by what is created inside them).
         let mut dirs = Vec::new();
         for (path, e) in &plan.entries {
             match e.kind {
-                FileKind::File => {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(io(path))?;
-                    if opts.fsync {
-                        f.sync_all().map_err(io(path))?;
-                    }
-                    set_meta(path, e, Some(&f), opts)?;
-                }
+                FileKind::File => {}
                 FileKind::Dir => dirs.push((path, e)),
                 FileKind::Symlink => {
                     if opts.preserve_owner {
@@ -237,7 +277,6 @@ impl Repository {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn restore_pack(
         &self,
         plan: &RestorePlan,
@@ -245,8 +284,7 @@ impl Repository {
         pack: u32,
         chunks: &[(PackEntry, Vec<Dest>)],
         open: &mut Option<(usize, File)>,
-        done: &AtomicU64,
-        progress: &(dyn Fn(u64, u64) + Sync),
+        sink: &Sink<'_>,
     ) -> Result<(), RepoError> {
         let name = hex::encode(idx.pack_id(pack));
         let start = chunks.first().map(|(e, _)| e.offset as u64).unwrap_or(0);
@@ -283,11 +321,33 @@ impl Repository {
                 };
                 file.write_all_at(&raw, d.offset)
                     .map_err(io(&plan.entries[d.file].0))?;
-                let n = done.fetch_add(raw.len() as u64, Ordering::Relaxed) + raw.len() as u64;
-                progress(n, plan.total_bytes);
+                sink.written(d.file, raw.len() as u64);
             }
         }
         Ok(())
+    }
+}
+
+/// Finisher threads: fsync is I/O-bound, so more of them than cores keeps
+/// the device queue full.
+const FINISHERS: usize = 4;
+
+/// Where a worker reports written bytes.
+struct Sink<'a> {
+    remaining: &'a [AtomicU64],
+    done: &'a AtomicU64,
+    done_tx: &'a crossbeam_channel::Sender<usize>,
+    progress: &'a (dyn Fn(u64, u64) + Sync),
+    total: u64,
+}
+
+impl Sink<'_> {
+    fn written(&self, file: usize, n: u64) {
+        if self.remaining[file].fetch_sub(n, Ordering::AcqRel) == n {
+            let _ = self.done_tx.send(file);
+        }
+        let d = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        (self.progress)(d, self.total);
     }
 }
 

@@ -66,13 +66,7 @@ impl Repository {
         let report = Mutex::new(VerifyReport::default());
         let next = AtomicUsize::new(0);
         let read = AtomicU64::new(0);
-        let threads = if threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        } else {
-            threads
-        };
+        let threads = crate::threads_or_cores(threads);
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {

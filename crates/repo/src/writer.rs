@@ -71,11 +71,8 @@ type PackerResult = Result<Vec<(PackId, Vec<PackEntry>)>, RepoError>;
 
 pub struct BackupWriter {
     repo: Arc<Repository>,
-    key: MasterKey,
-    committed: Arc<Index>,
-    seen: HashSet<ChunkId>,
     chunker: Chunker,
-    tx: Option<Sender<Job>>,
+    dedup: Dedup,
     workers: Vec<JoinHandle<()>>,
     packer: Option<JoinHandle<PackerResult>>,
     failure: Arc<Mutex<Option<String>>>,
@@ -90,13 +87,7 @@ impl Repository {
     /// Starts a backup with `threads` compression workers (0 = one per core).
     pub fn start_backup(self: &Arc<Self>, threads: usize) -> Result<BackupWriter, RepoError> {
         let lock = self.lock(LockKind::Shared, "backup")?;
-        let threads = if threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        } else {
-            threads
-        };
+        let threads = crate::threads_or_cores(threads);
         let failure = Arc::new(Mutex::new(None));
         let stats = Arc::new(BackupStats::default());
         let (tx, rx) = bounded::<Job>(QUEUE);
@@ -125,12 +116,17 @@ impl Repository {
                 .map_err(|e| RepoError::Io(e.to_string()))?
         };
         Ok(BackupWriter {
-            key: self.key.clone(),
-            committed: self.index(),
-            seen: HashSet::new(),
             chunker: Chunker::new(self.config.chunker, self.key.chunker_seed()),
+            dedup: Dedup {
+                key: self.key.clone(),
+                committed: self.index(),
+                seen: HashSet::new(),
+                tx: Some(tx),
+                stats: stats.clone(),
+                ids: Vec::new(),
+                stopped: false,
+            },
             repo: self.clone(),
-            tx: Some(tx),
             workers,
             packer: Some(packer),
             failure,
@@ -293,52 +289,34 @@ impl BackupWriter {
         self.stats
             .bytes_in
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let mut ids = Vec::new();
-        let mut send_err = false;
-        {
-            let (key, committed, seen, tx, stats) = (
-                &self.key,
-                &self.committed,
-                &mut self.seen,
-                &self.tx,
-                &self.stats,
-            );
-            self.chunker.push(data, &mut |c| {
-                submit(c, key, committed, seen, tx, stats, &mut ids, &mut send_err)
-            });
-        }
+        let ids = self.chunk(Some(data))?;
         self.current.as_mut().expect("open file").chunks.extend(ids);
-        if send_err {
-            self.check_failed()?;
-            return Err(RepoError::Io("backup pipeline stopped".into()));
-        }
         Ok(())
     }
 
     pub fn end_file(&mut self) -> Result<(), RepoError> {
-        let mut ids = Vec::new();
-        let mut send_err = false;
-        {
-            let (key, committed, seen, tx, stats) = (
-                &self.key,
-                &self.committed,
-                &mut self.seen,
-                &self.tx,
-                &self.stats,
-            );
-            self.chunker.finish(&mut |c| {
-                submit(c, key, committed, seen, tx, stats, &mut ids, &mut send_err)
-            });
-        }
-        if send_err {
-            self.check_failed()?;
-            return Err(RepoError::Io("backup pipeline stopped".into()));
-        }
+        let ids = self.chunk(None)?;
         if let Some(mut f) = self.current.take() {
             f.chunks.extend(ids);
             self.archive().files.push(f);
         }
         Ok(())
+    }
+
+    /// Chunks `data` (or, with `None`, what is left of the file) and returns
+    /// the ids of the chunks completed.
+    fn chunk(&mut self, data: Option<&[u8]>) -> Result<Vec<ChunkId>, RepoError> {
+        let d = &mut self.dedup;
+        match data {
+            Some(x) => self.chunker.push(x, &mut |c| d.submit(c)),
+            None => self.chunker.finish(&mut |c| d.submit(c)),
+        }
+        let ids = std::mem::take(&mut d.ids);
+        if d.stopped {
+            self.check_failed()?;
+            return Err(RepoError::Io("backup pipeline stopped".into()));
+        }
+        Ok(ids)
     }
 
     fn end_file_if_open(&mut self) -> Result<(), RepoError> {
@@ -350,7 +328,7 @@ impl BackupWriter {
     }
 
     fn shutdown(&mut self) -> PackerResult {
-        self.tx.take();
+        self.dedup.tx.take();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -412,36 +390,40 @@ impl BackupWriter {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn submit(
-    c: &[u8],
-    key: &MasterKey,
-    committed: &Index,
-    seen: &mut HashSet<ChunkId>,
-    tx: &Option<Sender<Job>>,
-    stats: &BackupStats,
-    ids: &mut Vec<ChunkId>,
-    send_err: &mut bool,
-) {
-    let id = key.chunk_id(c);
-    ids.push(id);
-    stats.chunks_total.fetch_add(1, Ordering::Relaxed);
-    if committed.contains(&id) || !seen.insert(id) {
-        return;
-    }
-    stats.chunks_new.fetch_add(1, Ordering::Relaxed);
-    let Some(tx) = tx else {
-        *send_err = true;
-        return;
-    };
-    if tx
-        .send(Job {
-            id,
-            data: c.to_vec(),
-        })
-        .is_err()
-    {
-        *send_err = true;
+/// Names each chunk and sends the ones the repository lacks to the workers.
+struct Dedup {
+    key: MasterKey,
+    /// The index as committed when the backup started.
+    committed: Arc<Index>,
+    /// Chunks this backup already sent.
+    seen: HashSet<ChunkId>,
+    tx: Option<Sender<Job>>,
+    stats: Arc<BackupStats>,
+    /// Ids of the chunks cut since the last `chunk` call.
+    ids: Vec<ChunkId>,
+    /// The workers are gone (an error stopped the pipeline).
+    stopped: bool,
+}
+
+impl Dedup {
+    fn submit(&mut self, c: &[u8]) {
+        let id = self.key.chunk_id(c);
+        self.ids.push(id);
+        self.stats.chunks_total.fetch_add(1, Ordering::Relaxed);
+        if self.committed.contains(&id) || !self.seen.insert(id) {
+            return;
+        }
+        self.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
+        let sent = self.tx.as_ref().is_some_and(|tx| {
+            tx.send(Job {
+                id,
+                data: c.to_vec(),
+            })
+            .is_ok()
+        });
+        if !sent {
+            self.stopped = true;
+        }
     }
 }
 

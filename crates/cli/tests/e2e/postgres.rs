@@ -328,3 +328,88 @@ fn unchanged_database_dedups() {
         "second backup stored {n2} bytes, first {n1}: dedup failed"
     );
 }
+
+/// The database stops in the middle of a backup: the task fails with a clear
+/// reason, the CLI exits 1, and the repository stays sound.
+#[test]
+fn database_stopped_mid_backup_fails_the_task_clearly() {
+    let work = tempfile::tempdir().unwrap();
+    let mut pg = PgServer::start(PgOptions::default());
+    assert!(
+        pg.pgbench(&["-i", "-q", "-s", "3", "postgres"])
+            .status
+            .success()
+    );
+    let s = Stowage::start(&work.path().join("stowage"));
+    add_instance(&s, "fragile", &pg, &["--max-rate-kbps", "4096"]);
+    let id = s.json(&["backup", "fragile"])["id"].as_i64().unwrap();
+    s.wait_task(id, "running with data", |v| {
+        v["state"] == "running" && v["progress"]["bytes_done"].as_u64().unwrap_or(0) > 1_000_000
+    });
+    pg.stop();
+    let v = s.wait_task(id, "ended", |v| {
+        v["state"] == "failed" || v["state"] == "finished"
+    });
+    assert_eq!(v["state"], "failed", "{v}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains("database server") || err.contains("terminating connection"),
+        "{err}"
+    );
+    let o = s.cli(&["task", "watch", &id.to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(s.ok(&["verify"]).contains("repository OK"));
+}
+
+/// Backups of different instances run at the same time; a running task can
+/// be cancelled and ends `cancelled`, never `finished`.
+#[test]
+fn concurrent_backups_and_cancel() {
+    let work = tempfile::tempdir().unwrap();
+    let a = PgServer::start(PgOptions::default());
+    let b = PgServer::start(PgOptions::default());
+    assert!(
+        a.pgbench(&["-i", "-q", "-s", "2", "postgres"])
+            .status
+            .success()
+    );
+    assert!(
+        b.pgbench(&["-i", "-q", "-s", "2", "postgres"])
+            .status
+            .success()
+    );
+    let s = Stowage::start(&work.path().join("stowage"));
+    add_instance(&s, "a", &a, &["--max-rate-kbps", "8192"]);
+    add_instance(&s, "b", &b, &["--max-rate-kbps", "8192"]);
+    let ta = s.json(&["backup", "a"])["id"].as_i64().unwrap();
+    let tb = s.json(&["backup", "b"])["id"].as_i64().unwrap();
+    // Both are running at the same time.
+    s.wait_task(ta, "running", |v| v["state"] == "running");
+    let vb = s.wait_task(tb, "running", |v| v["state"] == "running");
+    assert_eq!(vb["state"], "running");
+    let running = s.json(&["task", "list", "--state", "running"]);
+    assert_eq!(running["tasks"].as_array().unwrap().len(), 2, "{running}");
+    // Cancel one; the other finishes.
+    s.ok(&["task", "cancel", &tb.to_string()]);
+    let vb = s.wait_task(tb, "ended", |v| {
+        ["cancelled", "failed", "finished"].contains(&v["state"].as_str().unwrap())
+    });
+    assert_eq!(vb["state"], "cancelled", "{vb}");
+    assert!(vb["set_id"].is_null());
+    let va = s.wait_task(ta, "ended", |v| {
+        ["cancelled", "failed", "finished"].contains(&v["state"].as_str().unwrap())
+    });
+    assert_eq!(va["state"], "finished", "{va}");
+    let o = s.cli(&["task", "cancel", &ta.to_string()]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "cancelling a finished task is refused"
+    );
+    // The cancelled instance can be backed up again right away.
+    assert!(s.ok(&["backup", "b", "--wait"]).contains("backup set"));
+    assert_eq!(
+        s.json(&["set", "list"])["sets"].as_array().unwrap().len(),
+        2
+    );
+}

@@ -19,6 +19,7 @@
 //! Requires PostgreSQL 15 or newer (the typed COPY stream and the
 //! parenthesised option syntax).
 
+pub mod wal;
 pub mod wire;
 
 use crate::tar::{TarEvent, TarReader};
@@ -176,22 +177,16 @@ impl Engine for PostgresPhysical {
         let mut manifest: Option<Vec<u8>> = None;
         let mut owner = (0u32, 0u32);
         let mut copy_done = false;
+        let mut wal_filter: Option<wal::StalePageFilter> = None;
+        let mut stale_wal_pages = 0u64;
         let mut server_error = None;
         loop {
             let m = c.read(&cancelled)?;
             match m {
-                Message::RowDescription(d) => {
-                    use fallible_iterator::FallibleIterator;
-                    let mut cols = Vec::new();
-                    let mut it = d.fields();
-                    while let Ok(Some(f)) = it.next() {
-                        cols.push(f.name().to_string());
-                    }
-                    results.push(ResultSet {
-                        columns: cols,
-                        rows: vec![],
-                    });
-                }
+                Message::RowDescription(d) => results.push(ResultSet {
+                    columns: wire::columns(&d),
+                    rows: vec![],
+                }),
                 Message::DataRow(r) => {
                     let row = wire::data_row(&r);
                     results
@@ -249,6 +244,13 @@ impl Engine for PostgresPhysical {
                                             if e.path == "PG_VERSION" {
                                                 owner = (e.uid, e.gid);
                                             }
+                                            wal_filter = e
+                                                .path
+                                                .strip_prefix("pg_wal/")
+                                                .and_then(|name| wal::segment_number(name, e.size))
+                                                .map(|segno| {
+                                                    wal::StalePageFilter::new(segno, e.size)
+                                                });
                                             w.begin_file(FileMeta {
                                                 path: e.path,
                                                 kind: e.kind,
@@ -259,8 +261,17 @@ impl Engine for PostgresPhysical {
                                                 link_target: e.link_target,
                                             })?;
                                         }
-                                        TarEvent::Data(d) => w.write(d)?,
-                                        TarEvent::End => w.end_file()?,
+                                        TarEvent::Data(d) => match wal_filter.as_mut() {
+                                            Some(f) => f.push(d, &mut |p: &[u8]| w.write(p))?,
+                                            None => w.write(d)?,
+                                        },
+                                        TarEvent::End => {
+                                            if let Some(mut f) = wal_filter.take() {
+                                                f.finish(&mut |p: &[u8]| w.write(p))?;
+                                                stale_wal_pages += f.zeroed;
+                                            }
+                                            w.end_file()?
+                                        }
                                     }
                                     Ok(())
                                 };
@@ -354,6 +365,7 @@ impl Engine for PostgresPhysical {
                 "stop_lsn": end.first().cloned().flatten(),
                 "tablespaces": tablespaces,
                 "wal_included": true,
+                "stale_wal_pages_zeroed": stale_wal_pages,
                 "label": label,
             }),
         })

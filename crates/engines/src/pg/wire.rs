@@ -358,17 +358,10 @@ impl PgConn {
         let mut err = None;
         loop {
             match self.read(&|| false)? {
-                Message::RowDescription(d) => {
-                    let mut cols = Vec::new();
-                    let mut it = d.fields();
-                    while let Ok(Some(f)) = it.next() {
-                        cols.push(f.name().to_string());
-                    }
-                    sets.push(ResultSet {
-                        columns: cols,
-                        rows: Vec::new(),
-                    });
-                }
+                Message::RowDescription(d) => sets.push(ResultSet {
+                    columns: columns(&d),
+                    rows: Vec::new(),
+                }),
                 Message::DataRow(r) => {
                     let row = data_row(&r);
                     match sets.last_mut() {
@@ -400,6 +393,16 @@ impl PgConn {
         frontend::terminate(&mut self.out);
         let _ = self.flush();
     }
+}
+
+/// Column names of a `RowDescription`.
+pub fn columns(d: &postgres_protocol::message::backend::RowDescriptionBody) -> Vec<String> {
+    let mut cols = Vec::new();
+    let mut it = d.fields();
+    while let Ok(Some(f)) = it.next() {
+        cols.push(f.name().to_string());
+    }
+    cols
 }
 
 pub fn data_row(r: &postgres_protocol::message::backend::DataRowBody) -> Vec<Option<String>> {

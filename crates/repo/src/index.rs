@@ -1,21 +1,21 @@
-//! The index: which pack holds each chunk, and where.
+//! The index: which pack and blob hold each chunk, and where inside it.
 //!
 //! ```text
 //! index file = seal(Index, zstd(plain))
-//! plain      = "SIX1" ‖ npacks (u32) ‖ npacks × (pack id (32) ‖ n (u32) ‖ n × entry)
-//! entry      = chunk id (32) ‖ offset (u32) ‖ stored_len (u32) ‖ raw_len (u32) ‖ compression (u8)
+//! plain      = "SIX1" ‖ npacks (u32) ‖ npacks × (pack id (32) ‖ nblobs (u32) ‖ nblobs × blob)
+//! blob       = offset (u32) ‖ stored_len (u32) ‖ raw_len (u32) ‖ compression (u8) ‖ m (u32) ‖ m × (chunk id (32) ‖ offset (u32) ‖ len (u32))
 //! ```
 //!
-//! Index files are written after the packs they describe are durable; the
-//! in-memory [`Index`] is the union of all index files.
+//! A blob in an index file may list only some of the chunks its pack header
+//! lists (each chunk's offset is explicit). Index files are written after the
+//! packs they describe are durable; the in-memory [`Index`] is their union.
 
 use crate::crypto::{Cipher, Role};
-use crate::pack::{Compression, PackEntry};
-use std::collections::HashMap;
+use crate::pack::{BlobEntry, ChunkRef, Compression};
+use std::collections::{BTreeMap, HashMap};
 use stowage_core::manifest::ChunkId;
 
 const MAGIC: &[u8; 4] = b"SIX1";
-const ENTRY_LEN: usize = 32 + 4 + 4 + 4 + 1;
 
 pub type PackId = [u8; 32];
 
@@ -23,14 +23,24 @@ pub type PackId = [u8; 32];
 pub struct Location {
     /// Position of the pack in [`Index::packs`].
     pub pack: u32,
-    pub offset: u32,
-    pub stored_len: u32,
-    pub raw_len: u32,
+    pub blob_offset: u32,
+    pub blob_stored_len: u32,
+    pub blob_raw_len: u32,
     pub compression: Compression,
+    /// The chunk inside the blob's plaintext.
+    pub chunk_offset: u32,
+    pub chunk_len: u32,
+}
+
+impl Location {
+    /// End of the blob in the pack.
+    pub fn blob_end(&self) -> u64 {
+        self.blob_offset as u64 + self.blob_stored_len as u64
+    }
 }
 
 /// In-memory union of index files. Pack ids are interned to keep each entry
-/// small (~50 bytes plus the map's own overhead).
+/// small.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
     packs: Vec<PackId>,
@@ -54,6 +64,9 @@ impl Index {
     pub fn pack_id(&self, pos: u32) -> &PackId {
         &self.packs[pos as usize]
     }
+    pub fn pack_pos(&self, id: &PackId) -> Option<u32> {
+        self.pack_pos.get(id).copied()
+    }
     pub fn packs(&self) -> &[PackId] {
         &self.packs
     }
@@ -61,7 +74,7 @@ impl Index {
         self.map.iter()
     }
 
-    pub fn add_pack(&mut self, pack: PackId, entries: &[PackEntry]) {
+    pub fn add_pack(&mut self, pack: PackId, blobs: &[BlobEntry]) {
         let pos = match self.pack_pos.get(&pack) {
             Some(p) => *p,
             None => {
@@ -71,61 +84,80 @@ impl Index {
                 p
             }
         };
-        for e in entries {
-            self.map.entry(e.id).or_insert(Location {
-                pack: pos,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                compression: e.compression,
-            });
+        for b in blobs {
+            for c in &b.chunks {
+                self.map.entry(c.id).or_insert(Location {
+                    pack: pos,
+                    blob_offset: b.offset,
+                    blob_stored_len: b.stored_len,
+                    blob_raw_len: b.raw_len,
+                    compression: b.compression,
+                    chunk_offset: c.offset,
+                    chunk_len: c.len,
+                });
+            }
         }
     }
 
-    /// Entries grouped by pack, for writing an index file.
-    pub fn by_pack(&self) -> Vec<(PackId, Vec<PackEntry>)> {
-        let mut groups: Vec<Vec<PackEntry>> = vec![Vec::new(); self.packs.len()];
+    /// Entries grouped by pack and blob, for writing an index file.
+    pub fn by_pack(&self) -> Vec<(PackId, Vec<BlobEntry>)> {
+        let mut groups: Vec<BTreeMap<u32, BlobEntry>> = vec![BTreeMap::new(); self.packs.len()];
         for (id, l) in &self.map {
-            groups[l.pack as usize].push(PackEntry {
+            let b = groups[l.pack as usize]
+                .entry(l.blob_offset)
+                .or_insert_with(|| BlobEntry {
+                    offset: l.blob_offset,
+                    stored_len: l.blob_stored_len,
+                    raw_len: l.blob_raw_len,
+                    compression: l.compression,
+                    chunks: Vec::new(),
+                });
+            b.chunks.push(ChunkRef {
                 id: *id,
-                offset: l.offset,
-                stored_len: l.stored_len,
-                raw_len: l.raw_len,
-                compression: l.compression,
+                offset: l.chunk_offset,
+                len: l.chunk_len,
             });
         }
         self.packs
             .iter()
             .zip(groups)
             .filter(|(_, g)| !g.is_empty())
-            .map(|(p, mut g)| {
-                g.sort_by_key(|e| e.offset);
-                (*p, g)
+            .map(|(p, g)| {
+                let mut blobs: Vec<BlobEntry> = g.into_values().collect();
+                for b in &mut blobs {
+                    b.chunks.sort_by_key(|c| c.offset);
+                }
+                (*p, blobs)
             })
             .collect()
     }
 
     pub fn merge(&mut self, other: &Index) {
-        for (p, entries) in other.by_pack() {
-            self.add_pack(p, &entries);
+        for (p, blobs) in other.by_pack() {
+            self.add_pack(p, &blobs);
         }
     }
 }
 
-/// Serialises packs' entries into a sealed index file; returns (name, bytes).
-pub fn encode(packs: &[(PackId, Vec<PackEntry>)], cipher: &Cipher) -> (String, Vec<u8>) {
+/// Serialises packs' blobs into a sealed index file; returns (name, bytes).
+pub fn encode(packs: &[(PackId, Vec<BlobEntry>)], cipher: &Cipher) -> (String, Vec<u8>) {
     let mut plain = Vec::new();
     plain.extend_from_slice(MAGIC);
     plain.extend_from_slice(&(packs.len() as u32).to_le_bytes());
-    for (p, entries) in packs {
+    for (p, blobs) in packs {
         plain.extend_from_slice(p);
-        plain.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        for e in entries {
-            plain.extend_from_slice(&e.id.0);
-            plain.extend_from_slice(&e.offset.to_le_bytes());
-            plain.extend_from_slice(&e.stored_len.to_le_bytes());
-            plain.extend_from_slice(&e.raw_len.to_le_bytes());
-            plain.push(e.compression as u8);
+        plain.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
+        for b in blobs {
+            plain.extend_from_slice(&b.offset.to_le_bytes());
+            plain.extend_from_slice(&b.stored_len.to_le_bytes());
+            plain.extend_from_slice(&b.raw_len.to_le_bytes());
+            plain.push(b.compression as u8);
+            plain.extend_from_slice(&(b.chunks.len() as u32).to_le_bytes());
+            for c in &b.chunks {
+                plain.extend_from_slice(&c.id.0);
+                plain.extend_from_slice(&c.offset.to_le_bytes());
+                plain.extend_from_slice(&c.len.to_le_bytes());
+            }
         }
     }
     let z = zstd::bulk::compress(&plain, 3).expect("zstd of memory");
@@ -133,7 +165,7 @@ pub fn encode(packs: &[(PackId, Vec<PackEntry>)], cipher: &Cipher) -> (String, V
     (hex::encode(blake3::hash(&bytes).as_bytes()), bytes)
 }
 
-pub fn decode(bytes: &[u8], cipher: &Cipher) -> Result<Vec<(PackId, Vec<PackEntry>)>, String> {
+pub fn decode(bytes: &[u8], cipher: &Cipher) -> Result<Vec<(PackId, Vec<BlobEntry>)>, String> {
     let z = cipher.open(Role::Index, bytes).map_err(|e| e.to_string())?;
     let plain = zstd::stream::decode_all(&z[..]).map_err(|e| format!("decompress: {e}"))?;
     let mut r = Reader(&plain);
@@ -143,20 +175,38 @@ pub fn decode(bytes: &[u8], cipher: &Cipher) -> Result<Vec<(PackId, Vec<PackEntr
     let np = r.u32()? as usize;
     let mut out = Vec::with_capacity(np.min(1 << 20));
     for _ in 0..np {
-        let p: PackId = r.take(32)?.try_into().unwrap();
-        let n = r.u32()? as usize;
-        let mut entries = Vec::with_capacity(n.min(1 << 20));
-        for _ in 0..n {
-            let e = r.take(ENTRY_LEN)?;
-            entries.push(PackEntry {
-                id: ChunkId(e[..32].try_into().unwrap()),
-                offset: u32::from_le_bytes(e[32..36].try_into().unwrap()),
-                stored_len: u32::from_le_bytes(e[36..40].try_into().unwrap()),
-                raw_len: u32::from_le_bytes(e[40..44].try_into().unwrap()),
-                compression: Compression::from_u8(e[44]).ok_or("bad compression")?,
+        let p: PackId = r.take(32)?.try_into().expect("32 bytes");
+        let nb = r.u32()? as usize;
+        let mut blobs = Vec::with_capacity(nb.min(1 << 16));
+        for _ in 0..nb {
+            let offset = r.u32()?;
+            let stored_len = r.u32()?;
+            let raw_len = r.u32()?;
+            let compression = Compression::from_u8(r.take(1)?[0]).ok_or("bad compression")?;
+            let m = r.u32()? as usize;
+            let mut chunks = Vec::with_capacity(m.min(1 << 16));
+            for _ in 0..m {
+                let id = ChunkId(r.take(32)?.try_into().expect("32 bytes"));
+                let off = r.u32()?;
+                let len = r.u32()?;
+                if off as u64 + len as u64 > raw_len as u64 {
+                    return Err("chunk outside its blob".into());
+                }
+                chunks.push(ChunkRef {
+                    id,
+                    offset: off,
+                    len,
+                });
+            }
+            blobs.push(BlobEntry {
+                offset,
+                stored_len,
+                raw_len,
+                compression,
+                chunks,
             });
         }
-        out.push((p, entries));
+        out.push((p, blobs));
     }
     if !r.0.is_empty() {
         return Err("trailing bytes".into());
@@ -175,7 +225,9 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 }
 
@@ -184,26 +236,38 @@ mod tests {
     use super::*;
     use crate::crypto::MasterKey;
 
+    fn blob(offset: u32, ids: &[u8]) -> BlobEntry {
+        BlobEntry {
+            offset,
+            stored_len: 100,
+            raw_len: 300 * ids.len() as u32,
+            compression: Compression::Zstd,
+            chunks: ids
+                .iter()
+                .enumerate()
+                .map(|(i, b)| ChunkRef {
+                    id: ChunkId([*b; 32]),
+                    offset: i as u32 * 300,
+                    len: 300,
+                })
+                .collect(),
+        }
+    }
+
     #[test]
     fn index_round_trip() {
         let c = MasterKey::generate().cipher();
-        let entries: Vec<PackEntry> = (0..10u8)
-            .map(|i| PackEntry {
-                id: ChunkId([i; 32]),
-                offset: i as u32 * 100,
-                stored_len: 100,
-                raw_len: 300,
-                compression: Compression::Zstd,
-            })
-            .collect();
-        let packs = vec![([9u8; 32], entries.clone()), ([8u8; 32], vec![])];
+        let blobs = vec![blob(0, &[1, 2, 3]), blob(100, &[4]), blob(200, &[5, 6])];
+        let packs = vec![([9u8; 32], blobs.clone()), ([8u8; 32], vec![])];
         let (_, bytes) = encode(&packs, &c);
         assert_eq!(decode(&bytes, &c).unwrap(), packs);
         let mut idx = Index::default();
-        idx.add_pack([9u8; 32], &entries);
-        assert_eq!(idx.len(), 10);
-        assert_eq!(idx.get(&ChunkId([3; 32])).unwrap().offset, 300);
-        assert_eq!(idx.by_pack(), vec![([9u8; 32], entries)]);
+        idx.add_pack([9u8; 32], &blobs);
+        assert_eq!(idx.len(), 6);
+        let l = idx.get(&ChunkId([2; 32])).unwrap();
+        assert_eq!((l.blob_offset, l.chunk_offset, l.chunk_len), (0, 300, 300));
+        assert_eq!(idx.get(&ChunkId([6; 32])).unwrap().blob_offset, 200);
+        assert_eq!(idx.by_pack(), vec![([9u8; 32], blobs)]);
         let mut bad = bytes.clone();
         bad[30] ^= 1;
         assert!(decode(&bad, &c).is_err());

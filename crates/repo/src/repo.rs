@@ -292,7 +292,7 @@ impl Repository {
             let loc = idx
                 .get(id)
                 .ok_or_else(|| RepoError::Corrupt(format!("chunk {id} is not in the index")))?;
-            let end = loc.offset as u64 + loc.stored_len as u64;
+            let end = loc.blob_end();
             let e = packs.entry(loc.pack).or_insert(0u64);
             *e = (*e).max(end);
         }

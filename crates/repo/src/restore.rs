@@ -8,7 +8,7 @@
 //! applied after all data is written, directories last.
 
 use crate::index::Index;
-use crate::pack::{PackEntry, open_blob};
+use crate::pack::{Compression, open_blob};
 use crate::repo::{RepoError, Repository};
 use crate::storage::FileType;
 use std::collections::HashMap;
@@ -44,8 +44,25 @@ struct Dest {
     offset: u64,
 }
 
-/// The chunks to read from one pack and where each goes.
-type PackWork = (u32, Vec<(PackEntry, Vec<Dest>)>);
+/// A chunk to take out of a blob, and where it goes.
+struct ChunkWork {
+    id: ChunkId,
+    offset: u32,
+    len: u32,
+    dests: Vec<Dest>,
+}
+
+/// A blob to open, and the chunks needed from it.
+struct BlobWork {
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
+    compression: Compression,
+    chunks: Vec<ChunkWork>,
+}
+
+/// The blobs to read from one pack (by position in the index), in order.
+type PackWork = (u32, Vec<BlobWork>);
 
 pub struct RestorePlan {
     /// (target path, entry) for every entry of the restored archives.
@@ -86,7 +103,7 @@ pub fn plan(
                     file: fi,
                     offset: off,
                 });
-                off += loc.raw_len as u64;
+                off += loc.chunk_len as u64;
             }
             if f.kind == FileKind::File && off != f.size {
                 return Err(RepoError::Corrupt(format!(
@@ -98,24 +115,31 @@ pub fn plan(
             entries.push((root.join(&f.path), f.clone()));
         }
     }
-    let mut packs: HashMap<u32, Vec<(PackEntry, Vec<Dest>)>> = HashMap::new();
+    let mut packs: HashMap<u32, std::collections::BTreeMap<u32, BlobWork>> = HashMap::new();
     for (id, dests) in by_chunk {
         let loc = idx.get(&id).expect("checked above");
-        packs.entry(loc.pack).or_default().push((
-            PackEntry {
-                id,
-                offset: loc.offset,
-                stored_len: loc.stored_len,
-                raw_len: loc.raw_len,
+        let blob = packs
+            .entry(loc.pack)
+            .or_default()
+            .entry(loc.blob_offset)
+            .or_insert_with(|| BlobWork {
+                offset: loc.blob_offset,
+                stored_len: loc.blob_stored_len,
+                raw_len: loc.blob_raw_len,
                 compression: loc.compression,
-            },
+                chunks: Vec::new(),
+            });
+        blob.chunks.push(ChunkWork {
+            id,
+            offset: loc.chunk_offset,
+            len: loc.chunk_len,
             dests,
-        ));
+        });
     }
-    let mut packs: Vec<_> = packs.into_iter().collect();
-    for (_, v) in &mut packs {
-        v.sort_by_key(|(e, _)| e.offset);
-    }
+    let mut packs: Vec<PackWork> = packs
+        .into_iter()
+        .map(|(p, blobs)| (p, blobs.into_values().collect()))
+        .collect();
     packs.sort_by_key(|(p, _)| *p);
     Ok(RestorePlan {
         entries,
@@ -282,46 +306,57 @@ impl Repository {
         plan: &RestorePlan,
         idx: &Index,
         pack: u32,
-        chunks: &[(PackEntry, Vec<Dest>)],
+        blobs: &[BlobWork],
         open: &mut Option<(usize, File)>,
         sink: &Sink<'_>,
     ) -> Result<(), RepoError> {
         let name = hex::encode(idx.pack_id(pack));
-        let start = chunks.first().map(|(e, _)| e.offset as u64).unwrap_or(0);
-        let end = chunks
+        let start = blobs.first().map(|b| b.offset as u64).unwrap_or(0);
+        let end = blobs
             .iter()
-            .map(|(e, _)| e.offset as u64 + e.stored_len as u64)
+            .map(|b| b.offset as u64 + b.stored_len as u64)
             .max()
             .unwrap_or(0);
         let span = self
             .storage
             .get_range(FileType::Pack, &name, start, end - start)?;
-        for (e, dests) in chunks {
-            let a = (e.offset as u64 - start) as usize;
-            let sealed = &span[a..a + e.stored_len as usize];
-            let raw = open_blob(&self.cipher, sealed, e)
-                .map_err(|m| RepoError::Corrupt(format!("pack {name}: {m}")))?;
-            if self.key.chunk_id(&raw) != e.id {
-                return Err(RepoError::Corrupt(format!(
-                    "pack {name}: chunk {} does not match its id",
-                    e.id
-                )));
-            }
-            for d in dests {
-                let file = match open {
-                    Some((fi, f)) if *fi == d.file => f,
-                    _ => {
-                        let path = &plan.entries[d.file].0;
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(path)
-                            .map_err(io(path))?;
-                        &mut open.insert((d.file, f)).1
-                    }
-                };
-                file.write_all_at(&raw, d.offset)
-                    .map_err(io(&plan.entries[d.file].0))?;
-                sink.written(d.file, raw.len() as u64);
+        for b in blobs {
+            let a = (b.offset as u64 - start) as usize;
+            let sealed = &span[a..a + b.stored_len as usize];
+            let raw = open_blob(&self.cipher, sealed, b.raw_len, b.compression).map_err(|m| {
+                RepoError::Corrupt(format!("pack {name}, blob at {}: {m}", b.offset))
+            })?;
+            for c in &b.chunks {
+                let data = raw
+                    .get(c.offset as usize..c.offset as usize + c.len as usize)
+                    .ok_or_else(|| {
+                        RepoError::Corrupt(format!(
+                            "pack {name}: chunk {} lies outside its blob",
+                            c.id
+                        ))
+                    })?;
+                if self.key.chunk_id(data) != c.id {
+                    return Err(RepoError::Corrupt(format!(
+                        "pack {name}: chunk {} does not match its id",
+                        c.id
+                    )));
+                }
+                for d in &c.dests {
+                    let file = match open {
+                        Some((fi, f)) if *fi == d.file => f,
+                        _ => {
+                            let path = &plan.entries[d.file].0;
+                            let f = OpenOptions::new()
+                                .write(true)
+                                .open(path)
+                                .map_err(io(path))?;
+                            &mut open.insert((d.file, f)).1
+                        }
+                    };
+                    file.write_all_at(data, d.offset)
+                        .map_err(io(&plan.entries[d.file].0))?;
+                    sink.written(d.file, data.len() as u64);
+                }
             }
         }
         Ok(())

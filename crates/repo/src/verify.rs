@@ -7,8 +7,9 @@
 //! Packs that no index names (left by an interrupted backup) are listed as
 //! reclaimable, not as errors.
 
+use crate::index::Location;
 use crate::lock::LockKind;
-use crate::pack::{PackEntry, open_blob, read_header};
+use crate::pack::{open_blob, read_header};
 use crate::repo::{RepoError, Repository};
 use crate::storage::FileType;
 use serde::Serialize;
@@ -43,17 +44,13 @@ impl Repository {
         self.reload_index()?;
         let idx = self.index();
         let stored: HashMap<String, u64> = self.storage.list(FileType::Pack)?.into_iter().collect();
-        let mut expected: HashMap<u32, Vec<PackEntry>> = HashMap::new();
+        let mut expected: HashMap<u32, Vec<(stowage_core::manifest::ChunkId, Location)>> =
+            HashMap::new();
         for (id, l) in idx.iter() {
-            expected.entry(l.pack).or_default().push(PackEntry {
-                id: *id,
-                offset: l.offset,
-                stored_len: l.stored_len,
-                raw_len: l.raw_len,
-                compression: l.compression,
-            });
+            expected.entry(l.pack).or_default().push((*id, *l));
         }
-        let packs: Vec<(u32, Vec<PackEntry>)> = expected.into_iter().collect();
+        let packs: Vec<(u32, Vec<(stowage_core::manifest::ChunkId, Location)>)> =
+            expected.into_iter().collect();
         let total: u64 = packs
             .iter()
             .map(|(p, _)| {
@@ -110,7 +107,11 @@ impl Repository {
         Ok(r)
     }
 
-    fn verify_pack(&self, name: &str, expected: &[PackEntry]) -> (Vec<String>, u64, u64) {
+    fn verify_pack(
+        &self,
+        name: &str,
+        expected: &[(stowage_core::manifest::ChunkId, Location)],
+    ) -> (Vec<String>, u64, u64) {
         let mut errs = Vec::new();
         let bytes = match self.storage.get(FileType::Pack, name) {
             Ok(b) => b,
@@ -129,29 +130,49 @@ impl Repository {
                 return (errs, 0, n);
             }
         };
-        let by_id: HashMap<_, _> = header.iter().map(|e| (e.id, *e)).collect();
-        for e in expected {
-            if by_id.get(&e.id) != Some(e) {
+        // The index must agree with the (authenticated) pack header.
+        let blobs: HashMap<u32, &crate::pack::BlobEntry> =
+            header.iter().map(|b| (b.offset, b)).collect();
+        for (id, l) in expected {
+            let ok = blobs.get(&l.blob_offset).is_some_and(|b| {
+                b.stored_len == l.blob_stored_len
+                    && b.raw_len == l.blob_raw_len
+                    && b.compression == l.compression
+                    && b.chunks
+                        .iter()
+                        .any(|c| c.id == *id && c.offset == l.chunk_offset && c.len == l.chunk_len)
+            });
+            if !ok {
                 errs.push(format!(
-                    "pack {name}: index entry for chunk {} disagrees with the pack header",
-                    e.id
+                    "pack {name}: index entry for chunk {id} disagrees with the pack header"
                 ));
             }
         }
         let mut chunks = 0;
-        for e in &header {
-            let end = e.offset as usize + e.stored_len as usize;
-            let Some(sealed) = bytes.get(e.offset as usize..end) else {
-                errs.push(format!("pack {name}: chunk {} lies outside the pack", e.id));
+        for b in &header {
+            let end = b.offset as usize + b.stored_len as usize;
+            let Some(sealed) = bytes.get(b.offset as usize..end) else {
+                errs.push(format!(
+                    "pack {name}: blob at {} lies outside the pack",
+                    b.offset
+                ));
                 continue;
             };
-            match open_blob(&self.cipher, sealed, e) {
-                Ok(raw) if self.key.chunk_id(&raw) == e.id => chunks += 1,
-                Ok(_) => errs.push(format!(
-                    "pack {name}: chunk {} does not hash to its id",
-                    e.id
-                )),
-                Err(m) => errs.push(format!("pack {name}: {m}")),
+            let raw = match open_blob(&self.cipher, sealed, b.raw_len, b.compression) {
+                Ok(r) => r,
+                Err(m) => {
+                    errs.push(format!("pack {name}, blob at {}: {m}", b.offset));
+                    continue;
+                }
+            };
+            for c in &b.chunks {
+                match raw.get(c.offset as usize..c.offset as usize + c.len as usize) {
+                    Some(d) if self.key.chunk_id(d) == c.id => chunks += 1,
+                    _ => errs.push(format!(
+                        "pack {name}: chunk {} does not hash to its id",
+                        c.id
+                    )),
+                }
             }
         }
         (errs, chunks, n)

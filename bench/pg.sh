@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 DATASET=${DATASET:-both}
 SCALE=${SCALE:-100}
 SEMI_ROWS=${SEMI_ROWS:-13000000}
-CHUNKS=${CHUNKS:-"64 32 128"}
+CHUNKS=${CHUNKS:-"32 64"}
 bash scripts/deps.sh
 need=()
 for p in pgbackrest restic zstd; do command -v $p >/dev/null || need+=($p); done

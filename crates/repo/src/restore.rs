@@ -186,7 +186,13 @@ impl Repository {
         // 2. Data, pack by pack, on all cores. A file is handed to the
         // finishers (fsync, owner, mode, mtime) as soon as its last byte is
         // written, so flushing to disk overlaps the rest of the restore.
-        let threads = crate::threads_or_cores(opts.threads);
+        // Two more workers than cores: writes stall on dirty-page throttling
+        // while the finishers flush, and the extra workers keep the CPUs busy.
+        let threads = if opts.threads == 0 {
+            crate::threads_or_cores(0) + 2
+        } else {
+            opts.threads
+        };
         let remaining: Vec<AtomicU64> = plan
             .entries
             .iter()
@@ -326,41 +332,73 @@ impl Repository {
             let raw = open_blob(&self.cipher, sealed, b.raw_len, b.compression).map_err(|m| {
                 RepoError::Corrupt(format!("pack {name}, blob at {}: {m}", b.offset))
             })?;
+            // Chunks of a blob are consecutive pieces of the stream, so a run
+            // of them usually lands contiguously in one file: one write each.
+            let mut run: Option<(usize, u64, usize, usize)> = None; // (file, file offset, blob start, len)
             for c in &b.chunks {
-                let data = raw
-                    .get(c.offset as usize..c.offset as usize + c.len as usize)
-                    .ok_or_else(|| {
-                        RepoError::Corrupt(format!(
-                            "pack {name}: chunk {} lies outside its blob",
-                            c.id
-                        ))
-                    })?;
+                let (start, len) = (c.offset as usize, c.len as usize);
+                let data = raw.get(start..start + len).ok_or_else(|| {
+                    RepoError::Corrupt(format!("pack {name}: chunk {} lies outside its blob", c.id))
+                })?;
                 if self.key.chunk_id(data) != c.id {
                     return Err(RepoError::Corrupt(format!(
                         "pack {name}: chunk {} does not match its id",
                         c.id
                     )));
                 }
-                for d in &c.dests {
-                    let file = match open {
-                        Some((fi, f)) if *fi == d.file => f,
-                        _ => {
-                            let path = &plan.entries[d.file].0;
-                            let f = OpenOptions::new()
-                                .write(true)
-                                .open(path)
-                                .map_err(io(path))?;
-                            &mut open.insert((d.file, f)).1
-                        }
-                    };
-                    file.write_all_at(data, d.offset)
-                        .map_err(io(&plan.entries[d.file].0))?;
-                    sink.written(d.file, data.len() as u64);
+                if let [d] = c.dests.as_slice()
+                    && let Some((f, fo, bs, l)) = run.as_mut()
+                    && *f == d.file
+                    && *fo + *l as u64 == d.offset
+                    && *bs + *l == start
+                {
+                    *l += len;
+                    continue;
                 }
+                if let Some((f, fo, bs, l)) = run.take() {
+                    write_to(plan, open, sink, f, fo, &raw[bs..bs + l])?;
+                }
+                match c.dests.as_slice() {
+                    [d] => run = Some((d.file, d.offset, start, len)),
+                    dests => {
+                        for d in dests {
+                            write_to(plan, open, sink, d.file, d.offset, data)?;
+                        }
+                    }
+                }
+            }
+            if let Some((f, fo, bs, l)) = run.take() {
+                write_to(plan, open, sink, f, fo, &raw[bs..bs + l])?;
             }
         }
         Ok(())
     }
+}
+
+/// Writes `data` at `offset` of file `file`, reusing the last opened file.
+fn write_to(
+    plan: &RestorePlan,
+    open: &mut Option<(usize, File)>,
+    sink: &Sink<'_>,
+    file: usize,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), RepoError> {
+    let f = match open {
+        Some((fi, f)) if *fi == file => f,
+        _ => {
+            let path = &plan.entries[file].0;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io(path))?;
+            &mut open.insert((file, f)).1
+        }
+    };
+    f.write_all_at(data, offset)
+        .map_err(io(&plan.entries[file].0))?;
+    sink.written(file, data.len() as u64);
+    Ok(())
 }
 
 /// Finisher threads: fsync is I/O-bound, so more of them than cores keeps

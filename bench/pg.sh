@@ -212,5 +212,6 @@ for r in rows:
     rw = f"{w/float(b['wall_s']):.2f}" if b else '-'
     rs = f"{s/int(b['stored_bytes']):.2f}" if b else '-'
     rss = f"{int(r['peak_rss_kb'])/1024:.0f}" if r['peak_rss_kb'] not in ('-', '') else '-'
-    print(f"| {r['dataset']} | {r['tool']} | {w:.2f} | {r['cpu_s']} | {s/1e6:.1f} | {rss} | {rw} | {rs} |")
+    tool = r['tool'].replace('|', '\\|')
+    print(f"| {r['dataset']} | {tool} | {w:.2f} | {r['cpu_s']} | {s/1e6:.1f} | {rss} | {rw} | {rs} |")
 PY

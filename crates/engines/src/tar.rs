@@ -11,17 +11,14 @@
 //! checks that it did not stop inside an entry.
 
 use stowage_core::manifest::FileKind;
+use stowage_repo::FileMeta;
 
+/// One archive member: its metadata as the repository records it, and the
+/// length of the content that follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TarEntry {
-    pub path: String,
-    pub kind: FileKind,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: i64,
+    pub meta: FileMeta,
     pub size: u64,
-    pub link_target: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -327,14 +324,16 @@ impl TarReader {
             other => return Err(TarError::Unsupported(other as char, name).into()),
         };
         let entry = TarEntry {
-            path: normalize(&name),
-            kind,
-            mode: parse_num(&h[100..108], at)? as u32,
-            uid: parse_num(&h[108..116], at)? as u32,
-            gid: parse_num(&h[116..124], at)? as u32,
-            mtime: parse_num(&h[136..148], at)? as i64,
+            meta: FileMeta {
+                path: normalize(&name),
+                kind,
+                mode: parse_num(&h[100..108], at)? as u32,
+                uid: parse_num(&h[108..116], at)? as u32,
+                gid: parse_num(&h[116..124], at)? as u32,
+                mtime: parse_num(&h[136..148], at)? as i64,
+                link_target: (kind == FileKind::Symlink).then_some(link),
+            },
             size: if kind == FileKind::File { size } else { 0 },
-            link_target: (kind == FileKind::Symlink).then_some(link),
         };
         let size = entry.size;
         on(TarEvent::Begin(entry))?;
@@ -418,14 +417,14 @@ pub(crate) mod tests {
         for piece in [1, 7, 511, 512, 513, 4096, 1 << 20] {
             let got = collect(&a, piece).unwrap();
             assert_eq!(got.len(), 5);
-            assert_eq!(got[0].0.path, "PG_VERSION");
+            assert_eq!(got[0].0.meta.path, "PG_VERSION");
             assert_eq!(got[0].1, b"15\n");
-            assert_eq!(got[0].0.mode, 0o600);
-            assert_eq!(got[0].0.uid, 0o764);
-            assert_eq!(got[1].0.kind, FileKind::Dir);
-            assert_eq!(got[1].0.path, "base");
+            assert_eq!(got[0].0.meta.mode, 0o600);
+            assert_eq!(got[0].0.meta.uid, 0o764);
+            assert_eq!(got[1].0.meta.kind, FileKind::Dir);
+            assert_eq!(got[1].0.meta.path, "base");
             assert_eq!(got[2].1.len(), 20000);
-            assert_eq!(got[3].0.link_target.as_deref(), Some("/srv/ts"));
+            assert_eq!(got[3].0.meta.link_target.as_deref(), Some("/srv/ts"));
             assert_eq!(got[4].0.size, 0);
         }
     }
@@ -439,8 +438,8 @@ pub(crate) mod tests {
         a.extend(archive(&[("PaxHeader", b'x', rec.as_bytes().to_vec(), "")]));
         a.extend(archive(&[("ignored", b'0', b"yz".to_vec(), "")]));
         let got = collect(&a, 100).unwrap();
-        assert_eq!(got[0].0.path, long);
-        assert_eq!(got[1].0.path, "pax/name");
+        assert_eq!(got[0].0.meta.path, long);
+        assert_eq!(got[1].0.meta.path, "pax/name");
         assert_eq!(got[1].1, b"yz");
     }
 

@@ -50,7 +50,7 @@ pub struct BackupStats {
 }
 
 /// Metadata of one entry as the engine knows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMeta {
     pub path: String,
     pub kind: FileKind,

@@ -241,25 +241,18 @@ impl Engine for PostgresPhysical {
                                 let mut on = |ev: TarEvent<'_>| -> Result<(), EngineError> {
                                     match ev {
                                         TarEvent::Begin(e) => {
-                                            if e.path == "PG_VERSION" {
-                                                owner = (e.uid, e.gid);
+                                            if e.meta.path == "PG_VERSION" {
+                                                owner = (e.meta.uid, e.meta.gid);
                                             }
                                             wal_filter = e
+                                                .meta
                                                 .path
                                                 .strip_prefix("pg_wal/")
                                                 .and_then(|name| wal::segment_number(name, e.size))
                                                 .map(|segno| {
                                                     wal::StalePageFilter::new(segno, e.size)
                                                 });
-                                            w.begin_file(FileMeta {
-                                                path: e.path,
-                                                kind: e.kind,
-                                                mode: e.mode,
-                                                uid: e.uid,
-                                                gid: e.gid,
-                                                mtime: e.mtime,
-                                                link_target: e.link_target,
-                                            })?;
+                                            w.begin_file(e.meta)?;
                                         }
                                         TarEvent::Data(d) => match wal_filter.as_mut() {
                                             Some(f) => f.push(d, &mut |p: &[u8]| w.write(p))?,

@@ -140,3 +140,75 @@ fn no_wal_sender_available() {
     assert_eq!(e.kind, ErrorKind::Capacity, "{e}");
     assert!(e.message.contains("max_wal_senders"), "{e}");
 }
+
+#[test]
+fn tablespaces_are_backed_up_and_relinked_on_restore() {
+    let pg = PgServer::start(PgOptions::default());
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let ts = work.path().join("ts");
+    std::fs::create_dir(&ts).unwrap();
+    fix_ownership(&ts);
+    pg.psql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        ts.display()
+    ));
+    pg.psql("CREATE TABLE far (id int, v text) TABLESPACE extra; INSERT INTO far SELECT g, md5(g::text) FROM generate_series(1, 5000) g;");
+    let repo = repo(&work.path().join("repo"));
+    let live = LiveTask::default();
+    let mut w = repo.start_backup(0).unwrap();
+    let opts = BackupOptions {
+        label: "ts".into(),
+        max_rate_kbps: None,
+    };
+    let out = PostgresPhysical
+        .backup(&conn(pg.port, "postgres", None), &opts, &mut w, &live)
+        .unwrap();
+    let (snap, m) = w.finish(BTreeMap::new(), out.meta).unwrap();
+    let names: Vec<&str> = m.archives.iter().map(|a| a.name.as_str()).collect();
+    assert!(
+        names.len() == 3 && names.contains(&"base") && names.contains(&"manifest"),
+        "{names:?}"
+    );
+    let ts_archive = m
+        .archives
+        .iter()
+        .find(|a| a.name != "base" && a.name != "manifest")
+        .unwrap();
+    assert_eq!(
+        ts_archive.source_location.as_deref(),
+        Some(ts.to_str().unwrap())
+    );
+
+    let target = work.path().join("restored");
+    let m = repo.read_snapshot(&snap).unwrap();
+    let targets = PostgresPhysical.restore_targets(&m, &target).unwrap();
+    let plan = restore::plan(&m, &repo.index(), &targets).unwrap();
+    let ropts = RestoreOptions {
+        preserve_owner: is_root(),
+        ..Default::default()
+    };
+    repo.restore(&plan, &ropts, &|_, _| {}, &AtomicBool::new(false))
+        .unwrap();
+    PostgresPhysical
+        .after_restore(&m, &target, &targets, is_root())
+        .unwrap();
+    fix_ownership(work.path());
+    // The restored link points at the restored tablespace, not the original.
+    let link = std::fs::read_link(target.join("pg_tblspc").join(&ts_archive.name)).unwrap();
+    assert!(
+        link.starts_with(stowage_engines::pg::tablespace_root(&target)),
+        "{link:?}"
+    );
+    drop(pg); // the original is gone: the restore must stand on its own
+    std::fs::remove_dir_all(&ts).unwrap();
+    let restored = PgServer::start_existing(&target, PgOptions::default());
+    assert_eq!(
+        restored.psql("SELECT count(*), sum(length(v)) FROM far"),
+        "5000|160000"
+    );
+}

@@ -288,6 +288,7 @@ fn restore_work(
     live: &LiveTask,
 ) -> Result<serde_json::Value, EngineError> {
     live.set_state(TaskState::Checking);
+    let t0 = std::time::Instant::now();
     let repo = &svc.repo;
     let _lock = repo.lock(LockKind::Shared, "restore")?;
     let m = repo.read_snapshot(&set.snapshot_id)?;
@@ -314,6 +315,7 @@ fn restore_work(
         std::fs::create_dir_all(dir).map_err(fs_err(dir))?;
     }
     let plan = restore::plan(&m, &repo.index(), &targets)?;
+    let t_plan = t0.elapsed();
     live.bytes_total.store(plan.total_bytes, Ordering::Relaxed);
     live.set_state(TaskState::Running);
     let opts = RestoreOptions {
@@ -326,8 +328,17 @@ fn restore_work(
         &|done, _| live.bytes_done.store(done, Ordering::Relaxed),
         live.cancel_flag(),
     )?;
+    let t_data = t0.elapsed();
     live.set_state(TaskState::Finishing);
     engine.after_restore(&m, target, &targets, is_root())?;
+    tracing::info!(
+        target = %target.display(),
+        bytes = plan.total_bytes,
+        prepare_ms = t_plan.as_millis() as u64,
+        data_ms = (t_data - t_plan).as_millis() as u64,
+        finish_ms = (t0.elapsed() - t_data).as_millis() as u64,
+        "restore done"
+    );
     Ok(serde_json::json!({
         "target": target,
         "files": m.summary.files,

@@ -4,10 +4,13 @@
 //! [`stowage_service::Service`] and service errors into its own error shape:
 //!
 //! * [`rest`]: Stowage's own JSON API under `/v1` (documented in `docs/api.md`).
+//! * [`alibaba`]: the Alibaba Cloud RPC dialect (rds, polardb, dds); so far its
+//!   request signatures (`alibaba::signature`), the rest comes with issue 4.
 //!
 //! The cloud dialects (Alibaba RPC, Tencent TC3) come next to it, on the same
 //! listener, routed by their own request markers.
 
+pub mod alibaba;
 pub mod rest;
 
 use std::net::SocketAddr;

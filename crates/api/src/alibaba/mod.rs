@@ -1,0 +1,5 @@
+//! Alibaba Cloud's RPC dialect (rds 2014-08-15, dds 2015-12-01, polardb
+//! 2017-08-01), as measured from the official SDKs in
+//! `shared/spec/alibaba-rpc.md`.
+
+pub mod signature;

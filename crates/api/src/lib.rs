@@ -19,7 +19,9 @@ use stowage_service::Service;
 
 /// The whole HTTP application.
 pub fn app(svc: Arc<Service>) -> axum::Router {
-    rest::router(svc).layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
+    rest::router(svc.clone())
+        .merge(alibaba::router(svc))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
 }
 
 /// Serves until `shutdown` resolves; takes an already bound listener so the

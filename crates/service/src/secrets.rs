@@ -90,3 +90,19 @@ pub fn random_token(len: usize, upper: bool) -> String {
     }
     out
 }
+
+/// A random UUID (version 4 layout), upper-case, for request ids.
+pub fn random_uuid() -> String {
+    let mut b: [u8; 16] = random_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode_upper(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}

@@ -3,3 +3,7 @@
 //! `shared/spec/alibaba-rpc.md`.
 
 pub mod signature;
+
+pub mod rpc;
+
+pub use rpc::router;

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `stowage` binary (server and CLI) against real
 //! PostgreSQL servers. One test binary with submodules links once.
 
+mod alibaba;
 mod harness;
 mod postgres;

@@ -1,0 +1,406 @@
+//! The shared Alibaba RPC layer (spec §1, §3–§7): one route `/` for every
+//! product, GET and POST, parameters from the query and a form body,
+//! authentication by either signature, routing on (Version, Action), and
+//! the cloud's error shape. Product modules plug in through [`Product`].
+
+use super::signature as sig;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use stowage_service::{ErrorKind, Principal, Service, ServiceError};
+
+/// The products this layer routes to, by API version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    Rds,
+    Dds,
+    Polardb,
+}
+
+impl Product {
+    pub fn from_version(v: &str) -> Option<Product> {
+        match v {
+            "2014-08-15" => Some(Product::Rds),
+            "2015-12-01" => Some(Product::Dds),
+            "2017-08-01" => Some(Product::Polardb),
+            _ => None,
+        }
+    }
+
+    fn host(self) -> &'static str {
+        match self {
+            Product::Rds => "rds.aliyuncs.com",
+            Product::Dds => "mongodb.aliyuncs.com",
+            Product::Polardb => "polardb.aliyuncs.com",
+        }
+    }
+}
+
+/// An error in the dialect's own shape.
+#[derive(Debug, Clone)]
+pub struct RpcError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        RpcError {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+    pub fn missing(name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "MissingParameter",
+            format!(
+                "The input parameter \"{name}\" that is mandatory for processing this request is not supplied."
+            ),
+        )
+    }
+    pub fn invalid(name: &str, why: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameter",
+            format!("The specified parameter \"{name}\" is not valid: {why}"),
+        )
+    }
+}
+
+impl From<ServiceError> for RpcError {
+    fn from(e: ServiceError) -> Self {
+        let (status, code) = match e.kind {
+            ErrorKind::InvalidParameter => (StatusCode::BAD_REQUEST, "InvalidParameter"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "InvalidDBInstanceId.NotFound"),
+            ErrorKind::Unauthorized => (StatusCode::NOT_FOUND, "InvalidAccessKeyId.NotFound"),
+            ErrorKind::Conflict
+            | ErrorKind::InstanceBusy
+            | ErrorKind::TargetNotEmpty
+            | ErrorKind::InvalidState => (StatusCode::FORBIDDEN, "IncorrectDBInstanceState"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        };
+        RpcError::new(status, code, e.message)
+    }
+}
+
+/// A request that passed authentication.
+pub struct RpcRequest {
+    pub principal: Principal,
+    pub product: Product,
+    pub action: String,
+    pub params: BTreeMap<String, String>,
+    pub request_id: String,
+}
+
+impl RpcRequest {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+    pub fn required(&self, name: &str) -> Result<&str, RpcError> {
+        self.get(name).ok_or_else(|| RpcError::missing(name))
+    }
+}
+
+pub struct RpcState {
+    pub svc: Arc<Service>,
+    nonces: Mutex<sig::NonceCache>,
+}
+
+pub fn router(svc: Arc<Service>) -> Router {
+    let st = Arc::new(RpcState {
+        svc,
+        nonces: Mutex::new(sig::NonceCache::default()),
+    });
+    Router::new()
+        .route("/", get(handle).post(handle))
+        .with_state(st)
+}
+
+fn error_response(e: &RpcError, request_id: &str, host: &str) -> Response {
+    let body = json!({
+        "RequestId": request_id,
+        "HostId": host,
+        "Code": e.code,
+        "Message": e.message,
+        "Recommend": format!("https://api.aliyun.com/troubleshoot?q={}", e.code),
+    });
+    (
+        e.status,
+        [("content-type", "application/json;charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Success: the operation's fields plus `RequestId`.
+pub fn ok_response(mut body: Value, request_id: &str) -> Response {
+    if let Value::Object(m) = &mut body {
+        m.insert("RequestId".into(), Value::String(request_id.into()));
+    }
+    (
+        StatusCode::OK,
+        [("content-type", "application/json;charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(st): State<Arc<RpcState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let rid = stowage_service::secrets::random_uuid();
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("stowage")
+        .to_string();
+    match authenticate(&st, &method, &uri, &headers, &body, &rid).await {
+        Ok(req) => {
+            let host = req.product.host();
+            match dispatch(&st, req).await {
+                Ok(r) => r,
+                Err(e) => error_response(&e, &rid, host),
+            }
+        }
+        Err(e) => error_response(&e, &rid, &host),
+    }
+}
+
+async fn dispatch(_st: &RpcState, req: RpcRequest) -> Result<Response, RpcError> {
+    // The products' operations arrive with issue 4 (docs/status.md).
+    Err(RpcError::new(
+        StatusCode::NOT_FOUND,
+        "InvalidAction.NotFound",
+        format!(
+            "Specified api is not found, please check your url and method. ({} {:?})",
+            req.action, req.product
+        ),
+    ))
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn authenticate(
+    st: &RpcState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    rid: &str,
+) -> Result<RpcRequest, RpcError> {
+    let query = sig::decode_form(uri.query().unwrap_or(""))
+        .ok_or_else(|| RpcError::invalid("query", "not valid UTF-8"))?;
+    let mut all = query.clone();
+    let form = header(headers, "content-type")
+        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+    if form && !body.is_empty() {
+        let b =
+            std::str::from_utf8(body).map_err(|_| RpcError::invalid("body", "not valid UTF-8"))?;
+        all.extend(
+            sig::decode_form(b).ok_or_else(|| RpcError::invalid("body", "not valid UTF-8"))?,
+        );
+    }
+    let params: BTreeMap<String, String> = all.iter().cloned().collect();
+    let now = stowage_service::now_ms();
+    let (key_id, nonce, principal) = match header(headers, "authorization") {
+        Some(a) if a.starts_with("ACS3-HMAC-SHA256") => {
+            let auth = sig::parse_acs3_authorization(a).ok_or_else(|| {
+                RpcError::new(
+                    StatusCode::BAD_REQUEST,
+                    "IncompleteSignature",
+                    "The Authorization header is not a valid ACS3-HMAC-SHA256 authorization.",
+                )
+            })?;
+            let payload_hash = sig::sha256_hex(body);
+            if let Some(claimed) = header(headers, "x-acs-content-sha256")
+                && !claimed.eq_ignore_ascii_case(&payload_hash)
+            {
+                return Err(RpcError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameter",
+                    "x-acs-content-sha256 does not match the request body.",
+                ));
+            }
+            let date =
+                header(headers, "x-acs-date").ok_or_else(|| RpcError::missing("x-acs-date"))?;
+            let nonce = header(headers, "x-acs-signature-nonce")
+                .ok_or_else(|| RpcError::missing("x-acs-signature-nonce"))?;
+            let hs: Vec<(String, String)> = headers
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        n.as_str().to_ascii_lowercase(),
+                        v.to_str().ok()?.to_string(),
+                    ))
+                })
+                .collect();
+            let (principal, secret) = st
+                .svc
+                .key_secret(&auth.access_key_id)
+                .await
+                .map_err(|_| key_not_found())?;
+            let cr = sig::acs3_canonical_request(
+                method.as_str(),
+                uri.path(),
+                &query,
+                &hs,
+                &auth.signed_headers,
+                &payload_hash,
+            )
+            .ok_or_else(|| {
+                RpcError::new(
+                    StatusCode::BAD_REQUEST,
+                    "IncompleteSignature",
+                    "A header named in SignedHeaders is missing.",
+                )
+            })?;
+            let sts = sig::acs3_string_to_sign(&cr);
+            if !sig::signatures_equal(&sig::acs3_signature(secret.expose(), &sts), &auth.signature)
+            {
+                return Err(signature_mismatch(&sts));
+            }
+            if !sig::timestamp_ok(date, now) {
+                return Err(expired(date));
+            }
+            (auth.access_key_id, nonce.to_string(), principal)
+        }
+        Some(_) => {
+            return Err(RpcError::new(
+                StatusCode::BAD_REQUEST,
+                "IncompleteSignature",
+                "Unsupported Authorization scheme; use ACS3-HMAC-SHA256 or the RPC signature parameters.",
+            ));
+        }
+        None => {
+            for p in [
+                "AccessKeyId",
+                "Signature",
+                "SignatureMethod",
+                "SignatureVersion",
+                "SignatureNonce",
+                "Timestamp",
+            ] {
+                if params.get(p).is_none_or(|v| v.is_empty()) {
+                    return Err(RpcError::missing(p));
+                }
+            }
+            if !params["SignatureMethod"].eq_ignore_ascii_case("HMAC-SHA1") {
+                return Err(RpcError::invalid(
+                    "SignatureMethod",
+                    "only HMAC-SHA1 is supported with signature version 1.0",
+                ));
+            }
+            if params["SignatureVersion"] != "1.0" {
+                return Err(RpcError::invalid(
+                    "SignatureVersion",
+                    "only 1.0 is supported",
+                ));
+            }
+            let (principal, secret) = st
+                .svc
+                .key_secret(&params["AccessKeyId"])
+                .await
+                .map_err(|_| key_not_found())?;
+            let sts = sig::rpc_string_to_sign(method.as_str(), &all);
+            if !sig::signatures_equal(
+                &sig::rpc_signature(secret.expose(), &sts),
+                &params["Signature"],
+            ) {
+                return Err(signature_mismatch(&sts));
+            }
+            if !sig::timestamp_ok(&params["Timestamp"], now) {
+                return Err(expired(&params["Timestamp"]));
+            }
+            (
+                params["AccessKeyId"].clone(),
+                params["SignatureNonce"].clone(),
+                principal,
+            )
+        }
+    };
+    if !st
+        .nonces
+        .lock()
+        .expect("nonce cache")
+        .check_and_insert(&key_id, &nonce, now)
+    {
+        return Err(RpcError::new(
+            StatusCode::BAD_REQUEST,
+            "SignatureNonceUsed",
+            "The request signature nonce has been used.",
+        ));
+    }
+    let action = params
+        .get("Action")
+        .map(String::as_str)
+        .or(header(headers, "x-acs-action"))
+        .ok_or_else(|| RpcError::missing("Action"))?
+        .to_string();
+    let version = params
+        .get("Version")
+        .map(String::as_str)
+        .or(header(headers, "x-acs-version"))
+        .ok_or_else(|| RpcError::missing("Version"))?;
+    let product = Product::from_version(version).ok_or_else(|| {
+        RpcError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidVersion",
+            format!("Specified parameter Version \"{version}\" is not valid."),
+        )
+    })?;
+    Ok(RpcRequest {
+        principal,
+        product,
+        action,
+        params,
+        request_id: rid.to_string(),
+    })
+}
+
+fn key_not_found() -> RpcError {
+    RpcError::new(
+        StatusCode::NOT_FOUND,
+        "InvalidAccessKeyId.NotFound",
+        "Specified access key is not found.",
+    )
+}
+
+fn signature_mismatch(sts: &str) -> RpcError {
+    // The core SDK splits the message on ':' and compares the rest with its
+    // own string to sign (spec §1 rule 6).
+    RpcError::new(
+        StatusCode::BAD_REQUEST,
+        "SignatureDoesNotMatch",
+        format!(
+            "Specified signature is not matched with our calculation. server string to sign is:{sts}"
+        ),
+    )
+}
+
+fn expired(ts: &str) -> RpcError {
+    RpcError::new(
+        StatusCode::BAD_REQUEST,
+        "InvalidTimeStamp.Expired",
+        format!(
+            "Specified time stamp or date value is expired ({ts}); it must be within 15 minutes of the server's time."
+        ),
+    )
+}

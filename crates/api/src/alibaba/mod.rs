@@ -4,6 +4,7 @@
 
 pub mod signature;
 
+pub mod rds;
 pub mod rpc;
 
 pub use rpc::router;

@@ -182,8 +182,15 @@ async fn handle(
     }
 }
 
-async fn dispatch(_st: &RpcState, req: RpcRequest) -> Result<Response, RpcError> {
-    // The products' operations arrive with issue 4 (docs/status.md).
+async fn dispatch(st: &RpcState, req: RpcRequest) -> Result<Response, RpcError> {
+    let handled = match req.product {
+        Product::Rds => super::rds::dispatch(&st.svc, &req).await,
+        // dds and polardb operations arrive with issue 4 (docs/status.md).
+        Product::Dds | Product::Polardb => None,
+    };
+    if let Some(r) = handled {
+        return r;
+    }
     Err(RpcError::new(
         StatusCode::NOT_FOUND,
         "InvalidAction.NotFound",

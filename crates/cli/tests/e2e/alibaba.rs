@@ -93,7 +93,8 @@ fn rpc_signatures_are_verified_with_the_clouds_errors() {
     let s = Stowage::start(&work.path().join("stowage"));
     let (id, secret) = s.credentials();
 
-    // A correctly signed request passes authentication (the operation itself comes later).
+    // A correctly signed request passes authentication and reaches the
+    // operation, which does not know this instance.
     for m in ["POST", "GET"] {
         let (st, b) = call(
             &s,
@@ -103,7 +104,7 @@ fn rpc_signatures_are_verified_with_the_clouds_errors() {
         );
         assert_eq!(
             (st, b["Code"].as_str()),
-            (404, Some("InvalidAction.NotFound")),
+            (404, Some("InvalidDBInstanceId.NotFound")),
             "{b}"
         );
         assert_eq!(b["HostId"], "rds.aliyuncs.com");
@@ -154,7 +155,7 @@ fn rpc_signatures_are_verified_with_the_clouds_errors() {
     let q = rpc_query("POST", &id, &secret, &RDS, &now(), &nonce());
     assert_eq!(
         call(&s, "POST", &q, &[]).1["Code"],
-        "InvalidAction.NotFound"
+        "InvalidDBInstanceId.NotFound"
     );
     let (st, b) = call(&s, "POST", &q, &[]);
     assert_eq!((st, b["Code"].as_str()), (400, Some("SignatureNonceUsed")));
@@ -169,6 +170,17 @@ fn rpc_signatures_are_verified_with_the_clouds_errors() {
         (st, b["Code"].as_str()),
         (400, Some("MissingParameter")),
         "{b}"
+    );
+    let unknown_action = [("Action", "DescribeNothing"), ("Version", "2014-08-15")];
+    let (st, b) = call(
+        &s,
+        "POST",
+        &rpc_query("POST", &id, &secret, &unknown_action, &now(), &nonce()),
+        &[],
+    );
+    assert_eq!(
+        (st, b["Code"].as_str()),
+        (404, Some("InvalidAction.NotFound"))
     );
     let bad_version = [("Action", "DescribeBackupTasks"), ("Version", "2099-01-01")];
     let (st, b) = call(
@@ -231,7 +243,7 @@ fn acs3_signatures_are_verified() {
     let (st, b) = call(&s, "POST", &q, &h);
     assert_eq!(
         (st, b["Code"].as_str()),
-        (404, Some("InvalidAction.NotFound")),
+        (404, Some("InvalidDBInstanceId.NotFound")),
         "{b}"
     );
     let (q, h) = signed_request("wrong", now());

@@ -4,3 +4,4 @@
 mod alibaba;
 mod harness;
 mod postgres;
+mod sdk;

@@ -1,0 +1,220 @@
+//! ApsaraDB RDS (2014-08-15): backup tasks (spec §9.1).
+
+use super::rpc::{RpcError, RpcRequest, ok_response};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+use stowage_catalog::{BackupTask, TaskFilter};
+use stowage_core::{Progress, TaskMode, TaskState};
+use stowage_service::{ErrorKind, Service};
+
+/// The rds view of the one task state machine: (BackupStatus,
+/// BackupProgressStatus). Written once, tested as a table.
+pub fn rds_status(s: TaskState) -> (&'static str, &'static str) {
+    match s {
+        TaskState::Pending => ("NoStart", "NoStart"),
+        TaskState::Checking => ("Checking", "Checking"),
+        TaskState::Preparing => ("Preparing", "Preparing"),
+        TaskState::Running | TaskState::Finishing => ("Uploading", "Uploading"),
+        TaskState::Finished => ("Finished", "Finished"),
+        TaskState::Failed | TaskState::Cancelled => ("Failed", "Finished"),
+    }
+}
+
+/// `BackupJobStatus` filter values.
+fn job_status_states(v: &str) -> Option<Vec<TaskState>> {
+    match v {
+        "NoStart" => Some(vec![TaskState::Pending]),
+        "Progressing" => Some(vec![
+            TaskState::Checking,
+            TaskState::Preparing,
+            TaskState::Running,
+            TaskState::Finishing,
+        ]),
+        _ => None,
+    }
+}
+
+fn mode_of(v: &str) -> Option<TaskMode> {
+    match v {
+        "Automated" => Some(TaskMode::Automated),
+        "Manual" => Some(TaskMode::Manual),
+        _ => None,
+    }
+}
+
+fn job_json(t: &BackupTask) -> Value {
+    let (status, progress_status) = rds_status(t.state);
+    let pct = Progress {
+        bytes_done: t.bytes_done,
+        bytes_total: t.bytes_total,
+        bytes_stored: t.bytes_stored,
+    }
+    .percent(t.state == TaskState::Finished);
+    let mut j = json!({
+        // A number, as the product's own JSON examples show (spec §8).
+        "BackupJobId": t.id,
+        "Process": pct.to_string(),
+        "BackupStatus": status,
+        "BackupProgressStatus": progress_status,
+        "JobMode": if t.mode == TaskMode::Automated { "Automated" } else { "Manual" },
+        "TaskAction": if t.mode == TaskMode::Automated { "NormalBackupTask" } else { "TempBackupTask" },
+    });
+    if let (TaskState::Finished, Some(set)) = (t.state, t.set_id) {
+        j["BackupId"] = Value::String(set.to_string());
+    }
+    j
+}
+
+fn instance_not_found(id: &str) -> RpcError {
+    RpcError::new(
+        StatusCode::NOT_FOUND,
+        "InvalidDBInstanceId.NotFound",
+        format!("The specified instance {id} is not found."),
+    )
+}
+
+/// Looks up the instance for this account; another account's is "not found".
+async fn instance_id(svc: &Service, req: &RpcRequest) -> Result<String, RpcError> {
+    let id = req.required("DBInstanceId")?;
+    match svc.instance(&req.principal, id).await {
+        Ok(i) if i.id == id => Ok(i.id),
+        Ok(_) => Err(instance_not_found(id)),
+        Err(e) if e.kind == ErrorKind::NotFound || e.kind == ErrorKind::InvalidParameter => {
+            Err(instance_not_found(id))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn dispatch(
+    svc: &std::sync::Arc<Service>,
+    req: &RpcRequest,
+) -> Option<Result<Response, RpcError>> {
+    Some(match req.action.as_str() {
+        "DescribeBackupTasks" => describe_backup_tasks(svc, req).await,
+        "CreateBackup" => create_backup(svc, req).await,
+        _ => return None,
+    })
+}
+
+async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let inst = instance_id(svc, req).await?;
+    let mut f = TaskFilter {
+        instance_id: Some(inst),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    let mode = match req.get("BackupMode") {
+        Some(m) => Some(
+            mode_of(m)
+                .ok_or_else(|| RpcError::invalid("BackupMode", "expected Automated or Manual"))?,
+        ),
+        None => None,
+    };
+    if let Some(s) = req.get("BackupJobStatus") {
+        f.states = job_status_states(s).ok_or_else(|| {
+            RpcError::invalid("BackupJobStatus", "expected NoStart or Progressing")
+        })?;
+    }
+    match req.get("BackupJobId") {
+        // A named task is returned in any state.
+        Some(j) => {
+            f.task_id =
+                Some(j.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    RpcError::invalid("BackupJobId", "expected a positive integer")
+                })?)
+        }
+        // Otherwise only tasks that are not finished yet.
+        None if f.states.is_empty() => {
+            f.states = TaskState::ALL
+                .into_iter()
+                .filter(|s| s.is_active())
+                .collect()
+        }
+        None => {}
+    }
+    let tasks = svc.list_tasks(&req.principal, &f).await?;
+    let jobs: Vec<Value> = tasks
+        .iter()
+        .filter(|t| mode.is_none_or(|m| t.mode == m))
+        .map(job_json)
+        .collect();
+    Ok(ok_response(
+        json!({"Items": {"BackupJob": jobs}}),
+        &req.request_id,
+    ))
+}
+
+async fn create_backup(
+    svc: &std::sync::Arc<Service>,
+    req: &RpcRequest,
+) -> Result<Response, RpcError> {
+    let inst = instance_id(svc, req).await?;
+    if let Some(m) = req.get("BackupMethod")
+        && m != "Physical"
+    {
+        return Err(RpcError::invalid(
+            "BackupMethod",
+            "only Physical backups are supported for this instance",
+        ));
+    }
+    if let Some(t) = req.get("BackupType")
+        && !["Auto", "FullBackup", "IncrementalBackup"].contains(&t)
+    {
+        return Err(RpcError::invalid(
+            "BackupType",
+            "expected Auto, FullBackup or IncrementalBackup",
+        ));
+    }
+    if let Some(s) = req.get("BackupStrategy")
+        && !["db", "instance"].contains(&s)
+    {
+        return Err(RpcError::invalid(
+            "BackupStrategy",
+            "expected db or instance",
+        ));
+    }
+    let token = req.get("ClientToken").map(str::to_string);
+    match svc
+        .start_backup(&req.principal, &inst, TaskMode::Manual, token)
+        .await
+    {
+        Ok(t) => Ok(ok_response(
+            json!({"BackupJobId": t.id.to_string()}),
+            &req.request_id,
+        )),
+        Err(e) if e.kind == ErrorKind::InstanceBusy => Err(RpcError::new(
+            StatusCode::FORBIDDEN,
+            "IncorrectDBInstanceState",
+            e.message,
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole mapping, written out once.
+    #[test]
+    fn state_table() {
+        let expected = [
+            (TaskState::Pending, ("NoStart", "NoStart")),
+            (TaskState::Checking, ("Checking", "Checking")),
+            (TaskState::Preparing, ("Preparing", "Preparing")),
+            (TaskState::Running, ("Uploading", "Uploading")),
+            (TaskState::Finishing, ("Uploading", "Uploading")),
+            (TaskState::Finished, ("Finished", "Finished")),
+            (TaskState::Failed, ("Failed", "Finished")),
+            (TaskState::Cancelled, ("Failed", "Finished")),
+        ];
+        for (s, e) in expected {
+            assert_eq!(rds_status(s), e, "{s}");
+        }
+        assert_eq!(job_status_states("NoStart"), Some(vec![TaskState::Pending]));
+        assert_eq!(job_status_states("Progressing").unwrap().len(), 4);
+        assert!(job_status_states("Finished").is_none());
+    }
+}

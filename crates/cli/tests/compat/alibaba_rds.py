@@ -1,0 +1,128 @@
+"""Alibaba's official rds SDKs (Tea, both signatures; and the older core SDK)
+against a running Stowage. Run by crates/cli/tests/e2e/sdk.rs with:
+ENDPOINT=127.0.0.1:PORT AK=... SK=... INSTANCE=rm-... OTHER=rm-... (an instance
+of another account). Every assertion is on a parsed body: a wrong container
+would give body None silently (spec section 8)."""
+
+import json
+import os
+import sys
+import time
+
+from alibabacloud_rds20140815 import models as rds
+from alibabacloud_rds20140815.client import Client
+from alibabacloud_tea_openapi import models as open_api
+from alibabacloud_tea_openapi.exceptions import ClientException
+from darabonba.runtime import RuntimeOptions
+from aliyunsdkcore.acs_exception.exceptions import ServerException
+from aliyunsdkcore.client import AcsClient
+from aliyunsdkrds.request.v20140815.CreateBackupRequest import CreateBackupRequest
+from aliyunsdkrds.request.v20140815.DescribeBackupTasksRequest import DescribeBackupTasksRequest
+
+ENDPOINT, AK, SK = os.environ["ENDPOINT"], os.environ["AK"], os.environ["SK"]
+INSTANCE, OTHER = os.environ["INSTANCE"], os.environ["OTHER"]
+RT = RuntimeOptions()
+
+
+def tea(v2, secret=SK):
+    cfg = open_api.Config(access_key_id=AK, access_key_secret=secret, endpoint=ENDPOINT,
+                          protocol="HTTP", region_id="cn-hangzhou")
+    if v2:
+        cfg.signature_algorithm = "v2"
+    return Client(cfg)
+
+
+def tea_backup(c, label):
+    job = c.create_backup_with_options(
+        rds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_method="Physical"), RT).body.backup_job_id
+    assert job, "no BackupJobId"
+    seen = []
+    # While it runs, the default listing shows it (only unfinished tasks are listed).
+    listed = c.describe_backup_tasks_with_options(rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE), RT).body
+    assert listed is not None
+    assert [str(j.backup_job_id) for j in listed.items.backup_job] == [str(job)], listed.to_map()
+    while True:
+        body = c.describe_backup_tasks_with_options(
+            rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE, backup_job_id=int(job)), RT).body
+        assert body is not None and len(body.items.backup_job) == 1, body
+        j = body.items.backup_job[0]
+        seen.append((j.backup_status, int(j.process)))
+        if j.backup_status in ("Finished", "Failed"):
+            break
+        time.sleep(0.1)
+    assert j.backup_status == "Finished" and j.backup_progress_status == "Finished", seen
+    assert j.backup_id and j.job_mode == "Manual" and j.task_action == "TempBackupTask", j.to_map()
+    percents = [p for _, p in seen]
+    assert percents == sorted(percents), seen
+    assert any(0 < p < 100 for p in percents), f"{label}: progress never seen rising: {seen}"
+    assert any(s == "Uploading" for s, _ in seen), seen
+    # Finished: no longer in the default listing, still there by id.
+    body = c.describe_backup_tasks_with_options(rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE), RT).body
+    assert body.items.backup_job == [], body.to_map()
+    body = c.describe_backup_tasks_with_options(
+        rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE, backup_job_status="Progressing", backup_mode="Manual"), RT).body
+    assert body.items.backup_job == []
+    print(f"{label}: backup job {job} -> set {j.backup_id}, progress seen {percents}")
+    return job
+
+
+def tea_error(call, code, status):
+    try:
+        call()
+    except ClientException as e:
+        assert e.code == code and e.status_code == status, (e.code, e.status_code, e.message)
+        assert e.request_id, "error without request id"
+        return
+    raise AssertionError(f"expected {code}")
+
+
+for v2 in (False, True):
+    label = "tea v2 (RPC HMAC-SHA1)" if v2 else "tea ACS3-HMAC-SHA256"
+    c = tea(v2)
+    tea_backup(c, label)
+    tea_error(lambda: c.describe_backup_tasks_with_options(
+        rds.DescribeBackupTasksRequest(dbinstance_id="rm-nosuchinstance00"), RT), "InvalidDBInstanceId.NotFound", 404)
+    # Another account's instance looks exactly like a missing one.
+    tea_error(lambda: c.describe_backup_tasks_with_options(
+        rds.DescribeBackupTasksRequest(dbinstance_id=OTHER), RT), "InvalidDBInstanceId.NotFound", 404)
+    tea_error(lambda: c.describe_backup_tasks_with_options(
+        rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE, backup_mode="Sometimes"), RT), "InvalidParameter", 400)
+    tea_error(lambda: tea(v2, "wrong").describe_backup_tasks_with_options(
+        rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE), RT), "SignatureDoesNotMatch", 400)
+
+# The older core SDK (RPC HMAC-SHA1, JSON bytes back).
+port = int(ENDPOINT.rsplit(":", 1)[1])
+
+
+def core(req, secret=SK):
+    req.set_endpoint("127.0.0.1")
+    req.set_protocol_type("http")
+    return json.loads(AcsClient(AK, secret, "cn-hangzhou", port=port).do_action_with_exception(req))
+
+
+req = CreateBackupRequest()
+req.set_DBInstanceId(INSTANCE)
+job = core(req)["BackupJobId"]
+while True:
+    req = DescribeBackupTasksRequest()
+    req.set_DBInstanceId(INSTANCE)
+    req.set_BackupJobId(job)
+    items = core(req)["Items"]["BackupJob"]
+    assert len(items) == 1
+    if items[0]["BackupStatus"] in ("Finished", "Failed"):
+        break
+    time.sleep(0.1)
+assert items[0]["BackupStatus"] == "Finished" and items[0]["BackupId"], items
+print(f"core sdk: backup job {job} -> set {items[0]['BackupId']}")
+try:
+    req = DescribeBackupTasksRequest()
+    req.set_DBInstanceId(INSTANCE)
+    core(req, secret="wrong")
+    raise AssertionError("wrong secret accepted")
+except ServerException as e:
+    # The core SDK compares the server's string to sign with its own and
+    # reports a matching one as a wrong secret.
+    assert e.get_error_code() in ("SignatureDoesNotMatch", "InvalidAccessKeySecret"), e.get_error_code()
+    assert e.get_http_status() == 400
+print("all SDK checks passed")
+sys.exit(0)

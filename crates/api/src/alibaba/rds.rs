@@ -4,7 +4,8 @@ use super::rpc::{RpcError, RpcRequest, ok_response};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
-use stowage_catalog::{BackupTask, TaskFilter};
+use stowage_catalog::{BackupSet, BackupTask, TaskFilter};
+use stowage_core::time::{format_rfc3339, parse_rfc3339};
 use stowage_core::{Progress, TaskMode, TaskState};
 use stowage_service::{ErrorKind, Service};
 
@@ -94,6 +95,8 @@ pub async fn dispatch(
     Some(match req.action.as_str() {
         "DescribeBackupTasks" => describe_backup_tasks(svc, req).await,
         "CreateBackup" => create_backup(svc, req).await,
+        "DescribeBackups" => describe_backups(svc, req).await,
+        "DeleteBackup" => delete_backup(svc, req).await,
         _ => return None,
     })
 }
@@ -191,6 +194,169 @@ async fn create_backup(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+fn backup_json(s: &BackupSet) -> Value {
+    let version = s
+        .meta
+        .get("server_version_num")
+        .and_then(Value::as_u64)
+        .map(|v| (v / 10000).to_string());
+    json!({
+        "BackupId": s.id.to_string(),
+        "DBInstanceId": s.instance_id,
+        "BackupStatus": "Success",
+        "BackupStartTime": format_rfc3339(s.started_ms),
+        "BackupEndTime": format_rfc3339(s.finished_ms),
+        "BackupType": "FullBackup",
+        "BackupMode": if s.mode == TaskMode::Automated { "Automated" } else { "Manual" },
+        "BackupMethod": "Physical",
+        "BackupInitiator": if s.mode == TaskMode::Automated { "System" } else { "User" },
+        // Size of the data the set holds (before dedup and compression).
+        "BackupSize": s.bytes_logical,
+        "ConsistentTime": s.finished_ms / 1000,
+        "Engine": "PostgreSQL",
+        "EngineVersion": version,
+        "IsAvail": 1,
+        "StoreStatus": "Disabled",
+        "StorageClass": "0",
+        "HostInstanceID": "",
+    })
+}
+
+fn time_param(req: &RpcRequest, name: &str) -> Result<Option<i64>, RpcError> {
+    req.get(name)
+        .map(|v| {
+            parse_rfc3339(v)
+                .ok_or_else(|| RpcError::invalid(name, "expected yyyy-MM-ddTHH:mmZ (UTC)"))
+        })
+        .transpose()
+}
+
+fn int_param(
+    req: &RpcRequest,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> Result<u64, RpcError> {
+    match req.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                RpcError::invalid(
+                    name,
+                    &format!(
+                        "expected an integer from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
+    }
+}
+
+async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let inst = instance_id(svc, req).await?;
+    let mode = match req.get("BackupMode") {
+        Some(m) => Some(
+            mode_of(m)
+                .ok_or_else(|| RpcError::invalid("BackupMode", "expected Automated or Manual"))?,
+        ),
+        None => None,
+    };
+    // Every set Stowage reports is a complete, successful full backup.
+    let status_ok = match req.get("BackupStatus") {
+        None | Some("Success") => true,
+        Some("Failed") => false,
+        Some(_) => {
+            return Err(RpcError::invalid(
+                "BackupStatus",
+                "expected Success or Failed",
+            ));
+        }
+    };
+    let type_ok = match req.get("BackupType") {
+        None | Some("FullBackup") => true,
+        Some("IncrementalBackup") => false,
+        Some(_) => {
+            return Err(RpcError::invalid(
+                "BackupType",
+                "expected FullBackup or IncrementalBackup",
+            ));
+        }
+    };
+    let id = match req.get("BackupId") {
+        Some(v) => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| RpcError::invalid("BackupId", "expected a backup set id"))?,
+        ),
+        None => None,
+    };
+    let (start, end) = (time_param(req, "StartTime")?, time_param(req, "EndTime")?);
+    let page_size = int_param(req, "PageSize", 1..=100, 30)?;
+    let page = int_param(req, "PageNumber", 1..=1_000_000, 1)?;
+    let sets: Vec<BackupSet> = svc
+        .list_sets(&req.principal, Some(&inst))
+        .await?
+        .into_iter()
+        .filter(|_| status_ok && type_ok)
+        .filter(|s| id.is_none_or(|i| s.id == i))
+        .filter(|s| mode.is_none_or(|m| s.mode == m))
+        .filter(|s| {
+            start.is_none_or(|t| s.started_ms >= t) && end.is_none_or(|t| s.started_ms <= t)
+        })
+        .collect();
+    let total = sets.len();
+    let items: Vec<Value> = sets
+        .iter()
+        .skip(((page - 1) * page_size) as usize)
+        .take(page_size as usize)
+        .map(backup_json)
+        .collect();
+    Ok(ok_response(
+        json!({
+            "Items": {"Backup": items},
+            "PageNumber": page.to_string(),
+            "PageRecordCount": items.len().to_string(),
+            "TotalRecordCount": total.to_string(),
+            "TotalEcsSnapshotSize": 0,
+        }),
+        &req.request_id,
+    ))
+}
+
+async fn delete_backup(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let inst = instance_id(svc, req).await?;
+    let ids = req.required("BackupId")?;
+    let not_found = |v: &str| {
+        RpcError::new(
+            StatusCode::NOT_FOUND,
+            "InvalidBackupId.NotFound",
+            format!("The specified backup set {v} is not found."),
+        )
+    };
+    // Check them all before deleting any.
+    let mut sets = Vec::new();
+    for v in ids.split(',').map(str::trim) {
+        let n = v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            RpcError::invalid("BackupId", "expected backup set ids separated by commas")
+        })?;
+        match svc.set(&req.principal, n).await {
+            Ok(s) if s.instance_id == inst => sets.push(n),
+            Ok(_) => return Err(not_found(v)),
+            Err(e) if e.kind == ErrorKind::NotFound => return Err(not_found(v)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for n in sets {
+        svc.delete_set(&req.principal, n).await?;
+    }
+    Ok(ok_response(json!({}), &req.request_id))
 }
 
 #[cfg(test)]

@@ -90,6 +90,27 @@ for v2 in (False, True):
     tea_error(lambda: tea(v2, "wrong").describe_backup_tasks_with_options(
         rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE), RT), "SignatureDoesNotMatch", 400)
 
+# Backup sets: list, filter, page, delete.
+c = tea(False)
+body = c.describe_backups_with_options(rds.DescribeBackupsRequest(dbinstance_id=INSTANCE), RT).body
+assert body is not None and body.total_record_count == "2", body.to_map()
+sets = body.items.backup
+assert len(sets) == 2 and all(b.backup_status == "Success" and b.backup_method == "Physical" for b in sets), body.to_map()
+assert all(b.dbinstance_id == INSTANCE and b.backup_size > 1_000_000 and b.engine == "PostgreSQL" for b in sets)
+first = c.describe_backups_with_options(rds.DescribeBackupsRequest(dbinstance_id=INSTANCE, page_size=1, page_number=2), RT).body
+assert first.page_record_count == "1" and first.items.backup[0].backup_id == sets[1].backup_id, first.to_map()
+none = c.describe_backups_with_options(
+    rds.DescribeBackupsRequest(dbinstance_id=INSTANCE, start_time="2000-01-01T00:00Z", end_time="2000-01-02T00:00Z"), RT).body
+assert none.items.backup == [] and none.total_record_count == "0", none.to_map()
+tea_error(lambda: c.describe_backups_with_options(
+    rds.DescribeBackupsRequest(dbinstance_id=INSTANCE, start_time="yesterday"), RT), "InvalidParameter", 400)
+tea_error(lambda: c.delete_backup_with_options(
+    rds.DeleteBackupRequest(dbinstance_id=INSTANCE, backup_id="999999"), RT), "InvalidBackupId.NotFound", 404)
+c.delete_backup_with_options(rds.DeleteBackupRequest(dbinstance_id=INSTANCE, backup_id=sets[1].backup_id), RT)
+left = c.describe_backups_with_options(rds.DescribeBackupsRequest(dbinstance_id=INSTANCE), RT).body
+assert [b.backup_id for b in left.items.backup] == [sets[0].backup_id], left.to_map()
+print(f"tea: DescribeBackups/DeleteBackup ok; {len(left.items.backup)} set left")
+
 # The older core SDK (RPC HMAC-SHA1, JSON bytes back).
 port = int(ENDPOINT.rsplit(":", 1)[1])
 

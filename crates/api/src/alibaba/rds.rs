@@ -97,6 +97,7 @@ pub async fn dispatch(
         "CreateBackup" => create_backup(svc, req).await,
         "DescribeBackups" => describe_backups(svc, req).await,
         "DeleteBackup" => delete_backup(svc, req).await,
+        "DescribeDBInstances" => describe_db_instances(svc, req).await,
         _ => return None,
     })
 }
@@ -357,6 +358,63 @@ async fn delete_backup(svc: &Service, req: &RpcRequest) -> Result<Response, RpcE
         svc.delete_set(&req.principal, n).await?;
     }
     Ok(ok_response(json!({}), &req.request_id))
+}
+
+/// Enough of DescribeDBInstances for SDK users to list what is registered.
+async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let ids: Option<Vec<&str>> = req
+        .get("DBInstanceId")
+        .map(|v| v.split(',').map(str::trim).collect());
+    if let Some(e) = req.get("Engine")
+        && !e.eq_ignore_ascii_case("PostgreSQL")
+    {
+        // Only PostgreSQL instances exist so far.
+        return Ok(ok_response(
+            json!({"Items": {"DBInstance": []}, "PageNumber": 1, "PageRecordCount": 0, "TotalRecordCount": 0}),
+            &req.request_id,
+        ));
+    }
+    let page_size = int_param(req, "PageSize", 1..=100, 30)?;
+    let page = int_param(req, "PageNumber", 1..=1_000_000, 1)?;
+    let region = req.get("RegionId").unwrap_or("local");
+    let all: Vec<_> = svc
+        .list_instances(&req.principal)
+        .await?
+        .into_iter()
+        .filter(|i| i.id.starts_with("rm-"))
+        .filter(|i| ids.as_ref().is_none_or(|l| l.contains(&i.id.as_str())))
+        .collect();
+    let mut items = Vec::new();
+    for i in all
+        .iter()
+        .skip(((page - 1) * page_size) as usize)
+        .take(page_size as usize)
+    {
+        let version = svc
+            .list_sets(&req.principal, Some(&i.id))
+            .await?
+            .first()
+            .and_then(|s| s.meta.get("server_version_num").and_then(Value::as_u64))
+            .map(|v| (v / 10000).to_string());
+        items.push(json!({
+            "DBInstanceId": i.id,
+            "DBInstanceDescription": i.name,
+            "Engine": "PostgreSQL",
+            "EngineVersion": version,
+            "DBInstanceStatus": "Running",
+            "DBInstanceType": "Primary",
+            "RegionId": region,
+            "ZoneId": format!("{region}-a"),
+            "CreateTime": format_rfc3339(i.created_ms),
+            "PayType": "Postpaid",
+            "DBInstanceClass": "stowage.local",
+            "LockMode": "Unlock",
+        }));
+    }
+    Ok(ok_response(
+        json!({"Items": {"DBInstance": items}, "PageNumber": page, "PageRecordCount": items.len(), "TotalRecordCount": all.len()}),
+        &req.request_id,
+    ))
 }
 
 #[cfg(test)]

@@ -111,6 +111,15 @@ left = c.describe_backups_with_options(rds.DescribeBackupsRequest(dbinstance_id=
 assert [b.backup_id for b in left.items.backup] == [sets[0].backup_id], left.to_map()
 print(f"tea: DescribeBackups/DeleteBackup ok; {len(left.items.backup)} set left")
 
+insts = c.describe_dbinstances_with_options(rds.DescribeDBInstancesRequest(region_id="cn-hangzhou"), RT).body
+assert insts is not None and insts.total_record_count == 1, insts.to_map()
+i = insts.items.dbinstance[0]
+assert i.dbinstance_id == INSTANCE and i.engine == "PostgreSQL" and i.engine_version == "15", i.to_map()
+assert i.dbinstance_status == "Running" and i.dbinstance_description == "sdk", i.to_map()
+none = c.describe_dbinstances_with_options(rds.DescribeDBInstancesRequest(region_id="cn-hangzhou", engine="MySQL"), RT).body
+assert none.items.dbinstance == [], none.to_map()
+print("tea: DescribeDBInstances ok")
+
 # The older core SDK (RPC HMAC-SHA1, JSON bytes back).
 port = int(ENDPOINT.rsplit(":", 1)[1])
 

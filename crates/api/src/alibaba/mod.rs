@@ -4,6 +4,7 @@
 
 pub mod signature;
 
+pub mod polardb;
 pub mod rds;
 pub mod rpc;
 

@@ -36,7 +36,7 @@ fn job_status_states(v: &str) -> Option<Vec<TaskState>> {
     }
 }
 
-fn mode_of(v: &str) -> Option<TaskMode> {
+pub(super) fn mode_of(v: &str) -> Option<TaskMode> {
     match v {
         "Automated" => Some(TaskMode::Automated),
         "Manual" => Some(TaskMode::Manual),
@@ -75,17 +75,8 @@ fn instance_not_found(id: &str) -> RpcError {
     )
 }
 
-/// Looks up the instance for this account; another account's is "not found".
 async fn instance_id(svc: &Service, req: &RpcRequest) -> Result<String, RpcError> {
-    let id = req.required("DBInstanceId")?;
-    match svc.instance(&req.principal, id).await {
-        Ok(i) if i.id == id => Ok(i.id),
-        Ok(_) => Err(instance_not_found(id)),
-        Err(e) if e.kind == ErrorKind::NotFound || e.kind == ErrorKind::InvalidParameter => {
-            Err(instance_not_found(id))
-        }
-        Err(e) => Err(e.into()),
-    }
+    super::rpc::owned_instance(svc, req, "DBInstanceId", "rm-", instance_not_found).await
 }
 
 pub async fn dispatch(
@@ -234,7 +225,7 @@ fn time_param(req: &RpcRequest, name: &str) -> Result<Option<i64>, RpcError> {
         .transpose()
 }
 
-fn int_param(
+pub(super) fn int_param(
     req: &RpcRequest,
     name: &str,
     range: std::ops::RangeInclusive<u64>,

@@ -113,6 +113,30 @@ impl RpcRequest {
     }
 }
 
+/// The id of an instance (or cluster) of the caller's account, named by
+/// parameter `param`, whose id has `prefix`. Anything else (missing,
+/// malformed, another account's, another product's) is `not_found`.
+pub async fn owned_instance(
+    svc: &Service,
+    req: &RpcRequest,
+    param: &str,
+    prefix: &str,
+    not_found: fn(&str) -> RpcError,
+) -> Result<String, RpcError> {
+    let id = req.required(param)?;
+    if !id.starts_with(prefix) {
+        return Err(not_found(id));
+    }
+    match svc.instance(&req.principal, id).await {
+        Ok(i) if i.id == id => Ok(i.id),
+        Ok(_) => Err(not_found(id)),
+        Err(e) if e.kind == ErrorKind::NotFound || e.kind == ErrorKind::InvalidParameter => {
+            Err(not_found(id))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub struct RpcState {
     pub svc: Arc<Service>,
     nonces: Mutex<sig::NonceCache>,
@@ -185,8 +209,9 @@ async fn handle(
 async fn dispatch(st: &RpcState, req: RpcRequest) -> Result<Response, RpcError> {
     let handled = match req.product {
         Product::Rds => super::rds::dispatch(&st.svc, &req).await,
-        // dds and polardb operations arrive with issue 4 (docs/status.md).
-        Product::Dds | Product::Polardb => None,
+        Product::Polardb => super::polardb::dispatch(&st.svc, &req).await,
+        // dds operations arrive with issue 4 (docs/status.md).
+        Product::Dds => None,
     };
     if let Some(r) = handled {
         return r;

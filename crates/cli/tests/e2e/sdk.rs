@@ -92,4 +92,38 @@ fn alibaba_rds_sdks_drive_real_backups() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("all SDK checks passed"));
+
+    // PolarDB: the same database registered as a cluster (pc- id).
+    let cluster = s.json(&[
+        "instance",
+        "add",
+        "--name",
+        "cluster",
+        "--port",
+        &port,
+        "--dialect",
+        "polardb",
+        "--max-rate-kbps",
+        "16384",
+    ]);
+    let (ak, sk) = s.credentials();
+    let out = Command::new(v.join("bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/compat/alibaba_polardb.py"
+        ))
+        .env("ENDPOINT", s.url.trim_start_matches("http://"))
+        .env("AK", ak)
+        .env("SK", sk)
+        .env("CLUSTER", cluster["id"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "PolarDB SDK checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all polardb SDK checks passed"));
 }

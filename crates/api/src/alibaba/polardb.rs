@@ -1,0 +1,116 @@
+//! PolarDB (2017-08-01): clusters instead of instances (spec §9.3).
+
+use super::rds::{mode_of, rds_status};
+use super::rpc::{RpcError, RpcRequest, ok_response, owned_instance};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use stowage_catalog::{BackupTask, TaskFilter};
+use stowage_core::time::format_rfc3339;
+use stowage_core::{Progress, TaskMode, TaskState};
+use stowage_service::{ErrorKind, Service};
+
+fn cluster_not_found(id: &str) -> RpcError {
+    // The seed page pairs this code with HTTP 400.
+    RpcError::new(
+        StatusCode::BAD_REQUEST,
+        "InvalidDBClusterId.NotFound",
+        format!("The specified DBClusterId {id} is not found."),
+    )
+}
+
+async fn cluster_id(svc: &Service, req: &RpcRequest) -> Result<String, RpcError> {
+    owned_instance(svc, req, "DBClusterId", "pc-", cluster_not_found).await
+}
+
+pub async fn dispatch(svc: &Arc<Service>, req: &RpcRequest) -> Option<Result<Response, RpcError>> {
+    Some(match req.action.as_str() {
+        "DescribeBackupTasks" => describe_backup_tasks(svc, req).await,
+        "CreateBackup" => create_backup(svc, req).await,
+        _ => return None,
+    })
+}
+
+fn job_json(t: &BackupTask) -> Value {
+    let pct = Progress {
+        bytes_done: t.bytes_done,
+        bytes_total: t.bytes_total,
+        bytes_stored: t.bytes_stored,
+    }
+    .percent(t.state == TaskState::Finished);
+    // Strings, as the product's own example sends them.
+    json!({
+        "BackupJobId": t.id.to_string(),
+        "Process": pct.to_string(),
+        "BackupProgressStatus": rds_status(t.state).1,
+        "JobMode": if t.mode == TaskMode::Automated { "Automated" } else { "Manual" },
+        "TaskAction": if t.mode == TaskMode::Automated { "NormalBackupTask" } else { "TempBackupTask" },
+        "StartTime": format_rfc3339(t.started_ms.unwrap_or(t.created_ms)),
+    })
+}
+
+async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let cluster = cluster_id(svc, req).await?;
+    let mode = match req.get("BackupMode") {
+        Some(m) => Some(mode_of(m).ok_or_else(|| {
+            RpcError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidBackupMode.Malformed",
+                "The specified parameter BackupMode is not valid: expected Automated or Manual.",
+            )
+        })?),
+        None => None,
+    };
+    let mut f = TaskFilter {
+        instance_id: Some(cluster),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    match req.get("BackupJobId") {
+        Some(j) => {
+            f.task_id = Some(
+                j.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| RpcError::invalid("BackupJobId", "expected a backup job id"))?,
+            )
+        }
+        None => {
+            f.states = TaskState::ALL
+                .into_iter()
+                .filter(|s| s.is_active())
+                .collect()
+        }
+    }
+    let tasks = svc.list_tasks(&req.principal, &f).await?;
+    let jobs: Vec<Value> = tasks
+        .iter()
+        .filter(|t| mode.is_none_or(|m| t.mode == m))
+        .map(job_json)
+        .collect();
+    Ok(ok_response(
+        json!({"Items": {"BackupJob": jobs}}),
+        &req.request_id,
+    ))
+}
+
+async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response, RpcError> {
+    let cluster = cluster_id(svc, req).await?;
+    let token = req.get("ClientToken").map(str::to_string);
+    match svc
+        .start_backup(&req.principal, &cluster, TaskMode::Manual, token)
+        .await
+    {
+        Ok(t) => Ok(ok_response(
+            json!({"BackupJobId": t.id.to_string()}),
+            &req.request_id,
+        )),
+        Err(e) if e.kind == ErrorKind::InstanceBusy => Err(RpcError::new(
+            StatusCode::FORBIDDEN,
+            "OperationDenied.DBClusterStatus",
+            e.message,
+        )),
+        Err(e) => Err(e.into()),
+    }
+}

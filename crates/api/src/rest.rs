@@ -38,6 +38,8 @@ fn status_and_code(k: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::InstanceBusy => (StatusCode::CONFLICT, "InstanceBusy"),
         ErrorKind::TargetNotEmpty => (StatusCode::CONFLICT, "TargetNotEmpty"),
         ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        ErrorKind::KeyDisabled => (StatusCode::UNAUTHORIZED, "KeyDisabled"),
+        ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "Forbidden"),
         ErrorKind::InvalidState => (StatusCode::CONFLICT, "InvalidState"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     }
@@ -239,6 +241,12 @@ pub fn router(svc: Svc) -> Router {
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/accounts", get(list_accounts).post(add_account))
+        .route("/v1/accounts/{name}/keys", get(list_keys).post(create_key))
+        .route("/v1/keys", get(list_own_keys).post(create_own_key))
+        .route("/v1/keys/{id}", axum::routing::delete(delete_key))
+        .route("/v1/keys/{id}/disable", post(disable_key))
+        .route("/v1/keys/{id}/enable", post(enable_key))
         .route("/v1/verify", post(verify))
         .route("/v1/gc", post(gc))
         .fallback(not_found)
@@ -541,4 +549,119 @@ async fn gc(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<(StatusCode, Jso
         StatusCode::ACCEPTED,
         Json(job_json(&svc.start_gc(&p).await?)),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountBody {
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    #[serde(default)]
+    description: String,
+}
+
+fn account_json(a: &stowage_catalog::Account) -> Value {
+    json!({"id": a.id, "name": a.name, "created_at": ts(Some(a.created_ms))})
+}
+
+fn keys_json(keys: &[stowage_service::KeyInfo]) -> Value {
+    let v: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"access_key_id": k.access_key_id, "account": k.account, "status": k.status, "description": k.description, "created_at": ts(Some(k.created_ms))}))
+        .collect();
+    json!({"keys": v})
+}
+
+async fn list_accounts(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Value>> {
+    let v: Vec<Value> = svc
+        .list_accounts(&p)
+        .await?
+        .iter()
+        .map(account_json)
+        .collect();
+    Ok(Json(json!({"accounts": v})))
+}
+
+async fn add_account(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Body(b): Body<AccountBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(account_json(&svc.create_account(&p, &b.name).await?)),
+    ))
+}
+
+async fn list_keys(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(keys_json(&svc.list_keys(&p, Some(&name)).await?)))
+}
+
+async fn list_own_keys(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Value>> {
+    Ok(Json(keys_json(&svc.list_keys(&p, None).await?)))
+}
+
+/// The secret is returned once, here, and never again.
+async fn create_key(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    body: Option<Json<KeyBody>>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let d = body.map(|Json(b)| b.description).unwrap_or_default();
+    let c = svc.create_key(&p, Some(&name), &d).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"access_key_id": c.access_key_id, "access_key_secret": c.access_key_secret, "account": name}),
+        ),
+    ))
+}
+
+async fn create_own_key(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    body: Option<Json<KeyBody>>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let d = body.map(|Json(b)| b.description).unwrap_or_default();
+    let c = svc.create_key(&p, None, &d).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"access_key_id": c.access_key_id, "access_key_secret": c.access_key_secret})),
+    ))
+}
+
+async fn disable_key(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    svc.set_key_enabled(&p, &id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn enable_key(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    svc.set_key_enabled(&p, &id, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_key(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    svc.delete_key(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -62,6 +62,10 @@ pub trait Catalog: Send + Sync + 'static {
     async fn insert_access_key(&self, key: &AccessKey) -> CatalogResult<()>;
     async fn access_key(&self, id: &str) -> CatalogResult<Option<AccessKey>>;
     async fn list_access_keys(&self, account_id: &str) -> CatalogResult<Vec<AccessKey>>;
+    /// Sets a key's status (`active` or `disabled`).
+    async fn set_access_key_status(&self, id: &str, status: &str) -> CatalogResult<()>;
+    async fn delete_access_key(&self, id: &str) -> CatalogResult<()>;
+    async fn list_accounts(&self) -> CatalogResult<Vec<Account>>;
 
     // instances
     async fn insert_instance(&self, i: &Instance) -> CatalogResult<()>;

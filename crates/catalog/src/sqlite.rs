@@ -260,6 +260,47 @@ impl Catalog for SqliteCatalog {
         rows.iter().map(key_from_row).collect()
     }
 
+    async fn set_access_key_status(&self, id: &str, status: &str) -> CatalogResult<()> {
+        let n = sqlx::query("UPDATE access_keys SET status = ? WHERE id = ?")
+            .bind(status)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(CatalogError::NotFound(format!("access key {id}")));
+        }
+        Ok(())
+    }
+
+    async fn delete_access_key(&self, id: &str) -> CatalogResult<()> {
+        let n = sqlx::query("DELETE FROM access_keys WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(CatalogError::NotFound(format!("access key {id}")));
+        }
+        Ok(())
+    }
+
+    async fn list_accounts(&self) -> CatalogResult<Vec<Account>> {
+        let rows =
+            sqlx::query("SELECT id, name, created_ms FROM accounts ORDER BY created_ms, name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Account {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    created_ms: r.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+
     async fn insert_instance(&self, i: &Instance) -> CatalogResult<()> {
         sqlx::query(
             "INSERT INTO instances (id, account_id, name, engine, topology, host, port, username, password_enc, dbname, options, created_ms)

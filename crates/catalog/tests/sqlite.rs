@@ -184,6 +184,28 @@ async fn contract(c: &dyn Catalog) {
     .unwrap();
     assert_eq!(c.job(&a.id, j.id).await.unwrap().unwrap().bytes_done, 1);
     c.delete_backup_set(&a.id, s.id).await.unwrap();
+    // Keys: disable, delete; accounts listed.
+    let k = AccessKey {
+        id: "K1".into(),
+        account_id: b.id.clone(),
+        secret_enc: vec![1],
+        status: "active".into(),
+        description: String::new(),
+        created_ms: 1,
+    };
+    c.insert_access_key(&k).await.unwrap();
+    c.set_access_key_status("K1", "disabled").await.unwrap();
+    assert_eq!(
+        c.access_key("K1").await.unwrap().unwrap().status,
+        "disabled"
+    );
+    c.delete_access_key("K1").await.unwrap();
+    assert!(c.access_key("K1").await.unwrap().is_none());
+    assert!(matches!(
+        c.delete_access_key("K1").await,
+        Err(CatalogError::NotFound(_))
+    ));
+    assert_eq!(c.list_accounts().await.unwrap().len(), 2);
 }
 
 #[tokio::test]

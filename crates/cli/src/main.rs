@@ -102,6 +102,43 @@ enum Cmd {
     /// Inspect restore, verify and gc jobs.
     #[command(subcommand)]
     Job(JobCmd),
+    /// Manage accounts (admin key only). Every instance, task and set belongs to one account.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Manage access keys. A new key's secret is shown once.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    List,
+    Add { name: String },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// List keys (of --account, or of the caller's own account).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Create a key; prints its id and secret (the only time the secret is shown).
+    Create {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Disable {
+        id: String,
+    },
+    Enable {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -670,6 +707,97 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             let j = c.post("/v1/gc", None)?;
             return follow_job(c, &j, json, no_wait, "gc");
         }
+        Cmd::Account(ac) => match ac {
+            AccountCmd::List => {
+                let v = c.get("/v1/accounts")?;
+                if json {
+                    print_json(&v);
+                } else {
+                    let rows = v["accounts"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|a| vec![s(&a["name"]), s(&a["id"]), s(&a["created_at"])])
+                        .collect();
+                    table(&["NAME", "ID", "CREATED"], rows);
+                }
+            }
+            AccountCmd::Add { name } => {
+                let v = c.post("/v1/accounts", Some(&json!({"name": name})))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!("created account {}", s(&v["name"]));
+                }
+            }
+        },
+        Cmd::Key(kc) => match kc {
+            KeyCmd::List { account } => {
+                let path = match &account {
+                    Some(a) => format!("/v1/accounts/{}/keys", enc(a)),
+                    None => "/v1/keys".into(),
+                };
+                let v = c.get(&path)?;
+                if json {
+                    print_json(&v);
+                } else {
+                    let rows = v["keys"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|k| {
+                            vec![
+                                s(&k["access_key_id"]),
+                                s(&k["account"]),
+                                s(&k["status"]),
+                                s(&k["created_at"]),
+                                s(&k["description"]),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "ACCESS KEY ID",
+                            "ACCOUNT",
+                            "STATUS",
+                            "CREATED",
+                            "DESCRIPTION",
+                        ],
+                        rows,
+                    );
+                }
+            }
+            KeyCmd::Create {
+                account,
+                description,
+            } => {
+                let path = match &account {
+                    Some(a) => format!("/v1/accounts/{}/keys", enc(a)),
+                    None => "/v1/keys".into(),
+                };
+                let v = c.post(&path, Some(&json!({"description": description})))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!(
+                        "access key id:     {}\naccess key secret: {}\n(the secret is shown only now)",
+                        s(&v["access_key_id"]),
+                        s(&v["access_key_secret"])
+                    );
+                }
+            }
+            KeyCmd::Disable { id } => {
+                c.post(&format!("/v1/keys/{}/disable", enc(&id)), None)?;
+            }
+            KeyCmd::Enable { id } => {
+                c.post(&format!("/v1/keys/{}/enable", enc(&id)), None)?;
+            }
+            KeyCmd::Delete { id } => {
+                c.delete(&format!("/v1/keys/{}", enc(&id)))?;
+            }
+        },
         Cmd::Job(jc) => match jc {
             JobCmd::List => {
                 let v = c.get("/v1/jobs")?;

@@ -19,8 +19,12 @@ pub enum ErrorKind {
     InstanceBusy,
     /// The restore target is not empty.
     TargetNotEmpty,
-    /// Missing, unknown, disabled or wrong access key.
+    /// Missing, unknown or wrong access key.
     Unauthorized,
+    /// The access key exists but is disabled.
+    KeyDisabled,
+    /// Authenticated, but not allowed to do this.
+    Forbidden,
     /// The operation cannot be done in the object's current state.
     InvalidState,
     /// Something on our side failed.

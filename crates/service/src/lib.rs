@@ -54,6 +54,19 @@ pub struct Config {
 pub struct Principal {
     pub account_id: String,
     pub key_id: String,
+    /// A key of the `default` account, created at first start: may manage
+    /// accounts and every account's keys.
+    pub admin: bool,
+}
+
+/// An access key as listed (never with its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub access_key_id: String,
+    pub account: String,
+    pub status: String,
+    pub description: String,
+    pub created_ms: i64,
 }
 
 /// Access key as shown once at creation.
@@ -237,15 +250,24 @@ impl Service {
             .catalog
             .access_key(key_id)
             .await?
-            .filter(|k| k.status == "active")
-            .ok_or_else(|| {
-                ServiceError::new(ErrorKind::Unauthorized, "unknown or disabled access key")
-            })?;
+            .ok_or_else(|| ServiceError::new(ErrorKind::Unauthorized, "unknown access key"))?;
+        if k.status != "active" {
+            return Err(ServiceError::new(
+                ErrorKind::KeyDisabled,
+                "this access key is disabled",
+            ));
+        }
         let secret = self.secrets.open(&k.secret_enc)?;
+        let admin = self
+            .catalog
+            .account_by_name("default")
+            .await?
+            .is_some_and(|a| a.id == k.account_id);
         Ok((
             Principal {
                 account_id: k.account_id,
                 key_id: k.id,
+                admin,
             },
             secret,
         ))
@@ -259,9 +281,132 @@ impl Service {
         } else {
             Err(ServiceError::new(
                 ErrorKind::Unauthorized,
-                "unknown or disabled access key",
+                "unknown access key or wrong secret",
             ))
         }
+    }
+
+    // ---- accounts and access keys ----
+
+    fn require_admin(p: &Principal) -> ServiceResult<()> {
+        if p.admin {
+            Ok(())
+        } else {
+            Err(ServiceError::new(
+                ErrorKind::Forbidden,
+                "only keys of the default (admin) account may do this",
+            ))
+        }
+    }
+
+    pub async fn create_account(
+        &self,
+        p: &Principal,
+        name: &str,
+    ) -> ServiceResult<stowage_catalog::Account> {
+        Self::require_admin(p)?;
+        if !valid_name(name) {
+            return Err(ServiceError::invalid(
+                "account name: 1 to 64 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        Ok(self.catalog.create_account(name, now_ms()).await?)
+    }
+
+    pub async fn list_accounts(
+        &self,
+        p: &Principal,
+    ) -> ServiceResult<Vec<stowage_catalog::Account>> {
+        Self::require_admin(p)?;
+        Ok(self.catalog.list_accounts().await?)
+    }
+
+    /// The account named `name` (or the caller's own with `None`), if the
+    /// caller may manage its keys.
+    async fn managed_account(
+        &self,
+        p: &Principal,
+        name: Option<&str>,
+    ) -> ServiceResult<stowage_catalog::Account> {
+        let accounts = self.catalog.list_accounts().await?;
+        let acc = match name {
+            None => accounts.into_iter().find(|a| a.id == p.account_id),
+            Some(n) => accounts.into_iter().find(|a| a.name == n),
+        }
+        .ok_or_else(|| ServiceError::not_found(format!("account {}", name.unwrap_or("?"))))?;
+        if acc.id != p.account_id {
+            Self::require_admin(p)?;
+        }
+        Ok(acc)
+    }
+
+    pub async fn create_key(
+        &self,
+        p: &Principal,
+        account: Option<&str>,
+        description: &str,
+    ) -> ServiceResult<Credentials> {
+        let acc = self.managed_account(p, account).await?;
+        if description.len() > 256 {
+            return Err(ServiceError::invalid("description: at most 256 characters"));
+        }
+        self.create_access_key(&acc.id, description).await
+    }
+
+    pub async fn list_keys(
+        &self,
+        p: &Principal,
+        account: Option<&str>,
+    ) -> ServiceResult<Vec<KeyInfo>> {
+        let acc = self.managed_account(p, account).await?;
+        Ok(self
+            .catalog
+            .list_access_keys(&acc.id)
+            .await?
+            .into_iter()
+            .map(|k| KeyInfo {
+                access_key_id: k.id,
+                account: acc.name.clone(),
+                status: k.status,
+                description: k.description,
+                created_ms: k.created_ms,
+            })
+            .collect())
+    }
+
+    /// Finds a key the caller may manage; refuses the key in use.
+    async fn managed_key(&self, p: &Principal, key_id: &str) -> ServiceResult<AccessKey> {
+        let k = self
+            .catalog
+            .access_key(key_id)
+            .await?
+            .filter(|k| p.admin || k.account_id == p.account_id)
+            .ok_or_else(|| ServiceError::not_found(format!("access key {key_id}")))?;
+        if k.id == p.key_id {
+            return Err(ServiceError::new(
+                ErrorKind::InvalidState,
+                "refusing to disable or delete the key this request is signed with",
+            ));
+        }
+        Ok(k)
+    }
+
+    pub async fn set_key_enabled(
+        &self,
+        p: &Principal,
+        key_id: &str,
+        enabled: bool,
+    ) -> ServiceResult<()> {
+        let k = self.managed_key(p, key_id).await?;
+        Ok(self
+            .catalog
+            .set_access_key_status(&k.id, if enabled { "active" } else { "disabled" })
+            .await?)
+    }
+
+    pub async fn delete_key(&self, p: &Principal, key_id: &str) -> ServiceResult<()> {
+        let k = self.managed_key(p, key_id).await?;
+        Ok(self.catalog.delete_access_key(&k.id).await?)
     }
 
     // ---- instances ----

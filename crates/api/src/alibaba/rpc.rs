@@ -82,6 +82,8 @@ impl From<ServiceError> for RpcError {
             ErrorKind::InvalidParameter => (StatusCode::BAD_REQUEST, "InvalidParameter"),
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, "InvalidDBInstanceId.NotFound"),
             ErrorKind::Unauthorized => (StatusCode::NOT_FOUND, "InvalidAccessKeyId.NotFound"),
+            ErrorKind::KeyDisabled => (StatusCode::BAD_REQUEST, "InvalidAccessKeyId.Inactive"),
+            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "Forbidden"),
             ErrorKind::Conflict
             | ErrorKind::InstanceBusy
             | ErrorKind::TargetNotEmpty
@@ -288,7 +290,7 @@ async fn authenticate(
                 .svc
                 .key_secret(&auth.access_key_id)
                 .await
-                .map_err(|_| key_not_found())?;
+                .map_err(key_error)?;
             let cr = sig::acs3_canonical_request(
                 method.as_str(),
                 uri.path(),
@@ -350,7 +352,7 @@ async fn authenticate(
                 .svc
                 .key_secret(&params["AccessKeyId"])
                 .await
-                .map_err(|_| key_not_found())?;
+                .map_err(key_error)?;
             let sts = sig::rpc_string_to_sign(method.as_str(), &all);
             if !sig::signatures_equal(
                 &sig::rpc_signature(secret.expose(), &sts),
@@ -407,12 +409,20 @@ async fn authenticate(
     })
 }
 
-fn key_not_found() -> RpcError {
-    RpcError::new(
-        StatusCode::NOT_FOUND,
-        "InvalidAccessKeyId.NotFound",
-        "Specified access key is not found.",
-    )
+fn key_error(e: ServiceError) -> RpcError {
+    match e.kind {
+        ErrorKind::KeyDisabled => RpcError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidAccessKeyId.Inactive",
+            "Specified access key is disabled.",
+        ),
+        ErrorKind::Internal => e.into(),
+        _ => RpcError::new(
+            StatusCode::NOT_FOUND,
+            "InvalidAccessKeyId.NotFound",
+            "Specified access key is not found.",
+        ),
+    }
 }
 
 fn signature_mismatch(sts: &str) -> RpcError {

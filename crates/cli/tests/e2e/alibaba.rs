@@ -273,3 +273,156 @@ fn acs3_signatures_are_verified() {
     let (st, b) = call(&s, "POST", &q, &h);
     assert_eq!((st, b["Code"].as_str()), (400, Some("IncompleteSignature")));
 }
+
+/// Two accounts on one server: each key sees only its own account's
+/// instances, through the REST API and through the cloud dialect; key
+/// lifecycle (disable, enable, delete) and admin-only operations.
+#[test]
+fn accounts_are_isolated_and_keys_can_be_managed() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start(&work.path().join("stowage"));
+    let (admin_id, admin_secret) = s.credentials();
+    s.ok(&["account", "add", "team-b"]);
+    let kb = s.json(&[
+        "key",
+        "create",
+        "--account",
+        "team-b",
+        "--description",
+        "ci",
+    ]);
+    let (b_id, b_secret) = (
+        kb["access_key_id"].as_str().unwrap().to_string(),
+        kb["access_key_secret"].as_str().unwrap().to_string(),
+    );
+    let a1 = s.json(&["instance", "add", "--name", "a1", "--port", "5432"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = s.cli_as(
+        &b_id,
+        &b_secret,
+        &[
+            "instance", "add", "--name", "b1", "--port", "5432", "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b1 = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // REST: B sees only b1; A's instance does not exist for B.
+    let (st, v) = s.http_as(&b_id, &b_secret, "GET", "/v1/instances", None);
+    assert_eq!(st, 200);
+    let ids: Vec<&str> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![b1.as_str()]);
+    assert_eq!(
+        s.http_as(
+            &b_id,
+            &b_secret,
+            "GET",
+            &format!("/v1/instances/{a1}"),
+            None
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        s.http_as(
+            &b_id,
+            &b_secret,
+            "POST",
+            &format!("/v1/instances/{a1}/backups"),
+            None
+        )
+        .0,
+        404
+    );
+    // Admin-only operations.
+    let (st, v) = s.http_as(
+        &b_id,
+        &b_secret,
+        "POST",
+        "/v1/accounts",
+        Some(r#"{"name":"evil"}"#),
+    );
+    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("Forbidden")));
+    assert_eq!(
+        s.http_as(&b_id, &b_secret, "GET", "/v1/accounts/default/keys", None)
+            .0,
+        403
+    );
+    let (st, v) = s.http_as(&b_id, &b_secret, "GET", "/v1/keys", None);
+    assert_eq!((st, v["keys"].as_array().unwrap().len()), (200, 1));
+    assert!(
+        !v.to_string().contains(&b_secret),
+        "a listing must never show secrets"
+    );
+
+    // Cloud dialect: the same isolation.
+    let rpc = |id: &str, secret: &str, inst: &str| {
+        let p = [
+            ("Action", "DescribeBackupTasks"),
+            ("Version", "2014-08-15"),
+            ("DBInstanceId", inst),
+        ];
+        call(
+            &s,
+            "POST",
+            &rpc_query("POST", id, secret, &p, &now(), &nonce()),
+            &[],
+        )
+    };
+    let (st, v) = rpc(&b_id, &b_secret, &b1);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["Items"]["BackupJob"], serde_json::json!([]));
+    assert_eq!(
+        rpc(&b_id, &b_secret, &a1).1["Code"],
+        "InvalidDBInstanceId.NotFound"
+    );
+    assert_eq!(
+        rpc(&admin_id, &admin_secret, &b1).1["Code"],
+        "InvalidDBInstanceId.NotFound"
+    );
+
+    // Disable, enable, delete.
+    s.ok(&["key", "disable", &b_id]);
+    let (st, v) = s.http_as(&b_id, &b_secret, "GET", "/v1/instances", None);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("KeyDisabled"))
+    );
+    let (st, v) = rpc(&b_id, &b_secret, &b1);
+    assert_eq!(
+        (st, v["Code"].as_str()),
+        (400, Some("InvalidAccessKeyId.Inactive"))
+    );
+    s.ok(&["key", "enable", &b_id]);
+    assert_eq!(rpc(&b_id, &b_secret, &b1).0, 200);
+    let own = s.cli(&["key", "delete", &admin_id]);
+    assert_eq!(
+        own.status.code(),
+        Some(2),
+        "deleting the key in use is refused"
+    );
+    s.ok(&["key", "delete", &b_id]);
+    assert_eq!(
+        s.http_as(&b_id, &b_secret, "GET", "/v1/instances", None).0,
+        401
+    );
+    assert_eq!(
+        rpc(&b_id, &b_secret, &b1).1["Code"],
+        "InvalidAccessKeyId.NotFound"
+    );
+    assert!(!s.log().contains(&b_secret), "secret in the server log");
+}

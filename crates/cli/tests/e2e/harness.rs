@@ -79,6 +79,18 @@ impl Stowage {
             .unwrap()
     }
 
+    /// Runs a CLI command with the given key instead of the admin key.
+    pub fn cli_as(&self, id: &str, secret: &str, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("STOWAGE_SERVER", &self.url)
+            .env("STOWAGE_DATA_DIR", &self.data_dir)
+            .env("STOWAGE_ACCESS_KEY_ID", id)
+            .env("STOWAGE_ACCESS_KEY_SECRET", secret)
+            .output()
+            .unwrap()
+    }
+
     /// Runs a CLI command that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.cli(args);
@@ -112,6 +124,18 @@ impl Stowage {
     /// A raw HTTP call with the admin key; returns (status, body).
     pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         let (id, secret) = self.credentials();
+        self.http_as(&id, &secret, method, path, body)
+    }
+
+    /// A raw HTTP call with the given key.
+    pub fn http_as(
+        &self,
+        id: &str,
+        secret: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use stowage_service::Service;
 
 /// The whole HTTP application.
-pub fn app(svc: Arc<Service>) -> axum::Router {
+pub fn app(svc: Arc<Service>, rpc: alibaba::RpcConfig) -> axum::Router {
     rest::router(svc.clone())
-        .merge(alibaba::router(svc))
+        .merge(alibaba::router(svc, rpc))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
 }
 
@@ -29,9 +29,10 @@ pub fn app(svc: Arc<Service>) -> axum::Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     svc: Arc<Service>,
+    rpc: alibaba::RpcConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(svc).into_make_service_with_connect_info::<SocketAddr>();
+    let app = app(svc, rpc).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

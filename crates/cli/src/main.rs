@@ -155,6 +155,9 @@ struct ServeArgs {
     /// Name of this node.
     #[arg(long, env = "STOWAGE_NODE", default_value = "local")]
     node: String,
+    /// Cloud-dialect requests per second per access key before `Throttling.User`.
+    #[arg(long, env = "STOWAGE_RATE_PER_KEY", default_value_t = 5000)]
+    rate_per_key: u32,
     /// Average chunk size in KiB for a NEW repository (min = avg/4, max = avg*4). For benchmarks.
     #[arg(long, hide = true)]
     chunk_avg_kib: Option<u32>,
@@ -337,7 +340,8 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
         tracing::info!(data_dir = %data_dir.display(), repository = %boot.repository, "stowage ready");
         let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
         tracing::info!("listening on http://{}", listener.local_addr().map_err(|e| e.to_string())?);
-        stowage_api::serve(listener, svc, shutdown_signal()).await.map_err(|e| e.to_string())
+        let rpc = stowage_api::alibaba::RpcConfig { rate_per_key: a.rate_per_key };
+        stowage_api::serve(listener, svc, rpc, shutdown_signal()).await.map_err(|e| e.to_string())
     });
     match res {
         Ok(()) => ExitCode::SUCCESS,

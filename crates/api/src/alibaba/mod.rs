@@ -8,4 +8,4 @@ pub mod polardb;
 pub mod rds;
 pub mod rpc;
 
-pub use rpc::router;
+pub use rpc::{RpcConfig, router};

@@ -48,6 +48,8 @@ pub struct RpcError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// Sent as `x-acs-retry-after` (the Tea SDK's ThrottlingException reads it).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl RpcError {
@@ -56,6 +58,7 @@ impl RpcError {
             status,
             code: code.into(),
             message: message.into(),
+            retry_after_ms: None,
         }
     }
     pub fn missing(name: &str) -> Self {
@@ -139,15 +142,63 @@ pub async fn owned_instance(
     }
 }
 
+/// Per-key token buckets: `rate` requests a second, bursts up to `rate`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    buckets: std::collections::HashMap<String, (f64, i64)>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32) -> Self {
+        RateLimiter {
+            rate: per_second.max(1) as f64,
+            buckets: Default::default(),
+        }
+    }
+
+    /// `Ok` to go ahead, or `Err(ms)` to wait before the next token.
+    pub fn take(&mut self, key: &str, now_ms: i64) -> Result<(), u64> {
+        let rate = self.rate;
+        let (tokens, last) = self
+            .buckets
+            .entry(key.to_string())
+            .or_insert((rate, now_ms));
+        *tokens = (*tokens + (now_ms - *last).max(0) as f64 * rate / 1000.0).min(rate);
+        *last = now_ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) * 1000.0 / rate).ceil() as u64)
+        }
+    }
+}
+
+/// Settings of the cloud dialects.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcConfig {
+    /// Requests per second per access key before `Throttling.User`.
+    pub rate_per_key: u32,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig { rate_per_key: 5000 }
+    }
+}
+
 pub struct RpcState {
     pub svc: Arc<Service>,
     nonces: Mutex<sig::NonceCache>,
+    limiter: Mutex<RateLimiter>,
 }
 
-pub fn router(svc: Arc<Service>) -> Router {
+pub fn router(svc: Arc<Service>, cfg: RpcConfig) -> Router {
     let st = Arc::new(RpcState {
         svc,
         nonces: Mutex::new(sig::NonceCache::default()),
+        limiter: Mutex::new(RateLimiter::new(cfg.rate_per_key)),
     });
     Router::new()
         .route("/", get(handle).post(handle))
@@ -162,12 +213,16 @@ fn error_response(e: &RpcError, request_id: &str, host: &str) -> Response {
         "Message": e.message,
         "Recommend": format!("https://api.aliyun.com/troubleshoot?q={}", e.code),
     });
-    (
+    let mut r = (
         e.status,
         [("content-type", "application/json;charset=utf-8")],
         body.to_string(),
     )
-        .into_response()
+        .into_response();
+    if let Some(ms) = e.retry_after_ms {
+        r.headers_mut().insert("x-acs-retry-after", ms.into());
+    }
+    r
 }
 
 /// Success: the operation's fields plus `RequestId`.
@@ -370,6 +425,15 @@ async fn authenticate(
             )
         }
     };
+    if let Err(wait_ms) = st.limiter.lock().expect("rate limiter").take(&key_id, now) {
+        let mut e = RpcError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Throttling.User",
+            "Request was denied due to user flow control.",
+        );
+        e.retry_after_ms = Some(wait_ms);
+        return Err(e);
+    }
     if !st
         .nonces
         .lock()
@@ -445,4 +509,22 @@ fn expired(ts: &str) -> RpcError {
             "Specified time stamp or date value is expired ({ts}); it must be within 15 minutes of the server's time."
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimiter;
+
+    #[test]
+    fn token_bucket_per_key() {
+        let mut l = RateLimiter::new(10);
+        for _ in 0..10 {
+            assert!(l.take("a", 0).is_ok());
+        }
+        assert_eq!(l.take("a", 0), Err(100));
+        assert!(l.take("b", 0).is_ok(), "buckets are per key");
+        assert!(l.take("a", 100).is_ok(), "one token back after 100 ms");
+        assert!(l.take("a", 100).is_err());
+        assert!(l.take("a", 10_000).is_ok());
+    }
 }

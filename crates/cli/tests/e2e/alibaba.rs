@@ -426,3 +426,38 @@ fn accounts_are_isolated_and_keys_can_be_managed() {
     );
     assert!(!s.log().contains(&b_secret), "secret in the server log");
 }
+
+#[test]
+fn per_key_throttling() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start_with(&work.path().join("stowage"), &["--rate-per-key", "5"]);
+    let (id, secret) = s.credentials();
+    let p = [("Action", "DescribeNothing"), ("Version", "2014-08-15")];
+    let codes: Vec<String> = (0..12)
+        .map(|_| {
+            call(
+                &s,
+                "POST",
+                &rpc_query("POST", &id, &secret, &p, &now(), &nonce()),
+                &[],
+            )
+            .1["Code"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        codes.iter().any(|c| c == "InvalidAction.NotFound"),
+        "{codes:?}"
+    );
+    assert!(codes.iter().any(|c| c == "Throttling.User"), "{codes:?}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let q = rpc_query("POST", &id, &secret, &p, &now(), &nonce());
+    let r = agent.post(&format!("{}/?{q}", s.url)).send_empty().unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().get("x-acs-retry-after").is_some());
+}

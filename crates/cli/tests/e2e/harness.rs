@@ -19,6 +19,11 @@ pub struct Stowage {
 
 impl Stowage {
     pub fn start(data_dir: &Path) -> Stowage {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts with extra `serve` arguments.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Stowage {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         std::fs::create_dir_all(data_dir).unwrap();
@@ -31,6 +36,7 @@ impl Stowage {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(extra)
             .env("STOWAGE_INSECURE_FAST_KDF", "1")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

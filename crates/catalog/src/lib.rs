@@ -9,7 +9,9 @@
 //! * At most one active (non-terminal) backup task per instance: enforced by
 //!   a unique index, so it holds even with several writers.
 //! * A task becomes `finished` in the same transaction that inserts its
-//!   backup set ([`Catalog::finish_backup_task`]).
+//!   backup set ([`Catalog::finish_backup_task`]); the set's id is the
+//!   task's id, so a set id can be promised when the task is created (the
+//!   dds dialect's CreateBackup returns both).
 //! * State changes are checked against the core state machine; an illegal
 //!   transition is an error, not a silent overwrite.
 //! * Every query is scoped by account: another account's rows are

@@ -523,10 +523,11 @@ impl Catalog for SqliteCatalog {
         let cur = task_in(&mut tx, id).await?;
         cur.state.transition(TaskState::Finished)?;
         let set_id = sqlx::query(
-            "INSERT INTO backup_sets (account_id, instance_id, task_id, snapshot_id, engine, method, mode, started_ms, finished_ms,
+            "INSERT INTO backup_sets (id, account_id, instance_id, task_id, snapshot_id, engine, method, mode, started_ms, finished_ms,
                bytes_logical, bytes_stored, consistent_point, meta, expires_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
+        .bind(id)
         .bind(&cur.account_id)
         .bind(&cur.instance_id)
         .bind(id)

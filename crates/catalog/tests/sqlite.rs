@@ -118,6 +118,7 @@ async fn contract(c: &dyn Catalog) {
     let (t2, s) = c.finish_backup_task(t.id, &set, 15).await.unwrap();
     assert_eq!(t2.state, TaskState::Finished);
     assert_eq!(t2.set_id, Some(s.id));
+    assert_eq!(s.id, t.id, "a set's id is its task's id");
     assert_eq!(s.consistent_point.unwrap()["stop_lsn"], "0/3000100");
     // Instance free again; a second task can start and is failed by a restart.
     let t3 = c.create_backup_task(&nt, 20).await.unwrap();

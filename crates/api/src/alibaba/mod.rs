@@ -4,6 +4,7 @@
 
 pub mod signature;
 
+pub mod dds;
 pub mod polardb;
 pub mod rds;
 pub mod rpc;

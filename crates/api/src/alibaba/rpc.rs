@@ -267,8 +267,7 @@ async fn dispatch(st: &RpcState, req: RpcRequest) -> Result<Response, RpcError> 
     let handled = match req.product {
         Product::Rds => super::rds::dispatch(&st.svc, &req).await,
         Product::Polardb => super::polardb::dispatch(&st.svc, &req).await,
-        // dds operations arrive with issue 4 (docs/status.md).
-        Product::Dds => None,
+        Product::Dds => super::dds::dispatch(&st.svc, &req).await,
     };
     if let Some(r) = handled {
         return r;

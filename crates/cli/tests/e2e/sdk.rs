@@ -126,4 +126,39 @@ fn alibaba_rds_sdks_drive_real_backups() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("all polardb SDK checks passed"));
+
+    // ApsaraDB for MongoDB: a dds- instance (of the PostgreSQL engine until
+    // the MongoDB engine exists; the state mapping is the real one).
+    let mongo = s.json(&[
+        "instance",
+        "add",
+        "--name",
+        "mongo",
+        "--port",
+        &port,
+        "--dialect",
+        "dds",
+        "--max-rate-kbps",
+        "16384",
+    ]);
+    let (ak, sk) = s.credentials();
+    let out = Command::new(v.join("bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/compat/alibaba_dds.py"
+        ))
+        .env("ENDPOINT", s.url.trim_start_matches("http://"))
+        .env("AK", ak)
+        .env("SK", sk)
+        .env("INSTANCE", mongo["id"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "dds SDK checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all dds SDK checks passed"));
 }

@@ -1,0 +1,55 @@
+"""Alibaba's official ApsaraDB for MongoDB SDKs (Tea, both signatures; core SDK)
+against a running Stowage. ENDPOINT, AK, SK, INSTANCE (a dds- instance)."""
+
+import json
+import os
+import time
+
+from alibabacloud_dds20151201 import models as dds
+from alibabacloud_dds20151201.client import Client
+from alibabacloud_tea_openapi import models as open_api
+from alibabacloud_tea_openapi.exceptions import ClientException
+from darabonba.runtime import RuntimeOptions
+from aliyunsdkcore.client import AcsClient
+from aliyunsdkdds.request.v20151201.DescribeBackupTasksRequest import DescribeBackupTasksRequest
+
+ENDPOINT, AK, SK, INSTANCE = os.environ["ENDPOINT"], os.environ["AK"], os.environ["SK"], os.environ["INSTANCE"]
+RT = RuntimeOptions()
+
+for v2 in (False, True):
+    cfg = open_api.Config(access_key_id=AK, access_key_secret=SK, endpoint=ENDPOINT, protocol="HTTP", region_id="cn-hangzhou")
+    if v2:
+        cfg.signature_algorithm = "v2"
+    c = Client(cfg)
+    created = c.create_backup_with_options(dds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_method="Physical"), RT).body
+    assert created.backup_job_id and created.backup_id, created.to_map()
+    job = created.backup_job_id
+    seen = []
+    while True:
+        body = c.describe_backup_tasks_with_options(dds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE, backup_job_id=str(job)), RT).body
+        assert body is not None and len(body.backup_jobs) == 1, body
+        j = body.backup_jobs[0]
+        assert str(j.backupjob_id) == str(job) and j.job_mode == "Manual" and j.backup_start_time, j.to_map()
+        seen.append((j.backup_set_status, j.progress))
+        if j.backup_set_status in ("Finished", "Failed"):
+            break
+        time.sleep(0.1)
+    assert j.backup_set_status == "Finished", seen
+    running = [p for s, p in seen if s == "Backuping"]
+    assert running and all(p.endswith("%") for p in running), seen
+    body = c.describe_backup_tasks_with_options(dds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE), RT).body
+    assert body is not None and body.backup_jobs == [], body
+    try:
+        c.describe_backup_tasks_with_options(dds.DescribeBackupTasksRequest(dbinstance_id="dds-nosuchinstance0"), RT)
+        raise AssertionError("unknown instance accepted")
+    except ClientException as e:
+        assert e.code == "InvalidDBInstanceId.NotFound" and e.status_code == 404, e.code
+    print(f"dds tea {'v2' if v2 else 'ACS3'}: job {job} (set {created.backup_id}) seen {seen}")
+
+req = DescribeBackupTasksRequest()
+req.set_DBInstanceId(INSTANCE)
+req.set_endpoint("127.0.0.1")
+req.set_protocol_type("http")
+body = json.loads(AcsClient(AK, SK, "cn-hangzhou", port=int(ENDPOINT.rsplit(":", 1)[1])).do_action_with_exception(req))
+assert body["BackupJobs"] == [], body
+print("all dds SDK checks passed")

@@ -3,15 +3,17 @@
 //! state mapping is already the real one.
 
 use super::rds::mode_of;
-use super::rpc::{RpcError, RpcRequest, ok_response, owned_instance};
+use super::rpc::{
+    RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
+};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use stowage_catalog::{BackupTask, TaskFilter};
+use stowage_catalog::BackupTask;
 use stowage_core::time::format_rfc3339;
-use stowage_core::{Progress, TaskMode, TaskState};
-use stowage_service::{ErrorKind, Service};
+use stowage_core::{TaskMode, TaskState};
+use stowage_service::Service;
 
 /// The dds view of the task state machine (`BackupSetStatus`).
 pub fn dds_status(s: TaskState) -> &'static str {
@@ -49,12 +51,7 @@ fn job_json(t: &BackupTask) -> Value {
         "JobMode": if t.mode == TaskMode::Automated { "Automated" } else { "Manual" },
     });
     if t.state.is_running() {
-        let pct = Progress {
-            bytes_done: t.bytes_done,
-            bytes_total: t.bytes_total,
-            bytes_stored: t.bytes_stored,
-        }
-        .percent(false);
+        let pct = stowage_service::percent(t);
         j["Progress"] = Value::String(format!("{pct}%"));
     }
     j
@@ -62,27 +59,7 @@ fn job_json(t: &BackupTask) -> Value {
 
 async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
-    let mut f = TaskFilter {
-        instance_id: Some(inst),
-        limit: Some(1000),
-        ..Default::default()
-    };
-    match req.get("BackupJobId") {
-        Some(j) => {
-            f.task_id = Some(
-                j.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| RpcError::invalid("BackupJobId", "expected a backup job id"))?,
-            )
-        }
-        None => {
-            f.states = TaskState::ALL
-                .into_iter()
-                .filter(|s| s.is_active())
-                .collect()
-        }
-    }
+    let f = backup_task_filter(req, inst)?;
     let mode = match req.get("BackupMode") {
         Some(m) => Some(
             mode_of(m)
@@ -112,27 +89,12 @@ async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response,
             "only physical backups are supported for this instance",
         ));
     }
-    match svc
-        .start_backup(
-            &req.principal,
-            &inst,
-            TaskMode::Manual,
-            req.get("ClientToken").map(str::to_string),
-        )
-        .await
-    {
-        // The set a task produces gets the task's id (see the catalog).
-        Ok(t) => Ok(ok_response(
-            json!({"BackupJobId": t.id.to_string(), "BackupId": t.id.to_string()}),
-            &req.request_id,
-        )),
-        Err(e) if e.kind == ErrorKind::InstanceBusy => Err(RpcError::new(
-            StatusCode::FORBIDDEN,
-            "IncorrectDBInstanceState",
-            e.message,
-        )),
-        Err(e) => Err(e.into()),
-    }
+    let t = start_manual_backup(svc, req, &inst, "IncorrectDBInstanceState").await?;
+    // The set a task produces gets the task's id (see the catalog).
+    Ok(ok_response(
+        json!({"BackupJobId": t.id.to_string(), "BackupId": t.id.to_string()}),
+        &req.request_id,
+    ))
 }
 
 #[cfg(test)]

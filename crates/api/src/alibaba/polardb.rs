@@ -1,15 +1,17 @@
 //! PolarDB (2017-08-01): clusters instead of instances (spec §9.3).
 
 use super::rds::{mode_of, rds_status};
-use super::rpc::{RpcError, RpcRequest, ok_response, owned_instance};
+use super::rpc::{
+    RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
+};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use stowage_catalog::{BackupTask, TaskFilter};
+use stowage_catalog::BackupTask;
+use stowage_core::TaskMode;
 use stowage_core::time::format_rfc3339;
-use stowage_core::{Progress, TaskMode, TaskState};
-use stowage_service::{ErrorKind, Service};
+use stowage_service::Service;
 
 fn cluster_not_found(id: &str) -> RpcError {
     // The seed page pairs this code with HTTP 400.
@@ -33,12 +35,7 @@ pub async fn dispatch(svc: &Arc<Service>, req: &RpcRequest) -> Option<Result<Res
 }
 
 fn job_json(t: &BackupTask) -> Value {
-    let pct = Progress {
-        bytes_done: t.bytes_done,
-        bytes_total: t.bytes_total,
-        bytes_stored: t.bytes_stored,
-    }
-    .percent(t.state == TaskState::Finished);
+    let pct = stowage_service::percent(t);
     // Strings, as the product's own example sends them.
     json!({
         "BackupJobId": t.id.to_string(),
@@ -62,27 +59,7 @@ async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Respon
         })?),
         None => None,
     };
-    let mut f = TaskFilter {
-        instance_id: Some(cluster),
-        limit: Some(1000),
-        ..Default::default()
-    };
-    match req.get("BackupJobId") {
-        Some(j) => {
-            f.task_id = Some(
-                j.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| RpcError::invalid("BackupJobId", "expected a backup job id"))?,
-            )
-        }
-        None => {
-            f.states = TaskState::ALL
-                .into_iter()
-                .filter(|s| s.is_active())
-                .collect()
-        }
-    }
+    let f = backup_task_filter(req, cluster)?;
     let tasks = svc.list_tasks(&req.principal, &f).await?;
     let jobs: Vec<Value> = tasks
         .iter()
@@ -97,20 +74,9 @@ async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Respon
 
 async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response, RpcError> {
     let cluster = cluster_id(svc, req).await?;
-    let token = req.get("ClientToken").map(str::to_string);
-    match svc
-        .start_backup(&req.principal, &cluster, TaskMode::Manual, token)
-        .await
-    {
-        Ok(t) => Ok(ok_response(
-            json!({"BackupJobId": t.id.to_string()}),
-            &req.request_id,
-        )),
-        Err(e) if e.kind == ErrorKind::InstanceBusy => Err(RpcError::new(
-            StatusCode::FORBIDDEN,
-            "OperationDenied.DBClusterStatus",
-            e.message,
-        )),
-        Err(e) => Err(e.into()),
-    }
+    let t = start_manual_backup(svc, req, &cluster, "OperationDenied.DBClusterStatus").await?;
+    Ok(ok_response(
+        json!({"BackupJobId": t.id.to_string()}),
+        &req.request_id,
+    ))
 }

@@ -1,12 +1,12 @@
 //! ApsaraDB RDS (2014-08-15): backup tasks (spec §9.1).
 
-use super::rpc::{RpcError, RpcRequest, ok_response};
+use super::rpc::{RpcError, RpcRequest, ok_response, start_manual_backup};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use stowage_catalog::{BackupSet, BackupTask, TaskFilter};
 use stowage_core::time::{format_rfc3339, parse_rfc3339};
-use stowage_core::{Progress, TaskMode, TaskState};
+use stowage_core::{TaskMode, TaskState};
 use stowage_service::{ErrorKind, Service};
 
 /// The rds view of the one task state machine: (BackupStatus,
@@ -46,12 +46,7 @@ pub(super) fn mode_of(v: &str) -> Option<TaskMode> {
 
 fn job_json(t: &BackupTask) -> Value {
     let (status, progress_status) = rds_status(t.state);
-    let pct = Progress {
-        bytes_done: t.bytes_done,
-        bytes_total: t.bytes_total,
-        bytes_stored: t.bytes_stored,
-    }
-    .percent(t.state == TaskState::Finished);
+    let pct = stowage_service::percent(t);
     let mut j = json!({
         // A number, as the product's own JSON examples show (spec §8).
         "BackupJobId": t.id,
@@ -170,22 +165,11 @@ async fn create_backup(
             "expected db or instance",
         ));
     }
-    let token = req.get("ClientToken").map(str::to_string);
-    match svc
-        .start_backup(&req.principal, &inst, TaskMode::Manual, token)
-        .await
-    {
-        Ok(t) => Ok(ok_response(
-            json!({"BackupJobId": t.id.to_string()}),
-            &req.request_id,
-        )),
-        Err(e) if e.kind == ErrorKind::InstanceBusy => Err(RpcError::new(
-            StatusCode::FORBIDDEN,
-            "IncorrectDBInstanceState",
-            e.message,
-        )),
-        Err(e) => Err(e.into()),
-    }
+    let t = start_manual_backup(svc, req, &inst, "IncorrectDBInstanceState").await?;
+    Ok(ok_response(
+        json!({"BackupJobId": t.id.to_string()}),
+        &req.request_id,
+    ))
 }
 
 fn backup_json(s: &BackupSet) -> Value {

@@ -188,6 +188,62 @@ impl Default for RpcConfig {
     }
 }
 
+/// The task filter of every product's DescribeBackupTasks: the task named
+/// by `BackupJobId` in any state, otherwise the tasks not finished yet.
+pub fn backup_task_filter(
+    req: &RpcRequest,
+    instance: String,
+) -> Result<stowage_catalog::TaskFilter, RpcError> {
+    let mut f = stowage_catalog::TaskFilter {
+        instance_id: Some(instance),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    match req.get("BackupJobId") {
+        Some(j) => {
+            f.task_id = Some(
+                j.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| RpcError::invalid("BackupJobId", "expected a backup job id"))?,
+            )
+        }
+        None => {
+            f.states = stowage_core::TaskState::ALL
+                .into_iter()
+                .filter(|s| s.is_active())
+                .collect()
+        }
+    }
+    Ok(f)
+}
+
+/// Every product's CreateBackup: a manual backup, `ClientToken` for
+/// idempotency, `busy` as the error code while another backup runs.
+pub async fn start_manual_backup(
+    svc: &Arc<Service>,
+    req: &RpcRequest,
+    instance: &str,
+    busy: &str,
+) -> Result<stowage_catalog::BackupTask, RpcError> {
+    let token = req.get("ClientToken").map(str::to_string);
+    match svc
+        .start_backup(
+            &req.principal,
+            instance,
+            stowage_core::TaskMode::Manual,
+            token,
+        )
+        .await
+    {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind == ErrorKind::InstanceBusy => {
+            Err(RpcError::new(StatusCode::FORBIDDEN, busy, e.message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub struct RpcState {
     pub svc: Arc<Service>,
     nonces: Mutex<sig::NonceCache>,

@@ -341,7 +341,12 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
         tracing::info!("listening on http://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let rpc = stowage_api::alibaba::RpcConfig { rate_per_key: a.rate_per_key };
-        stowage_api::serve(listener, svc, rpc, shutdown_signal()).await.map_err(|e| e.to_string())
+        stowage_api::serve(listener, svc.clone(), rpc, shutdown_signal()).await.map_err(|e| e.to_string())?;
+        let left = svc.shutdown(std::time::Duration::from_secs(30)).await;
+        if left > 0 {
+            tracing::warn!(count = left, "tasks still running at shutdown; they are marked failed at the next start");
+        }
+        Ok::<(), String>(())
     });
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -123,6 +123,9 @@ pub struct Service {
     node: String,
     live_tasks: Mutex<HashMap<i64, Arc<LiveTask>>>,
     live_jobs: Mutex<HashMap<i64, Arc<LiveTask>>>,
+    /// Set by [`Service::shutdown`]: new work is refused, running work is
+    /// cancelled with this as the reason.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -189,6 +192,7 @@ impl Service {
             node: cfg.node.clone(),
             live_tasks: Default::default(),
             live_jobs: Default::default(),
+            shutting_down: Default::default(),
         });
         let admin_credentials_file = svc.ensure_admin(dd).await?;
         Ok((
@@ -534,6 +538,12 @@ impl Service {
                 "client token: 1 to 64 ASCII characters",
             ));
         }
+        if self.is_shutting_down() {
+            return Err(ServiceError::new(
+                ErrorKind::InvalidState,
+                "the server is shutting down",
+            ));
+        }
         let i = self.instance(p, instance).await?;
         let task = self
             .catalog
@@ -815,6 +825,34 @@ impl Service {
     /// Number of tasks and jobs running on this node.
     pub fn running(&self) -> usize {
         self.live_tasks.lock().expect("lock").len() + self.live_jobs.lock().expect("lock").len()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stops cleanly: cancels every running task and job (a task already
+    /// finishing completes) and waits up to `grace` for each to record how
+    /// it ended. Returns how many were still running at the deadline (those
+    /// are marked failed at the next start).
+    pub async fn shutdown(&self, grace: std::time::Duration) -> usize {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        for l in self
+            .live_tasks
+            .lock()
+            .expect("lock")
+            .values()
+            .chain(self.live_jobs.lock().expect("lock").values())
+        {
+            l.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.running()
     }
 }
 

@@ -139,7 +139,9 @@ async fn fail(svc: &Service, t: Target, persisted: TaskState, e: &EngineError) {
     } else {
         TaskState::Failed
     };
-    let msg = if e.kind == ErrorKind::Cancelled {
+    let msg = if e.kind == ErrorKind::Cancelled && svc.is_shutting_down() {
+        "cancelled: the server was shut down".to_string()
+    } else if e.kind == ErrorKind::Cancelled {
         "cancelled by request".to_string()
     } else {
         e.message.clone()

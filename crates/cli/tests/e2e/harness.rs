@@ -65,6 +65,24 @@ impl Stowage {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Stops the server with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stowage_testkit::signal(c.id(), "TERM");
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(60) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            panic!(
+                "stowage did not stop within 60 s of SIGTERM: {}",
+                self.log()
+            );
+        }
+    }
+
     /// Kills the server with SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

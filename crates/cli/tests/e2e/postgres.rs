@@ -413,3 +413,29 @@ fn concurrent_backups_and_cancel() {
         2
     );
 }
+
+/// SIGTERM while a backup runs: the server cancels it, records why, and
+/// exits; after a restart the task reads `cancelled`, not `interrupted`.
+#[test]
+fn graceful_stop_cancels_running_backups() {
+    let work = tempfile::tempdir().unwrap();
+    let pg = PgServer::start(PgOptions::default());
+    assert!(
+        pg.pgbench(&["-i", "-q", "-s", "3", "postgres"])
+            .status
+            .success()
+    );
+    let dd = work.path().join("stowage");
+    let mut s = Stowage::start(&dd);
+    add_instance(&s, "slow", &pg, &["--max-rate-kbps", "4096"]);
+    let id = s.json(&["backup", "slow"])["id"].as_i64().unwrap();
+    s.wait_task(id, "running", |v| v["state"] == "running");
+    s.stop();
+    assert!(s.log().contains("shutting down"), "{}", s.log());
+    let s = Stowage::start(&dd);
+    let v = s.json(&["task", "show", &id.to_string()]);
+    assert_eq!(v["state"], "cancelled", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("shut down"), "{v}");
+    assert!(s.ok(&["verify"]).contains("repository OK"));
+    assert!(s.ok(&["backup", "slow", "--wait"]).contains("backup set"));
+}

@@ -340,7 +340,6 @@ impl Engine for PostgresPhysical {
             w.end_file()?;
         }
         c.close();
-        let _ = slot;
         let stop_lsn = end.first().cloned().flatten().unwrap_or_default();
         let consistent_point = serde_json::json!({
             "start_lsn": start.first().cloned().flatten(),
@@ -358,6 +357,8 @@ impl Engine for PostgresPhysical {
                 "stop_lsn": end.first().cloned().flatten(),
                 "tablespaces": tablespaces,
                 "wal_included": true,
+                // The temporary slot (dropped with the connection) kept the WAL from being recycled.
+                "wal_reserved_by_slot": slot.is_some(),
                 "stale_wal_pages_zeroed": stale_wal_pages,
                 "label": label,
             }),

@@ -152,6 +152,18 @@ impl PgServer {
         Self::start_on(dir, data, opts)
     }
 
+    /// Starts a server with default options and pgbench data of `scale`.
+    pub fn with_pgbench(scale: u32) -> PgServer {
+        let pg = PgServer::start(PgOptions::default());
+        let o = pg.pgbench(&["-i", "-q", "-s", &scale.to_string(), "postgres"]);
+        assert!(
+            o.status.success(),
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        pg
+    }
+
     /// Starts a server on an existing data directory (e.g. a restored one).
     pub fn start_existing(data: &Path, opts: PgOptions) -> PgServer {
         let dir = tempfile::Builder::new()

@@ -40,9 +40,7 @@ fn add_instance(s: &Stowage, name: &str, pg: &PgServer, extra: &[&str]) -> Strin
 #[test]
 fn consistent_backup_under_load_restores() {
     let work = tempfile::tempdir().unwrap();
-    let pg = PgServer::start(PgOptions::default());
-    let o = pg.pgbench(&["-i", "-q", "-s", "4", "postgres"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pg = PgServer::with_pgbench(4);
     let s = Stowage::start(&work.path().join("stowage"));
     let id = add_instance(&s, "loaded", &pg, &[]);
     assert!(id.starts_with("rm-") && id.len() == 19, "{id}");
@@ -124,12 +122,7 @@ fn consistent_backup_under_load_restores() {
 #[test]
 fn crash_mid_backup_leaves_a_failed_task_and_a_sound_repository() {
     let work = tempfile::tempdir().unwrap();
-    let pg = PgServer::start(PgOptions::default());
-    assert!(
-        pg.pgbench(&["-i", "-q", "-s", "3", "postgres"])
-            .status
-            .success()
-    );
+    let pg = PgServer::with_pgbench(3);
     let dd = work.path().join("stowage");
     let mut s = Stowage::start(&dd);
     add_instance(&s, "slow", &pg, &["--max-rate-kbps", "4096"]);
@@ -299,12 +292,7 @@ fn bad_input_gets_clear_errors_and_corrupts_nothing() {
 #[test]
 fn unchanged_database_dedups() {
     let work = tempfile::tempdir().unwrap();
-    let pg = PgServer::start(PgOptions::default());
-    assert!(
-        pg.pgbench(&["-i", "-q", "-s", "2", "postgres"])
-            .status
-            .success()
-    );
+    let pg = PgServer::with_pgbench(2);
     pg.psql("CHECKPOINT");
     let s = Stowage::start(&work.path().join("stowage"));
     add_instance(&s, "same", &pg, &[]);
@@ -334,12 +322,7 @@ fn unchanged_database_dedups() {
 #[test]
 fn database_stopped_mid_backup_fails_the_task_clearly() {
     let work = tempfile::tempdir().unwrap();
-    let mut pg = PgServer::start(PgOptions::default());
-    assert!(
-        pg.pgbench(&["-i", "-q", "-s", "3", "postgres"])
-            .status
-            .success()
-    );
+    let mut pg = PgServer::with_pgbench(3);
     let s = Stowage::start(&work.path().join("stowage"));
     add_instance(&s, "fragile", &pg, &["--max-rate-kbps", "4096"]);
     let id = s.json(&["backup", "fragile"])["id"].as_i64().unwrap();
@@ -366,18 +349,8 @@ fn database_stopped_mid_backup_fails_the_task_clearly() {
 #[test]
 fn concurrent_backups_and_cancel() {
     let work = tempfile::tempdir().unwrap();
-    let a = PgServer::start(PgOptions::default());
-    let b = PgServer::start(PgOptions::default());
-    assert!(
-        a.pgbench(&["-i", "-q", "-s", "2", "postgres"])
-            .status
-            .success()
-    );
-    assert!(
-        b.pgbench(&["-i", "-q", "-s", "2", "postgres"])
-            .status
-            .success()
-    );
+    let a = PgServer::with_pgbench(2);
+    let b = PgServer::with_pgbench(2);
     let s = Stowage::start(&work.path().join("stowage"));
     add_instance(&s, "a", &a, &["--max-rate-kbps", "8192"]);
     add_instance(&s, "b", &b, &["--max-rate-kbps", "8192"]);
@@ -419,12 +392,7 @@ fn concurrent_backups_and_cancel() {
 #[test]
 fn graceful_stop_cancels_running_backups() {
     let work = tempfile::tempdir().unwrap();
-    let pg = PgServer::start(PgOptions::default());
-    assert!(
-        pg.pgbench(&["-i", "-q", "-s", "3", "postgres"])
-            .status
-            .success()
-    );
+    let pg = PgServer::with_pgbench(3);
     let dd = work.path().join("stowage");
     let mut s = Stowage::start(&dd);
     add_instance(&s, "slow", &pg, &["--max-rate-kbps", "4096"]);

@@ -5,7 +5,7 @@
 use crate::harness::Stowage;
 use std::path::PathBuf;
 use std::process::Command;
-use stowage_testkit::{PgOptions, PgServer};
+use stowage_testkit::PgServer;
 
 const PACKAGES: &[&str] = &[
     "alibabacloud-rds20140815",
@@ -71,12 +71,7 @@ fn run_script(v: &std::path::Path, s: &Stowage, script: &str, env: &[(&str, &str
 fn alibaba_sdks_drive_real_backups() {
     let v = venv();
     let work = tempfile::tempdir().unwrap();
-    let pg = PgServer::start(PgOptions::default());
-    assert!(
-        pg.pgbench(&["-i", "-q", "-s", "2", "postgres"])
-            .status
-            .success()
-    );
+    let pg = PgServer::with_pgbench(2);
     let s = Stowage::start(&work.path().join("stowage"));
     let port = pg.port.to_string();
     // Each instance is throttled so that the SDKs see its tasks move

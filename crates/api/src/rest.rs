@@ -180,6 +180,7 @@ pub fn task_json(t: &BackupTask) -> Value {
         "updated_at": ts(Some(t.updated_ms)),
         "duration_ms": t.finished_ms.map(|f| f - t.created_ms),
         "consistent_point": t.consistent_point,
+        "scheduled_for": ts(t.scheduled_ms),
         "error": t.error,
         "set_id": t.set_id,
     })
@@ -235,7 +236,11 @@ pub fn router(svc: Svc) -> Router {
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/v1/sets", get(list_sets))
-        .route("/v1/sets/{id}", get(get_set).delete(delete_set))
+        .route(
+            "/v1/sets/{id}",
+            get(get_set).delete(delete_set).patch(patch_set),
+        )
+        .route("/v1/instances/{id}/policy", get(get_policy).put(put_policy))
         .route("/v1/sets/{id}/manifest", get(set_manifest))
         .route("/v1/sets/{id}/restore", post(restore_set))
         .route("/v1/jobs", get(list_jobs))
@@ -492,6 +497,98 @@ async fn delete_set(
 ) -> ApiResult<StatusCode> {
     svc.delete_set(&p, parse_id(&id, "set")?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `{"expires_at": "<RFC 3339>"}` or `{"expires_at": null}` (kept until deleted).
+async fn patch_set(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(b): Body<serde_json::Map<String, Value>>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&id, "set")?;
+    if let Some(k) = b.keys().find(|k| *k != "expires_at") {
+        return Err(invalid(format!("unknown field {k:?}; expected expires_at")));
+    }
+    let expires = match b.get("expires_at") {
+        None => {
+            return Err(invalid(
+                "expected {\"expires_at\": \"<RFC 3339 time>\" | null}",
+            ));
+        }
+        Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(
+            stowage_core::time::parse_rfc3339(t)
+                .ok_or_else(|| invalid(format!("expires_at: not an RFC 3339 time: {t:?}")))?,
+        ),
+        Some(_) => {
+            return Err(invalid(
+                "expires_at must be an RFC 3339 time string or null",
+            ));
+        }
+    };
+    Ok(Json(set_json(&svc.set_expiry(&p, id, expires).await?)))
+}
+
+pub fn policy_json(instance: &str, sp: &stowage_catalog::StoredPolicy) -> Value {
+    let p = &sp.policy;
+    json!({
+        "instance_id": instance,
+        "enabled": p.enabled,
+        "window": p.window.to_string(),
+        "weekdays": p.weekdays.to_string(),
+        "retention_days": p.retention_days,
+        "next_backup_at": p.occurrence(stowage_service::now_ms()).map(|o| stowage_core::time::format_rfc3339(o.start_ms)),
+        "product_fields": sp.extra,
+        "updated_at": ts(Some(sp.updated_ms)),
+    })
+}
+
+async fn get_policy(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let i = svc.instance(&p, &id).await?;
+    Ok(Json(policy_json(&i.id, &svc.policy(&p, &i.id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    enabled: Option<bool>,
+    /// `HH:mmZ-HH:mmZ`, UTC.
+    window: Option<String>,
+    /// `Monday,Wednesday,…`
+    weekdays: Option<String>,
+    retention_days: Option<u32>,
+}
+
+async fn put_policy(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(b): Body<PolicyBody>,
+) -> ApiResult<Json<Value>> {
+    let bad = |f: &str, e: stowage_core::PolicyError| invalid(format!("{f}: {e}"));
+    let u = stowage_service::PolicyUpdate {
+        enabled: b.enabled,
+        window: b
+            .window
+            .map(|w| stowage_core::Window::parse(&w).map_err(|e| bad("window", e)))
+            .transpose()?,
+        weekdays: b
+            .weekdays
+            .map(|w| stowage_core::Weekdays::parse(&w).map_err(|e| bad("weekdays", e)))
+            .transpose()?,
+        retention_days: b.retention_days,
+        extra: Default::default(),
+    };
+    let i = svc.instance(&p, &id).await?;
+    Ok(Json(policy_json(
+        &i.id,
+        &svc.set_policy(&p, &i.id, u).await?,
+    )))
 }
 
 #[derive(Deserialize)]

@@ -116,6 +116,49 @@ pub trait Catalog: Send + Sync + 'static {
         instance_id: Option<&str>,
     ) -> CatalogResult<Vec<BackupSet>>;
     async fn delete_backup_set(&self, account_id: &str, id: i64) -> CatalogResult<()>;
+    /// Sets a set's expiry explicitly (`None`: never); a later policy change
+    /// leaves it alone.
+    async fn pin_backup_set_expiry(
+        &self,
+        account_id: &str,
+        id: i64,
+        expires_ms: Option<i64>,
+    ) -> CatalogResult<BackupSet>;
+    /// Every set (of any account) of the instances that have at least one
+    /// set expired at `now_ms`: what retention plans over.
+    async fn sets_of_instances_with_expired(&self, now_ms: i64) -> CatalogResult<Vec<BackupSet>>;
+
+    // backup policies and the scheduler
+    async fn backup_policy(
+        &self,
+        account_id: &str,
+        instance_id: &str,
+    ) -> CatalogResult<Option<StoredPolicy>>;
+    /// Stores a policy and, in the same transaction, gives every set of the
+    /// instance whose expiry was not pinned the expiry the new retention
+    /// implies.
+    async fn put_backup_policy(
+        &self,
+        account_id: &str,
+        instance_id: &str,
+        p: &StoredPolicy,
+    ) -> CatalogResult<()>;
+    /// Every instance of every account, with its stored policy if any.
+    async fn instance_policies(&self) -> CatalogResult<Vec<InstancePolicy>>;
+    /// Unclaimed scheduled tasks whose window has started.
+    async fn due_scheduled_tasks(&self, now_ms: i64) -> CatalogResult<Vec<BackupTask>>;
+    /// Gives a scheduled task the instance's active slot and this node;
+    /// `InstanceBusy` while another backup of the instance is active.
+    async fn claim_scheduled_task(&self, id: i64, node: &str, now_ms: i64) -> CatalogResult<()>;
+    /// Cancels the unclaimed scheduled tasks of an instance, except the one
+    /// for window `keep_ms`; they no longer count for their window.
+    async fn drop_scheduled_tasks(
+        &self,
+        instance_id: &str,
+        keep_ms: Option<i64>,
+        reason: &str,
+        now_ms: i64,
+    ) -> CatalogResult<u64>;
 
     // jobs (restore, verify, gc)
     async fn create_job(

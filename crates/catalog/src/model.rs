@@ -58,6 +58,8 @@ pub struct BackupTask {
     pub set_id: Option<i64>,
     pub node: Option<String>,
     pub client_token: Option<String>,
+    /// For an automated task: the start of the window it belongs to.
+    pub scheduled_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -114,6 +116,8 @@ pub struct NewTask {
     pub method: String,
     pub client_token: Option<String>,
     pub node: Option<String>,
+    /// Set for an automated task created ahead of its window.
+    pub scheduled_ms: Option<i64>,
 }
 
 /// What a finished backup produced.
@@ -129,4 +133,22 @@ pub struct NewSet {
     pub consistent_point: Option<serde_json::Value>,
     pub meta: serde_json::Value,
     pub expires_ms: Option<i64>,
+}
+
+/// An instance's backup policy as stored, with the product fields Stowage
+/// keeps and returns without acting on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPolicy {
+    pub policy: stowage_core::BackupPolicy,
+    /// Field name → value as the client sent it.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub updated_ms: i64,
+}
+
+/// An instance and its policy (`None`: the default), for the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstancePolicy {
+    pub instance_id: String,
+    pub account_id: String,
+    pub policy: Option<StoredPolicy>,
 }

@@ -17,7 +17,10 @@ use std::time::Duration;
 use stowage_core::{Progress, TaskKind, TaskMode, TaskState};
 
 /// Schema migrations, applied in order; each runs once, in a transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_policies.sql")),
+];
 
 pub struct SqliteCatalog {
     pool: SqlitePool,
@@ -99,6 +102,7 @@ fn task_from_row(r: &SqliteRow) -> CatalogResult<BackupTask> {
         set_id: r.try_get("set_id")?,
         node: r.try_get("node")?,
         client_token: r.try_get("client_token")?,
+        scheduled_ms: r.try_get("scheduled_ms")?,
     })
 }
 
@@ -155,6 +159,25 @@ fn instance_from_row(r: &SqliteRow) -> CatalogResult<Instance> {
         dbname: r.try_get("dbname")?,
         options: json_opt(r.try_get("options")?).unwrap_or(serde_json::Value::Null),
         created_ms: r.try_get("created_ms")?,
+    })
+}
+
+fn policy_from_row(r: &SqliteRow) -> CatalogResult<StoredPolicy> {
+    let window: String = r.try_get("window")?;
+    let weekdays: String = r.try_get("weekdays")?;
+    let extra = match json_opt(r.try_get("extra")?) {
+        Some(serde_json::Value::Object(m)) => m,
+        _ => Default::default(),
+    };
+    Ok(StoredPolicy {
+        policy: stowage_core::BackupPolicy {
+            enabled: r.try_get("enabled")?,
+            window: stowage_core::Window::parse(&window).map_err(bad_row)?,
+            weekdays: stowage_core::Weekdays::parse(&weekdays).map_err(bad_row)?,
+            retention_days: r.try_get::<i64, _>("retention_days")? as u32,
+        },
+        extra,
+        updated_ms: r.try_get("updated_ms")?,
     })
 }
 
@@ -360,6 +383,19 @@ impl Catalog for SqliteCatalog {
         if busy.is_some() {
             return Err(CatalogError::InstanceBusy(id.into()));
         }
+        sqlx::query("DELETE FROM backup_policies WHERE account_id = ? AND instance_id = ?")
+            .bind(account_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE backup_tasks SET state = 'cancelled', error = 'the instance was removed', scheduled_ms = NULL
+             WHERE account_id = ? AND instance_id = ? AND state = 'pending' AND active IS NULL",
+        )
+        .bind(account_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let n = sqlx::query("DELETE FROM instances WHERE account_id = ? AND id = ?")
             .bind(account_id)
             .bind(id)
@@ -388,21 +424,30 @@ impl Catalog for SqliteCatalog {
             }
         }
         let res = sqlx::query(
-            "INSERT INTO backup_tasks (account_id, instance_id, mode, method, state, active, created_ms, updated_ms, node, client_token)
-             VALUES (?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?)",
+            "INSERT INTO backup_tasks (account_id, instance_id, mode, method, state, active, created_ms, updated_ms, node, client_token, scheduled_ms)
+             VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.account_id)
         .bind(&t.instance_id)
         .bind(t.mode.as_str())
         .bind(&t.method)
+        // A scheduled task takes the instance's active slot only when claimed.
+        .bind(if t.scheduled_ms.is_some() { None } else { Some(1) })
         .bind(now_ms)
         .bind(now_ms)
         .bind(&t.node)
         .bind(&t.client_token)
+        .bind(t.scheduled_ms)
         .execute(&mut *tx)
         .await;
         let id = match res {
             Ok(r) => r.last_insert_rowid(),
+            Err(e) if is_unique_violation(&e) && t.scheduled_ms.is_some() => {
+                return Err(CatalogError::Conflict(format!(
+                    "instance {} already has a task for this window",
+                    t.instance_id
+                )));
+            }
             Err(e) if is_unique_violation(&e) => {
                 return Err(CatalogError::InstanceBusy(t.instance_id.clone()));
             }
@@ -490,7 +535,14 @@ impl Catalog for SqliteCatalog {
         .bind(u.consistent_point.map(|v| v.to_string()))
         .bind(id)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                CatalogError::InstanceBusy(cur.instance_id.clone())
+            } else {
+                e.into()
+            }
+        })?;
         let t = task_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(t)
@@ -639,6 +691,172 @@ impl Catalog for SqliteCatalog {
             return Err(CatalogError::NotFound(format!("backup set {id}")));
         }
         Ok(())
+    }
+
+    async fn pin_backup_set_expiry(
+        &self,
+        account_id: &str,
+        id: i64,
+        expires_ms: Option<i64>,
+    ) -> CatalogResult<BackupSet> {
+        let r = sqlx::query(
+            "UPDATE backup_sets SET expires_ms = ?, expiry_pinned = 1 WHERE account_id = ? AND id = ? RETURNING *",
+        )
+        .bind(expires_ms)
+        .bind(account_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| CatalogError::NotFound(format!("backup set {id}")))?;
+        set_from_row(&r)
+    }
+
+    async fn sets_of_instances_with_expired(&self, now_ms: i64) -> CatalogResult<Vec<BackupSet>> {
+        let rows = sqlx::query(
+            "SELECT * FROM backup_sets WHERE instance_id IN
+               (SELECT instance_id FROM backup_sets WHERE expires_ms <= ?)
+             ORDER BY instance_id, id",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(set_from_row).collect()
+    }
+
+    async fn backup_policy(
+        &self,
+        account_id: &str,
+        instance_id: &str,
+    ) -> CatalogResult<Option<StoredPolicy>> {
+        let r =
+            sqlx::query("SELECT * FROM backup_policies WHERE account_id = ? AND instance_id = ?")
+                .bind(account_id)
+                .bind(instance_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        r.as_ref().map(policy_from_row).transpose()
+    }
+
+    async fn put_backup_policy(
+        &self,
+        account_id: &str,
+        instance_id: &str,
+        p: &StoredPolicy,
+    ) -> CatalogResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let owned: Option<String> =
+            sqlx::query_scalar("SELECT id FROM instances WHERE account_id = ? AND id = ?")
+                .bind(account_id)
+                .bind(instance_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if owned.is_none() {
+            return Err(CatalogError::NotFound(format!("instance {instance_id}")));
+        }
+        sqlx::query(
+            "INSERT INTO backup_policies (instance_id, account_id, enabled, window, weekdays, retention_days, extra, updated_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (instance_id) DO UPDATE SET enabled = excluded.enabled, window = excluded.window,
+               weekdays = excluded.weekdays, retention_days = excluded.retention_days,
+               extra = excluded.extra, updated_ms = excluded.updated_ms",
+        )
+        .bind(instance_id)
+        .bind(account_id)
+        .bind(p.policy.enabled)
+        .bind(p.policy.window.to_string())
+        .bind(p.policy.weekdays.to_string())
+        .bind(p.policy.retention_days as i64)
+        .bind(serde_json::Value::Object(p.extra.clone()).to_string())
+        .bind(p.updated_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE backup_sets SET expires_ms = finished_ms + ? WHERE instance_id = ? AND expiry_pinned = 0",
+        )
+        .bind(p.policy.retention_days as i64 * stowage_core::time::MS_PER_DAY)
+        .bind(instance_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn instance_policies(&self) -> CatalogResult<Vec<InstancePolicy>> {
+        let rows = sqlx::query(
+            "SELECT i.id AS iid, i.account_id AS iacc, p.* FROM instances i
+             LEFT JOIN backup_policies p ON p.instance_id = i.id ORDER BY i.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let has: Option<String> = r.try_get("instance_id")?;
+                Ok(InstancePolicy {
+                    instance_id: r.try_get("iid")?,
+                    account_id: r.try_get("iacc")?,
+                    policy: match has {
+                        Some(_) => Some(policy_from_row(r)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn due_scheduled_tasks(&self, now_ms: i64) -> CatalogResult<Vec<BackupTask>> {
+        let rows = sqlx::query(
+            "SELECT * FROM backup_tasks WHERE state = 'pending' AND active IS NULL AND scheduled_ms <= ?
+             ORDER BY scheduled_ms, id",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn claim_scheduled_task(&self, id: i64, node: &str, now_ms: i64) -> CatalogResult<()> {
+        let res = sqlx::query(
+            "UPDATE backup_tasks SET active = 1, node = ?, updated_ms = ?
+             WHERE id = ? AND state = 'pending' AND active IS NULL",
+        )
+        .bind(node)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(r) if r.rows_affected() == 1 => Ok(()),
+            Ok(_) => Err(CatalogError::Conflict(format!(
+                "backup task {id} is no longer waiting for its window"
+            ))),
+            Err(e) if is_unique_violation(&e) => {
+                Err(CatalogError::InstanceBusy(format!("of task {id}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn drop_scheduled_tasks(
+        &self,
+        instance_id: &str,
+        keep_ms: Option<i64>,
+        reason: &str,
+        now_ms: i64,
+    ) -> CatalogResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE backup_tasks SET state = 'cancelled', error = ?, scheduled_ms = NULL,
+               finished_ms = ?, updated_ms = ?
+             WHERE instance_id = ? AND state = 'pending' AND active IS NULL
+               AND scheduled_ms IS NOT NULL AND scheduled_ms IS NOT ?",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(instance_id)
+        .bind(keep_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn create_job(

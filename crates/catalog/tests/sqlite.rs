@@ -56,6 +56,7 @@ async fn contract(c: &dyn Catalog) {
         method: "physical".into(),
         client_token: None,
         node: Some("n1".into()),
+        scheduled_ms: None,
     };
     let t = c.create_backup_task(&nt, 10).await.unwrap();
     assert_eq!(t.state, TaskState::Pending);
@@ -207,6 +208,238 @@ async fn contract(c: &dyn Catalog) {
         Err(CatalogError::NotFound(_))
     ));
     assert_eq!(c.list_accounts().await.unwrap().len(), 2);
+}
+
+/// Policies, scheduled tasks and expiry.
+async fn contract_schedule(c: &dyn Catalog) {
+    let a = c.create_account("sched", 1).await.unwrap();
+    let other = c.create_account("other", 1).await.unwrap();
+    let inst = "rm-cccccccccccccccc";
+    c.insert_instance(&instance(&a.id, inst, "pg-sched"))
+        .await
+        .unwrap();
+    // No stored policy: the default applies.
+    assert!(c.backup_policy(&a.id, inst).await.unwrap().is_none());
+    let ip = c.instance_policies().await.unwrap();
+    assert!(
+        ip.iter()
+            .any(|p| p.instance_id == inst && p.policy.is_none())
+    );
+    let mut extra = serde_json::Map::new();
+    extra.insert("CompressType".into(), "4".into());
+    let sp = StoredPolicy {
+        policy: stowage_core::BackupPolicy {
+            retention_days: 3,
+            weekdays: stowage_core::Weekdays::parse("Monday,Friday").unwrap(),
+            ..Default::default()
+        },
+        extra,
+        updated_ms: 5,
+    };
+    // Another account cannot set it.
+    assert!(matches!(
+        c.put_backup_policy(&other.id, inst, &sp).await,
+        Err(CatalogError::NotFound(_))
+    ));
+    c.put_backup_policy(&a.id, inst, &sp).await.unwrap();
+    assert_eq!(
+        c.backup_policy(&a.id, inst).await.unwrap(),
+        Some(sp.clone())
+    );
+    assert!(c.backup_policy(&other.id, inst).await.unwrap().is_none());
+
+    // A scheduled task does not hold the active slot until claimed.
+    let sched = NewTask {
+        account_id: a.id.clone(),
+        instance_id: inst.into(),
+        mode: TaskMode::Automated,
+        method: "physical".into(),
+        client_token: None,
+        node: Some("n1".into()),
+        scheduled_ms: Some(1000),
+    };
+    let st = c.create_backup_task(&sched, 900).await.unwrap();
+    assert_eq!(
+        (st.state, st.scheduled_ms),
+        (TaskState::Pending, Some(1000))
+    );
+    assert!(matches!(
+        c.create_backup_task(&sched, 901).await,
+        Err(CatalogError::Conflict(_))
+    ));
+    assert!(c.due_scheduled_tasks(999).await.unwrap().is_empty());
+    let manual = NewTask {
+        mode: TaskMode::Manual,
+        scheduled_ms: None,
+        ..sched.clone()
+    };
+    let m = c.create_backup_task(&manual, 950).await.unwrap();
+    assert_eq!(c.due_scheduled_tasks(1000).await.unwrap()[0].id, st.id);
+    assert!(matches!(
+        c.claim_scheduled_task(st.id, "n1", 1001).await,
+        Err(CatalogError::InstanceBusy(_))
+    ));
+    c.set_backup_task_state(m.id, TaskState::Cancelled, StateUpdate::default(), 1002)
+        .await
+        .unwrap();
+    c.claim_scheduled_task(st.id, "n1", 1003).await.unwrap();
+    assert!(c.due_scheduled_tasks(2000).await.unwrap().is_empty());
+    assert!(matches!(
+        c.create_backup_task(&manual, 1004).await,
+        Err(CatalogError::InstanceBusy(_))
+    ));
+    c.set_backup_task_state(st.id, TaskState::Checking, StateUpdate::default(), 1005)
+        .await
+        .unwrap();
+    // A restart does not touch unclaimed scheduled tasks, only claimed ones.
+    let later = c
+        .create_backup_task(
+            &NewTask {
+                scheduled_ms: Some(5000),
+                ..sched.clone()
+            },
+            1006,
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.fail_interrupted("n1", "restart", 1007).await.unwrap(), 1);
+    assert_eq!(
+        c.backup_task(&a.id, later.id).await.unwrap().unwrap().state,
+        TaskState::Pending
+    );
+    // A policy change drops the tasks of other windows.
+    assert_eq!(
+        c.drop_scheduled_tasks(inst, Some(5000), "policy changed", 1008)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        c.drop_scheduled_tasks(inst, None, "policy changed", 1008)
+            .await
+            .unwrap(),
+        1
+    );
+    let dropped = c.backup_task(&a.id, later.id).await.unwrap().unwrap();
+    assert_eq!(
+        (dropped.state, dropped.scheduled_ms),
+        (TaskState::Cancelled, None)
+    );
+
+    // Expiry: the policy's retention applies to unpinned sets.
+    let mut ids = Vec::new();
+    for (i, fin) in [(0i64, 10_000i64), (1, 20_000)] {
+        let t = c
+            .create_backup_task(
+                &NewTask {
+                    scheduled_ms: None,
+                    ..manual.clone()
+                },
+                fin,
+            )
+            .await
+            .unwrap();
+        for s in [
+            TaskState::Checking,
+            TaskState::Preparing,
+            TaskState::Running,
+            TaskState::Finishing,
+        ] {
+            c.set_backup_task_state(t.id, s, StateUpdate::default(), fin)
+                .await
+                .unwrap();
+        }
+        let (_, set) = c
+            .finish_backup_task(
+                t.id,
+                &NewSet {
+                    snapshot_id: format!("{i:064}"),
+                    engine: "postgresql".into(),
+                    method: "physical".into(),
+                    started_ms: fin - 1,
+                    finished_ms: fin,
+                    bytes_logical: 1,
+                    bytes_stored: 1,
+                    consistent_point: None,
+                    meta: serde_json::json!({}),
+                    expires_ms: Some(fin + 100),
+                },
+                fin,
+            )
+            .await
+            .unwrap();
+        ids.push(set.id);
+    }
+    assert!(
+        c.sets_of_instances_with_expired(10_099)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        c.sets_of_instances_with_expired(10_100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let pinned = c.pin_backup_set_expiry(&a.id, ids[0], None).await.unwrap();
+    assert_eq!(pinned.expires_ms, None);
+    assert!(
+        c.pin_backup_set_expiry(&other.id, ids[0], None)
+            .await
+            .is_err()
+    );
+    c.put_backup_policy(
+        &a.id,
+        inst,
+        &StoredPolicy {
+            policy: stowage_core::BackupPolicy {
+                retention_days: 1,
+                ..sp.policy
+            },
+            ..sp.clone()
+        },
+    )
+    .await
+    .unwrap();
+    let day = stowage_core::time::MS_PER_DAY;
+    assert_eq!(
+        c.backup_set(&a.id, ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_ms,
+        None
+    );
+    assert_eq!(
+        c.backup_set(&a.id, ids[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_ms,
+        Some(20_000 + day)
+    );
+    // Removing the instance drops its policy.
+    c.delete_backup_set(&a.id, ids[0]).await.unwrap();
+    c.delete_backup_set(&a.id, ids[1]).await.unwrap();
+    c.delete_instance(&a.id, inst).await.unwrap();
+    assert!(
+        !c.instance_policies()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.instance_id == inst)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_catalog_schedule_contract() {
+    let d = tempfile::tempdir().unwrap();
+    let c = SqliteCatalog::open(&d.path().join("catalog.db"))
+        .await
+        .unwrap();
+    contract_schedule(&c).await;
 }
 
 #[tokio::test]

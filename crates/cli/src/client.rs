@@ -98,6 +98,16 @@ impl Client {
         })
     }
 
+    /// PUT or PATCH with a JSON body.
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> Result<Value, CallError> {
+        let url = self.url(path);
+        let req = match method {
+            "PUT" => self.agent.put(&url),
+            _ => self.agent.patch(&url),
+        };
+        self.finish(req.header("Authorization", &self.auth).send_json(body))
+    }
+
     pub fn delete(&self, path: &str) -> Result<Value, CallError> {
         self.finish(
             self.agent

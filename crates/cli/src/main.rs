@@ -76,6 +76,9 @@ enum Cmd {
     /// Inspect and delete backup sets.
     #[command(subcommand)]
     Set(SetCmd),
+    /// Show or change an instance's backup policy: when automated backups run and how long sets are kept.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Restore a backup set into an empty folder on the server's machine.
     Restore {
         set_id: i64,
@@ -161,6 +164,12 @@ struct ServeArgs {
     /// Average chunk size in KiB for a NEW repository (min = avg/4, max = avg*4). For benchmarks.
     #[arg(long, hide = true)]
     chunk_avg_kib: Option<u32>,
+    /// Do not run automated backups, expiry or automatic gc (manual operations still work).
+    #[arg(long, env = "STOWAGE_NO_SCHEDULER")]
+    no_scheduler: bool,
+    /// Seconds between two passes of the scheduler.
+    #[arg(long, hide = true, default_value_t = 10)]
+    scheduler_interval_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -235,8 +244,43 @@ enum SetCmd {
         #[arg(long)]
         files: bool,
     },
-    /// Delete a set (its data is reclaimed by `stowage gc`).
+    /// Delete a set (its data is reclaimed by the next gc).
     Delete { id: i64 },
+    /// Change when a set expires (a policy change no longer affects it).
+    Expire {
+        id: i64,
+        /// Expiry time, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
+        #[arg(long, required_unless_present = "never", conflicts_with = "never")]
+        at: Option<String>,
+        /// Keep the set until it is deleted.
+        #[arg(long)]
+        never: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Show the policy (the default until one is set: daily 02:00Z-03:00Z, kept 7 days).
+    Show { instance: String },
+    /// Change the policy; options left out stay as they are.
+    Set {
+        instance: String,
+        /// Daily window for automated backups, UTC: HH:mmZ-HH:mmZ (e.g. 02:00Z-03:00Z).
+        #[arg(long)]
+        window: Option<String>,
+        /// Days automated backups run on, e.g. Monday,Wednesday,Friday.
+        #[arg(long)]
+        weekdays: Option<String>,
+        /// Keep each set this many days after it finished (1 to 7300).
+        #[arg(long)]
+        retention_days: Option<u32>,
+        /// Turn automated backups on.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Turn automated backups off (retention still applies).
+        #[arg(long)]
+        disable: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -338,6 +382,11 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
             tracing::warn!(count = boot.interrupted_tasks, "tasks interrupted by the last shutdown were marked failed");
         }
         tracing::info!(data_dir = %data_dir.display(), repository = %boot.repository, "stowage ready");
+        if a.no_scheduler {
+            tracing::info!("scheduler off: no automated backups, expiry or automatic gc");
+        } else {
+            svc.spawn_scheduler(std::time::Duration::from_secs(a.scheduler_interval_secs.max(1)));
+        }
         let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
         tracing::info!("listening on http://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let rpc = stowage_api::alibaba::RpcConfig { rate_per_key: a.rate_per_key };
@@ -684,10 +733,76 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             SetCmd::Delete { id } => {
                 c.delete(&format!("/v1/sets/{id}"))?;
                 if !json {
-                    println!("deleted backup set {id}; run `stowage gc` to reclaim its space");
+                    println!(
+                        "deleted backup set {id}; its space is reclaimed by the next gc (automatic, or `stowage gc`)"
+                    );
+                }
+            }
+            SetCmd::Expire { id, at, never } => {
+                let body = json!({"expires_at": if never { None } else { at }});
+                let v = c.send("PATCH", &format!("/v1/sets/{id}"), &body)?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!(
+                        "backup set {id} expires: {}",
+                        v["expires_at"].as_str().unwrap_or("never")
+                    );
                 }
             }
         },
+        Cmd::Policy(pc) => {
+            let (instance, v) = match pc {
+                PolicyCmd::Show { instance } => {
+                    let v = c.get(&format!("/v1/instances/{}/policy", enc(&instance)))?;
+                    (instance, v)
+                }
+                PolicyCmd::Set {
+                    instance,
+                    window,
+                    weekdays,
+                    retention_days,
+                    enable,
+                    disable,
+                } => {
+                    let mut b = serde_json::Map::new();
+                    if let Some(w) = window {
+                        b.insert("window".into(), w.into());
+                    }
+                    if let Some(d) = weekdays {
+                        b.insert("weekdays".into(), d.into());
+                    }
+                    if let Some(r) = retention_days {
+                        b.insert("retention_days".into(), r.into());
+                    }
+                    if enable || disable {
+                        b.insert("enabled".into(), enable.into());
+                    }
+                    let v = c.send(
+                        "PUT",
+                        &format!("/v1/instances/{}/policy", enc(&instance)),
+                        &Value::Object(b),
+                    )?;
+                    (instance, v)
+                }
+            };
+            if json {
+                print_json(&v);
+            } else {
+                println!("instance:        {instance}");
+                println!(
+                    "automated:       {}",
+                    if v["enabled"] == true { "on" } else { "off" }
+                );
+                println!("window (UTC):    {}", s(&v["window"]));
+                println!("weekdays:        {}", s(&v["weekdays"]));
+                println!("retention:       {} days", s(&v["retention_days"]));
+                println!(
+                    "next backup at:  {}",
+                    v["next_backup_at"].as_str().unwrap_or("-")
+                );
+            }
+        }
         Cmd::Restore {
             set_id,
             target,

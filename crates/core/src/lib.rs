@@ -11,11 +11,13 @@ pub mod ids;
 pub mod manifest;
 pub mod progress;
 pub mod retention;
+pub mod schedule;
 pub mod secret;
 pub mod task;
 pub mod time;
 
 pub use ids::{Dialect, IdError, InstanceId};
 pub use progress::{LiveTask, Progress, RateEstimator};
+pub use schedule::{BackupPolicy, PolicyError, Weekdays, Window};
 pub use secret::Secret;
 pub use task::{TaskKind, TaskMode, TaskState, TransitionError};

@@ -204,6 +204,44 @@ fn abandoned_backup_leaves_only_reclaimable_data() {
     );
 }
 
+/// A pack that is partly used by the remaining snapshots is repacked: the
+/// unused part is reclaimed, what remains restores and verifies.
+#[test]
+fn gc_repacks_partly_used_packs() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = new_repo(d.path());
+    let gone = pseudo_random(3_000_000, 7);
+    let kept = pseudo_random(3_000_000, 8);
+    // One snapshot with both files (one pack), one with only `kept`.
+    let first = backup(&repo, &[("gone", gone), ("kept", kept.clone())]);
+    let second = backup(&repo, &[("kept", kept.clone())]);
+    assert_eq!(repo.storage().list(FileType::Pack).unwrap().len(), 1);
+    repo.delete_snapshot(&first).unwrap();
+    let before = repo.stored_bytes().unwrap();
+    let plan = repo.gc_plan().unwrap();
+    assert_eq!(plan.repack.len(), 1);
+    let g = repo.gc().unwrap();
+    assert_eq!((g.packs_repacked, g.packs_written), (1, 1));
+    let after = repo.stored_bytes().unwrap();
+    assert!(
+        before - after > before / 3,
+        "reclaimed {} of {before}",
+        before - after
+    );
+    assert_eq!(g.bytes_reclaimed, before - after);
+    let r = repo.verify(2, &|_, _| {}).unwrap();
+    assert!(r.ok(), "{:?}", r.errors);
+    // A fresh open sees only the new index.
+    let s: Arc<dyn Storage> = Arc::new(LocalStorage::new(d.path()).unwrap());
+    let reopened = Repository::open(s, "pw").unwrap();
+    let t = tempfile::tempdir().unwrap();
+    restore_to(&reopened, &second, t.path());
+    assert_eq!(std::fs::read(t.path().join("kept")).unwrap(), kept);
+    // Nothing more to do.
+    let g2 = reopened.gc().unwrap();
+    assert_eq!((g2.packs_deleted, g2.packs_repacked), (0, 0));
+}
+
 #[test]
 fn gc_refuses_while_a_backup_runs() {
     let d = tempfile::tempdir().unwrap();

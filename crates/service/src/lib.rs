@@ -11,7 +11,10 @@
 
 pub mod error;
 mod runner;
+pub mod scheduler;
 pub mod secrets;
+
+pub use scheduler::PolicyUpdate;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
 
@@ -126,6 +129,10 @@ pub struct Service {
     /// Set by [`Service::shutdown`]: new work is refused, running work is
     /// cancelled with this as the reason.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Instance → start of the window the scheduler has created a task for.
+    scheduled: Mutex<HashMap<String, i64>>,
+    /// Sets were deleted since the last gc: their data waits to be reclaimed.
+    gc_needed: std::sync::atomic::AtomicBool,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -193,6 +200,8 @@ impl Service {
             live_tasks: Default::default(),
             live_jobs: Default::default(),
             shutting_down: Default::default(),
+            scheduled: Default::default(),
+            gc_needed: Default::default(),
         });
         let admin_credentials_file = svc.ensure_admin(dd).await?;
         Ok((
@@ -555,24 +564,32 @@ impl Service {
                     method: "physical".into(),
                     client_token,
                     node: Some(self.node.clone()),
+                    scheduled_ms: None,
                 },
                 now_ms(),
             )
             .await?;
-        if task.state == TaskState::Pending
-            && !self.live_tasks.lock().expect("lock").contains_key(&task.id)
-        {
-            let live = Arc::new(LiveTask::default());
-            self.live_tasks
-                .lock()
-                .expect("lock")
-                .insert(task.id, live.clone());
-            let svc = self.clone();
-            let spec = self.conn_spec(&i)?;
-            let t = task.clone();
-            tokio::spawn(async move { runner::run_backup(svc, t, i, spec, live).await });
+        if task.state == TaskState::Pending {
+            self.launch(task.clone(), i)?;
         }
         Ok(task)
+    }
+
+    /// Runs a pending task that holds its instance's active slot (once).
+    fn launch(self: &Arc<Self>, task: BackupTask, i: Instance) -> ServiceResult<()> {
+        let spec = self.conn_spec(&i)?;
+        let live = {
+            let mut live_tasks = self.live_tasks.lock().expect("lock");
+            if live_tasks.contains_key(&task.id) {
+                return Ok(());
+            }
+            let live = Arc::new(LiveTask::default());
+            live_tasks.insert(task.id, live.clone());
+            live
+        };
+        let svc = self.clone();
+        tokio::spawn(async move { runner::run_backup(svc, task, i, spec, live).await });
+        Ok(())
     }
 
     fn overlay(&self, mut t: BackupTask) -> BackupTask {
@@ -625,8 +642,24 @@ impl Service {
                 format!("task {id} is finishing and can no longer be cancelled"),
             ));
         }
-        if let Some(l) = self.live_tasks.lock().expect("lock").get(&id) {
-            l.cancel();
+        let live = self.live_tasks.lock().expect("lock").get(&id).cloned();
+        match live {
+            Some(l) => l.cancel(),
+            // An automated task still waiting for its window.
+            None if t.state == TaskState::Pending && t.scheduled_ms.is_some() => {
+                self.catalog
+                    .set_backup_task_state(
+                        id,
+                        TaskState::Cancelled,
+                        stowage_catalog::StateUpdate {
+                            error: Some("cancelled before it started".into()),
+                            ..Default::default()
+                        },
+                        now_ms(),
+                    )
+                    .await?;
+            }
+            None => {}
         }
         self.task(p, id).await
     }
@@ -663,6 +696,8 @@ impl Service {
         tokio::task::spawn_blocking(move || repo.delete_snapshot(&s.snapshot_id))
             .await
             .map_err(|e| ServiceError::internal(e.to_string()))??;
+        self.gc_needed
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 

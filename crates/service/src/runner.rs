@@ -213,6 +213,14 @@ pub(crate) async fn run_backup(
         .and_then(|r| r)
     {
         Ok((snap, m, out)) => {
+            // The retention in force now; a later policy change updates the set.
+            let policy = match svc.catalog.backup_policy(&inst.account_id, &inst.id).await {
+                Ok(p) => p.map(|p| p.policy).unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the backup policy; using the default");
+                    Default::default()
+                }
+            };
             let set = NewSet {
                 snapshot_id: snap,
                 engine: inst.engine.clone(),
@@ -223,7 +231,7 @@ pub(crate) async fn run_backup(
                 bytes_stored: m.summary.bytes_stored_new,
                 consistent_point: Some(out.consistent_point),
                 meta: out.meta,
-                expires_ms: None,
+                expires_ms: Some(policy.expiry(m.finished_ms)),
             };
             match svc
                 .catalog
@@ -408,6 +416,10 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Ar
         }
         Err(e) => {
             tracing::warn!(job = job.id, error = %e.message, "job failed");
+            if job.kind == stowage_core::TaskKind::Gc {
+                svc.gc_needed
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
             fail(&svc, t, persisted, &e).await;
         }
     }

@@ -2,15 +2,19 @@
 //! MongoDB engine exists, a `dds-` instance of any engine can be used; the
 //! state mapping is already the real one.
 
-use super::rds::mode_of;
+use super::policy::{Names, Ty, next_time, render_extra, update_from};
 use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
+};
+use super::shared::{
+    Page, delete_sets, engine_version, mode_name, mode_of, product_instances, query_sets,
+    set_engine_version,
 };
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use stowage_catalog::BackupTask;
+use stowage_catalog::{BackupSet, BackupTask};
 use stowage_core::time::format_rfc3339;
 use stowage_core::{TaskMode, TaskState};
 use stowage_service::Service;
@@ -38,6 +42,11 @@ pub async fn dispatch(svc: &Arc<Service>, req: &RpcRequest) -> Option<Result<Res
     Some(match req.action.as_str() {
         "DescribeBackupTasks" => describe_backup_tasks(svc, req).await,
         "CreateBackup" => create_backup(svc, req).await,
+        "DescribeBackups" => describe_backups(svc, req).await,
+        "DeleteBackup" => delete_backup(svc, req).await,
+        "DescribeDBInstances" => describe_db_instances(svc, req).await,
+        "DescribeBackupPolicy" => describe_backup_policy(svc, req).await,
+        "ModifyBackupPolicy" => modify_backup_policy(svc, req).await,
         _ => return None,
     })
 }
@@ -95,6 +104,187 @@ async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response,
         json!({"BackupJobId": t.id.to_string(), "BackupId": t.id.to_string()}),
         &req.request_id,
     ))
+}
+
+fn backup_json(s: &BackupSet) -> Value {
+    json!({
+        "BackupId": s.id.to_string(),
+        "BackupJobId": s.task_id.to_string(),
+        "BackupStatus": "Success",
+        "BackupStartTime": format_rfc3339(s.started_ms),
+        "BackupEndTime": format_rfc3339(s.finished_ms),
+        "BackupExpireTime": s.expires_ms.map(format_rfc3339).unwrap_or_default(),
+        "BackupType": "FullBackup",
+        "BackupMode": mode_name(s.mode),
+        "BackupMethod": "Physical",
+        "BackupScale": "DBInstance",
+        "BackupSize": s.bytes_logical,
+        "BackupDBNames": "",
+        "BackupName": format!("stowage-{}", s.id),
+        // Download links come with the download feature; empty until then.
+        "BackupDownloadURL": "",
+        "BackupIntranetDownloadURL": "",
+        "EngineVersion": set_engine_version(s),
+        "IsAvail": true,
+    })
+}
+
+async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    if req.get("NodeId").is_some() {
+        return Err(RpcError::invalid(
+            "NodeId",
+            "shard-level backups are not supported",
+        ));
+    }
+    if let Some(j) = req.get("BackupJobId") {
+        // A set's id is its task's id.
+        j.parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| RpcError::invalid("BackupJobId", "expected a backup job id"))?;
+    }
+    let page = Page::from(req, 30..=100, 30)?;
+    let mut sets = query_sets(svc, req, &inst).await?;
+    if let Some(j) = req.get("BackupJobId") {
+        sets.retain(|s| s.task_id.to_string() == j);
+    }
+    let items: Vec<Value> = page.slice(&sets).iter().map(backup_json).collect();
+    Ok(ok_response(
+        json!({
+            "Backups": {"Backup": items},
+            "PageNumber": page.number,
+            "PageSize": page.size,
+            "TotalCount": sets.len(),
+        }),
+        &req.request_id,
+    ))
+}
+
+async fn delete_backup(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    delete_sets(svc, req, &inst).await?;
+    Ok(ok_response(json!({}), &req.request_id))
+}
+
+async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let page = Page::from(req, 1..=100, 30)?;
+    let mut all = product_instances(svc, req, "dds-", "DBInstanceId").await?;
+    let ty = |i: &stowage_catalog::Instance| {
+        if i.topology == "sharded" {
+            "sharding"
+        } else {
+            "replicate"
+        }
+    };
+    if let Some(t) = req.get("DBInstanceType") {
+        if !["replicate", "sharding", "serverless"].contains(&t) {
+            return Err(RpcError::invalid(
+                "DBInstanceType",
+                "expected replicate, sharding or serverless",
+            ));
+        }
+        all.retain(|i| ty(i) == t);
+    }
+    if let Some(e) = req.get("Engine") {
+        all.retain(|_| e.eq_ignore_ascii_case("MongoDB"));
+    }
+    let region = req.get("RegionId").unwrap_or("local");
+    let mut items = Vec::new();
+    for i in page.slice(&all) {
+        items.push(json!({
+            "DBInstanceId": i.id,
+            "DBInstanceDescription": i.name,
+            "DBInstanceType": ty(i),
+            "DBInstanceStatus": "Running",
+            "Engine": "MongoDB",
+            "EngineVersion": engine_version(svc, req, &i.id).await?,
+            "RegionId": region,
+            "ZoneId": format!("{region}-a"),
+            "CreationTime": format_rfc3339(i.created_ms),
+            "ChargeType": "PostPaid",
+            "LockMode": "Unlock",
+            "Tags": {"Tag": []},
+        }));
+    }
+    Ok(ok_response(
+        json!({"DBInstances": {"DBInstance": items}, "PageNumber": page.number, "PageSize": page.size, "TotalCount": all.len()}),
+        &req.request_id,
+    ))
+}
+
+const POLICY: Names = Names {
+    window: &["PreferredBackupTime"],
+    weekdays: &["PreferredBackupPeriod"],
+    retention: &["BackupRetentionPeriod"],
+    retention_days: 7..=730,
+    stored: &[
+        ("BackupInterval", Ty::Str),
+        ("BackupRetentionPolicyOnClusterDeletion", Ty::Int),
+        ("CrossBackupPeriod", Ty::Str),
+        ("CrossBackupType", Ty::Str),
+        ("CrossLogRetentionType", Ty::Str),
+        ("CrossLogRetentionValue", Ty::Int),
+        ("CrossRetentionType", Ty::Str),
+        ("CrossRetentionValue", Ty::Int),
+        ("DestRegion", Ty::Str),
+        ("EnableBackupLog", Ty::Int),
+        ("EnableCrossLogBackup", Ty::Int),
+        ("HighFrequencyBackupRetention", Ty::Int),
+        ("LogBackupRetentionPeriod", Ty::Int),
+        ("PreserveOneEachHour", Ty::Bool),
+        ("SnapshotBackupType", Ty::Str),
+        ("SrcRegion", Ty::Str),
+    ],
+    refused: &[],
+};
+
+fn policy_defaults() -> Vec<(&'static str, Value)> {
+    vec![
+        ("BackupInterval", json!(-1)),
+        ("BackupRetentionPolicyOnClusterDeletion", json!(0)),
+        ("CrossBackupPeriod", json!("")),
+        ("CrossLogRetentionType", json!("")),
+        ("CrossLogRetentionValue", json!(0)),
+        ("CrossRetentionType", json!("")),
+        ("CrossRetentionValue", json!(0)),
+        ("DestRegion", json!("")),
+        ("EnableBackupLog", json!(0)),
+        ("EnableCrossLogBackup", json!(0)),
+        ("HighFrequencyBackupRetention", json!("1")),
+        ("LogBackupRetentionPeriod", json!(7)),
+        ("PreserveOneEachHour", json!(false)),
+        ("SnapshotBackupType", json!("Standard")),
+        ("SrcRegion", json!("")),
+    ]
+}
+
+async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    let sp = svc.policy(&req.principal, &inst).await?;
+    let mut body = render_extra(&sp, &policy_defaults());
+    for (k, v) in [
+        (
+            "BackupRetentionPeriod",
+            json!(sp.policy.retention_days.to_string()),
+        ),
+        ("PreferredBackupTime", json!(sp.policy.window.to_string())),
+        (
+            "PreferredBackupPeriod",
+            json!(sp.policy.weekdays.to_string()),
+        ),
+        ("PreferredNextBackupTime", json!(next_time(&sp))),
+    ] {
+        body.insert(k.into(), v);
+    }
+    Ok(ok_response(Value::Object(body), &req.request_id))
+}
+
+async fn modify_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    let u = update_from(req, &POLICY)?;
+    svc.set_policy(&req.principal, &inst, u).await?;
+    Ok(ok_response(json!({}), &req.request_id))
 }
 
 #[cfg(test)]

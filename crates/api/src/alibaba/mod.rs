@@ -6,7 +6,9 @@ pub mod signature;
 
 pub mod dds;
 pub mod polardb;
+pub mod policy;
 pub mod rds;
 pub mod rpc;
+pub mod shared;
 
 pub use rpc::{RpcConfig, router};

@@ -1,14 +1,18 @@
 //! PolarDB (2017-08-01): clusters instead of instances (spec §9.3).
 
-use super::rds::{mode_of, rds_status};
+use super::policy::{Names, Ty, next_time, render_extra, update_from};
+use super::rds::rds_status;
 use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
+};
+use super::shared::{
+    Page, delete_sets, engine_version, mode_name, mode_of, product_instances, query_sets,
 };
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use stowage_catalog::BackupTask;
+use stowage_catalog::{BackupSet, BackupTask};
 use stowage_core::TaskMode;
 use stowage_core::time::format_rfc3339;
 use stowage_service::Service;
@@ -30,6 +34,11 @@ pub async fn dispatch(svc: &Arc<Service>, req: &RpcRequest) -> Option<Result<Res
     Some(match req.action.as_str() {
         "DescribeBackupTasks" => describe_backup_tasks(svc, req).await,
         "CreateBackup" => create_backup(svc, req).await,
+        "DescribeBackups" => describe_backups(svc, req).await,
+        "DeleteBackup" => delete_backup(svc, req).await,
+        "DescribeDBClusters" => describe_db_clusters(svc, req).await,
+        "DescribeBackupPolicy" => describe_backup_policy(svc, req).await,
+        "ModifyBackupPolicy" => modify_backup_policy(svc, req).await,
         _ => return None,
     })
 }
@@ -79,4 +88,158 @@ async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response,
         json!({"BackupJobId": t.id.to_string()}),
         &req.request_id,
     ))
+}
+
+fn backup_json(s: &BackupSet) -> Value {
+    // Strings throughout, as the SDK model declares them.
+    json!({
+        "BackupId": s.id.to_string(),
+        "DBClusterId": s.instance_id,
+        "BackupStatus": "Success",
+        "BackupStartTime": format_rfc3339(s.started_ms),
+        "BackupEndTime": format_rfc3339(s.finished_ms),
+        "BackupType": "FullBackup",
+        "BackupMode": mode_name(s.mode),
+        "BackupMethod": "Snapshot",
+        "BackupSetSize": s.bytes_logical.to_string(),
+        "BackupsLevel": "Level-1",
+        "ConsistentTime": (s.finished_ms / 1000).to_string(),
+        "ExpectExpireTime": s.expires_ms.map(format_rfc3339).unwrap_or_default(),
+        "ExpectExpireType": if s.expires_ms.is_some() { "EXPIRED_TIME" } else { "NEVER" },
+        "IsAvail": "1",
+        "Comment": "",
+        "TableRestoreMetaStatus": "",
+    })
+}
+
+async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let cluster = cluster_id(svc, req).await?;
+    if let Some(r) = req.get("BackupRegion")
+        && r != req.get("RegionId").unwrap_or(r)
+    {
+        return Err(RpcError::invalid(
+            "BackupRegion",
+            "cross-region backups are not supported",
+        ));
+    }
+    let page = Page::from(req, 30..=100, 30)?;
+    let sets = query_sets(svc, req, &cluster).await?;
+    let items: Vec<Value> = page.slice(&sets).iter().map(backup_json).collect();
+    Ok(ok_response(
+        json!({
+            "Items": {"Backup": items},
+            "PageNumber": page.number.to_string(),
+            "PageRecordCount": items.len().to_string(),
+            "TotalRecordCount": sets.len().to_string(),
+            "TotalLevel2BackupSize": "0",
+        }),
+        &req.request_id,
+    ))
+}
+
+async fn delete_backup(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let cluster = cluster_id(svc, req).await?;
+    delete_sets(svc, req, &cluster).await?;
+    Ok(ok_response(json!({}), &req.request_id))
+}
+
+async fn describe_db_clusters(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let page = Page::from(req, 1..=100, 30)?;
+    let mut all = product_instances(svc, req, "pc-", "DBClusterIds").await?;
+    if let Some(t) = req.get("DBType") {
+        all.retain(|_| t.eq_ignore_ascii_case("PostgreSQL"));
+    }
+    if let Some(d) = req.get("DBClusterDescription") {
+        all.retain(|i| i.name.contains(d));
+    }
+    if let Some(st) = req.get("DBClusterStatus") {
+        all.retain(|_| st == "Running");
+    }
+    let region = req.get("RegionId").unwrap_or("local");
+    let mut items = Vec::new();
+    for i in page.slice(&all) {
+        items.push(json!({
+            "DBClusterId": i.id,
+            "DBClusterDescription": i.name,
+            "DBClusterStatus": "Running",
+            "DBType": "PostgreSQL",
+            "DBVersion": engine_version(svc, req, &i.id).await?,
+            "Engine": "POLARDB",
+            "RegionId": region,
+            "ZoneId": format!("{region}-a"),
+            "CreateTime": format_rfc3339(i.created_ms),
+            "PayType": "Postpaid",
+            "LockMode": "Unlock",
+            "DBNodeNumber": 1,
+            "DBNodes": {"DBNode": [{"DBNodeId": format!("pi-{}", &i.id[3..]), "DBNodeRole": "Writer", "DBNodeClass": "stowage.local", "RegionId": region, "ZoneId": format!("{region}-a")}]},
+            "Tags": {"Tag": []},
+        }));
+    }
+    Ok(ok_response(
+        json!({"Items": {"DBCluster": items}, "PageNumber": page.number, "PageRecordCount": items.len(), "TotalRecordCount": all.len()}),
+        &req.request_id,
+    ))
+}
+
+const POLICY: Names = Names {
+    window: &["PreferredBackupTime", "DataLevel1BackupTime"],
+    weekdays: &["PreferredBackupPeriod", "DataLevel1BackupPeriod"],
+    retention: &["DataLevel1BackupRetentionPeriod", "BackupRetentionPeriod"],
+    retention_days: 3..=14,
+    stored: &[
+        ("BackupFrequency", Ty::Str),
+        ("BackupPolicyLevel", Ty::Str),
+        ("BackupRetentionPolicyOnClusterDeletion", Ty::Str),
+        ("DataLevel1BackupFrequency", Ty::Str),
+        ("DataLevel2BackupAnotherRegionRegion", Ty::Str),
+        ("DataLevel2BackupAnotherRegionRetentionPeriod", Ty::Str),
+        ("DataLevel2BackupPeriod", Ty::Str),
+        ("DataLevel2BackupRetentionPeriod", Ty::Str),
+    ],
+    refused: &["AdvancedDataPolicies"],
+};
+
+fn policy_defaults() -> Vec<(&'static str, Value)> {
+    vec![
+        ("BackupFrequency", json!("Normal")),
+        ("BackupPolicyLevel", json!("Normal")),
+        ("BackupRetentionPolicyOnClusterDeletion", json!("NONE")),
+        ("DataLevel1BackupFrequency", json!("Normal")),
+        ("DataLevel2BackupAnotherRegionRegion", json!("")),
+        ("DataLevel2BackupAnotherRegionRetentionPeriod", json!("0")),
+        ("DataLevel2BackupPeriod", json!("")),
+        ("DataLevel2BackupRetentionPeriod", json!("0")),
+    ]
+}
+
+async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let cluster = cluster_id(svc, req).await?;
+    let sp = svc.policy(&req.principal, &cluster).await?;
+    let mut body = render_extra(&sp, &policy_defaults());
+    let (window, days) = (sp.policy.window.to_string(), sp.policy.weekdays.to_string());
+    for (k, v) in [
+        ("PreferredBackupTime", json!(window)),
+        ("PreferredBackupPeriod", json!(days)),
+        ("DataLevel1BackupTime", json!(window)),
+        ("DataLevel1BackupPeriod", json!(days)),
+        (
+            "DataLevel1BackupRetentionPeriod",
+            json!(sp.policy.retention_days.to_string()),
+        ),
+        ("PreferredNextBackupTime", json!(next_time(&sp))),
+        ("AdvancedPolicyOption", json!("")),
+        ("AdvancedDataPolicies", json!({"AdvancedDataPolicy": []})),
+        ("EnableImmutableBackup", json!(false)),
+        ("EnableCrossRegionImmutableBackup", json!(false)),
+    ] {
+        body.insert(k.into(), v);
+    }
+    Ok(ok_response(Value::Object(body), &req.request_id))
+}
+
+async fn modify_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let cluster = cluster_id(svc, req).await?;
+    let u = update_from(req, &POLICY)?;
+    svc.set_policy(&req.principal, &cluster, u).await?;
+    Ok(ok_response(json!({}), &req.request_id))
 }

@@ -1,13 +1,17 @@
 //! ApsaraDB RDS (2014-08-15): backup tasks (spec §9.1).
 
+use super::policy::{Names, Ty, next_time, render_extra, update_from};
 use super::rpc::{RpcError, RpcRequest, ok_response, start_manual_backup};
+use super::shared::{
+    Page, delete_sets, engine_version, mode_of, product_instances, query_sets, set_engine_version,
+};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use stowage_catalog::{BackupSet, BackupTask, TaskFilter};
-use stowage_core::time::{format_rfc3339, parse_rfc3339};
+use stowage_core::time::format_rfc3339;
 use stowage_core::{TaskMode, TaskState};
-use stowage_service::{ErrorKind, Service};
+use stowage_service::Service;
 
 /// The rds view of the one task state machine: (BackupStatus,
 /// BackupProgressStatus). Written once, tested as a table.
@@ -32,14 +36,6 @@ fn job_status_states(v: &str) -> Option<Vec<TaskState>> {
             TaskState::Running,
             TaskState::Finishing,
         ]),
-        _ => None,
-    }
-}
-
-pub(super) fn mode_of(v: &str) -> Option<TaskMode> {
-    match v {
-        "Automated" => Some(TaskMode::Automated),
-        "Manual" => Some(TaskMode::Manual),
         _ => None,
     }
 }
@@ -84,6 +80,8 @@ pub async fn dispatch(
         "DescribeBackups" => describe_backups(svc, req).await,
         "DeleteBackup" => delete_backup(svc, req).await,
         "DescribeDBInstances" => describe_db_instances(svc, req).await,
+        "DescribeBackupPolicy" => describe_backup_policy(svc, req).await,
+        "ModifyBackupPolicy" => modify_backup_policy(svc, req).await,
         _ => return None,
     })
 }
@@ -173,11 +171,7 @@ async fn create_backup(
 }
 
 fn backup_json(s: &BackupSet) -> Value {
-    let version = s
-        .meta
-        .get("server_version_num")
-        .and_then(Value::as_u64)
-        .map(|v| (v / 10000).to_string());
+    let version = set_engine_version(s);
     json!({
         "BackupId": s.id.to_string(),
         "DBInstanceId": s.instance_id,
@@ -200,60 +194,8 @@ fn backup_json(s: &BackupSet) -> Value {
     })
 }
 
-fn time_param(req: &RpcRequest, name: &str) -> Result<Option<i64>, RpcError> {
-    req.get(name)
-        .map(|v| {
-            parse_rfc3339(v)
-                .ok_or_else(|| RpcError::invalid(name, "expected yyyy-MM-ddTHH:mmZ (UTC)"))
-        })
-        .transpose()
-}
-
-pub(super) fn int_param(
-    req: &RpcRequest,
-    name: &str,
-    range: std::ops::RangeInclusive<u64>,
-    default: u64,
-) -> Result<u64, RpcError> {
-    match req.get(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                RpcError::invalid(
-                    name,
-                    &format!(
-                        "expected an integer from {} to {}",
-                        range.start(),
-                        range.end()
-                    ),
-                )
-            }),
-    }
-}
-
 async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let inst = instance_id(svc, req).await?;
-    let mode = match req.get("BackupMode") {
-        Some(m) => Some(
-            mode_of(m)
-                .ok_or_else(|| RpcError::invalid("BackupMode", "expected Automated or Manual"))?,
-        ),
-        None => None,
-    };
-    // Every set Stowage reports is a complete, successful full backup.
-    let status_ok = match req.get("BackupStatus") {
-        None | Some("Success") => true,
-        Some("Failed") => false,
-        Some(_) => {
-            return Err(RpcError::invalid(
-                "BackupStatus",
-                "expected Success or Failed",
-            ));
-        }
-    };
     let type_ok = match req.get("BackupType") {
         None | Some("FullBackup") => true,
         Some("IncrementalBackup") => false,
@@ -264,42 +206,16 @@ async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, R
             ));
         }
     };
-    let id = match req.get("BackupId") {
-        Some(v) => Some(
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| RpcError::invalid("BackupId", "expected a backup set id"))?,
-        ),
-        None => None,
-    };
-    let (start, end) = (time_param(req, "StartTime")?, time_param(req, "EndTime")?);
-    let page_size = int_param(req, "PageSize", 1..=100, 30)?;
-    let page = int_param(req, "PageNumber", 1..=1_000_000, 1)?;
-    let sets: Vec<BackupSet> = svc
-        .list_sets(&req.principal, Some(&inst))
-        .await?
-        .into_iter()
-        .filter(|_| status_ok && type_ok)
-        .filter(|s| id.is_none_or(|i| s.id == i))
-        .filter(|s| mode.is_none_or(|m| s.mode == m))
-        .filter(|s| {
-            start.is_none_or(|t| s.started_ms >= t) && end.is_none_or(|t| s.started_ms <= t)
-        })
-        .collect();
-    let total = sets.len();
-    let items: Vec<Value> = sets
-        .iter()
-        .skip(((page - 1) * page_size) as usize)
-        .take(page_size as usize)
-        .map(backup_json)
-        .collect();
+    let page = Page::from(req, 1..=100, 30)?;
+    let mut sets = query_sets(svc, req, &inst).await?;
+    sets.retain(|_| type_ok);
+    let items: Vec<Value> = page.slice(&sets).iter().map(backup_json).collect();
     Ok(ok_response(
         json!({
             "Items": {"Backup": items},
-            "PageNumber": page.to_string(),
+            "PageNumber": page.number.to_string(),
             "PageRecordCount": items.len().to_string(),
-            "TotalRecordCount": total.to_string(),
+            "TotalRecordCount": sets.len().to_string(),
             "TotalEcsSnapshotSize": 0,
         }),
         &req.request_id,
@@ -308,74 +224,26 @@ async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, R
 
 async fn delete_backup(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let inst = instance_id(svc, req).await?;
-    let ids = req.required("BackupId")?;
-    let not_found = |v: &str| {
-        RpcError::new(
-            StatusCode::NOT_FOUND,
-            "InvalidBackupId.NotFound",
-            format!("The specified backup set {v} is not found."),
-        )
-    };
-    // Check them all before deleting any.
-    let mut sets = Vec::new();
-    for v in ids.split(',').map(str::trim) {
-        let n = v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            RpcError::invalid("BackupId", "expected backup set ids separated by commas")
-        })?;
-        match svc.set(&req.principal, n).await {
-            Ok(s) if s.instance_id == inst => sets.push(n),
-            Ok(_) => return Err(not_found(v)),
-            Err(e) if e.kind == ErrorKind::NotFound => return Err(not_found(v)),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    for n in sets {
-        svc.delete_set(&req.principal, n).await?;
-    }
+    delete_sets(svc, req, &inst).await?;
     Ok(ok_response(json!({}), &req.request_id))
 }
 
 /// Enough of DescribeDBInstances for SDK users to list what is registered.
 async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
-    let ids: Option<Vec<&str>> = req
-        .get("DBInstanceId")
-        .map(|v| v.split(',').map(str::trim).collect());
-    if let Some(e) = req.get("Engine")
-        && !e.eq_ignore_ascii_case("PostgreSQL")
-    {
-        // Only PostgreSQL instances exist so far.
-        return Ok(ok_response(
-            json!({"Items": {"DBInstance": []}, "PageNumber": 1, "PageRecordCount": 0, "TotalRecordCount": 0}),
-            &req.request_id,
-        ));
+    let page = Page::from(req, 1..=100, 30)?;
+    let mut all = product_instances(svc, req, "rm-", "DBInstanceId").await?;
+    // Only PostgreSQL instances exist so far.
+    if let Some(e) = req.get("Engine") {
+        all.retain(|_| e.eq_ignore_ascii_case("PostgreSQL"));
     }
-    let page_size = int_param(req, "PageSize", 1..=100, 30)?;
-    let page = int_param(req, "PageNumber", 1..=1_000_000, 1)?;
     let region = req.get("RegionId").unwrap_or("local");
-    let all: Vec<_> = svc
-        .list_instances(&req.principal)
-        .await?
-        .into_iter()
-        .filter(|i| i.id.starts_with("rm-"))
-        .filter(|i| ids.as_ref().is_none_or(|l| l.contains(&i.id.as_str())))
-        .collect();
     let mut items = Vec::new();
-    for i in all
-        .iter()
-        .skip(((page - 1) * page_size) as usize)
-        .take(page_size as usize)
-    {
-        let version = svc
-            .list_sets(&req.principal, Some(&i.id))
-            .await?
-            .first()
-            .and_then(|s| s.meta.get("server_version_num").and_then(Value::as_u64))
-            .map(|v| (v / 10000).to_string());
+    for i in page.slice(&all) {
         items.push(json!({
             "DBInstanceId": i.id,
             "DBInstanceDescription": i.name,
             "Engine": "PostgreSQL",
-            "EngineVersion": version,
+            "EngineVersion": engine_version(svc, req, &i.id).await?,
             "DBInstanceStatus": "Running",
             "DBInstanceType": "Primary",
             "RegionId": region,
@@ -387,9 +255,127 @@ async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Respon
         }));
     }
     Ok(ok_response(
-        json!({"Items": {"DBInstance": items}, "PageNumber": page, "PageRecordCount": items.len(), "TotalRecordCount": all.len()}),
+        json!({"Items": {"DBInstance": items}, "PageNumber": page.number, "PageRecordCount": items.len(), "TotalRecordCount": all.len()}),
         &req.request_id,
     ))
+}
+
+const POLICY: Names = Names {
+    window: &["PreferredBackupTime"],
+    weekdays: &["PreferredBackupPeriod"],
+    retention: &["BackupRetentionPeriod"],
+    retention_days: 7..=730,
+    stored: &[
+        ("ArchiveBackupKeepCount", Ty::Int),
+        ("ArchiveBackupKeepPolicy", Ty::Str),
+        ("ArchiveBackupRetentionPeriod", Ty::Str),
+        ("BackupInterval", Ty::Str),
+        ("BackupLog", Ty::Str),
+        ("BackupMethod", Ty::Str),
+        ("BackupPriority", Ty::Int),
+        ("Category", Ty::Str),
+        ("CompressType", Ty::Str),
+        ("EnableBackupLog", Ty::Str),
+        ("EnableIncrementDataBackup", Ty::Bool),
+        ("EnablePitrProtection", Ty::Bool),
+        ("HighSpaceUsageProtection", Ty::Str),
+        ("IncBackupInterval", Ty::Int),
+        ("LocalLogRetentionHours", Ty::Str),
+        ("LocalLogRetentionSpace", Ty::Str),
+        ("LogBackupFrequency", Ty::Str),
+        ("LogBackupLocalRetentionNumber", Ty::Int),
+        ("LogBackupRetentionPeriod", Ty::Str),
+        ("ReleasedKeepPolicy", Ty::Str),
+    ],
+    refused: &["AdvancedDataPolicies", "AdvancedLogPolicies"],
+};
+
+/// rds policy fields Stowage stores but does not act on, with the values a
+/// new instance shows (typed as the SDK model declares them).
+fn policy_defaults() -> Vec<(&'static str, Value)> {
+    vec![
+        ("ArchiveBackupKeepCount", json!("1")),
+        ("ArchiveBackupKeepPolicy", json!("ByMonth")),
+        ("ArchiveBackupRetentionPeriod", json!("0")),
+        ("BackupInterval", json!("-1")),
+        ("BackupLog", json!("Enable")),
+        ("BackupMethod", json!("Physical")),
+        ("BackupPriority", json!(1)),
+        ("Category", json!("Standard")),
+        ("CompressType", json!("1")),
+        ("EnableBackupLog", json!("1")),
+        ("EnableIncrementDataBackup", json!(false)),
+        ("EnablePitrProtection", json!(false)),
+        ("HighSpaceUsageProtection", json!("Enable")),
+        ("IncBackupInterval", json!(-1)),
+        ("LocalLogRetentionHours", json!(18)),
+        ("LocalLogRetentionSpace", json!("30")),
+        ("LogBackupFrequency", json!("LogInterval")),
+        ("LogBackupLocalRetentionNumber", json!(60)),
+        ("LogBackupRetentionPeriod", json!(7)),
+        ("ReleasedKeepPolicy", json!("None")),
+    ]
+}
+
+fn check_policy_mode(req: &RpcRequest) -> Result<(), RpcError> {
+    match req.get("BackupPolicyMode") {
+        None | Some("DataBackupPolicy") | Some("LogBackupPolicy") => Ok(()),
+        Some(_) => Err(RpcError::invalid(
+            "BackupPolicyMode",
+            "expected DataBackupPolicy or LogBackupPolicy",
+        )),
+    }
+}
+
+async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let inst = instance_id(svc, req).await?;
+    check_policy_mode(req)?;
+    let sp = svc.policy(&req.principal, &inst).await?;
+    let mut body = render_extra(&sp, &policy_defaults());
+    for (k, v) in [
+        ("BackupRetentionPeriod", json!(sp.policy.retention_days)),
+        ("PreferredBackupTime", json!(sp.policy.window.to_string())),
+        (
+            "PreferredBackupPeriod",
+            json!(sp.policy.weekdays.to_string()),
+        ),
+        ("PreferredNextBackupTime", json!(next_time(&sp))),
+        ("AdvancedBackupPolicyEnabled", json!(false)),
+        ("AdvancedDataPolicies", json!({"AdvancedDataPolicy": []})),
+        ("AdvancedLogPolicies", json!({"AdvancedLogPolicy": []})),
+        ("PitrRetentionPeriod", json!(7)),
+        ("SupportModifyBackupPriority", json!(false)),
+        ("SupportReleasedKeep", json!(1)),
+        ("SupportVolumeShadowCopy", json!(0)),
+        ("SupportsHighFrequencyBackup", json!(0)),
+    ] {
+        body.insert(k.into(), v);
+    }
+    Ok(ok_response(Value::Object(body), &req.request_id))
+}
+
+async fn modify_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
+    let inst = instance_id(svc, req).await?;
+    check_policy_mode(req)?;
+    let u = update_from(req, &POLICY)?;
+    let sp = svc.set_policy(&req.principal, &inst, u).await?;
+    let all = render_extra(&sp, &policy_defaults());
+    let mut body = serde_json::Map::new();
+    body.insert("DBInstanceID".into(), json!(inst));
+    for k in [
+        "CompressType",
+        "EnableBackupLog",
+        "EnableIncrementDataBackup",
+        "EnablePitrProtection",
+        "HighSpaceUsageProtection",
+        "IncBackupInterval",
+        "LocalLogRetentionHours",
+        "LocalLogRetentionSpace",
+        "LogBackupLocalRetentionNumber",
+    ] {
+        body.insert(k.into(), all[k].clone());
+    }
+    Ok(ok_response(Value::Object(body), &req.request_id))
 }
 
 #[cfg(test)]

@@ -7,15 +7,20 @@ use serde_json::Value;
 use stowage_api::alibaba::signature as sig;
 use stowage_core::time::format_rfc3339;
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     format_rfc3339(stowage_service::now_ms())
 }
 
-fn nonce() -> String {
+pub(crate) fn nonce() -> String {
     stowage_service::secrets::random_uuid()
 }
 
-fn call(s: &Stowage, method: &str, query: &str, headers: &[(&str, String)]) -> (u16, Value) {
+pub(crate) fn call(
+    s: &Stowage,
+    method: &str,
+    query: &str,
+    headers: &[(&str, String)],
+) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -51,7 +56,7 @@ fn call(s: &Stowage, method: &str, query: &str, headers: &[(&str, String)]) -> (
 }
 
 /// Builds an RPC v1 signed query string for `params` (plus the signing ones).
-fn rpc_query(
+pub(crate) fn rpc_query(
     method: &str,
     id: &str,
     secret: &str,

@@ -22,8 +22,20 @@ impl Stowage {
         Self::start_with(data_dir, &[])
     }
 
-    /// Starts with extra `serve` arguments.
+    /// Starts with extra `serve` arguments, scheduler off: the default
+    /// policy (daily 02:00Z-03:00Z) must not start backups in other tests.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Stowage {
+        let mut a = vec!["--no-scheduler"];
+        a.extend_from_slice(extra);
+        Self::spawn(data_dir, &a)
+    }
+
+    /// Starts with the scheduler on (and extra `serve` arguments).
+    pub fn start_scheduled(data_dir: &Path, extra: &[&str]) -> Stowage {
+        Self::spawn(data_dir, extra)
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str]) -> Stowage {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         std::fs::create_dir_all(data_dir).unwrap();

@@ -4,4 +4,5 @@
 mod alibaba;
 mod harness;
 mod postgres;
+mod schedule;
 mod sdk;

@@ -1,0 +1,211 @@
+//! Operation parts the three products share: backup-set queries and
+//! deletion, instance listing and paging. Each product shapes the result.
+
+use super::rpc::{RpcError, RpcRequest};
+use axum::http::StatusCode;
+use serde_json::Value;
+use stowage_catalog::{BackupSet, Instance};
+use stowage_core::TaskMode;
+use stowage_core::time::parse_rfc3339;
+use stowage_service::{ErrorKind, Service};
+
+pub fn mode_of(v: &str) -> Option<TaskMode> {
+    match v {
+        "Automated" => Some(TaskMode::Automated),
+        "Manual" => Some(TaskMode::Manual),
+        _ => None,
+    }
+}
+
+pub fn mode_name(m: TaskMode) -> &'static str {
+    match m {
+        TaskMode::Automated => "Automated",
+        TaskMode::Manual => "Manual",
+    }
+}
+
+/// The optional `BackupMode` filter.
+pub fn mode_param(req: &RpcRequest) -> Result<Option<TaskMode>, RpcError> {
+    req.get("BackupMode")
+        .map(|m| {
+            mode_of(m)
+                .ok_or_else(|| RpcError::invalid("BackupMode", "expected Automated or Manual"))
+        })
+        .transpose()
+}
+
+pub fn time_param(req: &RpcRequest, name: &str) -> Result<Option<i64>, RpcError> {
+    req.get(name)
+        .map(|v| {
+            parse_rfc3339(v)
+                .ok_or_else(|| RpcError::invalid(name, "expected yyyy-MM-ddTHH:mmZ (UTC)"))
+        })
+        .transpose()
+}
+
+pub fn int_param(
+    req: &RpcRequest,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> Result<u64, RpcError> {
+    match req.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                RpcError::invalid(
+                    name,
+                    &format!(
+                        "expected an integer from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
+    }
+}
+
+/// `PageNumber` (from 1) and `PageSize` (`sizes`, default `default`).
+pub struct Page {
+    pub number: u64,
+    pub size: u64,
+}
+
+impl Page {
+    pub fn from(
+        req: &RpcRequest,
+        sizes: std::ops::RangeInclusive<u64>,
+        default: u64,
+    ) -> Result<Page, RpcError> {
+        Ok(Page {
+            size: int_param(req, "PageSize", sizes, default)?,
+            number: int_param(req, "PageNumber", 1..=1_000_000, 1)?,
+        })
+    }
+
+    pub fn slice<'a, T>(&self, all: &'a [T]) -> &'a [T] {
+        let start = ((self.number - 1) * self.size).min(all.len() as u64) as usize;
+        let end = (start + self.size as usize).min(all.len());
+        &all[start..end]
+    }
+}
+
+/// The sets of `instance` that match DescribeBackups' common filters:
+/// `BackupId`, `BackupMode`, `BackupStatus`, `StartTime`/`EndTime` (on the
+/// set's start). Newest first.
+pub async fn query_sets(
+    svc: &Service,
+    req: &RpcRequest,
+    instance: &str,
+) -> Result<Vec<BackupSet>, RpcError> {
+    let mode = mode_param(req)?;
+    // Every set Stowage reports is a complete, successful full backup.
+    let status_ok = match req.get("BackupStatus") {
+        None | Some("Success") => true,
+        Some("Failed") => false,
+        Some(_) => {
+            return Err(RpcError::invalid(
+                "BackupStatus",
+                "expected Success or Failed",
+            ));
+        }
+    };
+    let id = match req.get("BackupId") {
+        Some(v) => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| RpcError::invalid("BackupId", "expected a backup set id"))?,
+        ),
+        None => None,
+    };
+    let (start, end) = (time_param(req, "StartTime")?, time_param(req, "EndTime")?);
+    if let (Some(s), Some(e)) = (start, end)
+        && s > e
+    {
+        return Err(RpcError::invalid("EndTime", "must not be before StartTime"));
+    }
+    Ok(svc
+        .list_sets(&req.principal, Some(instance))
+        .await?
+        .into_iter()
+        .filter(|_| status_ok)
+        .filter(|s| id.is_none_or(|i| s.id == i))
+        .filter(|s| mode.is_none_or(|m| s.mode == m))
+        .filter(|s| {
+            start.is_none_or(|t| s.started_ms >= t) && end.is_none_or(|t| s.started_ms <= t)
+        })
+        .collect())
+}
+
+/// DeleteBackup: `BackupId` (one id or several separated by commas), all
+/// checked to be sets of `instance` before any is deleted.
+pub async fn delete_sets(svc: &Service, req: &RpcRequest, instance: &str) -> Result<(), RpcError> {
+    let ids = req.required("BackupId")?;
+    let not_found = |v: &str| {
+        RpcError::new(
+            StatusCode::NOT_FOUND,
+            "InvalidBackupId.NotFound",
+            format!("The specified backup set {v} is not found."),
+        )
+    };
+    let mut sets = Vec::new();
+    for v in ids.split(',').map(str::trim) {
+        let n = v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            RpcError::invalid("BackupId", "expected backup set ids separated by commas")
+        })?;
+        match svc.set(&req.principal, n).await {
+            Ok(s) if s.instance_id == instance => sets.push(n),
+            Ok(_) => return Err(not_found(v)),
+            Err(e) if e.kind == ErrorKind::NotFound => return Err(not_found(v)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for n in sets {
+        svc.delete_set(&req.principal, n).await?;
+    }
+    Ok(())
+}
+
+/// The caller's instances whose id has `prefix`, optionally only those named
+/// in the comma-separated parameter `ids_param`.
+pub async fn product_instances(
+    svc: &Service,
+    req: &RpcRequest,
+    prefix: &str,
+    ids_param: &str,
+) -> Result<Vec<Instance>, RpcError> {
+    let ids: Option<Vec<&str>> = req
+        .get(ids_param)
+        .map(|v| v.split(',').map(str::trim).collect());
+    Ok(svc
+        .list_instances(&req.principal)
+        .await?
+        .into_iter()
+        .filter(|i| i.id.starts_with(prefix))
+        .filter(|i| ids.as_ref().is_none_or(|l| l.contains(&i.id.as_str())))
+        .collect())
+}
+
+/// Major version of the server behind an instance, from its latest set.
+pub async fn engine_version(
+    svc: &Service,
+    req: &RpcRequest,
+    instance: &str,
+) -> Result<Option<String>, RpcError> {
+    Ok(svc
+        .list_sets(&req.principal, Some(instance))
+        .await?
+        .first()
+        .and_then(set_engine_version))
+}
+
+pub fn set_engine_version(s: &BackupSet) -> Option<String> {
+    s.meta
+        .get("server_version_num")
+        .and_then(Value::as_u64)
+        .map(|v| (v / 10000).to_string())
+}

@@ -1,0 +1,287 @@
+//! Backup policies and the scheduler run by `stowage serve`.
+//!
+//! Every tick the scheduler, in order:
+//! 1. creates the automated task of each instance's next window, up to
+//!    [`LEAD_MS`] before the window opens, so clients see it waiting
+//!    (`NoStart` / `Scheduled`, `JobMode=Automated`). The window's start is
+//!    the task's identity in the catalog: one task per instance and window,
+//!    even across restarts;
+//! 2. starts the automated tasks whose window has opened, once the instance
+//!    has no other backup running (a manual backup delays it); a task whose
+//!    window closed before it could start is cancelled with the reason;
+//! 3. deletes the sets whose expiry has passed (never the newest set of an
+//!    instance) and their snapshots;
+//! 4. runs a gc job when sets were deleted and nothing else is running, so
+//!    their unreferenced data leaves the repository. gc takes the
+//!    repository's exclusive lock: a backup that starts meanwhile waits for
+//!    nothing and gc is simply retried at a later tick.
+
+use crate::{ErrorKind, Principal, Service, ServiceError, ServiceResult, now_ms};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use stowage_catalog::{CatalogError, NewTask, StoredPolicy};
+use stowage_core::retention::{SetAge, plan_expiry};
+use stowage_core::{BackupPolicy, TaskMode, TaskState, Weekdays, Window};
+
+/// How long before its window an automated task appears.
+pub const LEAD_MS: i64 = 10 * 60_000;
+
+/// The newest sets of an instance that retention never deletes.
+pub const KEEP_MIN_SETS: usize = 1;
+
+/// A change to a policy; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyUpdate {
+    pub enabled: Option<bool>,
+    pub window: Option<Window>,
+    pub weekdays: Option<Weekdays>,
+    pub retention_days: Option<u32>,
+    /// Product fields to store as given (merged over the stored ones).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Service {
+    /// An instance's policy: the stored one or the default.
+    pub async fn policy(&self, p: &Principal, instance: &str) -> ServiceResult<StoredPolicy> {
+        let i = self.instance(p, instance).await?;
+        Ok(self
+            .catalog
+            .backup_policy(&p.account_id, &i.id)
+            .await?
+            .unwrap_or_else(|| StoredPolicy {
+                policy: BackupPolicy::default(),
+                extra: Default::default(),
+                updated_ms: i.created_ms,
+            }))
+    }
+
+    /// Changes a policy. Sets whose expiry was not set explicitly get the new
+    /// retention; a waiting automated task of a window the new policy no
+    /// longer has is cancelled.
+    pub async fn set_policy(
+        &self,
+        p: &Principal,
+        instance: &str,
+        u: PolicyUpdate,
+    ) -> ServiceResult<StoredPolicy> {
+        let cur = self.policy(p, instance).await?;
+        let i = self.instance(p, instance).await?;
+        let mut next = cur.clone();
+        if let Some(e) = u.enabled {
+            next.policy.enabled = e;
+        }
+        if let Some(w) = u.window {
+            next.policy.window = w;
+        }
+        if let Some(d) = u.weekdays {
+            next.policy.weekdays = d;
+        }
+        if let Some(r) = u.retention_days {
+            next.policy.retention_days = BackupPolicy::check_retention(r)
+                .map_err(|e| ServiceError::invalid(e.to_string()))?;
+        }
+        next.extra.extend(u.extra);
+        let now = now_ms();
+        next.updated_ms = now;
+        self.catalog
+            .put_backup_policy(&p.account_id, &i.id, &next)
+            .await?;
+        if next.policy != cur.policy {
+            let keep = next.policy.occurrence(now).map(|o| o.start_ms);
+            let n = self
+                .catalog
+                .drop_scheduled_tasks(
+                    &i.id,
+                    keep,
+                    "superseded: the backup policy changed before the task ran",
+                    now,
+                )
+                .await?;
+            if n > 0 {
+                tracing::info!(instance = %i.id, tasks = n, "policy changed: waiting automated tasks dropped");
+            }
+            self.scheduled.lock().expect("lock").remove(&i.id);
+        }
+        Ok(next)
+    }
+
+    /// Sets when a set expires (`None`: kept until deleted); a later policy
+    /// change leaves this set's expiry alone.
+    pub async fn set_expiry(
+        &self,
+        p: &Principal,
+        id: i64,
+        expires_ms: Option<i64>,
+    ) -> ServiceResult<stowage_catalog::BackupSet> {
+        Ok(self
+            .catalog
+            .pin_backup_set_expiry(&p.account_id, id, expires_ms)
+            .await?)
+    }
+
+    /// Runs the scheduler until the service shuts down.
+    pub fn spawn_scheduler(self: &Arc<Self>, interval: std::time::Duration) {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if svc.is_shutting_down() {
+                    break;
+                }
+                if let Err(e) = svc.scheduler_tick(now_ms()).await {
+                    tracing::warn!(error = %e, "scheduler tick failed; retrying at the next one");
+                }
+            }
+        });
+    }
+
+    /// One pass of the scheduler (see the module docs).
+    pub async fn scheduler_tick(self: &Arc<Self>, now: i64) -> ServiceResult<()> {
+        self.schedule_windows(now).await?;
+        self.start_due(now).await?;
+        self.expire_sets(now).await?;
+        self.maybe_gc().await
+    }
+
+    async fn schedule_windows(&self, now: i64) -> ServiceResult<()> {
+        for ip in self.catalog.instance_policies().await? {
+            let policy = ip.policy.map(|s| s.policy).unwrap_or_default();
+            let Some(o) = policy.occurrence(now) else {
+                continue;
+            };
+            if now < o.start_ms - LEAD_MS
+                || self.scheduled.lock().expect("lock").get(&ip.instance_id) == Some(&o.start_ms)
+            {
+                continue;
+            }
+            let t = NewTask {
+                account_id: ip.account_id.clone(),
+                instance_id: ip.instance_id.clone(),
+                mode: TaskMode::Automated,
+                method: "physical".into(),
+                client_token: None,
+                node: Some(self.node.clone()),
+                scheduled_ms: Some(o.start_ms),
+            };
+            match self.catalog.create_backup_task(&t, now).await {
+                Ok(t) => tracing::info!(
+                    task = t.id,
+                    instance = %ip.instance_id,
+                    at = %stowage_core::time::format_rfc3339(o.start_ms),
+                    "automated backup scheduled"
+                ),
+                // Scheduled already (by an earlier run of the server).
+                Err(CatalogError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.scheduled
+                .lock()
+                .expect("lock")
+                .insert(ip.instance_id, o.start_ms);
+        }
+        Ok(())
+    }
+
+    async fn start_due(self: &Arc<Self>, now: i64) -> ServiceResult<()> {
+        for t in self.catalog.due_scheduled_tasks(now).await? {
+            if self.is_shutting_down() {
+                return Ok(());
+            }
+            let p = Principal {
+                account_id: t.account_id.clone(),
+                key_id: "scheduler".into(),
+                admin: false,
+            };
+            let (inst, policy) = match self.policy(&p, &t.instance_id).await {
+                Ok(pol) => (self.instance(&p, &t.instance_id).await?, pol.policy),
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let start = t.scheduled_ms.unwrap_or(now);
+            if now >= start + policy.window.len_min() as i64 * 60_000 {
+                let why = "skipped: the instance was busy or the server was down for the whole backup window";
+                self.catalog
+                    .set_backup_task_state(
+                        t.id,
+                        TaskState::Cancelled,
+                        stowage_catalog::StateUpdate {
+                            error: Some(why.into()),
+                            ..Default::default()
+                        },
+                        now,
+                    )
+                    .await?;
+                tracing::warn!(task = t.id, instance = %t.instance_id, "{why}");
+                continue;
+            }
+            match self
+                .catalog
+                .claim_scheduled_task(t.id, &self.node, now)
+                .await
+            {
+                Ok(()) => {}
+                // Another backup of the instance is running: try at the next tick.
+                Err(CatalogError::InstanceBusy(_)) | Err(CatalogError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            tracing::info!(task = t.id, instance = %t.instance_id, "automated backup starting");
+            self.launch(t, inst)?;
+        }
+        Ok(())
+    }
+
+    async fn expire_sets(&self, now: i64) -> ServiceResult<()> {
+        let sets = self.catalog.sets_of_instances_with_expired(now).await?;
+        let mut by_instance: HashMap<&str, Vec<&stowage_catalog::BackupSet>> = HashMap::new();
+        for s in &sets {
+            by_instance.entry(&s.instance_id).or_default().push(s);
+        }
+        for (instance, list) in by_instance {
+            let ages: Vec<SetAge> = list
+                .iter()
+                .map(|s| SetAge {
+                    set_id: s.id,
+                    finished_ms: s.finished_ms,
+                    expires_ms: s.expires_ms,
+                })
+                .collect();
+            for id in plan_expiry(&ages, KEEP_MIN_SETS, now) {
+                let s = list.iter().find(|s| s.id == id).expect("planned from list");
+                let p = Principal {
+                    account_id: s.account_id.clone(),
+                    key_id: "scheduler".into(),
+                    admin: false,
+                };
+                match self.delete_set(&p, id).await {
+                    Ok(()) => tracing::info!(set = id, %instance, "expired backup set deleted"),
+                    Err(e) if e.kind == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a gc job when sets were deleted and nothing else runs.
+    async fn maybe_gc(self: &Arc<Self>) -> ServiceResult<()> {
+        if !self.gc_needed.load(Ordering::Acquire) || self.running() > 0 || self.is_shutting_down()
+        {
+            return Ok(());
+        }
+        let Some(acc) = self.catalog.account_by_name("default").await? else {
+            return Ok(());
+        };
+        self.gc_needed.store(false, Ordering::Release);
+        let p = Principal {
+            account_id: acc.id,
+            key_id: "scheduler".into(),
+            admin: true,
+        };
+        let job = self.start_gc(&p).await?;
+        tracing::info!(job = job.id, "gc started to reclaim deleted sets");
+        Ok(())
+    }
+}

@@ -46,6 +46,41 @@ for v2 in (False, True):
         assert e.code == "InvalidDBInstanceId.NotFound" and e.status_code == 404, e.code
     print(f"dds tea {'v2' if v2 else 'ACS3'}: job {job} (set {created.backup_id}) seen {seen}")
 
+c = Client(open_api.Config(access_key_id=AK, access_key_secret=SK, endpoint=ENDPOINT, protocol="HTTP", region_id="cn-hangzhou"))
+body = c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=INSTANCE), RT).body
+assert body is not None and body.total_count == 2 and body.page_number == 1, body.to_map()
+sets = body.backups.backup
+assert all(b.backup_status == "Success" and b.backup_size > 1_000_000 and b.backup_mode == "Manual" and b.is_avail
+           for b in sets), body.to_map()
+by_job = c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=INSTANCE, backup_job_id=sets[1].backup_job_id), RT).body
+assert [b.backup_id for b in by_job.backups.backup] == [sets[1].backup_id], by_job.to_map()
+c.delete_backup_with_options(dds.DeleteBackupRequest(dbinstance_id=INSTANCE, backup_id=sets[1].backup_id), RT)
+left = c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=INSTANCE), RT).body
+assert [b.backup_id for b in left.backups.backup] == [sets[0].backup_id], left.to_map()
+
+insts = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(region_id="cn-hangzhou"), RT).body
+assert insts is not None and insts.total_count == 1, insts.to_map()
+i = insts.dbinstances.dbinstance[0]
+assert i.dbinstance_id == INSTANCE and i.dbinstance_type == "replicate" and i.dbinstance_status == "Running", i.to_map()
+none = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(region_id="cn-hangzhou", dbinstance_type="sharding"), RT).body
+assert none.dbinstances.dbinstance == [], none.to_map()
+
+pol = c.describe_backup_policy_with_options(dds.DescribeBackupPolicyRequest(dbinstance_id=INSTANCE), RT).body
+assert pol is not None and pol.backup_retention_period == "7" and pol.preferred_backup_time == "02:00Z-03:00Z", pol.to_map()
+c.modify_backup_policy_with_options(dds.ModifyBackupPolicyRequest(
+    dbinstance_id=INSTANCE, preferred_backup_time="21:00Z-22:00Z", preferred_backup_period="Saturday,Sunday",
+    backup_retention_period=30, enable_backup_log=1, log_backup_retention_period=14), RT)
+pol = c.describe_backup_policy_with_options(dds.DescribeBackupPolicyRequest(dbinstance_id=INSTANCE), RT).body
+assert (pol.preferred_backup_time, pol.preferred_backup_period, pol.backup_retention_period) == (
+    "21:00Z-22:00Z", "Saturday,Sunday", "30"), pol.to_map()
+assert pol.enable_backup_log == 1 and pol.log_backup_retention_period == 14, pol.to_map()
+try:
+    c.modify_backup_policy_with_options(dds.ModifyBackupPolicyRequest(dbinstance_id=INSTANCE, preferred_backup_time="21-22"), RT)
+    raise AssertionError("bad window accepted")
+except ClientException as e:
+    assert e.code == "InvalidParameter" and e.status_code == 400, e.code
+print("dds tea: DescribeBackups/DeleteBackup/DescribeDBInstances/BackupPolicy ok")
+
 req = DescribeBackupTasksRequest()
 req.set_DBInstanceId(INSTANCE)
 req.set_endpoint("127.0.0.1")

@@ -58,6 +58,46 @@ for v2 in (False, True):
         pdb.DescribeBackupTasksRequest(dbcluster_id=CLUSTER, backup_mode="Weekly"), RT), "InvalidBackupMode.Malformed", 400)
     print(f"polardb tea {'v2' if v2 else 'ACS3'}: job {job} progress {[p for _, p in seen]}")
 
+# Sets: list, filter, page, delete; clusters; backup policy.
+c = tea(False)
+body = c.describe_backups_with_options(pdb.DescribeBackupsRequest(dbcluster_id=CLUSTER), RT).body
+assert body is not None and body.total_record_count == "2", body.to_map()
+sets = body.items.backup
+assert all(b.backup_status == "Success" and b.dbcluster_id == CLUSTER and int(b.backup_set_size) > 1_000_000
+           for b in sets), body.to_map()
+assert all(b.backup_mode == "Manual" and b.expect_expire_time for b in sets), body.to_map()
+only = c.describe_backups_with_options(pdb.DescribeBackupsRequest(dbcluster_id=CLUSTER, backup_id=sets[0].backup_id), RT).body
+assert [b.backup_id for b in only.items.backup] == [sets[0].backup_id], only.to_map()
+tea_error(lambda: c.describe_backups_with_options(
+    pdb.DescribeBackupsRequest(dbcluster_id=CLUSTER, backup_mode="Weekly"), RT), "InvalidParameter", 400)
+tea_error(lambda: c.delete_backup_with_options(
+    pdb.DeleteBackupRequest(dbcluster_id=CLUSTER, backup_id="999999"), RT), "InvalidBackupId.NotFound", 404)
+c.delete_backup_with_options(pdb.DeleteBackupRequest(dbcluster_id=CLUSTER, backup_id=sets[1].backup_id), RT)
+left = c.describe_backups_with_options(pdb.DescribeBackupsRequest(dbcluster_id=CLUSTER), RT).body
+assert [b.backup_id for b in left.items.backup] == [sets[0].backup_id], left.to_map()
+
+cl = c.describe_dbclusters_with_options(pdb.DescribeDBClustersRequest(region_id="cn-hangzhou"), RT).body
+assert cl is not None and cl.total_record_count == 1, cl.to_map()
+assert cl.items.dbcluster[0].dbcluster_id == CLUSTER and cl.items.dbcluster[0].dbcluster_status == "Running", cl.to_map()
+assert cl.items.dbcluster[0].dbversion == "15", cl.to_map()
+none = c.describe_dbclusters_with_options(pdb.DescribeDBClustersRequest(region_id="cn-hangzhou", dbcluster_ids="pc-other"), RT).body
+assert none.items.dbcluster == [], none.to_map()
+
+pol = c.describe_backup_policy_with_options(pdb.DescribeBackupPolicyRequest(dbcluster_id=CLUSTER), RT).body
+assert pol is not None and pol.data_level_1backup_retention_period == "7", pol.to_map()
+c.modify_backup_policy_with_options(pdb.ModifyBackupPolicyRequest(
+    dbcluster_id=CLUSTER, preferred_backup_time="15:00Z-16:00Z", preferred_backup_period="Monday,Friday",
+    data_level_1backup_retention_period="5", backup_retention_policy_on_cluster_deletion="ALL"), RT)
+pol = c.describe_backup_policy_with_options(pdb.DescribeBackupPolicyRequest(dbcluster_id=CLUSTER), RT).body
+assert (pol.preferred_backup_time, pol.preferred_backup_period, pol.data_level_1backup_retention_period) == (
+    "15:00Z-16:00Z", "Monday,Friday", "5"), pol.to_map()
+assert pol.backup_retention_policy_on_cluster_deletion == "ALL", pol.to_map()
+tea_error(lambda: c.modify_backup_policy_with_options(pdb.ModifyBackupPolicyRequest(
+    dbcluster_id=CLUSTER, data_level_1backup_retention_period="30"), RT), "InvalidParameter", 400)
+tea_error(lambda: c.describe_backup_policy_with_options(
+    pdb.DescribeBackupPolicyRequest(dbcluster_id="pc-nosuchcluster000"), RT), "InvalidDBClusterId.NotFound", 400)
+print("polardb tea: DescribeBackups/DeleteBackup/DescribeDBClusters/BackupPolicy ok")
+
 req = DescribeBackupTasksRequest()
 req.set_DBClusterId(CLUSTER)
 req.set_endpoint("127.0.0.1")

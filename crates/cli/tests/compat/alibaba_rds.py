@@ -120,6 +120,33 @@ none = c.describe_dbinstances_with_options(rds.DescribeDBInstancesRequest(region
 assert none.items.dbinstance == [], none.to_map()
 print("tea: DescribeDBInstances ok")
 
+# Backup policy: the default, a change, the change read back, bad values.
+for v2 in (False, True):
+    c = tea(v2)
+    pol = c.describe_backup_policy_with_options(rds.DescribeBackupPolicyRequest(dbinstance_id=INSTANCE), RT).body
+    assert pol is not None and pol.backup_retention_period in (7, 9), pol.to_map()
+    assert pol.preferred_backup_time and pol.preferred_backup_period and pol.preferred_next_backup_time, pol.to_map()
+    assert pol.advanced_data_policies.advanced_data_policy == [], pol.to_map()
+    mod = c.modify_backup_policy_with_options(rds.ModifyBackupPolicyRequest(
+        dbinstance_id=INSTANCE, preferred_backup_time="19:00Z-20:00Z", preferred_backup_period="Monday,Thursday",
+        backup_retention_period="9", compress_type="4", enable_increment_data_backup=True,
+        local_log_retention_hours="24"), RT).body
+    assert mod is not None and mod.dbinstance_id == INSTANCE and mod.compress_type == "4", mod.to_map()
+    assert mod.local_log_retention_hours == 24 and mod.enable_increment_data_backup is True, mod.to_map()
+    pol = c.describe_backup_policy_with_options(rds.DescribeBackupPolicyRequest(dbinstance_id=INSTANCE), RT).body
+    assert (pol.preferred_backup_time, pol.preferred_backup_period, pol.backup_retention_period) == (
+        "19:00Z-20:00Z", "Monday,Thursday", 9), pol.to_map()
+    assert pol.compress_type == "4" and pol.local_log_retention_hours == 24, pol.to_map()
+    assert pol.preferred_next_backup_time.endswith("T19:00Z"), pol.to_map()
+    for bad in (dict(preferred_backup_time="7pm"), dict(preferred_backup_period="Someday"),
+                dict(backup_retention_period="3"), dict(backup_priority=None, inc_backup_interval=None,
+                                                        backup_policy_mode="Sometimes")):
+        tea_error(lambda: c.modify_backup_policy_with_options(
+            rds.ModifyBackupPolicyRequest(dbinstance_id=INSTANCE, **bad), RT), "InvalidParameter", 400)
+    tea_error(lambda: c.describe_backup_policy_with_options(
+        rds.DescribeBackupPolicyRequest(dbinstance_id=OTHER), RT), "InvalidDBInstanceId.NotFound", 404)
+print("tea: Describe/ModifyBackupPolicy ok")
+
 # The older core SDK (RPC HMAC-SHA1, JSON bytes back).
 port = int(ENDPOINT.rsplit(":", 1)[1])
 
@@ -154,5 +181,19 @@ except ServerException as e:
     # reports a matching one as a wrong secret.
     assert e.get_error_code() in ("SignatureDoesNotMatch", "InvalidAccessKeySecret"), e.get_error_code()
     assert e.get_http_status() == 400
+from aliyunsdkrds.request.v20140815.DescribeBackupPolicyRequest import DescribeBackupPolicyRequest
+from aliyunsdkrds.request.v20140815.ModifyBackupPolicyRequest import ModifyBackupPolicyRequest
+
+req = ModifyBackupPolicyRequest()
+req.set_DBInstanceId(INSTANCE)
+req.set_PreferredBackupTime("03:00Z-04:00Z")
+req.set_PreferredBackupPeriod("Tuesday")
+core(req)
+req = DescribeBackupPolicyRequest()
+req.set_DBInstanceId(INSTANCE)
+pol = core(req)
+assert pol["PreferredBackupTime"] == "03:00Z-04:00Z" and pol["PreferredBackupPeriod"] == "Tuesday", pol
+assert pol["BackupRetentionPeriod"] == 9, pol
+print("core sdk: backup policy ok")
 print("all SDK checks passed")
 sys.exit(0)

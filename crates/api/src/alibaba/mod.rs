@@ -10,5 +10,6 @@ pub mod policy;
 pub mod rds;
 pub mod rpc;
 pub mod shared;
+pub mod xml;
 
 pub use rpc::{RpcConfig, router};

@@ -261,7 +261,7 @@ pub fn router(svc: Arc<Service>, cfg: RpcConfig) -> Router {
         .with_state(st)
 }
 
-fn error_response(e: &RpcError, request_id: &str, host: &str) -> Response {
+fn error_response(e: &RpcError, request_id: &str, host: &str, xml: bool) -> Response {
     let body = json!({
         "RequestId": request_id,
         "HostId": host,
@@ -269,12 +269,21 @@ fn error_response(e: &RpcError, request_id: &str, host: &str) -> Response {
         "Message": e.message,
         "Recommend": format!("https://api.aliyun.com/troubleshoot?q={}", e.code),
     });
-    let mut r = (
-        e.status,
-        [("content-type", "application/json;charset=utf-8")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut r = if xml {
+        (
+            e.status,
+            [("content-type", "text/xml;charset=utf-8")],
+            super::xml::document("Error", &body),
+        )
+            .into_response()
+    } else {
+        (
+            e.status,
+            [("content-type", "application/json;charset=utf-8")],
+            body.to_string(),
+        )
+            .into_response()
+    };
     if let Some(ms) = e.retry_after_ms {
         r.headers_mut().insert("x-acs-retry-after", ms.into());
     }
@@ -286,12 +295,31 @@ pub fn ok_response(mut body: Value, request_id: &str) -> Response {
     if let Value::Object(m) = &mut body {
         m.insert("RequestId".into(), Value::String(request_id.into()));
     }
-    (
+    let mut r = (
         StatusCode::OK,
         [("content-type", "application/json;charset=utf-8")],
         body.to_string(),
     )
-        .into_response()
+        .into_response();
+    // Kept for a `Format=XML` request, which `handle` renders from it.
+    r.extensions_mut().insert(Answer(body));
+    r
+}
+
+/// The body of a successful answer, before it is written as JSON.
+#[derive(Clone)]
+struct Answer(Value);
+
+fn to_xml(r: Response, action: &str) -> Response {
+    match r.extensions().get::<Answer>() {
+        Some(Answer(body)) => (
+            r.status(),
+            [("content-type", "text/xml;charset=utf-8")],
+            super::xml::document(&format!("{action}Response"), body),
+        )
+            .into_response(),
+        None => r,
+    }
 }
 
 async fn handle(
@@ -307,15 +335,24 @@ async fn handle(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("stowage")
         .to_string();
+    // Errors before the parameters are parsed (bad encoding) answer in JSON.
+    let xml = sig::decode_form(uri.query().unwrap_or(""))
+        .is_some_and(|q| super::xml::wants_xml(&q))
+        || std::str::from_utf8(&body)
+            .ok()
+            .and_then(sig::decode_form)
+            .is_some_and(|f| super::xml::wants_xml(&f));
     match authenticate(&st, &method, &uri, &headers, &body, &rid).await {
         Ok(req) => {
             let host = req.product.host();
+            let action = req.action.clone();
             match dispatch(&st, req).await {
+                Ok(r) if xml => to_xml(r, &action),
                 Ok(r) => r,
-                Err(e) => error_response(&e, &rid, host),
+                Err(e) => error_response(&e, &rid, host, xml),
             }
         }
-        Err(e) => error_response(&e, &rid, &host),
+        Err(e) => error_response(&e, &rid, &host, xml),
     }
 }
 

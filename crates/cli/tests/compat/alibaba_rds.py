@@ -195,5 +195,28 @@ pol = core(req)
 assert pol["PreferredBackupTime"] == "03:00Z-04:00Z" and pol["PreferredBackupPeriod"] == "Tuesday", pol
 assert pol["BackupRetentionPeriod"] == 9, pol
 print("core sdk: backup policy ok")
+
+# Format=XML through the core SDK's do_action, which returns the bytes unparsed.
+import xml.etree.ElementTree as ET
+
+req = DescribeBackupTasksRequest()
+req.set_DBInstanceId(INSTANCE)
+req.set_BackupJobId(job)
+req.set_accept_format("XML")
+req.set_endpoint("127.0.0.1")
+req.set_protocol_type("http")
+root = ET.fromstring(AcsClient(AK, SK, "cn-hangzhou", port=port).do_action(req))
+assert root.tag == "DescribeBackupTasksResponse", root.tag
+jobs = root.findall("./Items/BackupJob")
+assert len(jobs) == 1 and jobs[0].findtext("BackupJobId") == str(job), ET.tostring(root)
+assert jobs[0].findtext("BackupStatus") == "Finished" and root.findtext("RequestId"), ET.tostring(root)
+req = DescribeBackupTasksRequest()
+req.set_DBInstanceId("rm-nosuchinstance00")
+req.set_accept_format("XML")
+req.set_endpoint("127.0.0.1")
+req.set_protocol_type("http")
+err = ET.fromstring(AcsClient(AK, SK, "cn-hangzhou", port=port).do_action(req))
+assert err.tag == "Error" and err.findtext("Code") == "InvalidDBInstanceId.NotFound", ET.tostring(err)
+print("core sdk: Format=XML ok")
 print("all SDK checks passed")
 sys.exit(0)

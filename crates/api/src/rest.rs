@@ -83,7 +83,15 @@ impl FromRequestParts<Svc> for Auth {
         let (id, secret) = token.split_once(':').ok_or_else(|| {
             unauthorized("Authorization must be: Bearer <access-key-id>:<access-key-secret>")
         })?;
-        Ok(Auth(svc.authenticate(id.trim(), secret.trim()).await?))
+        let p = svc.authenticate(id.trim(), secret.trim()).await?;
+        if p.policy.is_some() {
+            return Err(ApiError(ServiceError::new(
+                ErrorKind::Forbidden,
+                "this access key is limited by a RAM policy, which the cloud dialects enforce; \
+                 the REST API needs a key without one",
+            )));
+        }
+        Ok(Auth(p))
     }
 }
 
@@ -252,6 +260,10 @@ pub fn router(svc: Svc) -> Router {
         .route("/v1/keys/{id}", axum::routing::delete(delete_key))
         .route("/v1/keys/{id}/disable", post(disable_key))
         .route("/v1/keys/{id}/enable", post(enable_key))
+        .route(
+            "/v1/keys/{id}/policy",
+            axum::routing::put(put_key_policy).delete(delete_key_policy),
+        )
         .route("/v1/verify", post(verify))
         .route("/v1/gc", post(gc))
         .fallback(not_found)
@@ -668,7 +680,7 @@ fn account_json(a: &stowage_catalog::Account) -> Value {
 fn keys_json(keys: &[stowage_service::KeyInfo]) -> Value {
     let v: Vec<Value> = keys
         .iter()
-        .map(|k| json!({"access_key_id": k.access_key_id, "account": k.account, "status": k.status, "description": k.description, "created_at": ts(Some(k.created_ms))}))
+        .map(|k| json!({"access_key_id": k.access_key_id, "account": k.account, "status": k.status, "description": k.description, "created_at": ts(Some(k.created_ms)), "policy": k.policy}))
         .collect();
     json!({"keys": v})
 }
@@ -742,6 +754,26 @@ async fn disable_key(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     svc.set_key_enabled(&p, &id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body: a RAM policy document (`{"Version": "1", "Statement": [...]}`).
+async fn put_key_policy(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(doc): Body<Value>,
+) -> ApiResult<StatusCode> {
+    svc.set_key_policy(&p, &id, Some(doc)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_key_policy(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    svc.set_key_policy(&p, &id, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

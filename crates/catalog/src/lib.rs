@@ -66,6 +66,12 @@ pub trait Catalog: Send + Sync + 'static {
     async fn list_access_keys(&self, account_id: &str) -> CatalogResult<Vec<AccessKey>>;
     /// Sets a key's status (`active` or `disabled`).
     async fn set_access_key_status(&self, id: &str, status: &str) -> CatalogResult<()>;
+    /// Sets or clears a key's RAM-style policy document.
+    async fn set_access_key_policy(
+        &self,
+        id: &str,
+        policy: Option<&serde_json::Value>,
+    ) -> CatalogResult<()>;
     async fn delete_access_key(&self, id: &str) -> CatalogResult<()>;
     async fn list_accounts(&self) -> CatalogResult<Vec<Account>>;
 

@@ -19,6 +19,8 @@ pub struct AccessKey {
     pub status: String,
     pub description: String,
     pub created_ms: i64,
+    /// RAM-style policy document; `None`: everything the account may do.
+    pub policy: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -20,6 +20,7 @@ use stowage_core::{Progress, TaskKind, TaskMode, TaskState};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_policies.sql")),
+    (3, include_str!("migrations/0003_key_policies.sql")),
 ];
 
 pub struct SqliteCatalog {
@@ -189,6 +190,7 @@ fn key_from_row(r: &SqliteRow) -> CatalogResult<AccessKey> {
         status: r.try_get("status")?,
         description: r.try_get("description")?,
         created_ms: r.try_get("created_ms")?,
+        policy: json_opt(r.try_get("policy")?),
     })
 }
 
@@ -254,13 +256,14 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn insert_access_key(&self, k: &AccessKey) -> CatalogResult<()> {
-        sqlx::query("INSERT INTO access_keys (id, account_id, secret_enc, status, description, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO access_keys (id, account_id, secret_enc, status, description, created_ms, policy) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(&k.id)
             .bind(&k.account_id)
             .bind(&k.secret_enc)
             .bind(&k.status)
             .bind(&k.description)
             .bind(k.created_ms)
+            .bind(k.policy.as_ref().map(|p| p.to_string()))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -286,6 +289,23 @@ impl Catalog for SqliteCatalog {
     async fn set_access_key_status(&self, id: &str, status: &str) -> CatalogResult<()> {
         let n = sqlx::query("UPDATE access_keys SET status = ? WHERE id = ?")
             .bind(status)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(CatalogError::NotFound(format!("access key {id}")));
+        }
+        Ok(())
+    }
+
+    async fn set_access_key_policy(
+        &self,
+        id: &str,
+        policy: Option<&serde_json::Value>,
+    ) -> CatalogResult<()> {
+        let n = sqlx::query("UPDATE access_keys SET policy = ? WHERE id = ?")
+            .bind(policy.map(|p| p.to_string()))
             .bind(id)
             .execute(&self.pool)
             .await?

@@ -194,8 +194,15 @@ async fn contract(c: &dyn Catalog) {
         status: "active".into(),
         description: String::new(),
         created_ms: 1,
+        policy: None,
     };
     c.insert_access_key(&k).await.unwrap();
+    let doc = serde_json::json!({"Version": "1", "Statement": []});
+    c.set_access_key_policy("K1", Some(&doc)).await.unwrap();
+    assert_eq!(c.access_key("K1").await.unwrap().unwrap().policy, Some(doc));
+    c.set_access_key_policy("K1", None).await.unwrap();
+    assert_eq!(c.access_key("K1").await.unwrap().unwrap().policy, None);
+    assert!(c.set_access_key_policy("nope", None).await.is_err());
     c.set_access_key_status("K1", "disabled").await.unwrap();
     assert_eq!(
         c.access_key("K1").await.unwrap().unwrap().status,

@@ -142,6 +142,17 @@ enum KeyCmd {
     Delete {
         id: String,
     },
+    /// Limit a key with a RAM-style policy (JSON file), or lift the limit.
+    /// Example: {"Version":"1","Statement":[{"Effect":"Allow","Action":"rds:Describe*","Resource":"acs:rds:*:*:dbinstance/*"}]}
+    Policy {
+        id: String,
+        /// Policy document (JSON).
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        file: Option<PathBuf>,
+        /// Remove the policy: the key may do everything its account may.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Args)]
@@ -920,6 +931,25 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             }
             KeyCmd::Delete { id } => {
                 c.delete(&format!("/v1/keys/{}", enc(&id)))?;
+            }
+            KeyCmd::Policy { id, file, clear } => {
+                let path = format!("/v1/keys/{}/policy", enc(&id));
+                if clear {
+                    c.delete(&path)?;
+                } else {
+                    let f = file.expect("clap: --file or --clear");
+                    let doc: Value = std::fs::read_to_string(&f)
+                        .map_err(|e| format!("{}: {e}", f.display()))
+                        .and_then(|t| {
+                            serde_json::from_str(&t)
+                                .map_err(|e| format!("{}: not JSON: {e}", f.display()))
+                        })
+                        .map_err(|m| CallError::Api {
+                            code: "InvalidParameter".into(),
+                            message: m,
+                        })?;
+                    c.send("PUT", &path, &doc)?;
+                }
             }
         },
         Cmd::Job(jc) => match jc {

@@ -10,6 +10,7 @@
 pub mod ids;
 pub mod manifest;
 pub mod progress;
+pub mod ram;
 pub mod retention;
 pub mod schedule;
 pub mod secret;

@@ -60,6 +60,9 @@ pub struct Principal {
     /// A key of the `default` account, created at first start: may manage
     /// accounts and every account's keys.
     pub admin: bool,
+    /// The key's RAM-style policy, if it has one (checked by the cloud
+    /// dialects; such a key cannot use the REST API).
+    pub policy: Option<Arc<stowage_core::ram::RamPolicy>>,
 }
 
 /// An access key as listed (never with its secret).
@@ -70,6 +73,7 @@ pub struct KeyInfo {
     pub status: String,
     pub description: String,
     pub created_ms: i64,
+    pub policy: Option<serde_json::Value>,
 }
 
 /// Access key as shown once at creation.
@@ -249,6 +253,7 @@ impl Service {
                 status: "active".into(),
                 description: description.into(),
                 created_ms: now_ms(),
+                policy: None,
             })
             .await?;
         Ok(Credentials {
@@ -276,11 +281,21 @@ impl Service {
             .account_by_name("default")
             .await?
             .is_some_and(|a| a.id == k.account_id);
+        let policy = match &k.policy {
+            Some(doc) => Some(Arc::new(stowage_core::ram::RamPolicy::parse(doc).map_err(
+                |e| {
+                    tracing::error!(key = %k.id, error = %e, "stored key policy unreadable; refusing the key");
+                    ServiceError::new(ErrorKind::Forbidden, "this access key's policy is unreadable")
+                },
+            )?)),
+            None => None,
+        };
         Ok((
             Principal {
                 account_id: k.account_id,
                 key_id: k.id,
                 admin,
+                policy,
             },
             secret,
         ))
@@ -383,6 +398,7 @@ impl Service {
                 status: k.status,
                 description: k.description,
                 created_ms: k.created_ms,
+                policy: k.policy,
             })
             .collect())
     }
@@ -398,7 +414,7 @@ impl Service {
         if k.id == p.key_id {
             return Err(ServiceError::new(
                 ErrorKind::InvalidState,
-                "refusing to disable or delete the key this request is signed with",
+                "refusing to change the key this request is signed with; use another key",
             ));
         }
         Ok(k)
@@ -414,6 +430,24 @@ impl Service {
         Ok(self
             .catalog
             .set_access_key_status(&k.id, if enabled { "active" } else { "disabled" })
+            .await?)
+    }
+
+    /// Limits a key with a RAM-style policy (`None` lifts the limit).
+    pub async fn set_key_policy(
+        &self,
+        p: &Principal,
+        key_id: &str,
+        doc: Option<serde_json::Value>,
+    ) -> ServiceResult<()> {
+        if let Some(d) = &doc {
+            stowage_core::ram::RamPolicy::parse(d)
+                .map_err(|e| ServiceError::invalid(e.to_string()))?;
+        }
+        let k = self.managed_key(p, key_id).await?;
+        Ok(self
+            .catalog
+            .set_access_key_policy(&k.id, doc.as_ref())
             .await?)
     }
 

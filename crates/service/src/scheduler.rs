@@ -194,6 +194,7 @@ impl Service {
                 account_id: t.account_id.clone(),
                 key_id: "scheduler".into(),
                 admin: false,
+                policy: None,
             };
             let (inst, policy) = match self.policy(&p, &t.instance_id).await {
                 Ok(pol) => (self.instance(&p, &t.instance_id).await?, pol.policy),
@@ -254,6 +255,7 @@ impl Service {
                     account_id: s.account_id.clone(),
                     key_id: "scheduler".into(),
                     admin: false,
+                    policy: None,
                 };
                 match self.delete_set(&p, id).await {
                     Ok(()) => tracing::info!(set = id, %instance, "expired backup set deleted"),
@@ -279,6 +281,7 @@ impl Service {
             account_id: acc.id,
             key_id: "scheduler".into(),
             admin: true,
+            policy: None,
         };
         let job = self.start_gc(&p).await?;
         tracing::info!(job = job.id, "gc started to reclaim deleted sets");

@@ -33,6 +33,15 @@ impl Product {
         }
     }
 
+    /// The product's name in RAM actions and resources.
+    pub fn ram_name(self) -> &'static str {
+        match self {
+            Product::Rds => "rds",
+            Product::Dds => "dds",
+            Product::Polardb => "polardb",
+        }
+    }
+
     fn host(self) -> &'static str {
         match self {
             Product::Rds => "rds.aliyuncs.com",
@@ -50,6 +59,8 @@ pub struct RpcError {
     pub message: String,
     /// Sent as `x-acs-retry-after` (the Tea SDK's ThrottlingException reads it).
     pub retry_after_ms: Option<u64>,
+    /// `AccessDeniedDetail` of a `Forbidden.RAM` answer.
+    pub access_denied: Option<Value>,
 }
 
 impl RpcError {
@@ -59,6 +70,7 @@ impl RpcError {
             code: code.into(),
             message: message.into(),
             retry_after_ms: None,
+            access_denied: None,
         }
     }
     pub fn missing(name: &str) -> Self {
@@ -262,13 +274,16 @@ pub fn router(svc: Arc<Service>, cfg: RpcConfig) -> Router {
 }
 
 fn error_response(e: &RpcError, request_id: &str, host: &str, xml: bool) -> Response {
-    let body = json!({
+    let mut body = json!({
         "RequestId": request_id,
         "HostId": host,
         "Code": e.code,
         "Message": e.message,
         "Recommend": format!("https://api.aliyun.com/troubleshoot?q={}", e.code),
     });
+    if let Some(d) = &e.access_denied {
+        body["AccessDeniedDetail"] = d.clone();
+    }
     let mut r = if xml {
         (
             e.status,
@@ -356,7 +371,61 @@ async fn handle(
     }
 }
 
+/// The RAM resource a request acts on:
+/// `acs:<product>:<RegionId or local>:<account id>:<dbinstance|dbcluster>/<id or *>`.
+pub fn ram_resource(req: &RpcRequest) -> String {
+    let (kind, param) = match req.product {
+        Product::Polardb => ("dbcluster", "DBClusterId"),
+        Product::Rds | Product::Dds => ("dbinstance", "DBInstanceId"),
+    };
+    let listing = matches!(
+        req.action.as_str(),
+        "DescribeDBInstances" | "DescribeDBClusters"
+    );
+    let id = match req.get(param) {
+        Some(id) if !listing => id,
+        _ => "*",
+    };
+    format!(
+        "acs:{}:{}:{}:{kind}/{id}",
+        req.product.ram_name(),
+        req.get("RegionId").unwrap_or("local"),
+        req.principal.account_id
+    )
+}
+
+/// A key limited by a RAM policy may call only what the policy allows.
+fn authorize(req: &RpcRequest) -> Result<(), RpcError> {
+    let Some(policy) = &req.principal.policy else {
+        return Ok(());
+    };
+    let action = format!("{}:{}", req.product.ram_name(), req.action);
+    let resource = ram_resource(req);
+    let d = policy.evaluate(&action, &resource);
+    if d == stowage_core::ram::Decision::Allow {
+        return Ok(());
+    }
+    let mut e = RpcError::new(
+        StatusCode::FORBIDDEN,
+        "Forbidden.RAM",
+        format!(
+            "User not authorized to operate on the specified resource: {action} on {resource} is not allowed by this access key's policy."
+        ),
+    );
+    e.access_denied = Some(json!({
+        "AuthAction": action,
+        "AuthPrincipalDisplayName": req.principal.key_id,
+        "AuthPrincipalOwnerId": req.principal.account_id,
+        "AuthPrincipalType": "AccessKey",
+        "NoPermissionType": d.as_str(),
+        "PolicyType": "AccessKeyIdentityBasedPolicy",
+        "EncodedDiagnosticMessage": "",
+    }));
+    Err(e)
+}
+
 async fn dispatch(st: &RpcState, req: RpcRequest) -> Result<Response, RpcError> {
+    authorize(&req)?;
     let handled = match req.product {
         Product::Rds => super::rds::dispatch(&st.svc, &req).await,
         Product::Polardb => super::polardb::dispatch(&st.svc, &req).await,

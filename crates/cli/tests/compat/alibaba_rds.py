@@ -147,6 +147,23 @@ for v2 in (False, True):
         rds.DescribeBackupPolicyRequest(dbinstance_id=OTHER), RT), "InvalidDBInstanceId.NotFound", 404)
 print("tea: Describe/ModifyBackupPolicy ok")
 
+# A key limited by a RAM policy to DescribeBackupTasks.
+for v2 in (False, True):
+    cfg = open_api.Config(access_key_id=os.environ["LIMITED_AK"], access_key_secret=os.environ["LIMITED_SK"],
+                          endpoint=ENDPOINT, protocol="HTTP", region_id="cn-hangzhou")
+    if v2:
+        cfg.signature_algorithm = "v2"
+    lim = Client(cfg)
+    assert lim.describe_backup_tasks_with_options(rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE), RT).body is not None
+    try:
+        lim.describe_backups_with_options(rds.DescribeBackupsRequest(dbinstance_id=INSTANCE), RT)
+        raise AssertionError("limited key listed sets")
+    except ClientException as e:
+        assert e.code == "Forbidden.RAM" and e.status_code == 403, (e.code, e.status_code)
+        d = e.access_denied_detail
+        assert d and d["AuthAction"] == "rds:DescribeBackups" and d["NoPermissionType"] == "ImplicitDeny", d
+print("tea: RAM policy (Forbidden.RAM with AccessDeniedDetail) ok")
+
 # The older core SDK (RPC HMAC-SHA1, JSON bytes back).
 port = int(ENDPOINT.rsplit(":", 1)[1])
 

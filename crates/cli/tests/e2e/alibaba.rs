@@ -466,3 +466,109 @@ fn per_key_throttling() {
     assert_eq!(r.status().as_u16(), 429);
     assert!(r.headers().get("x-acs-retry-after").is_some());
 }
+
+/// A key limited by a RAM-style policy: allowed calls pass, others get
+/// 403 `Forbidden.RAM` with an `AccessDeniedDetail`; an explicit deny wins;
+/// the REST API refuses such a key; bad documents are refused.
+#[test]
+fn ram_policy_limits_a_key() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start(&work.path().join("stowage"));
+    let inst = |name: &str| {
+        s.json(&[
+            "instance",
+            "add",
+            "--name",
+            name,
+            "--port",
+            "5432",
+            "--dialect",
+            "rds",
+        ])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (inst("a"), inst("b"));
+    let k = s.json(&["key", "create", "--description", "read-only a"]);
+    let (id, secret) = (
+        k["access_key_id"].as_str().unwrap().to_string(),
+        k["access_key_secret"].as_str().unwrap().to_string(),
+    );
+    let doc = serde_json::json!({"Version": "1", "Statement": [
+        {"Effect": "Allow", "Action": ["rds:Describe*", "rds:CreateBackup"], "Resource": format!("acs:rds:*:*:dbinstance/{a}")},
+        {"Effect": "Allow", "Action": "rds:DescribeDBInstances", "Resource": "*"},
+        {"Effect": "Deny", "Action": "rds:CreateBackup", "Resource": "*"},
+    ]});
+    let f = work.path().join("policy.json");
+    std::fs::write(&f, doc.to_string()).unwrap();
+    s.ok(&["key", "policy", &id, "--file", f.to_str().unwrap()]);
+    let listed = s.json(&["key", "list"]);
+    assert!(
+        listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["access_key_id"] == id.as_str() && x["policy"] == doc),
+        "{listed}"
+    );
+    let rpc = |action: &str, instance: &str| {
+        let q = rpc_query(
+            "GET",
+            &id,
+            &secret,
+            &[
+                ("Action", action),
+                ("Version", "2014-08-15"),
+                ("DBInstanceId", instance),
+            ],
+            &now(),
+            &nonce(),
+        );
+        call(&s, "GET", &q, &[])
+    };
+    let (st, v) = rpc("DescribeBackupTasks", &a);
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = rpc("DescribeDBInstances", "");
+    assert_eq!((st, v["TotalRecordCount"].as_u64()), (200, Some(2)), "{v}");
+    // Not allowed on b: an implicit deny, the same whether b exists or not.
+    for other in [b.as_str(), "rm-doesnotexist0000"] {
+        let (st, v) = rpc("DescribeBackupTasks", other);
+        assert_eq!(
+            (st, v["Code"].as_str()),
+            (403, Some("Forbidden.RAM")),
+            "{v}"
+        );
+        let d = &v["AccessDeniedDetail"];
+        assert_eq!(d["NoPermissionType"], "ImplicitDeny", "{v}");
+        assert_eq!(d["AuthAction"], "rds:DescribeBackupTasks");
+        assert_eq!(d["AuthPrincipalDisplayName"], id.as_str());
+    }
+    // Allowed by one statement, denied by another: the deny wins.
+    let (st, v) = rpc("CreateBackup", &a);
+    assert_eq!(st, 403, "{v}");
+    assert_eq!(v["AccessDeniedDetail"]["NoPermissionType"], "ExplicitDeny");
+    // The REST API refuses a limited key outright.
+    let o = s.cli_as(&id, &secret, &["instance", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("RAM policy"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Bad documents are refused with the reason; the key keeps its policy.
+    for bad in [
+        "not json",
+        r#"{"Version":"1","Statement":[{"Effect":"Allow","Action":"*","Resource":"*","Condition":{}}]}"#,
+        r#"{"Version":"2","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+    ] {
+        std::fs::write(&f, bad).unwrap();
+        let o = s.cli(&["key", "policy", &id, "--file", f.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+    }
+    assert_eq!(rpc("DescribeBackupTasks", &b).0, 403);
+    // Lifted: everything the account may do.
+    s.ok(&["key", "policy", &id, "--clear"]);
+    assert_eq!(rpc("DescribeBackupTasks", &b).0, 200);
+    assert!(!s.log().contains(&secret));
+}

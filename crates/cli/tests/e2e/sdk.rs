@@ -102,11 +102,32 @@ fn alibaba_sdks_drive_real_backups() {
     let other = Stowage::start(&work.path().join("other"));
     let other_inst = other.json(&["instance", "add", "--name", "x", "--port", &port]);
     let other_id = other_inst["id"].as_str().unwrap();
+    // A key that may only read backup tasks.
+    let limited = s.json(&["key", "create", "--description", "tasks only"]);
+    let limited_id = limited["access_key_id"].as_str().unwrap();
+    let policy = work.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"Version":"1","Statement":[{"Effect":"Allow","Action":"rds:DescribeBackupTasks","Resource":"*"}]}"#,
+    )
+    .unwrap();
+    s.ok(&[
+        "key",
+        "policy",
+        limited_id,
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
     run_script(
         &v,
         &s,
         "alibaba_rds.py",
-        &[("INSTANCE", &rds), ("OTHER", other_id)],
+        &[
+            ("INSTANCE", &rds),
+            ("OTHER", other_id),
+            ("LIMITED_AK", limited_id),
+            ("LIMITED_SK", limited["access_key_secret"].as_str().unwrap()),
+        ],
         "all SDK checks passed",
     );
     run_script(

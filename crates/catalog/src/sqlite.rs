@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_policies.sql")),
     (3, include_str!("migrations/0003_key_policies.sql")),
+    (4, include_str!("migrations/0004_task_state_index.sql")),
 ];
 
 pub struct SqliteCatalog {
@@ -76,6 +77,63 @@ impl SqliteCatalog {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// SQLite's plan for each shape of the task query the dialects' hot path
+    /// (DescribeBackupTasks) runs: (shape, plan). For benchmarks and the
+    /// test that keeps them on an index.
+    pub async fn task_query_plans(&self) -> CatalogResult<Vec<(String, String)>> {
+        let active: Vec<TaskState> = TaskState::ALL
+            .into_iter()
+            .filter(|s| s.is_active())
+            .collect();
+        let inst = Some("rm-x".to_string());
+        let shapes = [
+            (
+                "unfinished tasks of an instance",
+                TaskFilter {
+                    instance_id: inst.clone(),
+                    states: active,
+                    ..Default::default()
+                },
+            ),
+            (
+                "one task by id",
+                TaskFilter {
+                    instance_id: inst.clone(),
+                    task_id: Some(1),
+                    ..Default::default()
+                },
+            ),
+            (
+                "latest tasks of an instance",
+                TaskFilter {
+                    instance_id: inst,
+                    ..Default::default()
+                },
+            ),
+        ];
+        let mut out = Vec::new();
+        for (name, f) in shapes {
+            let sql = format!("EXPLAIN QUERY PLAN {}", task_query(&f));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind("acc");
+            if let Some(i) = &f.instance_id {
+                q = q.bind(i);
+            }
+            if let Some(id) = f.task_id {
+                q = q.bind(id);
+            }
+            for s in &f.states {
+                q = q.bind(s.as_str());
+            }
+            let rows = q.bind(100i64).fetch_all(&self.pool).await?;
+            let plan: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>("detail"))
+                .collect::<Result<_, _>>()?;
+            out.push((name.to_string(), plan.join("; ")));
+        }
+        Ok(out)
     }
 }
 
@@ -192,6 +250,33 @@ fn key_from_row(r: &SqliteRow) -> CatalogResult<AccessKey> {
         created_ms: r.try_get("created_ms")?,
         policy: json_opt(r.try_get("policy")?),
     })
+}
+
+/// The query behind `list_backup_tasks` for a filter's shape.
+fn task_query(f: &TaskFilter) -> String {
+    // By state: look up each state's few rows rather than walk the
+    // instance's whole history in id order (the planner, without
+    // statistics, prefers the walk because it avoids a sort).
+    let mut sql = String::from(
+        if f.instance_id.is_some() && !f.states.is_empty() && f.task_id.is_none() {
+            "SELECT * FROM backup_tasks INDEXED BY backup_tasks_instance_state WHERE account_id = ?"
+        } else {
+            "SELECT * FROM backup_tasks WHERE account_id = ?"
+        },
+    );
+    if f.instance_id.is_some() {
+        sql.push_str(" AND instance_id = ?");
+    }
+    if f.task_id.is_some() {
+        sql.push_str(" AND id = ?");
+    }
+    if !f.states.is_empty() {
+        sql.push_str(" AND state IN (");
+        sql.push_str(&vec!["?"; f.states.len()].join(","));
+        sql.push(')');
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    sql
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -492,19 +577,7 @@ impl Catalog for SqliteCatalog {
         account_id: &str,
         f: &TaskFilter,
     ) -> CatalogResult<Vec<BackupTask>> {
-        let mut sql = String::from("SELECT * FROM backup_tasks WHERE account_id = ?");
-        if f.instance_id.is_some() {
-            sql.push_str(" AND instance_id = ?");
-        }
-        if f.task_id.is_some() {
-            sql.push_str(" AND id = ?");
-        }
-        if !f.states.is_empty() {
-            sql.push_str(" AND state IN (");
-            sql.push_str(&vec!["?"; f.states.len()].join(","));
-            sql.push(')');
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let sql = task_query(f);
         // Built only from fixed fragments and placeholders; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
         if let Some(i) = &f.instance_id {

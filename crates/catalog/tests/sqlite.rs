@@ -463,3 +463,23 @@ async fn sqlite_catalog_contract() {
         .unwrap();
     assert!(c.account_by_name("alpha").await.unwrap().is_some());
 }
+
+/// The hot task queries use an index, never a scan of the table.
+#[tokio::test]
+async fn task_queries_use_an_index() {
+    let d = tempfile::tempdir().unwrap();
+    let c = SqliteCatalog::open(&d.path().join("catalog.db"))
+        .await
+        .unwrap();
+    for (shape, plan) in c.task_query_plans().await.unwrap() {
+        println!("{shape}: {plan}");
+        assert!(plan.contains("USING"), "{shape}: {plan}");
+        if shape.starts_with("unfinished") {
+            assert!(plan.contains("backup_tasks_instance_state"), "{plan}");
+        }
+        assert!(
+            !plan.contains("SCAN backup_tasks") || plan.contains("USING INDEX"),
+            "{shape}: {plan}"
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! DescribeBackupTasks through the Alibaba RPC path, signature checked, with
+//! a large catalog and backups running (issue 4's benchmark; bench/rpc.sh).
+//!
+//! Sets up a real PostgreSQL (pgbench data), a release `stowage serve`,
+//! `--instances` rds instances of that database, `--tasks` finished tasks in
+//! the catalog (written through the catalog API, as the server writes them),
+//! and one throttled backup running per instance. Then `--clients` threads
+//! send RPC-signed (HMAC-SHA1, fresh nonce each) DescribeBackupTasks for
+//! `--seconds`: 90 % the default listing of a random instance (its running
+//! task, live progress), 10 % one historical task by `BackupJobId`.
+//! Prints p50/p90/p99/max latency, requests/s, and the catalog's query plans.
+
+use serde_json::{Value, json};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use stowage_api::alibaba::signature as sig;
+use stowage_catalog::sqlite::SqliteCatalog;
+use stowage_catalog::{Catalog, NewSet, NewTask, StateUpdate};
+use stowage_core::{TaskMode, TaskState};
+use stowage_testkit::{PgOptions, PgServer, free_port};
+
+struct Args {
+    seconds: u64,
+    clients: usize,
+    tasks: usize,
+    instances: usize,
+    scale: u32,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        seconds: 20,
+        clients: 8,
+        tasks: 10_000,
+        instances: 20,
+        scale: 10,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i + 1 < v.len() {
+        let n: u64 = v[i + 1].parse().expect("numeric argument");
+        match v[i].as_str() {
+            "--seconds" => a.seconds = n,
+            "--clients" => a.clients = n as usize,
+            "--tasks" => a.tasks = n as usize,
+            "--instances" => a.instances = n as usize,
+            "--scale" => a.scale = n as u32,
+            o => panic!("unknown argument {o}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn rest(url: &str, auth: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+    let a = agent();
+    let full = format!("{url}{path}");
+    let mut r = match (method, body) {
+        ("POST", Some(b)) => a
+            .post(&full)
+            .header("Authorization", auth)
+            .send_json(&b)
+            .unwrap(),
+        ("POST", None) => a
+            .post(&full)
+            .header("Authorization", auth)
+            .send_empty()
+            .unwrap(),
+        _ => a.get(&full).header("Authorization", auth).call().unwrap(),
+    };
+    let text = r.body_mut().read_to_string().unwrap();
+    assert!(r.status().is_success(), "{method} {path}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// xorshift: enough randomness to pick instances and tasks.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn signed_query(id: &str, secret: &str, params: &[(&str, &str)]) -> String {
+    let mut all: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let ts = stowage_core::time::format_rfc3339(stowage_service::now_ms());
+    let nonce = stowage_service::secrets::random_uuid();
+    for (k, v) in [
+        ("AccessKeyId", id),
+        ("SignatureMethod", "HMAC-SHA1"),
+        ("SignatureVersion", "1.0"),
+        ("SignatureNonce", nonce.as_str()),
+        ("Timestamp", ts.as_str()),
+        ("Format", "JSON"),
+    ] {
+        all.push((k.into(), v.into()));
+    }
+    let s = sig::rpc_signature(secret, &sig::rpc_string_to_sign("GET", &all));
+    all.push(("Signature".into(), s));
+    all.iter()
+        .map(|(k, v)| format!("{}={}", sig::encode(k), sig::encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let a = args();
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("stowage");
+    assert!(bin.exists(), "build the server first: {}", bin.display());
+
+    eprintln!("starting PostgreSQL (pgbench scale {})", a.scale);
+    let senders = (a.instances + 5).to_string();
+    let pg = PgServer::start(PgOptions {
+        max_wal_senders: a.instances as u32 + 5,
+        extra: vec![("max_replication_slots".into(), senders)],
+        ..Default::default()
+    });
+    let o = pg.pgbench(&["-i", "-q", "-s", &a.scale.to_string(), "postgres"]);
+    assert!(o.status.success());
+
+    let work = tempfile::tempdir().unwrap();
+    let dd = work.path().join("stowage");
+    std::fs::create_dir_all(&dd).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(&bin)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--no-scheduler",
+        ])
+        .args(["--rate-per-key", "100000000", "--data-dir"])
+        .arg(&dd)
+        .env("STOWAGE_INSECURE_FAST_KDF", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.path().join("serve.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while agent().get(&format!("{url}/v1/health")).call().is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let creds: Value =
+        serde_json::from_str(&std::fs::read_to_string(dd.join("admin-credentials")).unwrap())
+            .unwrap();
+    let (ak, sk) = (
+        creds["access_key_id"].as_str().unwrap().to_string(),
+        creds["access_key_secret"].as_str().unwrap().to_string(),
+    );
+    let auth = format!("Bearer {ak}:{sk}");
+    let insts: Vec<String> = (0..a.instances)
+        .map(|i| {
+            rest(&url, &auth, "POST", "/v1/instances", Some(json!({
+                "name": format!("pg{i}"), "host": "127.0.0.1", "port": pg.port, "user": "postgres",
+                "dialect": "rds", "max_rate_kbps": 2048,
+            })))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+
+    eprintln!("writing {} finished tasks into the catalog", a.tasks);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (history, plans) = rt.block_on(async {
+        let c = SqliteCatalog::open(&dd.join("catalog.db")).await.unwrap();
+        let acc = c.account_by_name("default").await.unwrap().unwrap().id;
+        let t = Instant::now();
+        let mut ids = Vec::with_capacity(a.tasks);
+        for i in 0..a.tasks {
+            let now = stowage_service::now_ms() - (a.tasks - i) as i64 * 60_000;
+            let task = c
+                .create_backup_task(
+                    &NewTask {
+                        account_id: acc.clone(),
+                        instance_id: insts[i % insts.len()].clone(),
+                        mode: if i % 2 == 0 {
+                            TaskMode::Automated
+                        } else {
+                            TaskMode::Manual
+                        },
+                        method: "physical".into(),
+                        client_token: None,
+                        node: Some("bench".into()),
+                        scheduled_ms: None,
+                    },
+                    now,
+                )
+                .await
+                .unwrap();
+            for s in [
+                TaskState::Checking,
+                TaskState::Preparing,
+                TaskState::Running,
+                TaskState::Finishing,
+            ] {
+                c.set_backup_task_state(task.id, s, StateUpdate::default(), now)
+                    .await
+                    .unwrap();
+            }
+            c.finish_backup_task(
+                task.id,
+                &NewSet {
+                    snapshot_id: format!("{:064x}", task.id),
+                    engine: "postgresql".into(),
+                    method: "physical".into(),
+                    started_ms: now,
+                    finished_ms: now + 30_000,
+                    bytes_logical: 160_000_000,
+                    bytes_stored: 2_000_000,
+                    consistent_point: Some(json!({"stop_lsn": "0/3000100"})),
+                    meta: json!({"server_version_num": 150000}),
+                    expires_ms: None,
+                },
+                now + 30_000,
+            )
+            .await
+            .unwrap();
+            ids.push(task.id);
+        }
+        eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64());
+        (ids, c.task_query_plans().await.unwrap())
+    });
+
+    eprintln!("starting {} throttled backups", insts.len());
+    for i in &insts {
+        rest(
+            &url,
+            &auth,
+            "POST",
+            &format!("/v1/instances/{i}/backups"),
+            None,
+        );
+    }
+    let t1 = Instant::now();
+    loop {
+        let v = rest(&url, &auth, "GET", "/v1/tasks?state=running", None);
+        let n = v["tasks"].as_array().map_or(0, |t| t.len());
+        if n == insts.len() {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(60),
+            "only {n} backups running"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    eprintln!(
+        "load: {} clients for {} s (+2 s warm-up)",
+        a.clients, a.seconds
+    );
+    let warm = Instant::now() + Duration::from_secs(2);
+    let end = warm + Duration::from_secs(a.seconds);
+    let handles: Vec<_> = (0..a.clients)
+        .map(|c| {
+            let (url, ak, sk, insts, history) = (
+                url.clone(),
+                ak.clone(),
+                sk.clone(),
+                insts.clone(),
+                history.clone(),
+            );
+            std::thread::spawn(move || {
+                let ag = agent();
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1));
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                loop {
+                    let now = Instant::now();
+                    if now >= end {
+                        break;
+                    }
+                    let inst = &insts[rng.next(insts.len())];
+                    let by_id = rng.next(10) == 0;
+                    let job = history[rng.next(history.len())].to_string();
+                    let mut p = vec![
+                        ("Action", "DescribeBackupTasks"),
+                        ("Version", "2014-08-15"),
+                        ("DBInstanceId", inst.as_str()),
+                    ];
+                    if by_id {
+                        p.push(("BackupJobId", job.as_str()));
+                    }
+                    let q = signed_query(&ak, &sk, &p);
+                    let t = Instant::now();
+                    let mut r = ag.get(&format!("{url}/?{q}")).call().unwrap();
+                    let body = r.body_mut().read_to_string().unwrap();
+                    let d = t.elapsed();
+                    if r.status() != 200 || !body.contains("\"BackupJob\"") {
+                        errors += 1;
+                    }
+                    if t >= warm {
+                        lat.push(d);
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (l, e) = h.join().unwrap();
+        lat.extend(l);
+        errors += e;
+    }
+    lat.sort();
+    let running = rest(&url, &auth, "GET", "/v1/tasks?state=running", None)["tasks"]
+        .as_array()
+        .map_or(0, |t| t.len());
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?")
+        .to_string();
+    println!("DescribeBackupTasks (rds, RPC HMAC-SHA1 signed, fresh nonce per request)");
+    println!(
+        "catalog: {} finished tasks over {} instances; {} backups running at the end ({} at the start)",
+        a.tasks,
+        insts.len(),
+        running,
+        insts.len()
+    );
+    println!(
+        "clients: {} threads on the same 2-core machine, keep-alive",
+        a.clients
+    );
+    println!(
+        "requests: {} in {} s = {:.0} req/s; errors: {}",
+        lat.len(),
+        a.seconds,
+        lat.len() as f64 / a.seconds as f64,
+        errors
+    );
+    println!(
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        pct(&lat, 0.50),
+        pct(&lat, 0.90),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
+    println!(
+        "server peak RSS: {}",
+        hwm.trim_start_matches("VmHWM:").trim()
+    );
+    println!("catalog query plans:");
+    for (shape, plan) in plans {
+        println!("  {shape}: {plan}");
+    }
+    stowage_testkit::signal(server.id(), "TERM");
+    let _ = server.wait();
+    drop(pg);
+}

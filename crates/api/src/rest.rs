@@ -370,6 +370,9 @@ async fn check_instance(
 struct BackupBody {
     #[serde(default)]
     client_token: Option<String>,
+    /// Keep this backup's set this many days instead of the policy's retention.
+    #[serde(default)]
+    retention_days: Option<u32>,
 }
 
 async fn create_backup(
@@ -395,7 +398,7 @@ async fn create_backup(
         serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid JSON body: {e}")))?
     };
     let t = svc
-        .start_backup(&p, &id, TaskMode::Manual, b.client_token)
+        .start_backup(&p, &id, TaskMode::Manual, b.client_token, b.retention_days)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(task_json(&t))))
 }

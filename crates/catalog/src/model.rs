@@ -62,6 +62,8 @@ pub struct BackupTask {
     pub client_token: Option<String>,
     /// For an automated task: the start of the window it belongs to.
     pub scheduled_ms: Option<i64>,
+    /// Retention asked for this backup's set, overriding the policy.
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -120,6 +122,8 @@ pub struct NewTask {
     pub node: Option<String>,
     /// Set for an automated task created ahead of its window.
     pub scheduled_ms: Option<i64>,
+    /// Keep this backup's set this many days (pinned), instead of the policy's.
+    pub retention_days: Option<u32>,
 }
 
 /// What a finished backup produced.

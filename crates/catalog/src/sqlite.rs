@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_policies.sql")),
     (3, include_str!("migrations/0003_key_policies.sql")),
     (4, include_str!("migrations/0004_task_state_index.sql")),
+    (5, include_str!("migrations/0005_task_retention.sql")),
 ];
 
 pub struct SqliteCatalog {
@@ -162,6 +163,9 @@ fn task_from_row(r: &SqliteRow) -> CatalogResult<BackupTask> {
         node: r.try_get("node")?,
         client_token: r.try_get("client_token")?,
         scheduled_ms: r.try_get("scheduled_ms")?,
+        retention_days: r
+            .try_get::<Option<i64>, _>("retention_days")?
+            .map(|d| d as u32),
     })
 }
 
@@ -529,8 +533,8 @@ impl Catalog for SqliteCatalog {
             }
         }
         let res = sqlx::query(
-            "INSERT INTO backup_tasks (account_id, instance_id, mode, method, state, active, created_ms, updated_ms, node, client_token, scheduled_ms)
-             VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO backup_tasks (account_id, instance_id, mode, method, state, active, created_ms, updated_ms, node, client_token, scheduled_ms, retention_days)
+             VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.account_id)
         .bind(&t.instance_id)
@@ -543,6 +547,7 @@ impl Catalog for SqliteCatalog {
         .bind(&t.node)
         .bind(&t.client_token)
         .bind(t.scheduled_ms)
+        .bind(t.retention_days.map(|d| d as i64))
         .execute(&mut *tx)
         .await;
         let id = match res {
@@ -667,10 +672,18 @@ impl Catalog for SqliteCatalog {
         let mut tx = self.pool.begin().await?;
         let cur = task_in(&mut tx, id).await?;
         cur.state.transition(TaskState::Finished)?;
+        // A retention asked for this backup pins the set's expiry.
+        let (expires_ms, pinned) = match cur.retention_days {
+            Some(d) => (
+                Some(s.finished_ms + d as i64 * stowage_core::time::MS_PER_DAY),
+                1,
+            ),
+            None => (s.expires_ms, 0),
+        };
         let set_id = sqlx::query(
             "INSERT INTO backup_sets (id, account_id, instance_id, task_id, snapshot_id, engine, method, mode, started_ms, finished_ms,
-               bytes_logical, bytes_stored, consistent_point, meta, expires_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               bytes_logical, bytes_stored, consistent_point, meta, expires_ms, expiry_pinned)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(&cur.account_id)
@@ -686,7 +699,8 @@ impl Catalog for SqliteCatalog {
         .bind(s.bytes_stored as i64)
         .bind(s.consistent_point.as_ref().map(|v| v.to_string()))
         .bind(s.meta.to_string())
-        .bind(s.expires_ms)
+        .bind(expires_ms)
+        .bind(pinned)
         .execute(&mut *tx)
         .await?
         .last_insert_rowid();

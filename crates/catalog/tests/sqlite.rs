@@ -57,6 +57,7 @@ async fn contract(c: &dyn Catalog) {
         client_token: None,
         node: Some("n1".into()),
         scheduled_ms: None,
+        retention_days: None,
     };
     let t = c.create_backup_task(&nt, 10).await.unwrap();
     assert_eq!(t.state, TaskState::Pending);
@@ -264,6 +265,7 @@ async fn contract_schedule(c: &dyn Catalog) {
         client_token: None,
         node: Some("n1".into()),
         scheduled_ms: Some(1000),
+        retention_days: None,
     };
     let st = c.create_backup_task(&sched, 900).await.unwrap();
     assert_eq!(
@@ -427,6 +429,58 @@ async fn contract_schedule(c: &dyn Catalog) {
             .expires_ms,
         Some(20_000 + day)
     );
+    // A retention asked for one backup pins its set's expiry.
+    let t = c
+        .create_backup_task(
+            &NewTask {
+                retention_days: Some(2),
+                ..manual.clone()
+            },
+            30_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.retention_days, Some(2));
+    for st in [
+        TaskState::Checking,
+        TaskState::Preparing,
+        TaskState::Running,
+        TaskState::Finishing,
+    ] {
+        c.set_backup_task_state(t.id, st, StateUpdate::default(), 30_000)
+            .await
+            .unwrap();
+    }
+    let (_, kept) = c
+        .finish_backup_task(
+            t.id,
+            &NewSet {
+                snapshot_id: format!("{:064}", 9),
+                engine: "postgresql".into(),
+                method: "physical".into(),
+                started_ms: 29_000,
+                finished_ms: 30_000,
+                bytes_logical: 1,
+                bytes_stored: 1,
+                consistent_point: None,
+                meta: serde_json::json!({}),
+                expires_ms: Some(1),
+            },
+            30_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.expires_ms, Some(30_000 + 2 * day));
+    c.put_backup_policy(&a.id, inst, &sp).await.unwrap();
+    assert_eq!(
+        c.backup_set(&a.id, kept.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_ms,
+        Some(30_000 + 2 * day)
+    );
+    c.delete_backup_set(&a.id, kept.id).await.unwrap();
     // Removing the instance drops its policy.
     c.delete_backup_set(&a.id, ids[0]).await.unwrap();
     c.delete_backup_set(&a.id, ids[1]).await.unwrap();

@@ -214,6 +214,7 @@ fn main() {
                         client_token: None,
                         node: Some("bench".into()),
                         scheduled_ms: None,
+                        retention_days: None,
                     },
                     now,
                 )

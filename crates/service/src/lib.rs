@@ -573,7 +573,12 @@ impl Service {
         instance: &str,
         mode: TaskMode,
         client_token: Option<String>,
+        retention_days: Option<u32>,
     ) -> ServiceResult<BackupTask> {
+        if let Some(d) = retention_days {
+            stowage_core::BackupPolicy::check_retention(d)
+                .map_err(|e| ServiceError::invalid(e.to_string()))?;
+        }
         if let Some(t) = &client_token
             && (t.is_empty() || t.len() > 64 || !t.is_ascii())
         {
@@ -599,6 +604,7 @@ impl Service {
                     client_token,
                     node: Some(self.node.clone()),
                     scheduled_ms: None,
+                    retention_days,
                 },
                 now_ms(),
             )

@@ -165,6 +165,7 @@ impl Service {
                 client_token: None,
                 node: Some(self.node.clone()),
                 scheduled_ms: Some(o.start_ms),
+                retention_days: None,
             };
             match self.catalog.create_backup_task(&t, now).await {
                 Ok(t) => tracing::info!(

@@ -155,12 +155,25 @@ async fn create_backup(
             "expected Auto, FullBackup or IncrementalBackup",
         ));
     }
-    if let Some(s) = req.get("BackupStrategy")
-        && !["db", "instance"].contains(&s)
-    {
+    match req.get("BackupStrategy") {
+        None | Some("instance") => {}
+        Some("db") => {
+            return Err(RpcError::invalid(
+                "BackupStrategy",
+                "database-level backups are not supported: the whole instance is backed up",
+            ));
+        }
+        Some(_) => {
+            return Err(RpcError::invalid(
+                "BackupStrategy",
+                "expected db or instance",
+            ));
+        }
+    }
+    if req.get("DBName").is_some() {
         return Err(RpcError::invalid(
-            "BackupStrategy",
-            "expected db or instance",
+            "DBName",
+            "database-level backups are not supported: the whole instance is backed up",
         ));
     }
     let t = start_manual_backup(svc, req, &inst, "IncorrectDBInstanceState").await?;

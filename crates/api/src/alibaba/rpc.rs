@@ -239,12 +239,29 @@ pub async fn start_manual_backup(
     busy: &str,
 ) -> Result<stowage_catalog::BackupTask, RpcError> {
     let token = req.get("ClientToken").map(str::to_string);
+    // rds and dds: keep this set this many days (the cloud's 7 to 730;
+    // its -1, "until the instance is released", is not supported).
+    let retention = match req.get("BackupRetentionPeriod") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u32>()
+                .ok()
+                .filter(|d| (7..=730).contains(d))
+                .ok_or_else(|| {
+                    RpcError::invalid(
+                        "BackupRetentionPeriod",
+                        "expected a number of days from 7 to 730",
+                    )
+                })?,
+        ),
+    };
     match svc
         .start_backup(
             &req.principal,
             instance,
             stowage_core::TaskMode::Manual,
             token,
+            retention,
         )
         .await
     {

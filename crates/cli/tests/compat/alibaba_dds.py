@@ -21,7 +21,8 @@ for v2 in (False, True):
     if v2:
         cfg.signature_algorithm = "v2"
     c = Client(cfg)
-    created = c.create_backup_with_options(dds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_method="Physical"), RT).body
+    created = c.create_backup_with_options(dds.CreateBackupRequest(
+        dbinstance_id=INSTANCE, backup_method="Physical", backup_retention_period=30 if v2 else None), RT).body
     assert created.backup_job_id and created.backup_id, created.to_map()
     job = created.backup_job_id
     seen = []
@@ -52,6 +53,12 @@ assert body is not None and body.total_count == 2 and body.page_number == 1, bod
 sets = body.backups.backup
 assert all(b.backup_status == "Success" and b.backup_size > 1_000_000 and b.backup_mode == "Manual" and b.is_avail
            for b in sets), body.to_map()
+import datetime
+def ts(v):
+    return datetime.datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ")
+# The v2 round asked for 30 days for its set (newest first), the other got the policy's 7.
+assert (ts(sets[0].backup_expire_time) - ts(sets[0].backup_end_time)).days == 30, sets[0].to_map()
+assert (ts(sets[1].backup_expire_time) - ts(sets[1].backup_end_time)).days == 7, sets[1].to_map()
 by_job = c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=INSTANCE, backup_job_id=sets[1].backup_job_id), RT).body
 assert [b.backup_id for b in by_job.backups.backup] == [sets[1].backup_id], by_job.to_map()
 c.delete_backup_with_options(dds.DeleteBackupRequest(dbinstance_id=INSTANCE, backup_id=sets[1].backup_id), RT)

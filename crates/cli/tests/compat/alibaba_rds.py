@@ -87,6 +87,10 @@ for v2 in (False, True):
         rds.DescribeBackupTasksRequest(dbinstance_id=OTHER), RT), "InvalidDBInstanceId.NotFound", 404)
     tea_error(lambda: c.describe_backup_tasks_with_options(
         rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE, backup_mode="Sometimes"), RT), "InvalidParameter", 400)
+    tea_error(lambda: c.create_backup_with_options(
+        rds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_retention_period=3), RT), "InvalidParameter", 400)
+    tea_error(lambda: c.create_backup_with_options(
+        rds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_strategy="db", dbname="app"), RT), "InvalidParameter", 400)
     tea_error(lambda: tea(v2, "wrong").describe_backup_tasks_with_options(
         rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE), RT), "SignatureDoesNotMatch", 400)
 

@@ -373,6 +373,8 @@ struct BackupBody {
     /// Keep this backup's set this many days instead of the policy's retention.
     #[serde(default)]
     retention_days: Option<u32>,
+    #[serde(default)]
+    comment: Option<String>,
 }
 
 async fn create_backup(
@@ -398,7 +400,16 @@ async fn create_backup(
         serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid JSON body: {e}")))?
     };
     let t = svc
-        .start_backup(&p, &id, TaskMode::Manual, b.client_token, b.retention_days)
+        .start_backup(
+            &p,
+            &id,
+            TaskMode::Manual,
+            stowage_service::BackupRequest {
+                client_token: b.client_token,
+                retention_days: b.retention_days,
+                comment: b.comment,
+            },
+        )
         .await?;
     Ok((StatusCode::ACCEPTED, Json(task_json(&t))))
 }

@@ -64,6 +64,8 @@ pub struct BackupTask {
     pub scheduled_ms: Option<i64>,
     /// Retention asked for this backup's set, overriding the policy.
     pub retention_days: Option<u32>,
+    /// The caller's note; copied into the set's `meta.comment`.
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -124,6 +126,8 @@ pub struct NewTask {
     pub scheduled_ms: Option<i64>,
     /// Keep this backup's set this many days (pinned), instead of the policy's.
     pub retention_days: Option<u32>,
+    /// A note kept with the task and its set.
+    pub comment: Option<String>,
 }
 
 /// What a finished backup produced.

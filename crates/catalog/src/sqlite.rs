@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_key_policies.sql")),
     (4, include_str!("migrations/0004_task_state_index.sql")),
     (5, include_str!("migrations/0005_task_retention.sql")),
+    (6, include_str!("migrations/0006_task_comment.sql")),
 ];
 
 pub struct SqliteCatalog {
@@ -166,6 +167,7 @@ fn task_from_row(r: &SqliteRow) -> CatalogResult<BackupTask> {
         retention_days: r
             .try_get::<Option<i64>, _>("retention_days")?
             .map(|d| d as u32),
+        comment: r.try_get("comment")?,
     })
 }
 
@@ -533,8 +535,8 @@ impl Catalog for SqliteCatalog {
             }
         }
         let res = sqlx::query(
-            "INSERT INTO backup_tasks (account_id, instance_id, mode, method, state, active, created_ms, updated_ms, node, client_token, scheduled_ms, retention_days)
-             VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO backup_tasks (account_id, instance_id, mode, method, state, active, created_ms, updated_ms, node, client_token, scheduled_ms, retention_days, comment)
+             VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.account_id)
         .bind(&t.instance_id)
@@ -548,6 +550,7 @@ impl Catalog for SqliteCatalog {
         .bind(&t.client_token)
         .bind(t.scheduled_ms)
         .bind(t.retention_days.map(|d| d as i64))
+        .bind(&t.comment)
         .execute(&mut *tx)
         .await;
         let id = match res {
@@ -680,6 +683,10 @@ impl Catalog for SqliteCatalog {
             ),
             None => (s.expires_ms, 0),
         };
+        let mut meta = s.meta.clone();
+        if let (Some(c), serde_json::Value::Object(m)) = (&cur.comment, &mut meta) {
+            m.insert("comment".into(), serde_json::Value::String(c.clone()));
+        }
         let set_id = sqlx::query(
             "INSERT INTO backup_sets (id, account_id, instance_id, task_id, snapshot_id, engine, method, mode, started_ms, finished_ms,
                bytes_logical, bytes_stored, consistent_point, meta, expires_ms, expiry_pinned)
@@ -698,7 +705,7 @@ impl Catalog for SqliteCatalog {
         .bind(s.bytes_logical as i64)
         .bind(s.bytes_stored as i64)
         .bind(s.consistent_point.as_ref().map(|v| v.to_string()))
-        .bind(s.meta.to_string())
+        .bind(meta.to_string())
         .bind(expires_ms)
         .bind(pinned)
         .execute(&mut *tx)

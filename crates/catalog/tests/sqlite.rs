@@ -58,6 +58,7 @@ async fn contract(c: &dyn Catalog) {
         node: Some("n1".into()),
         scheduled_ms: None,
         retention_days: None,
+        comment: None,
     };
     let t = c.create_backup_task(&nt, 10).await.unwrap();
     assert_eq!(t.state, TaskState::Pending);
@@ -238,6 +239,7 @@ async fn contract_schedule(c: &dyn Catalog) {
     let sp = StoredPolicy {
         policy: stowage_core::BackupPolicy {
             retention_days: 3,
+            comment: None,
             weekdays: stowage_core::Weekdays::parse("Monday,Friday").unwrap(),
             ..Default::default()
         },
@@ -266,6 +268,7 @@ async fn contract_schedule(c: &dyn Catalog) {
         node: Some("n1".into()),
         scheduled_ms: Some(1000),
         retention_days: None,
+        comment: None,
     };
     let st = c.create_backup_task(&sched, 900).await.unwrap();
     assert_eq!(

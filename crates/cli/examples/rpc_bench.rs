@@ -215,6 +215,7 @@ fn main() {
                         node: Some("bench".into()),
                         scheduled_ms: None,
                         retention_days: None,
+                        comment: None,
                     },
                     now,
                 )

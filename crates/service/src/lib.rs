@@ -98,6 +98,17 @@ pub struct Bootstrap {
     pub interrupted_tasks: u64,
 }
 
+/// Options of a manual backup.
+#[derive(Debug, Clone, Default)]
+pub struct BackupRequest {
+    /// Idempotency: the same token for the same instance returns the first task.
+    pub client_token: Option<String>,
+    /// Keep the set this many days instead of the policy's retention.
+    pub retention_days: Option<u32>,
+    /// A note kept with the task and its set (`meta.comment`).
+    pub comment: Option<String>,
+}
+
 /// Registration of an instance.
 #[derive(Debug, Clone, Deserialize)]
 pub struct NewInstance {
@@ -572,12 +583,23 @@ impl Service {
         p: &Principal,
         instance: &str,
         mode: TaskMode,
-        client_token: Option<String>,
-        retention_days: Option<u32>,
+        r: BackupRequest,
     ) -> ServiceResult<BackupTask> {
+        let BackupRequest {
+            client_token,
+            retention_days,
+            comment,
+        } = r;
         if let Some(d) = retention_days {
             stowage_core::BackupPolicy::check_retention(d)
                 .map_err(|e| ServiceError::invalid(e.to_string()))?;
+        }
+        if let Some(c) = &comment
+            && (c.chars().count() > 256 || c.chars().any(char::is_control))
+        {
+            return Err(ServiceError::invalid(
+                "comment: at most 256 characters, no control characters",
+            ));
         }
         if let Some(t) = &client_token
             && (t.is_empty() || t.len() > 64 || !t.is_ascii())
@@ -605,6 +627,7 @@ impl Service {
                     node: Some(self.node.clone()),
                     scheduled_ms: None,
                     retention_days,
+                    comment,
                 },
                 now_ms(),
             )

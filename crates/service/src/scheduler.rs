@@ -166,6 +166,7 @@ impl Service {
                 node: Some(self.node.clone()),
                 scheduled_ms: Some(o.start_ms),
                 retention_days: None,
+                comment: None,
             };
             match self.catalog.create_backup_task(&t, now).await {
                 Ok(t) => tracing::info!(

@@ -107,7 +107,7 @@ fn backup_json(s: &BackupSet) -> Value {
         "ExpectExpireTime": s.expires_ms.map(format_rfc3339).unwrap_or_default(),
         "ExpectExpireType": if s.expires_ms.is_some() { "EXPIRED_TIME" } else { "NEVER" },
         "IsAvail": "1",
-        "Comment": "",
+        "Comment": s.meta.get("comment").and_then(Value::as_str).unwrap_or(""),
         "TableRestoreMetaStatus": "",
     })
 }

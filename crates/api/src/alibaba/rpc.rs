@@ -260,8 +260,11 @@ pub async fn start_manual_backup(
             &req.principal,
             instance,
             stowage_core::TaskMode::Manual,
-            token,
-            retention,
+            stowage_service::BackupRequest {
+                client_token: token,
+                retention_days: retention,
+                comment: req.get("Comment").map(str::to_string),
+            },
         )
         .await
     {

@@ -36,7 +36,7 @@ def tea_error(call, code, status):
 
 for v2 in (False, True):
     c = tea(v2)
-    job = c.create_backup_with_options(pdb.CreateBackupRequest(dbcluster_id=CLUSTER), RT).body.backup_job_id
+    job = c.create_backup_with_options(pdb.CreateBackupRequest(dbcluster_id=CLUSTER, comment=f"nightly {'v2' if v2 else 'acs3'}"), RT).body.backup_job_id
     assert job
     seen = []
     while True:
@@ -66,6 +66,7 @@ sets = body.items.backup
 assert all(b.backup_status == "Success" and b.dbcluster_id == CLUSTER and int(b.backup_set_size) > 1_000_000
            for b in sets), body.to_map()
 assert all(b.backup_mode == "Manual" and b.expect_expire_time for b in sets), body.to_map()
+assert [b.comment for b in sets] == ["nightly v2", "nightly acs3"], body.to_map()
 only = c.describe_backups_with_options(pdb.DescribeBackupsRequest(dbcluster_id=CLUSTER, backup_id=sets[0].backup_id), RT).body
 assert [b.backup_id for b in only.items.backup] == [sets[0].backup_id], only.to_map()
 tea_error(lambda: c.describe_backups_with_options(

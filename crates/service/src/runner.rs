@@ -192,7 +192,25 @@ pub(crate) async fn run_backup(
     let l = live.clone();
     let started = now_ms();
     let work = tokio::task::spawn_blocking(move || {
-        let mut w = repo.start_backup(0)?;
+        // A gc holds the repository exclusively for a while: wait for it
+        // (up to 30 minutes, still cancellable) rather than fail the backup.
+        let waited = std::time::Instant::now();
+        let mut logged = false;
+        let mut w = loop {
+            match repo.start_backup(0) {
+                Err(stowage_repo::RepoError::Locked(e))
+                    if waited.elapsed() < std::time::Duration::from_secs(1800)
+                        && !l.is_cancelled() =>
+                {
+                    if !logged {
+                        tracing::info!(error = %e, "repository busy; the backup waits for it");
+                        logged = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                other => break other?,
+            }
+        };
         let out = engine.backup(&spec, &opts, &mut w, &l)?;
         if l.is_cancelled() {
             return Err(EngineError::new(ErrorKind::Cancelled, "cancelled"));

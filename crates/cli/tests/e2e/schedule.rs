@@ -257,3 +257,37 @@ fn policy_window_runs_an_automated_backup_and_retention_reclaims_space() {
     );
     assert!(!s.log().contains(&secret), "secret in the log");
 }
+
+/// A backup that starts while gc (here: another process) holds the
+/// repository exclusively waits for it instead of failing.
+#[test]
+fn a_backup_waits_for_a_running_gc() {
+    let pg = PgServer::start(PgOptions::default());
+    let work = tempfile::tempdir().unwrap();
+    let dd = work.path().join("stowage");
+    let s = Stowage::start(&dd);
+    let port = pg.port.to_string();
+    s.ok(&["instance", "add", "--name", "pg", "--port", &port]);
+    let storage: std::sync::Arc<dyn stowage_repo::Storage> =
+        std::sync::Arc::new(stowage_repo::LocalStorage::new(dd.join("repository")).unwrap());
+    let pw = std::fs::read_to_string(dd.join("repository.password")).unwrap();
+    let repo = stowage_repo::Repository::open(storage, pw.trim()).unwrap();
+    let guard = repo
+        .lock(stowage_repo::lock::LockKind::Exclusive, "gc")
+        .unwrap();
+    let t = s.json(&["backup", "pg"]);
+    let id = t["id"].as_i64().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let t = s.json(&["task", "show", &id]);
+    assert!(
+        !t["state"].as_str().unwrap().starts_with("f") && t["state"] != "running",
+        "{t}"
+    );
+    assert!(s.log().contains("repository busy"), "{}", s.log());
+    drop(guard);
+    wait_for("the backup to finish", Duration::from_secs(60), || {
+        let t = s.json(&["task", "show", &id]);
+        assert_ne!(t["state"], "failed", "{t}");
+        t["state"] == "finished"
+    });
+}

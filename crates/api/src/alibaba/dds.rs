@@ -7,8 +7,8 @@ use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
 };
 use super::shared::{
-    Page, delete_sets, engine_version, mode_name, mode_of, product_instances, query_sets,
-    set_engine_version,
+    Page, RowFilters, delete_sets, engine_version, mode_name, mode_of, product_instances,
+    query_sets, set_engine_version,
 };
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -169,46 +169,61 @@ async fn delete_backup(svc: &Service, req: &RpcRequest) -> Result<Response, RpcE
 
 async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let page = Page::from(req, 1..=100, 30)?;
-    let mut all = product_instances(svc, req, "dds-", "DBInstanceId").await?;
-    let ty = |i: &stowage_catalog::Instance| {
-        if i.topology == "sharded" {
-            "sharding"
-        } else {
-            "replicate"
-        }
-    };
-    if let Some(t) = req.get("DBInstanceType") {
-        if !["replicate", "sharding", "serverless"].contains(&t) {
-            return Err(RpcError::invalid(
-                "DBInstanceType",
-                "expected replicate, sharding or serverless",
-            ));
-        }
-        all.retain(|i| ty(i) == t);
-    }
-    if let Some(e) = req.get("Engine") {
-        all.retain(|_| e.eq_ignore_ascii_case("MongoDB"));
+    if let Some(t) = req.get("DBInstanceType")
+        && !["replicate", "sharding", "serverless"].contains(&t)
+    {
+        return Err(RpcError::invalid(
+            "DBInstanceType",
+            "expected replicate, sharding or serverless",
+        ));
     }
     let region = req.get("RegionId").unwrap_or("local");
-    let mut items = Vec::new();
-    for i in page.slice(&all) {
-        items.push(json!({
+    let mut rows = Vec::new();
+    for i in product_instances(svc, req, "dds-", "DBInstanceId").await? {
+        rows.push(json!({
             "DBInstanceId": i.id,
             "DBInstanceDescription": i.name,
-            "DBInstanceType": ty(i),
+            "DBInstanceType": if i.topology == "sharded" { "sharding" } else { "replicate" },
             "DBInstanceStatus": "Running",
+            "DBInstanceClass": "stowage.local",
             "Engine": "MongoDB",
             "EngineVersion": engine_version(svc, req, &i.id).await?,
             "RegionId": region,
             "ZoneId": format!("{region}-a"),
             "CreationTime": format_rfc3339(i.created_ms),
             "ChargeType": "PostPaid",
+            "NetworkType": "Classic",
             "LockMode": "Unlock",
             "Tags": {"Tag": []},
         }));
     }
+    let rows = RowFilters {
+        equal: &[
+            ("DBInstanceType", "DBInstanceType"),
+            ("DBInstanceStatus", "DBInstanceStatus"),
+            ("DBInstanceClass", "DBInstanceClass"),
+            ("Engine", "Engine"),
+            ("EngineVersion", "EngineVersion"),
+            ("ChargeType", "ChargeType"),
+            ("NetworkType", "NetworkType"),
+            ("ZoneId", "ZoneId"),
+        ],
+        contains: &[("DBInstanceDescription", &["DBInstanceDescription"])],
+        absent: &[
+            "VpcId",
+            "VSwitchId",
+            "ResourceGroupId",
+            "ConnectionDomain",
+            "ReplicationFactor",
+            "DBNodeType",
+            "ExpireTime",
+            "Tag.",
+        ],
+    }
+    .apply(req, rows);
+    let items = page.slice(&rows).to_vec();
     Ok(ok_response(
-        json!({"DBInstances": {"DBInstance": items}, "PageNumber": page.number, "PageSize": page.size, "TotalCount": all.len()}),
+        json!({"DBInstances": {"DBInstance": items}, "PageNumber": page.number, "PageSize": page.size, "TotalCount": rows.len()}),
         &req.request_id,
     ))
 }

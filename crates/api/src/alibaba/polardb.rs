@@ -6,7 +6,8 @@ use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
 };
 use super::shared::{
-    Page, delete_sets, engine_version, mode_name, mode_of, product_instances, query_sets,
+    Page, RowFilters, delete_sets, engine_version, mode_name, mode_of, product_instances,
+    query_sets,
 };
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -145,20 +146,11 @@ async fn delete_backup(svc: &Service, req: &RpcRequest) -> Result<Response, RpcE
 
 async fn describe_db_clusters(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let page = Page::from(req, 1..=100, 30)?;
-    let mut all = product_instances(svc, req, "pc-", "DBClusterIds").await?;
-    if let Some(t) = req.get("DBType") {
-        all.retain(|_| t.eq_ignore_ascii_case("PostgreSQL"));
-    }
-    if let Some(d) = req.get("DBClusterDescription") {
-        all.retain(|i| i.name.contains(d));
-    }
-    if let Some(st) = req.get("DBClusterStatus") {
-        all.retain(|_| st == "Running");
-    }
     let region = req.get("RegionId").unwrap_or("local");
-    let mut items = Vec::new();
-    for i in page.slice(&all) {
-        items.push(json!({
+    let mut rows = Vec::new();
+    for i in product_instances(svc, req, "pc-", "DBClusterIds").await? {
+        let node = format!("pi-{}", &i.id[3..]);
+        rows.push(json!({
             "DBClusterId": i.id,
             "DBClusterDescription": i.name,
             "DBClusterStatus": "Running",
@@ -170,13 +162,51 @@ async fn describe_db_clusters(svc: &Service, req: &RpcRequest) -> Result<Respons
             "CreateTime": format_rfc3339(i.created_ms),
             "PayType": "Postpaid",
             "LockMode": "Unlock",
+            "Expired": "false",
             "DBNodeNumber": 1,
-            "DBNodes": {"DBNode": [{"DBNodeId": format!("pi-{}", &i.id[3..]), "DBNodeRole": "Writer", "DBNodeClass": "stowage.local", "RegionId": region, "ZoneId": format!("{region}-a")}]},
+            "DBNodes": {"DBNode": [{"DBNodeId": node, "DBNodeRole": "Writer", "DBNodeClass": "stowage.local", "RegionId": region, "ZoneId": format!("{region}-a")}]},
             "Tags": {"Tag": []},
+            "ConnectionString": i.host,
         }));
     }
+    if let Some(ids) = req.get("DBNodeIds") {
+        let ids: Vec<&str> = ids.split(',').map(str::trim).collect();
+        rows.retain(|r| {
+            ids.contains(&r["DBNodes"]["DBNode"][0]["DBNodeId"].as_str().unwrap_or(""))
+        });
+    }
+    let mut rows = RowFilters {
+        equal: &[
+            ("DBType", "DBType"),
+            ("DBVersion", "DBVersion"),
+            ("DBClusterStatus", "DBClusterStatus"),
+            ("PayType", "PayType"),
+            ("ConnectionString", "ConnectionString"),
+        ],
+        contains: &[("DBClusterDescription", &["DBClusterDescription"])],
+        absent: &["ResourceGroupId", "Tag."],
+    }
+    .apply(req, rows);
+    // Created within the last N hours.
+    if let Some(h) = req.get("RecentCreationInterval") {
+        let hours = h.parse::<i64>().map_err(|_| {
+            RpcError::invalid("RecentCreationInterval", "expected a number of hours")
+        })?;
+        let since = stowage_service::now_ms() - hours * 3_600_000;
+        rows.retain(|r| {
+            r["CreateTime"]
+                .as_str()
+                .and_then(stowage_core::time::parse_rfc3339)
+                .is_some_and(|t| t >= since)
+        });
+    }
+    // Nothing Stowage registers expires.
+    if req.get("RecentExpirationInterval").is_some() {
+        rows.clear();
+    }
+    let items = page.slice(&rows).to_vec();
     Ok(ok_response(
-        json!({"Items": {"DBCluster": items}, "PageNumber": page.number, "PageRecordCount": items.len(), "TotalRecordCount": all.len()}),
+        json!({"Items": {"DBCluster": items}, "PageNumber": page.number, "PageRecordCount": items.len(), "TotalRecordCount": rows.len()}),
         &req.request_id,
     ))
 }

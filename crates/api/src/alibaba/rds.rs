@@ -3,7 +3,8 @@
 use super::policy::{Names, Ty, next_time, render_extra, update_from};
 use super::rpc::{RpcError, RpcRequest, ok_response, start_manual_backup};
 use super::shared::{
-    Page, delete_sets, engine_version, mode_of, product_instances, query_sets, set_engine_version,
+    Page, RowFilters, delete_sets, engine_version, mode_of, product_instances, query_sets,
+    set_engine_version,
 };
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -241,24 +242,23 @@ async fn delete_backup(svc: &Service, req: &RpcRequest) -> Result<Response, RpcE
     Ok(ok_response(json!({}), &req.request_id))
 }
 
-/// Enough of DescribeDBInstances for SDK users to list what is registered.
+/// DescribeDBInstances: the caller's `rm-` instances, filtered and paged.
 async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let page = Page::from(req, 1..=100, 30)?;
-    let mut all = product_instances(svc, req, "rm-", "DBInstanceId").await?;
-    // Only PostgreSQL instances exist so far.
-    if let Some(e) = req.get("Engine") {
-        all.retain(|_| e.eq_ignore_ascii_case("PostgreSQL"));
-    }
     let region = req.get("RegionId").unwrap_or("local");
-    let mut items = Vec::new();
-    for i in page.slice(&all) {
-        items.push(json!({
+    let mut rows = Vec::new();
+    for i in product_instances(svc, req, "rm-", "DBInstanceId").await? {
+        rows.push(json!({
             "DBInstanceId": i.id,
             "DBInstanceDescription": i.name,
             "Engine": "PostgreSQL",
             "EngineVersion": engine_version(svc, req, &i.id).await?,
             "DBInstanceStatus": "Running",
             "DBInstanceType": "Primary",
+            "Category": "Basic",
+            "ConnectionMode": "Standard",
+            "ConnectionString": i.host,
+            "InstanceNetworkType": "Classic",
             "RegionId": region,
             "ZoneId": format!("{region}-a"),
             "CreateTime": format_rfc3339(i.created_ms),
@@ -267,8 +267,35 @@ async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Respon
             "LockMode": "Unlock",
         }));
     }
+    let rows = RowFilters {
+        equal: &[
+            ("Engine", "Engine"),
+            ("EngineVersion", "EngineVersion"),
+            ("DBInstanceStatus", "DBInstanceStatus"),
+            ("DBInstanceType", "DBInstanceType"),
+            ("DBInstanceClass", "DBInstanceClass"),
+            ("Category", "Category"),
+            ("ConnectionMode", "ConnectionMode"),
+            ("ConnectionString", "ConnectionString"),
+            ("InstanceNetworkType", "InstanceNetworkType"),
+            ("PayType", "PayType"),
+            ("ZoneId", "ZoneId"),
+        ],
+        contains: &[("SearchKey", &["DBInstanceId", "DBInstanceDescription"])],
+        absent: &[
+            "VpcId",
+            "VSwitchId",
+            "ResourceGroupId",
+            "DedicatedHostId",
+            "DedicatedHostGroupId",
+            "proxyId",
+            "Tags",
+        ],
+    }
+    .apply(req, rows);
+    let items = page.slice(&rows).to_vec();
     Ok(ok_response(
-        json!({"Items": {"DBInstance": items}, "PageNumber": page.number, "PageRecordCount": items.len(), "TotalRecordCount": all.len()}),
+        json!({"Items": {"DBInstance": items}, "PageNumber": page.number, "PageRecordCount": items.len(), "TotalRecordCount": rows.len()}),
         &req.request_id,
     ))
 }

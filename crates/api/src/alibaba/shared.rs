@@ -209,3 +209,56 @@ pub fn set_engine_version(s: &BackupSet) -> Option<String> {
         .and_then(Value::as_u64)
         .map(|v| (v / 10000).to_string())
 }
+
+/// Listing filters, applied to the rows a Describe… listing returns.
+pub struct RowFilters<'a> {
+    /// `(parameter, row field)`: the row's value must equal the parameter's
+    /// (case-insensitive).
+    pub equal: &'a [(&'a str, &'a str)],
+    /// `(parameter, row fields)`: any of the fields contains the value.
+    pub contains: &'a [(&'a str, &'a [&'a str])],
+    /// Things no Stowage instance has (VPCs, tags, resource groups, dedicated
+    /// hosts…): a value here matches nothing. A prefix ending in `.` covers
+    /// flattened lists (`Tag.1.Key`).
+    pub absent: &'a [&'a str],
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+impl RowFilters<'_> {
+    pub fn apply(&self, req: &RpcRequest, rows: Vec<Value>) -> Vec<Value> {
+        let absent = self.absent.iter().any(|a| match a.strip_suffix('.') {
+            Some(prefix) => req
+                .params
+                .iter()
+                .any(|(k, v)| k.starts_with(&format!("{prefix}.")) && !v.is_empty()),
+            None => req.get(a).is_some(),
+        });
+        if absent
+            || req
+                .get("Expired")
+                .is_some_and(|e| e.eq_ignore_ascii_case("true"))
+        {
+            return Vec::new();
+        }
+        rows.into_iter()
+            .filter(|r| {
+                self.equal.iter().all(|(p, f)| {
+                    req.get(p)
+                        .is_none_or(|v| text(&r[*f]).eq_ignore_ascii_case(v))
+                }) && self.contains.iter().all(|(p, fs)| {
+                    req.get(p).is_none_or(|v| {
+                        let v = v.to_lowercase();
+                        fs.iter().any(|f| text(&r[*f]).to_lowercase().contains(&v))
+                    })
+                })
+            })
+            .collect()
+    }
+}

@@ -72,6 +72,9 @@ assert i.dbinstance_id == INSTANCE and i.dbinstance_type == "replicate" and i.db
 none = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(region_id="cn-hangzhou", dbinstance_type="sharding"), RT).body
 assert none.dbinstances.dbinstance == [], none.to_map()
 
+tagged = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(
+    region_id="cn-hangzhou", tag=[dds.DescribeDBInstancesRequestTag(key="env", value="prod")]), RT).body
+assert tagged.total_count == 0 and tagged.dbinstances.dbinstance == [], tagged.to_map()
 pol = c.describe_backup_policy_with_options(dds.DescribeBackupPolicyRequest(dbinstance_id=INSTANCE), RT).body
 assert pol is not None and pol.backup_retention_period == "7" and pol.preferred_backup_time == "02:00Z-03:00Z", pol.to_map()
 c.modify_backup_policy_with_options(dds.ModifyBackupPolicyRequest(

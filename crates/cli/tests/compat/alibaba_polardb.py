@@ -84,6 +84,10 @@ assert cl.items.dbcluster[0].dbversion == "15", cl.to_map()
 none = c.describe_dbclusters_with_options(pdb.DescribeDBClustersRequest(region_id="cn-hangzhou", dbcluster_ids="pc-other"), RT).body
 assert none.items.dbcluster == [], none.to_map()
 
+for flt, n in ((dict(dbtype="PostgreSQL"), 1), (dict(dbtype="MySQL"), 0), (dict(dbnode_ids="pi-none"), 0),
+               (dict(recent_creation_interval=1), 1), (dict(dbcluster_description="clus"), 1)):
+    got = c.describe_dbclusters_with_options(pdb.DescribeDBClustersRequest(region_id="cn-hangzhou", **flt), RT).body
+    assert got.total_record_count == n, (flt, got.to_map())
 pol = c.describe_backup_policy_with_options(pdb.DescribeBackupPolicyRequest(dbcluster_id=CLUSTER), RT).body
 assert pol is not None and pol.data_level_1backup_retention_period == "7", pol.to_map()
 c.modify_backup_policy_with_options(pdb.ModifyBackupPolicyRequest(

@@ -122,6 +122,11 @@ assert i.dbinstance_id == INSTANCE and i.engine == "PostgreSQL" and i.engine_ver
 assert i.dbinstance_status == "Running" and i.dbinstance_description == "sdk", i.to_map()
 none = c.describe_dbinstances_with_options(rds.DescribeDBInstancesRequest(region_id="cn-hangzhou", engine="MySQL"), RT).body
 assert none.items.dbinstance == [], none.to_map()
+for flt, n in ((dict(vpc_id="vpc-1"), 0), (dict(search_key="sd"), 1), (dict(search_key="zz"), 0),
+               (dict(dbinstance_status="Running", engine_version="15"), 1), (dict(dbinstance_status="Stopped"), 0),
+               (dict(expired="True"), 0)):
+    got = c.describe_dbinstances_with_options(rds.DescribeDBInstancesRequest(region_id="cn-hangzhou", **flt), RT).body
+    assert got.total_record_count == n and len(got.items.dbinstance) == n, (flt, got.to_map())
 print("tea: DescribeDBInstances ok")
 
 # Backup policy: the default, a change, the change read back, bad values.

@@ -239,7 +239,6 @@ async fn contract_schedule(c: &dyn Catalog) {
     let sp = StoredPolicy {
         policy: stowage_core::BackupPolicy {
             retention_days: 3,
-            comment: None,
             weekdays: stowage_core::Weekdays::parse("Monday,Friday").unwrap(),
             ..Default::default()
         },

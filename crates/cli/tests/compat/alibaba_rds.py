@@ -173,6 +173,39 @@ for v2 in (False, True):
         assert d and d["AuthAction"] == "rds:DescribeBackups" and d["NoPermissionType"] == "ImplicitDeny", d
 print("tea: RAM policy (Forbidden.RAM with AccessDeniedDetail) ok")
 
+# The remaining error codes through the Tea SDK's typed exceptions.
+from alibabacloud_tea_openapi import utils_models as oa_util
+from alibabacloud_tea_openapi.exceptions import ThrottlingException
+
+for v2 in (False, True):
+    c = tea(v2)
+    tea_error(lambda: c.describe_backup_tasks_with_options(rds.DescribeBackupTasksRequest(), RT), "MissingParameter", 400)
+    params = oa_util.Params(action="DescribeNothing", version="2014-08-15", protocol="HTTP", pathname="/",
+                            method="POST", auth_type="AK", style="RPC", req_body_type="formData", body_type="json")
+    tea_error(lambda: c.call_api(params, oa_util.OpenApiRequest(query={"DBInstanceId": INSTANCE}), RT),
+              "InvalidAction.NotFound", 404)
+    for ak, code, status in ((f"STWK{'0' * 20}", "InvalidAccessKeyId.NotFound", 404),
+                             (os.environ["DISABLED_AK"], "InvalidAccessKeyId.Inactive", 400)):
+        cfg = open_api.Config(access_key_id=ak, access_key_secret=SK, endpoint=ENDPOINT, protocol="HTTP", region_id="cn-hangzhou")
+        if v2:
+            cfg.signature_algorithm = "v2"
+        tea_error(lambda: Client(cfg).describe_backup_tasks_with_options(
+            rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE), RT), code, status)
+
+# Throttling: a second server allows 3 requests/s per key.
+cfg = open_api.Config(access_key_id=os.environ["SLOW_AK"], access_key_secret=os.environ["SLOW_SK"],
+                      endpoint=os.environ["SLOW_ENDPOINT"], protocol="HTTP", region_id="cn-hangzhou")
+slow = Client(cfg)
+throttled = None
+for _ in range(20):
+    try:
+        slow.describe_dbinstances_with_options(rds.DescribeDBInstancesRequest(region_id="cn-hangzhou"), RT)
+    except ThrottlingException as e:
+        throttled = e
+        break
+assert throttled is not None and throttled.code == "Throttling.User" and throttled.retry_after > 0, throttled
+print(f"tea: MissingParameter, InvalidAction.NotFound, unknown/disabled key, Throttling.User (retry after {throttled.retry_after} ms) ok")
+
 # The older core SDK (RPC HMAC-SHA1, JSON bytes back).
 port = int(ENDPOINT.rsplit(":", 1)[1])
 

@@ -99,7 +99,11 @@ fn alibaba_sdks_drive_real_backups() {
     );
     // An instance id that exists, but not for this key: registered on a
     // second server. (Two accounts of one server: see alibaba.rs.)
-    let other = Stowage::start(&work.path().join("other"));
+    let other = Stowage::start_with(&work.path().join("other"), &["--rate-per-key", "3"]);
+    let (slow_ak, slow_sk) = other.credentials();
+    let disabled = s.json(&["key", "create", "--description", "disabled"]);
+    let disabled_id = disabled["access_key_id"].as_str().unwrap();
+    s.ok(&["key", "disable", disabled_id]);
     let other_inst = other.json(&["instance", "add", "--name", "x", "--port", &port]);
     let other_id = other_inst["id"].as_str().unwrap();
     // A key that may only read backup tasks.
@@ -127,6 +131,10 @@ fn alibaba_sdks_drive_real_backups() {
             ("OTHER", other_id),
             ("LIMITED_AK", limited_id),
             ("LIMITED_SK", limited["access_key_secret"].as_str().unwrap()),
+            ("DISABLED_AK", disabled_id),
+            ("SLOW_ENDPOINT", other.url.trim_start_matches("http://")),
+            ("SLOW_AK", &slow_ak),
+            ("SLOW_SK", &slow_sk),
         ],
         "all SDK checks passed",
     );

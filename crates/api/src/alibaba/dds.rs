@@ -2,7 +2,7 @@
 //! MongoDB engine exists, a `dds-` instance of any engine can be used; the
 //! state mapping is already the real one.
 
-use super::policy::{Names, Ty, next_time, render_extra, update_from};
+use super::policy::{Names, Ty, next_time, policy_body, update_from};
 use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
 };
@@ -277,22 +277,23 @@ fn policy_defaults() -> Vec<(&'static str, Value)> {
 async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
     let sp = svc.policy(&req.principal, &inst).await?;
-    let mut body = render_extra(&sp, &policy_defaults());
-    for (k, v) in [
-        (
-            "BackupRetentionPeriod",
-            json!(sp.policy.retention_days.to_string()),
-        ),
-        ("PreferredBackupTime", json!(sp.policy.window.to_string())),
-        (
-            "PreferredBackupPeriod",
-            json!(sp.policy.weekdays.to_string()),
-        ),
-        ("PreferredNextBackupTime", json!(next_time(&sp))),
-    ] {
-        body.insert(k.into(), v);
-    }
-    Ok(ok_response(Value::Object(body), &req.request_id))
+    let body = policy_body(
+        &sp,
+        &policy_defaults(),
+        [
+            (
+                "BackupRetentionPeriod",
+                json!(sp.policy.retention_days.to_string()),
+            ),
+            ("PreferredBackupTime", json!(sp.policy.window.to_string())),
+            (
+                "PreferredBackupPeriod",
+                json!(sp.policy.weekdays.to_string()),
+            ),
+            ("PreferredNextBackupTime", json!(next_time(&sp))),
+        ],
+    );
+    Ok(ok_response(body, &req.request_id))
 }
 
 async fn modify_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {

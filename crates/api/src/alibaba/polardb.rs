@@ -1,6 +1,6 @@
 //! PolarDB (2017-08-01): clusters instead of instances (spec §9.3).
 
-use super::policy::{Names, Ty, next_time, render_extra, update_from};
+use super::policy::{Names, Ty, next_time, policy_body, update_from};
 use super::rds::rds_status;
 use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
@@ -245,26 +245,27 @@ fn policy_defaults() -> Vec<(&'static str, Value)> {
 async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let cluster = cluster_id(svc, req).await?;
     let sp = svc.policy(&req.principal, &cluster).await?;
-    let mut body = render_extra(&sp, &policy_defaults());
     let (window, days) = (sp.policy.window.to_string(), sp.policy.weekdays.to_string());
-    for (k, v) in [
-        ("PreferredBackupTime", json!(window)),
-        ("PreferredBackupPeriod", json!(days)),
-        ("DataLevel1BackupTime", json!(window)),
-        ("DataLevel1BackupPeriod", json!(days)),
-        (
-            "DataLevel1BackupRetentionPeriod",
-            json!(sp.policy.retention_days.to_string()),
-        ),
-        ("PreferredNextBackupTime", json!(next_time(&sp))),
-        ("AdvancedPolicyOption", json!("")),
-        ("AdvancedDataPolicies", json!({"AdvancedDataPolicy": []})),
-        ("EnableImmutableBackup", json!(false)),
-        ("EnableCrossRegionImmutableBackup", json!(false)),
-    ] {
-        body.insert(k.into(), v);
-    }
-    Ok(ok_response(Value::Object(body), &req.request_id))
+    let body = policy_body(
+        &sp,
+        &policy_defaults(),
+        [
+            ("PreferredBackupTime", json!(window)),
+            ("PreferredBackupPeriod", json!(days)),
+            ("DataLevel1BackupTime", json!(window)),
+            ("DataLevel1BackupPeriod", json!(days)),
+            (
+                "DataLevel1BackupRetentionPeriod",
+                json!(sp.policy.retention_days.to_string()),
+            ),
+            ("PreferredNextBackupTime", json!(next_time(&sp))),
+            ("AdvancedPolicyOption", json!("")),
+            ("AdvancedDataPolicies", json!({"AdvancedDataPolicy": []})),
+            ("EnableImmutableBackup", json!(false)),
+            ("EnableCrossRegionImmutableBackup", json!(false)),
+        ],
+    );
+    Ok(ok_response(body, &req.request_id))
 }
 
 async fn modify_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {

@@ -128,6 +128,20 @@ pub fn render_extra(sp: &StoredPolicy, defaults: &[(&str, Value)]) -> Map<String
     out
 }
 
+/// A DescribeBackupPolicy body: the product fields (see [`render_extra`])
+/// and the product's own names for the fields Stowage acts on.
+pub fn policy_body<const N: usize>(
+    sp: &StoredPolicy,
+    defaults: &[(&str, Value)],
+    fixed: [(&str, Value); N],
+) -> Value {
+    let mut body = render_extra(sp, defaults);
+    for (k, v) in fixed {
+        body.insert(k.into(), v);
+    }
+    Value::Object(body)
+}
+
 /// `PreferredNextBackupTime`, or empty when automated backups are off.
 pub fn next_time(sp: &StoredPolicy) -> String {
     sp.policy

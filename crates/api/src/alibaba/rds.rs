@@ -1,6 +1,6 @@
 //! ApsaraDB RDS (2014-08-15): backup tasks (spec §9.1).
 
-use super::policy::{Names, Ty, next_time, render_extra, update_from};
+use super::policy::{Names, Ty, next_time, policy_body, render_extra, update_from};
 use super::rpc::{RpcError, RpcRequest, ok_response, start_manual_backup};
 use super::shared::{
     Page, RowFilters, delete_sets, engine_version, mode_of, product_instances, query_sets,
@@ -371,27 +371,28 @@ async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Respo
     let inst = instance_id(svc, req).await?;
     check_policy_mode(req)?;
     let sp = svc.policy(&req.principal, &inst).await?;
-    let mut body = render_extra(&sp, &policy_defaults());
-    for (k, v) in [
-        ("BackupRetentionPeriod", json!(sp.policy.retention_days)),
-        ("PreferredBackupTime", json!(sp.policy.window.to_string())),
-        (
-            "PreferredBackupPeriod",
-            json!(sp.policy.weekdays.to_string()),
-        ),
-        ("PreferredNextBackupTime", json!(next_time(&sp))),
-        ("AdvancedBackupPolicyEnabled", json!(false)),
-        ("AdvancedDataPolicies", json!({"AdvancedDataPolicy": []})),
-        ("AdvancedLogPolicies", json!({"AdvancedLogPolicy": []})),
-        ("PitrRetentionPeriod", json!(7)),
-        ("SupportModifyBackupPriority", json!(false)),
-        ("SupportReleasedKeep", json!(1)),
-        ("SupportVolumeShadowCopy", json!(0)),
-        ("SupportsHighFrequencyBackup", json!(0)),
-    ] {
-        body.insert(k.into(), v);
-    }
-    Ok(ok_response(Value::Object(body), &req.request_id))
+    let body = policy_body(
+        &sp,
+        &policy_defaults(),
+        [
+            ("BackupRetentionPeriod", json!(sp.policy.retention_days)),
+            ("PreferredBackupTime", json!(sp.policy.window.to_string())),
+            (
+                "PreferredBackupPeriod",
+                json!(sp.policy.weekdays.to_string()),
+            ),
+            ("PreferredNextBackupTime", json!(next_time(&sp))),
+            ("AdvancedBackupPolicyEnabled", json!(false)),
+            ("AdvancedDataPolicies", json!({"AdvancedDataPolicy": []})),
+            ("AdvancedLogPolicies", json!({"AdvancedLogPolicy": []})),
+            ("PitrRetentionPeriod", json!(7)),
+            ("SupportModifyBackupPriority", json!(false)),
+            ("SupportReleasedKeep", json!(1)),
+            ("SupportVolumeShadowCopy", json!(0)),
+            ("SupportsHighFrequencyBackup", json!(0)),
+        ],
+    );
+    Ok(ok_response(body, &req.request_id))
 }
 
 async fn modify_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {

@@ -148,6 +148,8 @@ pub struct Service {
     scheduled: Mutex<HashMap<String, i64>>,
     /// Sets were deleted since the last gc: their data waits to be reclaimed.
     gc_needed: std::sync::atomic::AtomicBool,
+    /// Id of the `default` account (its keys are admin keys), set at start.
+    admin_account: std::sync::OnceLock<String>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -217,6 +219,7 @@ impl Service {
             shutting_down: Default::default(),
             scheduled: Default::default(),
             gc_needed: Default::default(),
+            admin_account: Default::default(),
         });
         let admin_credentials_file = svc.ensure_admin(dd).await?;
         Ok((
@@ -232,10 +235,12 @@ impl Service {
     /// First start: create the `default` account and its admin key, written
     /// to `<data_dir>/admin-credentials` (0600), never to the log.
     async fn ensure_admin(&self, dd: &Path) -> ServiceResult<Option<PathBuf>> {
-        if self.catalog.account_by_name("default").await?.is_some() {
+        if let Some(acc) = self.catalog.account_by_name("default").await? {
+            let _ = self.admin_account.set(acc.id);
             return Ok(None);
         }
         let acc = self.catalog.create_account("default", now_ms()).await?;
+        let _ = self.admin_account.set(acc.id.clone());
         let creds = self
             .create_access_key(&acc.id, "admin key created at first start")
             .await?;
@@ -287,11 +292,7 @@ impl Service {
             ));
         }
         let secret = self.secrets.open(&k.secret_enc)?;
-        let admin = self
-            .catalog
-            .account_by_name("default")
-            .await?
-            .is_some_and(|a| a.id == k.account_id);
+        let admin = self.admin_account.get() == Some(&k.account_id);
         let policy = match &k.policy {
             Some(doc) => Some(Arc::new(stowage_core::ram::RamPolicy::parse(doc).map_err(
                 |e| {

@@ -178,6 +178,9 @@ struct ServeArgs {
     /// Do not run automated backups, expiry or automatic gc (manual operations still work).
     #[arg(long, env = "STOWAGE_NO_SCHEDULER")]
     no_scheduler: bool,
+    /// How many automated backups may run at once; the others wait their turn.
+    #[arg(long, env = "STOWAGE_MAX_AUTOMATED_BACKUPS", default_value_t = 4)]
+    max_automated_backups: usize,
     /// Seconds between two passes of the scheduler.
     #[arg(long, hide = true, default_value_t = 10)]
     scheduler_interval_secs: u64,
@@ -396,7 +399,10 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
         if a.no_scheduler {
             tracing::info!("scheduler off: no automated backups, expiry or automatic gc");
         } else {
-            svc.spawn_scheduler(std::time::Duration::from_secs(a.scheduler_interval_secs.max(1)));
+            svc.spawn_scheduler(
+                std::time::Duration::from_secs(a.scheduler_interval_secs.max(1)),
+                a.max_automated_backups,
+            );
         }
         let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
         tracing::info!("listening on http://{}", listener.local_addr().map_err(|e| e.to_string())?);

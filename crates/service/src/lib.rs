@@ -150,6 +150,12 @@ pub struct Service {
     gc_needed: std::sync::atomic::AtomicBool,
     /// Id of the `default` account (its keys are admin keys), set at start.
     admin_account: std::sync::OnceLock<String>,
+    /// Automated tasks the scheduler started (pruned to those still live).
+    automated: Mutex<std::collections::HashSet<i64>>,
+    /// Due automated tasks waiting for a free slot under the limit.
+    queued: Mutex<std::collections::HashSet<i64>>,
+    /// How many automated backups may run at once.
+    automated_limit: std::sync::atomic::AtomicUsize,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -220,6 +226,9 @@ impl Service {
             scheduled: Default::default(),
             gc_needed: Default::default(),
             admin_account: Default::default(),
+            automated: Default::default(),
+            queued: Default::default(),
+            automated_limit: usize::MAX.into(),
         });
         let admin_credentials_file = svc.ensure_admin(dd).await?;
         Ok((

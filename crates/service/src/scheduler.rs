@@ -7,8 +7,10 @@
 //!    the task's identity in the catalog: one task per instance and window,
 //!    even across restarts;
 //! 2. starts the automated tasks whose window has opened, once the instance
-//!    has no other backup running (a manual backup delays it); a task whose
-//!    window closed before it could start is cancelled with the reason;
+//!    has no other backup running (a manual backup delays it) and fewer
+//!    than the limit of automated backups run (the others queue, in window
+//!    order, past the window's end if need be); a task whose instance stayed
+//!    busy for its whole window is cancelled with the reason;
 //! 3. deletes the sets whose expiry has passed (never the newest set of an
 //!    instance) and their snapshots;
 //! 4. runs a gc job when sets were deleted and nothing else is running, so
@@ -120,8 +122,12 @@ impl Service {
             .await?)
     }
 
-    /// Runs the scheduler until the service shuts down.
-    pub fn spawn_scheduler(self: &Arc<Self>, interval: std::time::Duration) {
+    /// Runs the scheduler until the service shuts down; at most
+    /// `max_automated` automated backups run at once (the others wait their
+    /// turn, in window order).
+    pub fn spawn_scheduler(self: &Arc<Self>, interval: std::time::Duration, max_automated: usize) {
+        self.automated_limit
+            .store(max_automated.max(1), Ordering::Relaxed);
         let svc = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -188,6 +194,14 @@ impl Service {
     }
 
     async fn start_due(self: &Arc<Self>, now: i64) -> ServiceResult<()> {
+        let limit = self.automated_limit.load(Ordering::Relaxed);
+        let running = {
+            let live = self.live_tasks.lock().expect("lock");
+            let mut a = self.automated.lock().expect("lock");
+            a.retain(|id| live.contains_key(id));
+            a.len()
+        };
+        let mut free = limit.saturating_sub(running);
         for t in self.catalog.due_scheduled_tasks(now).await? {
             if self.is_shutting_down() {
                 return Ok(());
@@ -204,7 +218,11 @@ impl Service {
                 Err(e) => return Err(e),
             };
             let start = t.scheduled_ms.unwrap_or(now);
-            if now >= start + policy.window.len_min() as i64 * 60_000 {
+            let queued = self.queued.lock().expect("lock").contains(&t.id);
+            // A task held back only by the concurrency limit keeps its turn
+            // past the window's end; one whose instance stayed busy (or
+            // whose window passed while the server was down) is skipped.
+            if !queued && now >= start + policy.window.len_min() as i64 * 60_000 {
                 let why = "skipped: the instance was busy or the server was down for the whole backup window";
                 self.catalog
                     .set_backup_task_state(
@@ -220,6 +238,12 @@ impl Service {
                 tracing::warn!(task = t.id, instance = %t.instance_id, "{why}");
                 continue;
             }
+            if free == 0 {
+                if self.queued.lock().expect("lock").insert(t.id) {
+                    tracing::info!(task = t.id, instance = %t.instance_id, limit, "automated backup queued: the limit of concurrent automated backups is reached");
+                }
+                continue;
+            }
             match self
                 .catalog
                 .claim_scheduled_task(t.id, &self.node, now)
@@ -231,7 +255,11 @@ impl Service {
                 Err(e) => return Err(e.into()),
             }
             tracing::info!(task = t.id, instance = %t.instance_id, "automated backup starting");
+            let id = t.id;
             self.launch(t, inst)?;
+            self.queued.lock().expect("lock").remove(&id);
+            self.automated.lock().expect("lock").insert(id);
+            free -= 1;
         }
         Ok(())
     }

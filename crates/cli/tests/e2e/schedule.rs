@@ -61,7 +61,12 @@ fn policy_window_runs_an_automated_backup_and_retention_reclaims_space() {
     let work = tempfile::tempdir().unwrap();
     let s = Stowage::start_scheduled(
         &work.path().join("stowage"),
-        &["--scheduler-interval-secs", "1"],
+        &[
+            "--scheduler-interval-secs",
+            "1",
+            "--max-automated-backups",
+            "1",
+        ],
     );
     let port = pg.port.to_string();
     let inst = s.json(&[
@@ -111,6 +116,29 @@ fn policy_window_runs_an_automated_backup_and_retention_reclaims_space() {
     let hhmm = |ms: i64| format_rfc3339(ms)[11..16].to_string();
     let window = format!("{}Z-{}Z", hhmm(start), hhmm(start + 30 * 60_000));
     let all_days = "Monday,Tuesday,Wednesday,Thursday,Friday,Saturday,Sunday";
+    // Two more instances (the same database) share the window; with at most
+    // one automated backup at a time they run one after the other.
+    for name in ["pg2", "pg3"] {
+        s.ok(&[
+            "instance",
+            "add",
+            "--name",
+            name,
+            "--port",
+            &port,
+            "--dialect",
+            "rds",
+        ]);
+        s.ok(&[
+            "policy",
+            "set",
+            name,
+            "--window",
+            &window,
+            "--weekdays",
+            all_days,
+        ]);
+    }
     let p = s.json(&[
         "policy",
         "set",
@@ -138,7 +166,10 @@ fn policy_window_runs_an_automated_backup_and_retention_reclaims_space() {
     wait_for(
         "the automated task to be scheduled",
         Duration::from_secs(20),
-        || match tasks(&s).into_iter().find(|t| t["mode"] == "automated") {
+        || match tasks(&s)
+            .into_iter()
+            .find(|t| t["mode"] == "automated" && t["instance_id"] == inst.as_str())
+        {
             Some(t) => {
                 assert_eq!(t["state"], "pending", "{t}");
                 assert_eq!(
@@ -199,14 +230,32 @@ fn policy_window_runs_an_automated_backup_and_retention_reclaims_space() {
     let auto_set = t["set_id"].as_i64().unwrap();
     let a = s.json(&["set", "show", &auto_set.to_string()]);
     assert_eq!(a["mode"], "automated");
-    // Exactly one task for that window.
-    assert_eq!(
-        tasks(&s)
-            .iter()
-            .filter(|t| t["scheduled_for"].as_str().and_then(parse_rfc3339) == Some(start))
-            .count(),
-        1
+    // Exactly one task per instance for that window, all run, never two at once.
+    wait_for(
+        "all automated backups to finish",
+        Duration::from_secs(120),
+        || {
+            let auto: Vec<Value> = tasks(&s)
+                .into_iter()
+                .filter(|t| t["scheduled_for"].as_str().and_then(parse_rfc3339) == Some(start))
+                .collect();
+            assert_eq!(auto.len(), 3, "{auto:?}");
+            auto.iter().all(|t| t["state"] == "finished")
+        },
     );
+    let mut spans: Vec<(i64, i64)> = tasks(&s)
+        .iter()
+        .filter(|t| t["mode"] == "automated")
+        .map(|t| {
+            let at = |k: &str| parse_rfc3339(t[k].as_str().unwrap()).unwrap();
+            (at("started_at"), at("finished_at"))
+        })
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[1].0 >= w[0].1, "automated backups overlapped: {spans:?}");
+    }
+    assert!(s.log().contains("automated backup queued"), "{}", s.log());
 
     // Retention: the newest set is never deleted, even when expired.
     s.ok(&[

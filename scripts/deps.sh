@@ -8,6 +8,7 @@ command -v pg_config >/dev/null || need+=(postgresql)
 command -v pgbench >/dev/null || need+=(postgresql-contrib)
 command -v cc >/dev/null || need+=(gcc)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)  # test certificates for TLS to PostgreSQL
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]} (run as root, or install them: apt-get install ${need[*]})" >&2

@@ -161,6 +161,8 @@ pub fn instance_json(i: &Instance) -> Value {
         "dbname": i.dbname,
         "dialect": i.options.get("dialect"),
         "max_rate_kbps": i.options.get("max_rate_kbps"),
+        "sslmode": i.options.get("sslmode").and_then(Value::as_str).unwrap_or("prefer"),
+        "sslrootcert": i.options.get("sslrootcert"),
         "created_at": ts(Some(i.created_ms)),
     })
 }
@@ -303,6 +305,10 @@ struct NewInstanceBody {
     dialect: Option<String>,
     #[serde(default)]
     max_rate_kbps: Option<u32>,
+    #[serde(default)]
+    sslmode: Option<String>,
+    #[serde(default)]
+    sslrootcert: Option<String>,
 }
 
 async fn add_instance(
@@ -323,6 +329,8 @@ async fn add_instance(
                 dbname: b.dbname,
                 dialect: b.dialect,
                 max_rate_kbps: b.max_rate_kbps,
+                sslmode: b.sslmode,
+                sslrootcert: b.sslrootcert,
             },
         )
         .await?;

@@ -186,6 +186,8 @@ struct ServeArgs {
     scheduler_interval_secs: u64,
 }
 
+// Parsed once per process; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum InstanceCmd {
     /// Register a database. The password comes from STOWAGE_DB_PASSWORD or --password-file.
@@ -214,6 +216,12 @@ enum InstanceCmd {
         /// Throttle backups of this instance to this many kB/s (32 to 1048576).
         #[arg(long)]
         max_rate_kbps: Option<u32>,
+        /// TLS to the database, as libpq: disable, prefer (default), require, verify-ca, verify-full.
+        #[arg(long)]
+        sslmode: Option<String>,
+        /// CA certificate (PEM) for verify-ca / verify-full: an absolute path on the server's machine.
+        #[arg(long)]
+        sslrootcert: Option<String>,
     },
     /// List registered instances.
     List,
@@ -542,6 +550,8 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 dbname,
                 dialect,
                 max_rate_kbps,
+                sslmode,
+                sslrootcert,
             } => {
                 let password = match (password_file, password_env) {
                     (Some(f), _) => Some(
@@ -556,7 +566,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                     (None, Some(var)) => std::env::var(var).ok(),
                     _ => None,
                 };
-                let body = json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps});
+                let body = json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert});
                 let v = c.post("/v1/instances", Some(&body))?;
                 if json {
                     print_json(&v);

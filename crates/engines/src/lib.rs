@@ -24,6 +24,10 @@ pub struct ConnSpec {
     pub password: Option<Secret>,
     pub dbname: Option<String>,
     pub connect_timeout: Duration,
+    /// TLS, as libpq's `sslmode` (default `prefer`).
+    pub ssl_mode: pg::tls::SslMode,
+    /// CA certificate(s), PEM, for `verify-ca` / `verify-full`.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
 }
 
 /// What kind of failure, so the service and the API can answer precisely.

@@ -128,6 +128,12 @@ pub struct NewInstance {
     /// Throttle backups of this instance to this many kB/s.
     #[serde(default)]
     pub max_rate_kbps: Option<u32>,
+    /// TLS to the database, as libpq's sslmode (default `prefer`).
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// CA certificate file (PEM) on the server's machine, for verify-ca/verify-full.
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
 }
 
 fn default_engine() -> String {
@@ -505,6 +511,25 @@ impl Service {
         {
             return Err(ServiceError::invalid("max_rate_kbps: 32 to 1048576 (kB/s)"));
         }
+        let ssl_mode = match n.sslmode.as_deref() {
+            None => stowage_engines::pg::tls::SslMode::default(),
+            Some(m) => m.parse().map_err(ServiceError::invalid)?,
+        };
+        if let Some(c) = &n.sslrootcert {
+            let path = Path::new(c);
+            if !path.is_absolute() {
+                return Err(ServiceError::invalid(
+                    "sslrootcert: an absolute path on the server's machine",
+                ));
+            }
+            stowage_engines::pg::tls::load_roots(path)
+                .map_err(|e| ServiceError::invalid(e.message))?;
+        } else if ssl_mode.verifies() {
+            return Err(ServiceError::invalid(format!(
+                "sslmode={} needs sslrootcert (the CA certificate that signed the server's)",
+                ssl_mode.as_str()
+            )));
+        }
         let dialect = match n.dialect.as_deref() {
             None => Dialect::Rds,
             Some(d) => d
@@ -526,7 +551,12 @@ impl Service {
                 .filter(|s| !s.is_empty())
                 .map(|s| self.secrets.seal(&s)),
             dbname: n.dbname,
-            options: serde_json::json!({"dialect": dialect.as_str(), "max_rate_kbps": n.max_rate_kbps}),
+            options: serde_json::json!({
+                "dialect": dialect.as_str(),
+                "max_rate_kbps": n.max_rate_kbps,
+                "sslmode": ssl_mode.as_str(),
+                "sslrootcert": n.sslrootcert,
+            }),
             created_ms: now_ms(),
         };
         self.catalog.insert_instance(&inst).await?;
@@ -565,6 +595,18 @@ impl Service {
                 .transpose()?,
             dbname: i.dbname.clone(),
             connect_timeout: std::time::Duration::from_secs(10),
+            // Instances registered before TLS support: prefer.
+            ssl_mode: i
+                .options
+                .get("sslmode")
+                .and_then(|v| v.as_str())
+                .and_then(|m| m.parse().ok())
+                .unwrap_or_default(),
+            ssl_root_cert: i
+                .options
+                .get("sslrootcert")
+                .and_then(|v| v.as_str())
+                .map(std::path::PathBuf::from),
         })
     }
 

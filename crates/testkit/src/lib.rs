@@ -13,6 +13,83 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA and a server certificate it signed for `cn` (and 127.0.0.1):
+/// `<dir>/<cn>-ca.crt`, `<dir>/<cn>.crt`, `<dir>/<cn>.key` (mode 0600).
+/// Returns (CA certificate, server certificate, server key).
+pub fn test_ca_and_cert(dir: &Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let f = |n: &str| dir.join(n).display().to_string();
+    let (ca, ca_key) = (f(&format!("{cn}-ca.crt")), f(&format!("{cn}-ca.key")));
+    let (crt, key, csr, ext) = (
+        f(&format!("{cn}.crt")),
+        f(&format!("{cn}.key")),
+        f(&format!("{cn}.csr")),
+        f(&format!("{cn}.ext")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={cn} test CA"),
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    std::fs::write(
+        &ext,
+        format!("subjectAltName=DNS:{cn},IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &crt,
+    ]);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (ca.into(), crt.into(), key.into())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -103,6 +180,9 @@ pub struct PgOptions {
     pub password_auth: bool,
     pub max_wal_senders: u32,
     pub extra: Vec<(String, String)>,
+    /// TLS on, with a certificate for localhost/127.0.0.1 signed by a test CA
+    /// ([`PgServer::tls_ca`]); TCP connections without TLS are refused.
+    pub tls: bool,
 }
 
 impl Default for PgOptions {
@@ -111,6 +191,7 @@ impl Default for PgOptions {
             password_auth: false,
             max_wal_senders: 10,
             extra: vec![],
+            tls: false,
         }
     }
 }
@@ -149,7 +230,28 @@ impl PgServer {
             )
             .unwrap();
         }
+        let mut opts = opts;
+        if opts.tls {
+            let (_, crt, key) = test_ca_and_cert(dir.path(), "localhost");
+            chown_to_pg(&crt);
+            chown_to_pg(&key);
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            opts.extra.push(("ssl".into(), "on".into()));
+            opts.extra
+                .push(("ssl_cert_file".into(), crt.display().to_string()));
+            opts.extra
+                .push(("ssl_key_file".into(), key.display().to_string()));
+        }
         Self::start_on(dir, data, opts)
+    }
+
+    /// The CA certificate that signed the server's, when started with `tls`.
+    pub fn tls_ca(&self) -> PathBuf {
+        self.dir.path().join("localhost-ca.crt")
     }
 
     /// Starts a server with default options and pgbench data of `scale`.

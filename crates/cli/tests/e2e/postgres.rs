@@ -407,3 +407,48 @@ fn graceful_stop_cancels_running_backups() {
     assert!(s.ok(&["verify"]).contains("repository OK"));
     assert!(s.ok(&["backup", "slow", "--wait"]).contains("backup set"));
 }
+
+/// TLS to PostgreSQL through the product: an instance registered with
+/// `--sslmode verify-full --sslrootcert <CA>` is checked and backed up over
+/// TLS; bad TLS settings are refused at registration.
+#[test]
+fn tls_instance_backs_up_and_bad_tls_settings_are_refused() {
+    let pg = PgServer::start(PgOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start(&work.path().join("stowage"));
+    let ca = pg.tls_ca();
+    let ca = ca.to_str().unwrap();
+    add_instance(
+        &s,
+        "tls",
+        &pg,
+        &["--sslmode", "verify-full", "--sslrootcert", ca],
+    );
+    let c = s.json(&["instance", "check", "tls"]);
+    assert!(c.to_string().contains("15"), "{c}");
+    s.ok(&["backup", "tls", "--wait"]);
+    // Without TLS the server refuses; the task says why.
+    add_instance(&s, "plain", &pg, &["--sslmode", "disable"]);
+    let o = s.cli(&["backup", "plain", "--wait"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no encryption"), "{}", stderr(&o));
+    for bad in [
+        &["--sslmode", "sometimes"][..],
+        &["--sslmode", "verify-full"],
+        &["--sslmode", "verify-ca", "--sslrootcert", "relative.pem"],
+        &[
+            "--sslmode",
+            "verify-ca",
+            "--sslrootcert",
+            "/nonexistent/ca.pem",
+        ],
+    ] {
+        let mut a = vec!["instance", "add", "--name", "bad", "--port", "5432"];
+        a.extend_from_slice(bad);
+        let o = s.cli(&a);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+    }
+}

@@ -19,6 +19,7 @@
 //! Requires PostgreSQL 15 or newer (the typed COPY stream and the
 //! parenthesised option syntax).
 
+pub mod tls;
 pub mod wal;
 pub mod wire;
 

@@ -82,8 +82,119 @@ pub fn classify(e: &ServerError, user: &str) -> EngineError {
     EngineError::new(kind, format!("PostgreSQL refused: {}{advice}", e))
 }
 
+/// The connection: plain TCP or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// Asks for TLS (SSLRequest) and, if the server agrees, does the handshake.
+/// `prefer` falls back to plain TCP when the server says no.
+fn negotiate_tls(mut sock: TcpStream, spec: &ConnSpec) -> Result<Stream, EngineError> {
+    use super::tls::SslMode;
+    if spec.ssl_mode == SslMode::Disable {
+        return Ok(Stream::Plain(sock));
+    }
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    sock.write_all(&req)
+        .map_err(io_err("while asking for TLS"))?;
+    let deadline = Instant::now() + spec.connect_timeout;
+    let mut answer = [0u8; 1];
+    loop {
+        match sock.read(&mut answer) {
+            Ok(1) => break,
+            Ok(_) => {
+                return Err(io_err("while asking for TLS")(
+                    io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            Err(e) if timed_out(&e) && Instant::now() < deadline => continue,
+            Err(e) => return Err(io_err("while asking for TLS")(e)),
+        }
+    }
+    match answer[0] {
+        b'S' => {}
+        b'N' if spec.ssl_mode == SslMode::Prefer => return Ok(Stream::Plain(sock)),
+        b'N' => {
+            return Err(EngineError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "the server does not accept TLS connections, which sslmode={} requires (set ssl = on in postgresql.conf, or lower sslmode)",
+                    spec.ssl_mode.as_str()
+                ),
+            ));
+        }
+        other => {
+            return Err(EngineError::new(
+                ErrorKind::Protocol,
+                format!("unexpected answer {other:#x} to the TLS request"),
+            ));
+        }
+    }
+    let cfg = super::tls::client_config(spec.ssl_mode, spec.ssl_root_cert.as_deref())?;
+    let name = super::tls::server_name(&spec.host)?;
+    let mut conn = rustls::ClientConnection::new(cfg, name)
+        .map_err(|e| EngineError::new(ErrorKind::Protocol, format!("TLS setup failed: {e}")))?;
+    while conn.is_handshaking() {
+        match conn.complete_io(&mut sock) {
+            Ok(_) => {}
+            Err(e) if timed_out(&e) && Instant::now() < deadline => {}
+            Err(e) => {
+                let cert = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+                return Err(if cert {
+                    EngineError::new(
+                        ErrorKind::Authentication,
+                        format!(
+                            "the server's TLS certificate was not accepted (sslmode={}): {e}",
+                            spec.ssl_mode.as_str()
+                        ),
+                    )
+                } else {
+                    EngineError::new(ErrorKind::Protocol, format!("TLS handshake failed: {e}"))
+                });
+            }
+        }
+    }
+    Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
+}
+
 pub struct PgConn {
-    sock: TcpStream,
+    sock: Stream,
     buf: BytesMut,
     out: BytesMut,
     pub params: HashMap<String, String>,
@@ -152,6 +263,7 @@ impl PgConn {
         })?;
         sock.set_nodelay(true).ok();
         sock.set_read_timeout(Some(Duration::from_millis(500))).ok();
+        let sock = negotiate_tls(sock, spec)?;
         let mut c = PgConn {
             sock,
             buf: BytesMut::with_capacity(512 * 1024),
@@ -387,6 +499,11 @@ impl PgConn {
 
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.sock, Stream::Tls(_))
     }
 
     pub fn close(mut self) {

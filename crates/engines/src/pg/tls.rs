@@ -1,0 +1,255 @@
+//! TLS to PostgreSQL, with libpq's `sslmode` semantics (rustls, ring):
+//!
+//! | mode | TLS | certificate checked |
+//! |---|---|---|
+//! | `disable` | never | – |
+//! | `prefer` (default) | if the server offers it | no |
+//! | `require` | always | no |
+//! | `verify-ca` | always | chain to `sslrootcert` |
+//! | `verify-full` | always | chain to `sslrootcert` and the host name |
+//!
+//! Without verification TLS still encrypts and checks the handshake's
+//! signatures, but cannot tell the real server from an impostor: use
+//! `verify-full` across untrusted networks.
+
+use crate::{EngineError, ErrorKind};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, WebPkiServerVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// TLS or nothing.
+    pub fn required(self) -> bool {
+        matches!(
+            self,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
+    }
+
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => {
+                return Err(format!(
+                    "sslmode {s:?}: expected disable, prefer, require, verify-ca or verify-full"
+                ));
+            }
+        })
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Encrypts without checking who the server is (`prefer`, `require`); the
+/// handshake's signatures are still verified.
+#[derive(Debug)]
+struct NoIdentityCheck(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for NoIdentityCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn config_err(m: impl Into<String>) -> EngineError {
+    EngineError::new(ErrorKind::Unsupported, m)
+}
+
+/// Trusted roots from a PEM file.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, EngineError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| config_err(format!("sslrootcert {}: {e}", path.display())))?;
+    for c in certs {
+        let c = c.map_err(|e| config_err(format!("sslrootcert {}: {e}", path.display())))?;
+        roots
+            .add(c)
+            .map_err(|e| config_err(format!("sslrootcert {}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(config_err(format!(
+            "sslrootcert {}: no certificate in the file",
+            path.display()
+        )));
+    }
+    Ok(roots)
+}
+
+/// The client configuration for `mode` (not for `disable`).
+pub fn client_config(
+    mode: SslMode,
+    root_cert: Option<&Path>,
+) -> Result<Arc<ClientConfig>, EngineError> {
+    let p = provider();
+    let builder = ClientConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config_err(format!("TLS setup: {e}")))?;
+    let cfg = if mode.verifies() {
+        let path = root_cert.ok_or_else(|| {
+            config_err(format!(
+                "sslmode={} needs sslrootcert (the CA certificate that signed the server's)",
+                mode.as_str()
+            ))
+        })?;
+        let roots = Arc::new(load_roots(path)?);
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots, p)
+            .build()
+            .map_err(|e| config_err(format!("TLS setup: {e}")))?;
+        let verifier: Arc<dyn ServerCertVerifier> = if mode == SslMode::VerifyFull {
+            webpki
+        } else {
+            Arc::new(ChainOnly(webpki))
+        };
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoIdentityCheck(
+                p.signature_verification_algorithms,
+            )))
+            .with_no_client_auth()
+    };
+    Ok(Arc::new(cfg))
+}
+
+pub fn server_name(host: &str) -> Result<ServerName<'static>, EngineError> {
+    ServerName::try_from(host.to_string())
+        .map_err(|e| config_err(format!("{host:?} is not a valid TLS server name: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        for m in [
+            SslMode::Disable,
+            SslMode::Prefer,
+            SslMode::Require,
+            SslMode::VerifyCa,
+            SslMode::VerifyFull,
+        ] {
+            assert_eq!(m.as_str().parse::<SslMode>(), Ok(m));
+        }
+        assert!("allow".parse::<SslMode>().is_err());
+        assert_eq!(SslMode::default(), SslMode::Prefer);
+        assert!(client_config(SslMode::VerifyFull, None).is_err());
+        assert!(client_config(SslMode::Require, None).is_ok());
+        assert!(client_config(SslMode::VerifyCa, Some(Path::new("/nonexistent.pem"))).is_err());
+    }
+}

@@ -485,7 +485,11 @@ fn task_row(t: &Value) -> Vec<String> {
         s(&t["id"]),
         s(&t["instance_id"]),
         s(&t["mode"]),
-        s(&t["state"]),
+        match (t["state"].as_str(), t["scheduled_for"].as_str()) {
+            // An automated task waiting for its window.
+            (Some("pending"), Some(at)) => format!("pending, window opens {at}"),
+            _ => s(&t["state"]),
+        },
         format!("{}%", s(&t["progress"]["percent"])),
         format!(
             "{}/{}",

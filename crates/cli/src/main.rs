@@ -219,7 +219,7 @@ enum InstanceCmd {
         /// TLS to the database, as libpq: disable, prefer (default), require, verify-ca, verify-full.
         #[arg(long)]
         sslmode: Option<String>,
-        /// CA certificate (PEM) for verify-ca / verify-full: an absolute path on the server's machine.
+        /// CA certificate (PEM) for verify-ca / verify-full: an absolute path on the server's machine, or "system" for the OS trust store.
         #[arg(long)]
         sslrootcert: Option<String>,
     },

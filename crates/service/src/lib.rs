@@ -517,9 +517,9 @@ impl Service {
         };
         if let Some(c) = &n.sslrootcert {
             let path = Path::new(c);
-            if !path.is_absolute() {
+            if !path.is_absolute() && c != stowage_engines::pg::tls::SYSTEM_ROOTS {
                 return Err(ServiceError::invalid(
-                    "sslrootcert: an absolute path on the server's machine",
+                    "sslrootcert: an absolute path on the server's machine, or \"system\"",
                 ));
             }
             stowage_engines::pg::tls::load_roots(path)

@@ -435,6 +435,16 @@ fn tls_instance_backs_up_and_bad_tls_settings_are_refused() {
     let o = s.cli(&["backup", "plain", "--wait"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no encryption"), "{}", stderr(&o));
+    // The system trust store does not know the test CA: refused, and said so.
+    add_instance(
+        &s,
+        "system",
+        &pg,
+        &["--sslmode", "verify-full", "--sslrootcert", "system"],
+    );
+    let o = s.cli(&["backup", "system", "--wait"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("certificate"), "{}", stderr(&o));
     for bad in [
         &["--sslmode", "sometimes"][..],
         &["--sslmode", "verify-full"],

@@ -8,6 +8,9 @@
 //! | `verify-ca` | always | chain to `sslrootcert` |
 //! | `verify-full` | always | chain to `sslrootcert` and the host name |
 //!
+//! `sslrootcert` is a PEM file of CA certificates, or `system` for the
+//! operating system's trust store (for managed databases with public CAs).
+//!
 //! Without verification TLS still encrypts and checks the handshake's
 //! signatures, but cannot tell the real server from an impostor: use
 //! `verify-full` across untrusted networks.
@@ -166,9 +169,27 @@ fn config_err(m: impl Into<String>) -> EngineError {
     EngineError::new(ErrorKind::Unsupported, m)
 }
 
-/// Trusted roots from a PEM file.
+/// `sslrootcert=system`: the operating system's trusted CAs (as libpq 16).
+pub const SYSTEM_ROOTS: &str = "system";
+
+/// Trusted roots from a PEM file, or the system's for [`SYSTEM_ROOTS`].
 pub fn load_roots(path: &Path) -> Result<RootCertStore, EngineError> {
     let mut roots = RootCertStore::empty();
+    if path == Path::new(SYSTEM_ROOTS) {
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            return Err(config_err(format!(
+                "sslrootcert=system: no trusted CA certificate found on this machine{}",
+                found
+                    .errors
+                    .first()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            )));
+        }
+        return Ok(roots);
+    }
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| config_err(format!("sslrootcert {}: {e}", path.display())))?;
     for c in certs {
@@ -251,5 +272,9 @@ mod tests {
         assert!(client_config(SslMode::VerifyFull, None).is_err());
         assert!(client_config(SslMode::Require, None).is_ok());
         assert!(client_config(SslMode::VerifyCa, Some(Path::new("/nonexistent.pem"))).is_err());
+        // The system store (Debian: ca-certificates, installed with PostgreSQL).
+        if Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+            assert!(load_roots(Path::new(SYSTEM_ROOTS)).unwrap().len() > 10);
+        }
     }
 }

@@ -311,3 +311,34 @@ fn tls_modes() {
     .unwrap();
     assert!(e.message.contains("does not accept TLS"), "{e}");
 }
+
+/// `prefer` goes on without TLS when the handshake fails (here: a server
+/// that only speaks TLS 1.1, which rustls refuses); the server then refuses
+/// the plain connection, which proves the fallback happened. `require` does
+/// not fall back.
+#[test]
+fn prefer_falls_back_when_the_tls_handshake_fails() {
+    use stowage_engines::pg::tls::SslMode;
+    use stowage_engines::pg::wire::PgConn;
+    let pg = PgServer::start(PgOptions {
+        tls: true,
+        extra: vec![
+            ("ssl_min_protocol_version".into(), "TLSv1".into()),
+            ("ssl_max_protocol_version".into(), "TLSv1.1".into()),
+        ],
+        ..Default::default()
+    });
+    let spec = |mode| ConnSpec {
+        ssl_mode: mode,
+        ..conn(pg.port, "postgres", None)
+    };
+    let e = PgConn::connect(&spec(SslMode::Prefer), false)
+        .err()
+        .unwrap();
+    assert!(e.message.contains("no encryption"), "{e}");
+    let e = PgConn::connect(&spec(SslMode::Require), false)
+        .err()
+        .unwrap();
+    assert!(e.message.contains("TLS"), "{e}");
+    assert!(!e.message.contains("no encryption"), "{e}");
+}

@@ -193,6 +193,44 @@ fn negotiate_tls(mut sock: TcpStream, spec: &ConnSpec) -> Result<Stream, EngineE
     Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
 }
 
+/// A TCP connection to the server (read timeout 500 ms, for cancel checks).
+fn tcp(spec: &ConnSpec) -> Result<TcpStream, EngineError> {
+    let addr = format!("{}:{}", spec.host, spec.port);
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| {
+            EngineError::new(
+                ErrorKind::Unreachable,
+                format!("cannot resolve {addr}: {e}"),
+            )
+        })?
+        .collect();
+    let mut last = None;
+    let mut sock = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, spec.connect_timeout) {
+            Ok(s) => {
+                sock = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let sock = sock.ok_or_else(|| {
+        EngineError::new(
+            ErrorKind::Unreachable,
+            format!(
+                "could not connect to PostgreSQL at {addr}: {}",
+                last.map(|e| e.to_string())
+                    .unwrap_or_else(|| "no address".into())
+            ),
+        )
+    })?;
+    sock.set_nodelay(true).ok();
+    sock.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    Ok(sock)
+}
+
 pub struct PgConn {
     sock: Stream,
     buf: BytesMut,
@@ -230,40 +268,18 @@ impl PgConn {
     /// Connects and authenticates. `replication` opens a physical
     /// replication (walsender) connection.
     pub fn connect(spec: &ConnSpec, replication: bool) -> Result<PgConn, EngineError> {
-        let addr = format!("{}:{}", spec.host, spec.port);
-        let addrs: Vec<_> = addr
-            .to_socket_addrs()
-            .map_err(|e| {
-                EngineError::new(
-                    ErrorKind::Unreachable,
-                    format!("cannot resolve {addr}: {e}"),
-                )
-            })?
-            .collect();
-        let mut last = None;
-        let mut sock = None;
-        for a in &addrs {
-            match TcpStream::connect_timeout(a, spec.connect_timeout) {
-                Ok(s) => {
-                    sock = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
+        let sock = match negotiate_tls(tcp(spec)?, spec) {
+            Ok(s) => s,
+            // As libpq: `prefer` goes on without TLS when the handshake fails.
+            Err(e)
+                if spec.ssl_mode == super::tls::SslMode::Prefer
+                    && matches!(e.kind, ErrorKind::Protocol | ErrorKind::Authentication) =>
+            {
+                tracing::warn!(host = %spec.host, error = %e, "TLS failed; sslmode=prefer: connecting without TLS");
+                Stream::Plain(tcp(spec)?)
             }
-        }
-        let sock = sock.ok_or_else(|| {
-            EngineError::new(
-                ErrorKind::Unreachable,
-                format!(
-                    "could not connect to PostgreSQL at {addr}: {}",
-                    last.map(|e| e.to_string())
-                        .unwrap_or_else(|| "no address".into())
-                ),
-            )
-        })?;
-        sock.set_nodelay(true).ok();
-        sock.set_read_timeout(Some(Duration::from_millis(500))).ok();
-        let sock = negotiate_tls(sock, spec)?;
+            Err(e) => return Err(e),
+        };
         let mut c = PgConn {
             sock,
             buf: BytesMut::with_capacity(512 * 1024),

@@ -56,7 +56,8 @@ fn job_json(t: &BackupTask) -> Value {
         // A number, as the product's example sends it (the lower-case `j` is the wire's).
         "BackupjobId": t.id,
         "BackupSetStatus": dds_status(t.state),
-        "BackupStartTime": format_rfc3339(t.started_ms.unwrap_or(t.created_ms)),
+        // A waiting automated task: when its window opens.
+        "BackupStartTime": format_rfc3339(t.started_ms.or(t.scheduled_ms).unwrap_or(t.created_ms)),
         "JobMode": if t.mode == TaskMode::Automated { "Automated" } else { "Manual" },
     });
     if t.state.is_running() {

@@ -53,7 +53,7 @@ fn job_json(t: &BackupTask) -> Value {
         "BackupProgressStatus": rds_status(t.state).1,
         "JobMode": if t.mode == TaskMode::Automated { "Automated" } else { "Manual" },
         "TaskAction": if t.mode == TaskMode::Automated { "NormalBackupTask" } else { "TempBackupTask" },
-        "StartTime": format_rfc3339(t.started_ms.unwrap_or(t.created_ms)),
+        "StartTime": format_rfc3339(t.started_ms.or(t.scheduled_ms).unwrap_or(t.created_ms)),
     })
 }
 

@@ -685,14 +685,32 @@ impl Service {
             )
             .await?;
         if task.state == TaskState::Pending {
-            self.launch(task.clone(), i)?;
+            self.launch(task.clone(), i).await?;
         }
         Ok(task)
     }
 
-    /// Runs a pending task that holds its instance's active slot (once).
-    fn launch(self: &Arc<Self>, task: BackupTask, i: Instance) -> ServiceResult<()> {
-        let spec = self.conn_spec(&i)?;
+    /// Runs a pending task that holds its instance's active slot (once). A
+    /// task that cannot even start is marked failed, so it never keeps the
+    /// slot.
+    async fn launch(self: &Arc<Self>, task: BackupTask, i: Instance) -> ServiceResult<()> {
+        let spec = match self.conn_spec(&i) {
+            Ok(s) => s,
+            Err(e) => {
+                let u = stowage_catalog::StateUpdate {
+                    error: Some(format!("could not start: {}", e.message)),
+                    ..Default::default()
+                };
+                if let Err(e2) = self
+                    .catalog
+                    .set_backup_task_state(task.id, TaskState::Failed, u, now_ms())
+                    .await
+                {
+                    tracing::error!(task = task.id, error = %e2, "could not record a task that failed to start");
+                }
+                return Err(e);
+            }
+        };
         let live = {
             let mut live_tasks = self.live_tasks.lock().expect("lock");
             if live_tasks.contains_key(&task.id) {

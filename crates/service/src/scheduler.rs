@@ -256,7 +256,11 @@ impl Service {
             }
             tracing::info!(task = t.id, instance = %t.instance_id, "automated backup starting");
             let id = t.id;
-            self.launch(t, inst)?;
+            if let Err(e) = self.launch(t, inst).await {
+                // Recorded on the task; the other instances go on.
+                tracing::warn!(task = id, error = %e, "automated backup could not start");
+                continue;
+            }
             self.queued.lock().expect("lock").remove(&id);
             self.automated.lock().expect("lock").insert(id);
             free -= 1;

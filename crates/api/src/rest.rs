@@ -238,7 +238,9 @@ pub fn router(svc: Svc) -> Router {
         .route("/v1/instances", get(list_instances).post(add_instance))
         .route(
             "/v1/instances/{id}",
-            get(get_instance).delete(remove_instance),
+            get(get_instance)
+                .delete(remove_instance)
+                .patch(update_instance),
         )
         .route("/v1/instances/{id}/check", post(check_instance))
         .route("/v1/instances/{id}/backups", post(create_backup))
@@ -353,6 +355,15 @@ async fn get_instance(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(instance_json(&svc.instance(&p, &id).await?)))
+}
+
+async fn update_instance(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(u): Body<stowage_service::InstanceUpdate>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(instance_json(&svc.update_instance(&p, &id, u).await?)))
 }
 
 async fn remove_instance(

@@ -78,6 +78,9 @@ pub trait Catalog: Send + Sync + 'static {
     // instances
     async fn insert_instance(&self, i: &Instance) -> CatalogResult<()>;
     async fn instance(&self, account_id: &str, id: &str) -> CatalogResult<Option<Instance>>;
+    /// Stores an instance's connection settings (host, port, user, sealed
+    /// password, database, options).
+    async fn update_instance(&self, i: &Instance) -> CatalogResult<()>;
     async fn list_instances(&self, account_id: &str) -> CatalogResult<Vec<Instance>>;
     /// Refused while the instance has an active task.
     async fn delete_instance(&self, account_id: &str, id: &str) -> CatalogResult<()>;

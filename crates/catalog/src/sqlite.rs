@@ -475,6 +475,28 @@ impl Catalog for SqliteCatalog {
         r.as_ref().map(instance_from_row).transpose()
     }
 
+    async fn update_instance(&self, i: &Instance) -> CatalogResult<()> {
+        let n = sqlx::query(
+            "UPDATE instances SET host = ?, port = ?, username = ?, password_enc = ?, dbname = ?, options = ?
+             WHERE account_id = ? AND id = ?",
+        )
+        .bind(&i.host)
+        .bind(i.port as i64)
+        .bind(&i.username)
+        .bind(&i.password_enc)
+        .bind(&i.dbname)
+        .bind(i.options.to_string())
+        .bind(&i.account_id)
+        .bind(&i.id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(CatalogError::NotFound(format!("instance {}", i.id)));
+        }
+        Ok(())
+    }
+
     async fn list_instances(&self, account_id: &str) -> CatalogResult<Vec<Instance>> {
         let rows =
             sqlx::query("SELECT * FROM instances WHERE account_id = ? ORDER BY created_ms, id")

@@ -229,6 +229,32 @@ enum InstanceCmd {
     Show { instance: String },
     /// Connect to the instance and check privileges and settings.
     Check { instance: String },
+    /// Change how to reach an instance (options left out stay as they are);
+    /// the next backup uses them. A new password comes from --password-file
+    /// or the variable named by --password-env.
+    Set {
+        instance: String,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long)]
+        user: Option<String>,
+        /// Read the new password from this file.
+        #[arg(long, conflicts_with = "password_env")]
+        password_file: Option<PathBuf>,
+        /// Read the new password from this environment variable.
+        #[arg(long)]
+        password_env: Option<String>,
+        #[arg(long)]
+        dbname: Option<String>,
+        #[arg(long)]
+        max_rate_kbps: Option<u32>,
+        #[arg(long)]
+        sslmode: Option<String>,
+        #[arg(long)]
+        sslrootcert: Option<String>,
+    },
     /// Unregister an instance (its backup sets stay).
     Remove { instance: String },
 }
@@ -618,6 +644,60 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                         s(&v["server"]["version"]),
                         s(&v["server"]["system_identifier"])
                     );
+                }
+            }
+            InstanceCmd::Set {
+                instance,
+                host,
+                port,
+                user,
+                password_file,
+                password_env,
+                dbname,
+                max_rate_kbps,
+                sslmode,
+                sslrootcert,
+            } => {
+                let password = match (password_file, password_env) {
+                    (Some(f), _) => Some(
+                        std::fs::read_to_string(&f)
+                            .map_err(|e| CallError::Api {
+                                code: "InvalidParameter".into(),
+                                message: format!("{}: {e}", f.display()),
+                            })?
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string(),
+                    ),
+                    (None, Some(var)) => Some(std::env::var(&var).map_err(|_| CallError::Api {
+                        code: "InvalidParameter".into(),
+                        message: format!("environment variable {var} is not set"),
+                    })?),
+                    _ => None,
+                };
+                let mut b = serde_json::Map::new();
+                for (k, v) in [
+                    ("host", host.map(Value::from)),
+                    ("port", port.map(Value::from)),
+                    ("user", user.map(Value::from)),
+                    ("password", password.map(Value::from)),
+                    ("dbname", dbname.map(Value::from)),
+                    ("max_rate_kbps", max_rate_kbps.map(Value::from)),
+                    ("sslmode", sslmode.map(Value::from)),
+                    ("sslrootcert", sslrootcert.map(Value::from)),
+                ] {
+                    if let Some(v) = v {
+                        b.insert(k.into(), v);
+                    }
+                }
+                let v = c.send(
+                    "PATCH",
+                    &format!("/v1/instances/{}", enc(&instance)),
+                    &Value::Object(b),
+                )?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!("updated instance {} ({})", s(&v["id"]), s(&v["name"]));
                 }
             }
             InstanceCmd::Remove { instance } => {

@@ -109,6 +109,21 @@ pub struct BackupRequest {
     pub comment: Option<String>,
 }
 
+/// A change to an instance's connection settings; `None` keeps a field.
+/// `password: Some("")` removes the password.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceUpdate {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub dbname: Option<String>,
+    pub max_rate_kbps: Option<u32>,
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<String>,
+}
+
 /// Registration of an instance.
 #[derive(Debug, Clone, Deserialize)]
 pub struct NewInstance {
@@ -497,6 +512,42 @@ impl Service {
                 n.engine
             )));
         }
+        let ssl_mode = Self::check_connection(&n)?;
+        let dialect = match n.dialect.as_deref() {
+            None => Dialect::Rds,
+            Some(d) => d
+                .parse::<Dialect>()
+                .map_err(|e| ServiceError::invalid(e.to_string()))?,
+        };
+        let id = InstanceId::generate(dialect, &stowage_repo::crypto::random_bytes::<32>());
+        let inst = Instance {
+            id: id.to_string(),
+            account_id: p.account_id.clone(),
+            name: n.name,
+            engine: n.engine,
+            topology: "standalone".into(),
+            host: n.host,
+            port: n.port,
+            username: n.user,
+            password_enc: n
+                .password
+                .filter(|s| !s.is_empty())
+                .map(|s| self.secrets.seal(&s)),
+            dbname: n.dbname,
+            options: serde_json::json!({
+                "dialect": dialect.as_str(),
+                "max_rate_kbps": n.max_rate_kbps,
+                "sslmode": ssl_mode.as_str(),
+                "sslrootcert": n.sslrootcert,
+            }),
+            created_ms: now_ms(),
+        };
+        self.catalog.insert_instance(&inst).await?;
+        Ok(inst)
+    }
+
+    /// Checks how to reach an instance; returns its TLS mode.
+    fn check_connection(n: &NewInstance) -> ServiceResult<stowage_engines::pg::tls::SslMode> {
         if n.host.trim().is_empty() || n.host.len() > 255 || n.host.contains(char::is_whitespace) {
             return Err(ServiceError::invalid("host: a host name or IP address"));
         }
@@ -530,37 +581,56 @@ impl Service {
                 ssl_mode.as_str()
             )));
         }
-        let dialect = match n.dialect.as_deref() {
-            None => Dialect::Rds,
-            Some(d) => d
-                .parse::<Dialect>()
-                .map_err(|e| ServiceError::invalid(e.to_string()))?,
+        Ok(ssl_mode)
+    }
+
+    /// Changes how to reach an instance (host, port, user, password,
+    /// database, throttle, TLS); its id, name, engine and dialect stay. The
+    /// next backup uses the new settings; a running one is not affected.
+    pub async fn update_instance(
+        &self,
+        p: &Principal,
+        id: &str,
+        u: InstanceUpdate,
+    ) -> ServiceResult<Instance> {
+        let mut i = self.instance(p, id).await?;
+        let opt = |k: &str| i.options.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        let n = NewInstance {
+            name: i.name.clone(),
+            engine: i.engine.clone(),
+            host: u.host.unwrap_or_else(|| i.host.clone()),
+            port: u.port.unwrap_or(i.port),
+            user: u.user.unwrap_or_else(|| i.username.clone()),
+            password: None,
+            dbname: u.dbname.or_else(|| i.dbname.clone()),
+            dialect: None,
+            max_rate_kbps: u
+                .max_rate_kbps
+                .or_else(|| opt("max_rate_kbps").as_u64().map(|v| v as u32)),
+            sslmode: u
+                .sslmode
+                .or_else(|| opt("sslmode").as_str().map(str::to_string)),
+            sslrootcert: u
+                .sslrootcert
+                .or_else(|| opt("sslrootcert").as_str().map(str::to_string)),
         };
-        let id = InstanceId::generate(dialect, &stowage_repo::crypto::random_bytes::<32>());
-        let inst = Instance {
-            id: id.to_string(),
-            account_id: p.account_id.clone(),
-            name: n.name,
-            engine: n.engine,
-            topology: "standalone".into(),
-            host: n.host,
-            port: n.port,
-            username: n.user,
-            password_enc: n
-                .password
+        let ssl_mode = Self::check_connection(&n)?;
+        if let Some(pw) = u.password {
+            i.password_enc = Some(pw)
                 .filter(|s| !s.is_empty())
-                .map(|s| self.secrets.seal(&s)),
-            dbname: n.dbname,
-            options: serde_json::json!({
-                "dialect": dialect.as_str(),
-                "max_rate_kbps": n.max_rate_kbps,
-                "sslmode": ssl_mode.as_str(),
-                "sslrootcert": n.sslrootcert,
-            }),
-            created_ms: now_ms(),
-        };
-        self.catalog.insert_instance(&inst).await?;
-        Ok(inst)
+                .map(|s| self.secrets.seal(&s));
+        }
+        i.host = n.host;
+        i.port = n.port;
+        i.username = n.user;
+        i.dbname = n.dbname;
+        if let serde_json::Value::Object(m) = &mut i.options {
+            m.insert("max_rate_kbps".into(), n.max_rate_kbps.into());
+            m.insert("sslmode".into(), ssl_mode.as_str().into());
+            m.insert("sslrootcert".into(), n.sslrootcert.into());
+        }
+        self.catalog.update_instance(&i).await?;
+        Ok(i)
     }
 
     /// By id or by name.

@@ -181,6 +181,11 @@ impl Stowage {
         let resp = match (method, body) {
             ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
             ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+            ("PATCH", Some(b)) => agent
+                .patch(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(b.as_bytes()),
             (_, Some(b)) => agent
                 .post(&url)
                 .header("Authorization", &auth)

@@ -462,3 +462,72 @@ fn tls_instance_backs_up_and_bad_tls_settings_are_refused() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
     }
 }
+
+/// The database password rotates: backups fail with the server's reason
+/// until `stowage instance set` gives the new one; bad settings are refused
+/// and leave the instance as it was.
+#[test]
+fn instance_settings_can_change() {
+    let pg = PgServer::start(PgOptions {
+        password_auth: true,
+        ..Default::default()
+    });
+    pg.psql("CREATE ROLE bk LOGIN REPLICATION PASSWORD 'old-secret-1'");
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start(&work.path().join("stowage"));
+    let pw = work.path().join("pw");
+    std::fs::write(&pw, "old-secret-1\n").unwrap();
+    let port = pg.port.to_string();
+    s.ok(&[
+        "instance",
+        "add",
+        "--name",
+        "db",
+        "--port",
+        &port,
+        "--user",
+        "bk",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    s.ok(&["backup", "db", "--wait"]);
+    pg.psql("ALTER ROLE bk PASSWORD 'new-secret-2'");
+    let o = s.cli(&["backup", "db", "--wait"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("password"), "{}", stderr(&o));
+    std::fs::write(&pw, "new-secret-2\n").unwrap();
+    let v = s.json(&[
+        "instance",
+        "set",
+        "db",
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--max-rate-kbps",
+        "65536",
+    ]);
+    assert_eq!(v["max_rate_kbps"], 65536);
+    assert_eq!(v["has_password"], true);
+    s.ok(&["backup", "db", "--wait"]);
+    for bad in [
+        &["--port", "0"][..],
+        &["--sslmode", "sometimes"],
+        &["--sslmode", "verify-full"],
+        &["--max-rate-kbps", "1"],
+    ] {
+        let mut a = vec!["instance", "set", "db"];
+        a.extend_from_slice(bad);
+        assert_eq!(s.cli(&a).status.code(), Some(2), "{bad:?}");
+    }
+    let v = s.json(&["instance", "show", "db"]);
+    assert_eq!(
+        (v["port"].as_u64(), v["sslmode"].as_str()),
+        (Some(pg.port as u64), Some("prefer"))
+    );
+    let (st, body) = s.http(
+        "PATCH",
+        &format!("/v1/instances/{}", v["id"].as_str().unwrap()),
+        Some(r#"{"name":"renamed"}"#),
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(!s.log().contains("new-secret-2") && !s.log().contains("old-secret-1"));
+}

@@ -564,6 +564,33 @@ fn finish_follow(v: &Value, json: bool, what: &str) -> u8 {
     }
 }
 
+/// A database password from a file (trailing newline dropped) or an
+/// environment variable; `env_required`: a named variable must be set.
+fn read_password(
+    file: Option<PathBuf>,
+    env: Option<String>,
+    env_required: bool,
+) -> Result<Option<String>, CallError> {
+    let bad = |message: String| CallError::Api {
+        code: "InvalidParameter".into(),
+        message,
+    };
+    match (file, env) {
+        (Some(f), _) => Ok(Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| bad(format!("{}: {e}", f.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        )),
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(v) => Ok(Some(v)),
+            Err(_) if env_required => Err(bad(format!("environment variable {var} is not set"))),
+            Err(_) => Ok(None),
+        },
+        _ => Ok(None),
+    }
+}
+
 fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
     let json = g.json;
     match cmd {
@@ -583,19 +610,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 sslmode,
                 sslrootcert,
             } => {
-                let password = match (password_file, password_env) {
-                    (Some(f), _) => Some(
-                        std::fs::read_to_string(&f)
-                            .map_err(|e| CallError::Api {
-                                code: "InvalidParameter".into(),
-                                message: format!("{}: {e}", f.display()),
-                            })?
-                            .trim_end_matches(['\n', '\r'])
-                            .to_string(),
-                    ),
-                    (None, Some(var)) => std::env::var(var).ok(),
-                    _ => None,
-                };
+                let password = read_password(password_file, password_env, false)?;
                 let body = json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert});
                 let v = c.post("/v1/instances", Some(&body))?;
                 if json {
@@ -658,22 +673,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 sslmode,
                 sslrootcert,
             } => {
-                let password = match (password_file, password_env) {
-                    (Some(f), _) => Some(
-                        std::fs::read_to_string(&f)
-                            .map_err(|e| CallError::Api {
-                                code: "InvalidParameter".into(),
-                                message: format!("{}: {e}", f.display()),
-                            })?
-                            .trim_end_matches(['\n', '\r'])
-                            .to_string(),
-                    ),
-                    (None, Some(var)) => Some(std::env::var(&var).map_err(|_| CallError::Api {
-                        code: "InvalidParameter".into(),
-                        message: format!("environment variable {var} is not set"),
-                    })?),
-                    _ => None,
-                };
+                let password = read_password(password_file, password_env, true)?;
                 let mut b = serde_json::Map::new();
                 for (k, v) in [
                     ("host", host.map(Value::from)),

@@ -212,11 +212,17 @@ impl Service {
                 admin: false,
                 policy: None,
             };
-            let (inst, policy) = match self.policy(&p, &t.instance_id).await {
-                Ok(pol) => (self.instance(&p, &t.instance_id).await?, pol.policy),
+            let inst = match self.instance(&p, &t.instance_id).await {
+                Ok(i) => i,
                 Err(e) if e.kind == ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
+            let policy = self
+                .catalog
+                .backup_policy(&p.account_id, &inst.id)
+                .await?
+                .map(|s| s.policy)
+                .unwrap_or_default();
             let start = t.scheduled_ms.unwrap_or(now);
             let queued = self.queued.lock().expect("lock").contains(&t.id);
             // A task held back only by the concurrency limit keeps its turn

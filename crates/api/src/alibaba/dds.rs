@@ -3,6 +3,7 @@
 //! state mapping is already the real one.
 
 use super::policy::{Names, Ty, next_time, policy_body, update_from};
+use super::rds::instance_not_found;
 use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
 };
@@ -10,7 +11,6 @@ use super::shared::{
     Page, RowFilters, delete_sets, engine_version, mode_name, mode_of, product_instances,
     query_sets, set_engine_version,
 };
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -30,12 +30,9 @@ pub fn dds_status(s: TaskState) -> &'static str {
     }
 }
 
-fn instance_not_found(id: &str) -> RpcError {
-    RpcError::new(
-        StatusCode::NOT_FOUND,
-        "InvalidDBInstanceId.NotFound",
-        format!("The specified instance {id} is not found."),
-    )
+/// The caller's `dds-` instance named by `DBInstanceId`.
+async fn instance_id(svc: &Service, req: &RpcRequest) -> Result<String, RpcError> {
+    owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await
 }
 
 pub async fn dispatch(svc: &Arc<Service>, req: &RpcRequest) -> Option<Result<Response, RpcError>> {
@@ -68,7 +65,7 @@ fn job_json(t: &BackupTask) -> Value {
 }
 
 async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
-    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    let inst = instance_id(svc, req).await?;
     let f = backup_task_filter(req, inst)?;
     let mode = match req.get("BackupMode") {
         Some(m) => Some(
@@ -89,7 +86,7 @@ async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Respon
 }
 
 async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response, RpcError> {
-    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    let inst = instance_id(svc, req).await?;
     if let Some(m) = req.get("BackupMethod")
         && m != "Physical"
         && m != "Snapshot"
@@ -131,24 +128,26 @@ fn backup_json(s: &BackupSet) -> Value {
 }
 
 async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
-    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    let inst = instance_id(svc, req).await?;
     if req.get("NodeId").is_some() {
         return Err(RpcError::invalid(
             "NodeId",
             "shard-level backups are not supported",
         ));
     }
-    if let Some(j) = req.get("BackupJobId") {
-        // A set's id is its task's id.
-        j.parse::<i64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| RpcError::invalid("BackupJobId", "expected a backup job id"))?;
-    }
+    let job = req
+        .get("BackupJobId")
+        .map(|j| {
+            j.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| RpcError::invalid("BackupJobId", "expected a backup job id"))
+        })
+        .transpose()?;
     let page = Page::from(req, 30..=100, 30)?;
     let mut sets = query_sets(svc, req, &inst).await?;
-    if let Some(j) = req.get("BackupJobId") {
-        sets.retain(|s| s.task_id.to_string() == j);
+    if let Some(j) = job {
+        sets.retain(|s| s.task_id == j);
     }
     let items: Vec<Value> = page.slice(&sets).iter().map(backup_json).collect();
     Ok(ok_response(
@@ -163,7 +162,7 @@ async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, R
 }
 
 async fn delete_backup(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
-    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    let inst = instance_id(svc, req).await?;
     delete_sets(svc, req, &inst).await?;
     Ok(ok_response(json!({}), &req.request_id))
 }
@@ -276,7 +275,7 @@ fn policy_defaults() -> Vec<(&'static str, Value)> {
 }
 
 async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
-    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    let inst = instance_id(svc, req).await?;
     let sp = svc.policy(&req.principal, &inst).await?;
     let body = policy_body(
         &sp,
@@ -298,7 +297,7 @@ async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Respo
 }
 
 async fn modify_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
-    let inst = owned_instance(svc, req, "DBInstanceId", "dds-", instance_not_found).await?;
+    let inst = instance_id(svc, req).await?;
     let u = update_from(req, &POLICY)?;
     svc.set_policy(&req.principal, &inst, u).await?;
     Ok(ok_response(json!({}), &req.request_id))

@@ -59,7 +59,8 @@ fn job_json(t: &BackupTask) -> Value {
     j
 }
 
-fn instance_not_found(id: &str) -> RpcError {
+/// `InvalidDBInstanceId.NotFound` (404), shared with dds.
+pub(super) fn instance_not_found(id: &str) -> RpcError {
     RpcError::new(
         StatusCode::NOT_FOUND,
         "InvalidDBInstanceId.NotFound",

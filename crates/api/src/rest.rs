@@ -37,10 +37,29 @@ fn status_and_code(k: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::Conflict => (StatusCode::CONFLICT, "Conflict"),
         ErrorKind::InstanceBusy => (StatusCode::CONFLICT, "InstanceBusy"),
         ErrorKind::TargetNotEmpty => (StatusCode::CONFLICT, "TargetNotEmpty"),
+        ErrorKind::TargetNotAllowed => (StatusCode::FORBIDDEN, "TargetNotAllowed"),
+        ErrorKind::UnsafeTarget => (StatusCode::CONFLICT, "UnsafeTarget"),
         ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
         ErrorKind::KeyDisabled => (StatusCode::UNAUTHORIZED, "KeyDisabled"),
         ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "Forbidden"),
         ErrorKind::InvalidState => (StatusCode::CONFLICT, "InvalidState"),
+        ErrorKind::Database(k) => {
+            use stowage_service::DbErrorKind as D;
+            // The database, not Stowage, said no: 422 with what kind of no.
+            let code = match k {
+                D::Unreachable => "DatabaseUnreachable",
+                D::Authentication => "DatabaseAuthentication",
+                D::Permission => "DatabasePermission",
+                D::Capacity => "DatabaseCapacity",
+                D::ServerGone => "DatabaseGone",
+                D::Unsupported => "DatabaseUnsupported",
+                D::Protocol => "DatabaseProtocol",
+                D::Cancelled => "Cancelled",
+                D::Repository => "RepositoryError",
+                D::Filesystem => "FilesystemError",
+            };
+            (StatusCode::UNPROCESSABLE_ENTITY, code)
+        }
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     }
 }
@@ -134,6 +153,101 @@ impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<Svc> for Q<T> {
             ))),
         }
     }
+}
+
+/// `limit` and `cursor` of a listing. A cursor is opaque to clients: the
+/// `next_cursor` of the previous page.
+struct Page {
+    limit: u32,
+    /// Rows sort below this key (ids, newest first) / after it (names).
+    cursor: Option<String>,
+}
+
+const DEFAULT_LIMIT: u32 = 100;
+
+impl Page {
+    fn parse(limit: Option<u32>, cursor: Option<String>) -> ApiResult<Page> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=1000).contains(&limit) {
+            return Err(invalid("limit: 1 to 1000"));
+        }
+        if let Some(c) = &cursor
+            && (c.is_empty() || c.len() > 128)
+        {
+            return Err(invalid("cursor: the next_cursor of the previous page"));
+        }
+        Ok(Page { limit, cursor })
+    }
+
+    /// The cursor as an id (listings in id order).
+    fn before_id(&self) -> ApiResult<Option<i64>> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| invalid("cursor: the next_cursor of the previous page"))
+            })
+            .transpose()
+    }
+
+    /// One more than the page holds, to know whether another page follows.
+    fn fetch(&self) -> u32 {
+        self.limit + 1
+    }
+
+    /// Cuts `rows` (fetched with [`Page::fetch`]) to the page and builds the
+    /// response `{<name>: [...], "next_cursor": ...}`.
+    fn respond<T>(
+        &self,
+        name: &str,
+        mut rows: Vec<T>,
+        key: impl Fn(&T) -> String,
+        to_json: impl Fn(&T) -> Value,
+    ) -> Value {
+        let more = rows.len() > self.limit as usize;
+        rows.truncate(self.limit as usize);
+        let next = if more { rows.last().map(&key) } else { None };
+        let items: Vec<Value> = rows.iter().map(to_json).collect();
+        json!({ name: items, "next_cursor": next })
+    }
+
+    /// Pages a listing held in memory, sorted by `key` (names, ids as text).
+    fn in_memory<T>(
+        &self,
+        name: &str,
+        rows: Vec<T>,
+        key: impl Fn(&T) -> String,
+        to_json: impl Fn(&T) -> Value,
+    ) -> Value {
+        let rows: Vec<T> = rows
+            .into_iter()
+            .filter(|r| self.cursor.as_ref().is_none_or(|c| key(r) > *c))
+            .take(self.fetch() as usize)
+            .collect();
+        self.respond(name, rows, key, to_json)
+    }
+}
+
+/// Query of listings that have no filter of their own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+fn parse_states(s: &str) -> ApiResult<Vec<TaskState>> {
+    s.split(',')
+        .map(|part| {
+            part.trim().parse().map_err(|_| {
+                invalid(format!(
+                    "state {part:?} is not one of pending, checking, preparing, running, finishing, finished, failed, cancelled"
+                ))
+            })
+        })
+        .collect()
 }
 
 fn parse_id(s: &str, what: &str) -> ApiResult<i64> {
@@ -311,6 +425,9 @@ struct NewInstanceBody {
     sslmode: Option<String>,
     #[serde(default)]
     sslrootcert: Option<String>,
+    /// Connect and check before registering (default true).
+    #[serde(default)]
+    check: Option<bool>,
 }
 
 async fn add_instance(
@@ -333,20 +450,38 @@ async fn add_instance(
                 max_rate_kbps: b.max_rate_kbps,
                 sslmode: b.sslmode,
                 sslrootcert: b.sslrootcert,
+                check: b.check.unwrap_or(true),
             },
         )
         .await?;
     Ok((StatusCode::CREATED, Json(instance_json(&i))))
 }
 
-async fn list_instances(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Value>> {
-    let v: Vec<Value> = svc
-        .list_instances(&p)
-        .await?
-        .iter()
-        .map(instance_json)
-        .collect();
-    Ok(Json(json!({"instances": v})))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceQuery {
+    engine: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_instances(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Q(q): Q<InstanceQuery>,
+) -> ApiResult<Json<Value>> {
+    let page = Page::parse(q.limit, q.cursor)?;
+    let mut rows = svc.list_instances(&p).await?;
+    if let Some(e) = &q.engine {
+        rows.retain(|i| i.engine == *e);
+    }
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(page.in_memory(
+        "instances",
+        rows,
+        |i| i.id.clone(),
+        instance_json,
+    )))
 }
 
 async fn get_instance(
@@ -404,20 +539,7 @@ async fn create_backup(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     // The body is optional: an empty POST starts a backup with defaults.
-    let b: BackupBody = if body.is_empty() {
-        BackupBody::default()
-    } else {
-        if !headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"))
-        {
-            return Err(invalid(
-                "expected a JSON body (Content-Type: application/json)",
-            ));
-        }
-        serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid JSON body: {e}")))?
-    };
+    let b: BackupBody = optional_json(&headers, &body)?;
     let t = svc
         .start_backup(
             &p,
@@ -439,6 +561,7 @@ struct TaskQuery {
     instance: Option<String>,
     state: Option<String>,
     limit: Option<u32>,
+    cursor: Option<String>,
 }
 
 async fn list_tasks(
@@ -446,29 +569,25 @@ async fn list_tasks(
     Auth(p): Auth,
     Q(q): Q<TaskQuery>,
 ) -> ApiResult<Json<Value>> {
-    let mut f = TaskFilter::default();
+    let page = Page::parse(q.limit, q.cursor)?;
+    let mut f = TaskFilter {
+        before_id: page.before_id()?,
+        limit: Some(page.fetch()),
+        ..Default::default()
+    };
     if let Some(i) = q.instance {
         f.instance_id = Some(svc.instance(&p, &i).await?.id);
     }
     if let Some(s) = q.state {
-        for part in s.split(',') {
-            let st: TaskState = part.trim().parse().map_err(|_| invalid(format!("state {part:?} is not one of pending, checking, preparing, running, finishing, finished, failed, cancelled")))?;
-            f.states.push(st);
-        }
+        f.states = parse_states(&s)?;
     }
-    if let Some(l) = q.limit {
-        if !(1..=1000).contains(&l) {
-            return Err(invalid("limit: 1 to 1000"));
-        }
-        f.limit = Some(l);
-    }
-    let v: Vec<Value> = svc
-        .list_tasks(&p, &f)
-        .await?
-        .iter()
-        .map(task_json)
-        .collect();
-    Ok(Json(json!({"tasks": v})))
+    let rows = svc.list_tasks(&p, &f).await?;
+    Ok(Json(page.respond(
+        "tasks",
+        rows,
+        |t| t.id.to_string(),
+        task_json,
+    )))
 }
 
 async fn get_task(
@@ -495,6 +614,8 @@ async fn cancel_task(
 #[serde(deny_unknown_fields)]
 struct SetQuery {
     instance: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
 }
 
 async fn list_sets(
@@ -502,13 +623,21 @@ async fn list_sets(
     Auth(p): Auth,
     Q(q): Q<SetQuery>,
 ) -> ApiResult<Json<Value>> {
-    let v: Vec<Value> = svc
-        .list_sets(&p, q.instance.as_deref())
-        .await?
-        .iter()
-        .map(set_json)
-        .collect();
-    Ok(Json(json!({"sets": v})))
+    let page = Page::parse(q.limit, q.cursor)?;
+    let rows = svc
+        .list_sets_page(
+            &p,
+            q.instance.as_deref(),
+            page.before_id()?,
+            Some(page.fetch()),
+        )
+        .await?;
+    Ok(Json(page.respond(
+        "sets",
+        rows,
+        |s| s.id.to_string(),
+        set_json,
+    )))
 }
 
 async fn get_set(
@@ -656,9 +785,52 @@ async fn restore_set(
     Ok((StatusCode::ACCEPTED, Json(job_json(&j))))
 }
 
-async fn list_jobs(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Value>> {
-    let v: Vec<Value> = svc.list_jobs(&p).await?.iter().map(job_json).collect();
-    Ok(Json(json!({"jobs": v})))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobQuery {
+    /// Comma-separated kinds: restore, verify, gc.
+    kind: Option<String>,
+    state: Option<String>,
+    set: Option<i64>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_jobs(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Q(q): Q<JobQuery>,
+) -> ApiResult<Json<Value>> {
+    let page = Page::parse(q.limit, q.cursor)?;
+    let mut f = stowage_catalog::JobFilter {
+        set_id: q.set,
+        before_id: page.before_id()?,
+        limit: Some(page.fetch()),
+        ..Default::default()
+    };
+    if let Some(k) = q.kind {
+        for part in k.split(',') {
+            let kind: stowage_core::TaskKind = part
+                .trim()
+                .parse()
+                .ok()
+                .filter(|k| *k != stowage_core::TaskKind::Backup)
+                .ok_or_else(|| {
+                    invalid(format!("kind {part:?} is not one of restore, verify, gc"))
+                })?;
+            f.kinds.push(kind);
+        }
+    }
+    if let Some(s) = q.state {
+        f.states = parse_states(&s)?;
+    }
+    let rows = svc.list_jobs(&p, &f).await?;
+    Ok(Json(page.respond(
+        "jobs",
+        rows,
+        |j| j.id.to_string(),
+        job_json,
+    )))
 }
 
 async fn get_job(
@@ -679,11 +851,52 @@ async fn cancel_job(
     )))
 }
 
-async fn verify(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<(StatusCode, Json<Value>)> {
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    /// Verify only the packs this set needs (open to the set's owner);
+    /// without it the whole repository (admin only).
+    #[serde(default)]
+    set_id: Option<i64>,
+}
+
+async fn verify(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let b: VerifyBody = optional_json(&headers, &body)?;
+    if let Some(id) = b.set_id
+        && id <= 0
+    {
+        return Err(invalid("set_id must be a positive integer"));
+    }
     Ok((
         StatusCode::ACCEPTED,
-        Json(job_json(&svc.start_verify(&p).await?)),
+        Json(job_json(&svc.start_verify(&p, b.set_id).await?)),
     ))
+}
+
+/// An optional JSON body: empty means the defaults; otherwise it must be
+/// JSON (by content type) with no unknown fields.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<T> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    if !headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+    {
+        return Err(invalid(
+            "expected a JSON body (Content-Type: application/json)",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| invalid(format!("invalid JSON body: {e}")))
 }
 
 async fn gc(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -710,22 +923,30 @@ fn account_json(a: &stowage_catalog::Account) -> Value {
     json!({"id": a.id, "name": a.name, "created_at": ts(Some(a.created_ms))})
 }
 
-fn keys_json(keys: &[stowage_service::KeyInfo]) -> Value {
-    let v: Vec<Value> = keys
-        .iter()
-        .map(|k| json!({"access_key_id": k.access_key_id, "account": k.account, "status": k.status, "description": k.description, "created_at": ts(Some(k.created_ms)), "policy": k.policy}))
-        .collect();
-    json!({"keys": v})
+fn key_json(k: &stowage_service::KeyInfo) -> Value {
+    json!({"access_key_id": k.access_key_id, "account": k.account, "status": k.status, "description": k.description, "created_at": ts(Some(k.created_ms)), "policy": k.policy})
 }
 
-async fn list_accounts(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Value>> {
-    let v: Vec<Value> = svc
-        .list_accounts(&p)
-        .await?
-        .iter()
-        .map(account_json)
-        .collect();
-    Ok(Json(json!({"accounts": v})))
+fn keys_json(mut keys: Vec<stowage_service::KeyInfo>, q: PageQuery) -> ApiResult<Value> {
+    let page = Page::parse(q.limit, q.cursor)?;
+    keys.sort_by(|a, b| a.access_key_id.cmp(&b.access_key_id));
+    Ok(page.in_memory("keys", keys, |k| k.access_key_id.clone(), key_json))
+}
+
+async fn list_accounts(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Q(q): Q<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    let page = Page::parse(q.limit, q.cursor)?;
+    let mut rows = svc.list_accounts(&p).await?;
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(page.in_memory(
+        "accounts",
+        rows,
+        |a| a.name.clone(),
+        account_json,
+    )))
 }
 
 async fn add_account(
@@ -743,12 +964,17 @@ async fn list_keys(
     State(svc): State<Svc>,
     Auth(p): Auth,
     Path(name): Path<String>,
+    Q(q): Q<PageQuery>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(keys_json(&svc.list_keys(&p, Some(&name)).await?)))
+    Ok(Json(keys_json(svc.list_keys(&p, Some(&name)).await?, q)?))
 }
 
-async fn list_own_keys(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<Json<Value>> {
-    Ok(Json(keys_json(&svc.list_keys(&p, None).await?)))
+async fn list_own_keys(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Q(q): Q<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(keys_json(svc.list_keys(&p, None).await?, q)?))
 }
 
 /// The secret is returned once, here, and never again.

@@ -122,7 +122,7 @@ pub trait Catalog: Send + Sync + 'static {
     async fn list_backup_sets(
         &self,
         account_id: &str,
-        instance_id: Option<&str>,
+        f: &SetFilter,
     ) -> CatalogResult<Vec<BackupSet>>;
     async fn delete_backup_set(&self, account_id: &str, id: i64) -> CatalogResult<()>;
     /// Sets a set's expiry explicitly (`None`: never); a later policy change
@@ -180,7 +180,7 @@ pub trait Catalog: Send + Sync + 'static {
         now_ms: i64,
     ) -> CatalogResult<Job>;
     async fn job(&self, account_id: &str, id: i64) -> CatalogResult<Option<Job>>;
-    async fn list_jobs(&self, account_id: &str, limit: u32) -> CatalogResult<Vec<Job>>;
+    async fn list_jobs(&self, account_id: &str, f: &JobFilter) -> CatalogResult<Vec<Job>>;
     async fn set_job_state(
         &self,
         id: i64,

@@ -110,6 +110,30 @@ pub struct TaskFilter {
     pub instance_id: Option<String>,
     pub states: Vec<TaskState>,
     pub task_id: Option<i64>,
+    /// Only ids below this one (the cursor of the previous page).
+    pub before_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// Which backup sets to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct SetFilter {
+    pub instance_id: Option<String>,
+    /// Only ids below this one (the cursor of the previous page).
+    pub before_id: Option<i64>,
+    /// At most this many (default: all).
+    pub limit: Option<u32>,
+}
+
+/// Which jobs to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub kinds: Vec<stowage_core::TaskKind>,
+    pub states: Vec<TaskState>,
+    pub set_id: Option<i64>,
+    /// Only ids below this one (the cursor of the previous page).
+    pub before_id: Option<i64>,
+    /// At most this many (default 100).
     pub limit: Option<u32>,
 }
 

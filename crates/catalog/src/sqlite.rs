@@ -276,6 +276,9 @@ fn task_query(f: &TaskFilter) -> String {
     if f.task_id.is_some() {
         sql.push_str(" AND id = ?");
     }
+    if f.before_id.is_some() {
+        sql.push_str(" AND id < ?");
+    }
     if !f.states.is_empty() {
         sql.push_str(" AND state IN (");
         sql.push_str(&vec!["?"; f.states.len()].join(","));
@@ -616,6 +619,9 @@ impl Catalog for SqliteCatalog {
         if let Some(id) = f.task_id {
             q = q.bind(id);
         }
+        if let Some(b) = f.before_id {
+            q = q.bind(b);
+        }
         for s in &f.states {
             q = q.bind(s.as_str());
         }
@@ -796,23 +802,26 @@ impl Catalog for SqliteCatalog {
     async fn list_backup_sets(
         &self,
         account_id: &str,
-        instance_id: Option<&str>,
+        f: &SetFilter,
     ) -> CatalogResult<Vec<BackupSet>> {
-        let rows = match instance_id {
-            Some(i) => {
-                sqlx::query("SELECT * FROM backup_sets WHERE account_id = ? AND instance_id = ? ORDER BY id DESC")
-                    .bind(account_id)
-                    .bind(i)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM backup_sets WHERE account_id = ? ORDER BY id DESC")
-                    .bind(account_id)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+        let mut sql = String::from("SELECT * FROM backup_sets WHERE account_id = ?");
+        if f.instance_id.is_some() {
+            sql.push_str(" AND instance_id = ?");
+        }
+        if f.before_id.is_some() {
+            sql.push_str(" AND id < ?");
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        // Built only from fixed fragments and placeholders; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
+        if let Some(i) = &f.instance_id {
+            q = q.bind(i);
+        }
+        if let Some(b) = f.before_id {
+            q = q.bind(b);
+        }
+        q = q.bind(f.limit.map(i64::from).unwrap_or(-1));
+        let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(set_from_row).collect()
     }
 
@@ -1032,12 +1041,41 @@ impl Catalog for SqliteCatalog {
         r.as_ref().map(job_from_row).transpose()
     }
 
-    async fn list_jobs(&self, account_id: &str, limit: u32) -> CatalogResult<Vec<Job>> {
-        let rows = sqlx::query("SELECT * FROM jobs WHERE account_id = ? ORDER BY id DESC LIMIT ?")
-            .bind(account_id)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+    async fn list_jobs(&self, account_id: &str, f: &JobFilter) -> CatalogResult<Vec<Job>> {
+        let mut sql = String::from("SELECT * FROM jobs WHERE account_id = ?");
+        if !f.kinds.is_empty() {
+            sql.push_str(" AND kind IN (");
+            sql.push_str(&vec!["?"; f.kinds.len()].join(","));
+            sql.push(')');
+        }
+        if !f.states.is_empty() {
+            sql.push_str(" AND state IN (");
+            sql.push_str(&vec!["?"; f.states.len()].join(","));
+            sql.push(')');
+        }
+        if f.set_id.is_some() {
+            sql.push_str(" AND set_id = ?");
+        }
+        if f.before_id.is_some() {
+            sql.push_str(" AND id < ?");
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        // Built only from fixed fragments and placeholders; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
+        for k in &f.kinds {
+            q = q.bind(k.as_str());
+        }
+        for st in &f.states {
+            q = q.bind(st.as_str());
+        }
+        if let Some(id) = f.set_id {
+            q = q.bind(id);
+        }
+        if let Some(b) = f.before_id {
+            q = q.bind(b);
+        }
+        q = q.bind(f.limit.unwrap_or(100) as i64);
+        let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(job_from_row).collect()
     }
 

@@ -159,7 +159,13 @@ async fn contract(c: &dyn Catalog) {
     let y = c.create_backup_task(&tok, 31).await.unwrap();
     assert_eq!(x.id, y.id);
     // Sets and jobs.
-    assert_eq!(c.list_backup_sets(&a.id, None).await.unwrap().len(), 1);
+    assert_eq!(
+        c.list_backup_sets(&a.id, &Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(c.delete_backup_set(&b.id, s.id).await.is_err());
     let j = c
         .create_job(

@@ -80,11 +80,19 @@ enum Cmd {
     #[command(subcommand)]
     Policy(PolicyCmd),
     /// Restore a backup set into an empty folder on the server's machine.
+    #[command(
+        after_help = "Examples:\n  stowage restore 7 --target pg1-monday          # into <restore root>/<your account>/pg1-monday\n  stowage restore 7 --target /srv/restores/acc-default/pg1 --force   (admin, inside a root)"
+    )]
     Restore {
+        /// Id of the backup set (see `stowage set list`).
         set_id: i64,
-        /// Absolute path of the target folder (created if missing; must be empty unless --force).
+        /// Folder on the SERVER's machine, sent as given: a relative path is
+        /// resolved by the server under your account's folder of the first
+        /// restore root (`<root>/<account-id>/…`); an absolute path must lie
+        /// inside a restore root (other accounts' folders: admin only).
+        /// Created if missing; must be empty unless --force.
         #[arg(long)]
-        target: PathBuf,
+        target: String,
         /// Replace the contents of a non-empty target folder.
         #[arg(long)]
         force: bool,
@@ -92,8 +100,13 @@ enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Re-read every pack of the repository and check every chunk's hash and MAC.
+    /// Re-read every pack of the repository (admin), or only those of one
+    /// set (--set, its owner), and check every chunk's hash and MAC.
     Verify {
+        /// Verify only the packs this backup set needs.
+        #[arg(long, value_name = "SET_ID")]
+        set: Option<i64>,
+        /// Return at once instead of following the job.
         #[arg(long)]
         no_wait: bool,
     },
@@ -160,9 +173,20 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "STOWAGE_LISTEN", default_value = "127.0.0.1:8420")]
     listen: String,
-    /// Repository folder (default: <data-dir>/repository).
+    /// Repository: a local folder or file:///path (default: <data-dir>/repository).
+    /// Other schemes (s3://…) are refused: not supported by this build yet.
     #[arg(long, env = "STOWAGE_REPOSITORY")]
-    repository: Option<PathBuf>,
+    repository: Option<String>,
+    /// Folder that directory restores may write into (repeatable; default
+    /// <data-dir>/restores). Each account restores into <root>/<account-id>/;
+    /// only the admin account may use the whole root.
+    #[arg(long = "restore-root", value_name = "DIR")]
+    restore_roots: Vec<PathBuf>,
+    /// Hardening: a network (10.0.0.0/8), address or host name that
+    /// instances of accounts other than the admin's may point at
+    /// (repeatable; default: anywhere).
+    #[arg(long = "tenant-allow", value_name = "CIDR|HOST")]
+    tenant_allow: Vec<stowage_service::netpolicy::AllowRule>,
     /// File holding the repository password (default: generated into <data-dir>/repository.password).
     #[arg(long, env = "STOWAGE_REPO_PASSWORD_FILE")]
     repo_password_file: Option<PathBuf>,
@@ -222,6 +246,10 @@ enum InstanceCmd {
         /// CA certificate (PEM) for verify-ca / verify-full: an absolute path on the server's machine, or "system" for the OS trust store.
         #[arg(long)]
         sslrootcert: Option<String>,
+        /// Register without connecting first (by default the server connects
+        /// and checks privileges, and refuses an instance it cannot back up).
+        #[arg(long)]
+        no_check: bool,
     },
     /// List registered instances.
     List,
@@ -339,6 +367,11 @@ enum JobCmd {
     Cancel { id: i64 },
 }
 
+/// A path made absolute against the current directory (server-side flags).
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 fn default_data_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(h) => PathBuf::from(h).join(".local/share/stowage"),
@@ -421,6 +454,8 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
             node: a.node,
             insecure_fast_kdf: std::env::var("STOWAGE_INSECURE_FAST_KDF").is_ok_and(|v| v == "1"),
             chunker: a.chunk_avg_kib.map(|k| stowage_repo::ChunkerParams { min: k * 256, avg: k * 1024, max: k * 4096 }),
+            restore_roots: a.restore_roots.iter().map(|r| absolute(r)).collect(),
+            tenant_allow: a.tenant_allow,
         };
         let (svc, boot) = stowage_service::Service::start(cfg).await.map_err(|e| e.to_string())?;
         if let Some(p) = &boot.admin_credentials_file {
@@ -430,6 +465,8 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
             tracing::warn!(count = boot.interrupted_tasks, "tasks interrupted by the last shutdown were marked failed");
         }
         tracing::info!(data_dir = %data_dir.display(), repository = %boot.repository, "stowage ready");
+        let roots: Vec<String> = svc.restore_roots().iter().map(|r| r.display().to_string()).collect();
+        tracing::info!(roots = %roots.join(", "), "directory restores go into <root>/<account-id>/ (the admin account: anywhere inside a root)");
         if a.no_scheduler {
             tracing::info!("scheduler off: no automated backups, expiry or automatic gc");
         } else {
@@ -609,9 +646,10 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 max_rate_kbps,
                 sslmode,
                 sslrootcert,
+                no_check,
             } => {
                 let password = read_password(password_file, password_env, false)?;
-                let body = json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert});
+                let body = json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert, "check": !no_check});
                 let v = c.post("/v1/instances", Some(&body))?;
                 if json {
                     print_json(&v);
@@ -920,21 +958,18 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             force,
             no_wait,
         } => {
-            let target = if target.is_absolute() {
-                target
-            } else {
-                std::env::current_dir()
-                    .map(|d| d.join(&target))
-                    .unwrap_or(target)
-            };
+            // Sent as given: the server decides what a relative path means.
             let j = c.post(
                 &format!("/v1/sets/{set_id}/restore"),
                 Some(&json!({"target": target, "force": force})),
             )?;
             return follow_job(c, &j, json, no_wait, "restore");
         }
-        Cmd::Verify { no_wait } => {
-            let j = c.post("/v1/verify", None)?;
+        Cmd::Verify { set, no_wait } => {
+            let j = match set {
+                Some(id) => c.post("/v1/verify", Some(&json!({"set_id": id})))?,
+                None => c.post("/v1/verify", None)?,
+            };
             let code = follow_job(c, &j, json, no_wait, "verify")?;
             return Ok(code);
         }

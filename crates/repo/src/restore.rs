@@ -86,10 +86,28 @@ pub fn plan(
             .archives
             .get(*ai)
             .ok_or_else(|| RepoError::Invalid(format!("no archive #{ai}")))?;
+        // A path below one of the archive's own symlinks would be written
+        // through the link, outside the target: refused.
+        let links: std::collections::HashSet<&str> = archive
+            .files
+            .iter()
+            .filter(|f| f.kind == FileKind::Symlink)
+            .map(|f| f.path.as_str())
+            .collect();
         for f in &archive.files {
             if !is_safe_relative_path(&f.path) {
                 return Err(RepoError::Corrupt(format!(
                     "unsafe path {:?} in manifest",
+                    f.path
+                )));
+            }
+            if !links.is_empty()
+                && f.path
+                    .match_indices('/')
+                    .any(|(i, _)| links.contains(&f.path[..i]))
+            {
+                return Err(RepoError::Corrupt(format!(
+                    "unsafe path {:?} in manifest: it lies below a symlink of the same backup",
                     f.path
                 )));
             }
@@ -433,7 +451,9 @@ fn set_meta(
     if opts.preserve_owner {
         std::os::unix::fs::chown(path, Some(e.uid), Some(e.gid)).map_err(io(path))?;
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(e.mode & 0o7777)).map_err(io(path))?;
+    // setuid/setgid are never restored: a backup's files are data, and a
+    // hostile source must not plant a set-id program on this machine.
+    fs::set_permissions(path, fs::Permissions::from_mode(e.mode & 0o1777)).map_err(io(path))?;
     let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64);
     let times = fs::FileTimes::new().set_modified(mtime);
     match f {

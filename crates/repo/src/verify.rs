@@ -13,7 +13,7 @@ use crate::pack::{open_blob, read_header};
 use crate::repo::{RepoError, Repository};
 use crate::storage::FileType;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -35,6 +35,7 @@ impl VerifyReport {
 }
 
 impl Repository {
+    /// Checks every pack the index names and every snapshot.
     pub fn verify(
         &self,
         threads: usize,
@@ -42,12 +43,77 @@ impl Repository {
     ) -> Result<VerifyReport, RepoError> {
         let _lock = self.lock(LockKind::Shared, "verify")?;
         self.reload_index()?;
+        let mut r = self.verify_packs(None, threads, progress)?;
+        let idx = self.index();
+        let stored: HashSet<String> = self
+            .storage
+            .list(FileType::Pack)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let indexed: HashSet<String> = idx.packs().iter().map(hex::encode).collect();
+        r.unreferenced_packs = stored.iter().filter(|k| !indexed.contains(*k)).count() as u64;
+        for name in self.list_snapshots()? {
+            self.check_snapshot(&name, &idx, &mut r);
+        }
+        r.errors.sort();
+        Ok(r)
+    }
+
+    /// Checks one snapshot: it opens, every chunk it names is indexed, and
+    /// every pack holding one of them is read and checked whole. Other
+    /// snapshots' packs are not read.
+    pub fn verify_snapshot(
+        &self,
+        name: &str,
+        threads: usize,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<VerifyReport, RepoError> {
+        let _lock = self.lock(LockKind::Shared, "verify")?;
+        self.reload_index()?;
+        let idx = self.index();
+        let m = self.read_snapshot(name)?;
+        let packs: HashSet<u32> = m
+            .chunk_ids()
+            .filter_map(|c| idx.get(c).map(|l| l.pack))
+            .collect();
+        let mut r = self.verify_packs(Some(&packs), threads, progress)?;
+        self.check_snapshot(name, &idx, &mut r);
+        r.errors.sort();
+        Ok(r)
+    }
+
+    fn check_snapshot(&self, name: &str, idx: &crate::index::Index, r: &mut VerifyReport) {
+        match self.read_snapshot(name) {
+            Ok(m) => {
+                r.snapshots_checked += 1;
+                let missing = m.chunk_ids().filter(|c| !idx.contains(c)).count();
+                if missing > 0 {
+                    r.errors.push(format!(
+                        "snapshot {name}: {missing} chunks are not in the index"
+                    ));
+                }
+            }
+            Err(e) => r.errors.push(format!("snapshot {name}: {e}")),
+        }
+    }
+
+    /// Reads and checks the packs the index names (only those in `only`,
+    /// if given) on `threads` threads.
+    fn verify_packs(
+        &self,
+        only: Option<&HashSet<u32>>,
+        threads: usize,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<VerifyReport, RepoError> {
         let idx = self.index();
         let stored: HashMap<String, u64> = self.storage.list(FileType::Pack)?.into_iter().collect();
         let mut expected: HashMap<u32, Vec<(stowage_core::manifest::ChunkId, Location)>> =
             HashMap::new();
         for (id, l) in idx.iter() {
-            expected.entry(l.pack).or_default().push((*id, *l));
+            if only.is_none_or(|o| o.contains(&l.pack)) {
+                expected.entry(l.pack).or_default().push((*id, *l));
+            }
         }
         let packs: Vec<(u32, Vec<(stowage_core::manifest::ChunkId, Location)>)> =
             expected.into_iter().collect();
@@ -85,26 +151,7 @@ impl Repository {
                 });
             }
         });
-        let mut r = report.into_inner().expect("report");
-        let indexed: std::collections::HashSet<String> =
-            idx.packs().iter().map(hex::encode).collect();
-        r.unreferenced_packs = stored.keys().filter(|k| !indexed.contains(*k)).count() as u64;
-        for name in self.list_snapshots()? {
-            match self.read_snapshot(&name) {
-                Ok(m) => {
-                    r.snapshots_checked += 1;
-                    let missing = m.chunk_ids().filter(|c| !idx.contains(c)).count();
-                    if missing > 0 {
-                        r.errors.push(format!(
-                            "snapshot {name}: {missing} chunks are not in the index"
-                        ));
-                    }
-                }
-                Err(e) => r.errors.push(format!("snapshot {name}: {e}")),
-            }
-        }
-        r.errors.sort();
-        Ok(r)
+        Ok(report.into_inner().expect("report"))
     }
 
     fn verify_pack(

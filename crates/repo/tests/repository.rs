@@ -271,3 +271,63 @@ proptest! {
         }
     }
 }
+
+/// Verifying one snapshot reads only the packs it needs: damage in another
+/// snapshot's pack does not fail it, and damage in its own does.
+#[test]
+fn verify_of_one_snapshot_reads_only_its_packs() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = new_repo(d.path());
+    let a = backup(&repo, &[("a", pseudo_random(200_000, 11))]);
+    let packs_a = repo.storage().list(FileType::Pack).unwrap();
+    let b = backup(&repo, &[("b", pseudo_random(200_000, 12))]);
+    let (name_b, size_b) = repo
+        .storage()
+        .list(FileType::Pack)
+        .unwrap()
+        .into_iter()
+        .find(|p| !packs_a.contains(p))
+        .expect("b has a pack of its own");
+    let path = d.path().join("data").join(&name_b[..2]).join(&name_b);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(size_b / 2) as usize] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let ra = repo.verify_snapshot(&a, 2, &|_, _| {}).unwrap();
+    assert!(ra.ok(), "{:?}", ra.errors);
+    assert_eq!(ra.snapshots_checked, 1);
+    assert_eq!(ra.bytes_read, packs_a.iter().map(|p| p.1).sum::<u64>());
+    let rb = repo.verify_snapshot(&b, 2, &|_, _| {}).unwrap();
+    assert!(
+        rb.errors.iter().any(|e| e.contains(&name_b)),
+        "{:?}",
+        rb.errors
+    );
+    assert!(!repo.verify(2, &|_, _| {}).unwrap().ok());
+}
+
+/// A backup whose stream holds a symlink and then a file "inside" it (a
+/// hostile database server could send that) is refused at planning: a
+/// restore never writes through a link it created.
+#[test]
+fn restore_refuses_paths_through_a_restored_symlink() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = new_repo(&d.path().join("repo"));
+    let mut w = repo.start_backup(1).unwrap();
+    w.begin_archive("base", None).unwrap();
+    let mut link = meta("escape", FileKind::Symlink);
+    link.link_target = Some(d.path().join("victim").display().to_string());
+    w.add_entry(link).unwrap();
+    w.begin_file(meta("escape/owned", FileKind::File)).unwrap();
+    w.write(b"x").unwrap();
+    w.end_file().unwrap();
+    let snap = w
+        .finish(BTreeMap::new(), serde_json::Value::Null)
+        .unwrap()
+        .0;
+    let m = repo.read_snapshot(&snap).unwrap();
+    let t = d.path().join("restore");
+    let e = restore::plan(&m, &repo.index(), &[(0, t)])
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("escape/owned"), "{e}");
+}

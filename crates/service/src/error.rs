@@ -19,6 +19,11 @@ pub enum ErrorKind {
     InstanceBusy,
     /// The restore target is not empty.
     TargetNotEmpty,
+    /// The restore target is outside the folders the caller may restore into.
+    TargetNotAllowed,
+    /// The restore target holds something that must never be removed (a
+    /// live database, Stowage's own data, a system folder).
+    UnsafeTarget,
     /// Missing, unknown or wrong access key.
     Unauthorized,
     /// The access key exists but is disabled.
@@ -27,6 +32,9 @@ pub enum ErrorKind {
     Forbidden,
     /// The operation cannot be done in the object's current state.
     InvalidState,
+    /// The database refused or failed (unreachable, wrong password, missing
+    /// privilege …): the engine's own kind, kept for the API to answer precisely.
+    Database(stowage_engines::ErrorKind),
     /// Something on our side failed.
     Internal,
 }
@@ -75,6 +83,12 @@ impl From<CatalogError> for ServiceError {
                 ServiceError::internal("catalog error (see the server log)")
             }
         }
+    }
+}
+
+impl From<stowage_engines::EngineError> for ServiceError {
+    fn from(e: stowage_engines::EngineError) -> Self {
+        ServiceError::new(ErrorKind::Database(e.kind), e.message)
     }
 }
 

@@ -9,7 +9,10 @@
 //! [`LiveTask`] into the catalog: every state change at once, progress at
 //! most once a second.
 
+pub mod datadir;
 pub mod error;
+pub mod netpolicy;
+pub mod restore_target;
 mod runner;
 pub mod scheduler;
 pub mod secrets;
@@ -17,6 +20,7 @@ pub mod secrets;
 pub use scheduler::PolicyUpdate;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
+pub use stowage_engines::ErrorKind as DbErrorKind;
 
 use secrets::{SecretBox, random_token, write_private};
 use serde::{Deserialize, Serialize};
@@ -40,16 +44,50 @@ pub fn now_ms() -> i64 {
 pub struct Config {
     /// Holds `catalog.db`, `repository/`, `server.key`, `admin-credentials`.
     pub data_dir: PathBuf,
-    /// Repository folder; default `<data_dir>/repository`.
-    pub repository: Option<PathBuf>,
+    /// Repository: a folder or a `file://` URL; default `<data_dir>/repository`.
+    pub repository: Option<String>,
     /// Repository password; default: generated once into `<data_dir>/repository.password`.
     pub repo_password: Option<Secret>,
     /// Name of this node (tasks it runs are failed if it restarts mid-way).
     pub node: String,
     /// Faster key derivation, for tests only.
     pub insecure_fast_kdf: bool,
-    /// Chunker parameters for a new repository (default: `ChunkerParams::default()`).
+    /// Chunker parameters for a new repository (default: `ChunkerParams::default()`);
+    /// an existing repository keeps its own.
     pub chunker: Option<ChunkerParams>,
+    /// Folders directory restores may write into (default `<data_dir>/restores`).
+    pub restore_roots: Vec<PathBuf>,
+    /// Where tenants' instances may point (empty: anywhere).
+    pub tenant_allow: Vec<netpolicy::AllowRule>,
+}
+
+/// The local folder a `--repository` value names. Only local folders (a
+/// path or `file://`) are supported; any other scheme is refused rather
+/// than taken for a folder name.
+pub fn repository_path(s: &str) -> ServiceResult<PathBuf> {
+    if let Some(rest) = s.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(ServiceError::invalid(format!(
+                "repository {s:?}: a file:// URL needs an absolute path (file:///srv/stowage)"
+            )));
+        }
+        return Ok(PathBuf::from(rest));
+    }
+    if let Some((scheme, _)) = s.split_once("://")
+        && !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return Err(ServiceError::invalid(format!(
+            "repository {s:?}: the {scheme}:// scheme is not supported by this build; \
+             use a local folder (a path or file:///path)"
+        )));
+    }
+    if s.is_empty() {
+        return Err(ServiceError::invalid("repository: empty"));
+    }
+    Ok(PathBuf::from(s))
 }
 
 /// The authenticated caller.
@@ -149,6 +187,13 @@ pub struct NewInstance {
     /// CA certificate file (PEM) on the server's machine, for verify-ca/verify-full.
     #[serde(default)]
     pub sslrootcert: Option<String>,
+    /// Connect and check privileges before registering (default: yes).
+    #[serde(default = "yes")]
+    pub check: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_engine() -> String {
@@ -177,6 +222,12 @@ pub struct Service {
     queued: Mutex<std::collections::HashSet<i64>>,
     /// How many automated backups may run at once.
     automated_limit: std::sync::atomic::AtomicUsize,
+    /// Where directory restores may go, and what they never clear.
+    restore_roots: restore_target::RestoreRoots,
+    /// Where tenants' instances may point.
+    tenant_allow: Vec<netpolicy::AllowRule>,
+    /// Held for the server's life: one process per data directory.
+    _data_dir_lock: datadir::DataDirLock,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -193,6 +244,12 @@ impl Service {
         std::fs::create_dir_all(dd).map_err(|e| {
             ServiceError::internal(format!("cannot create data dir {}: {e}", dd.display()))
         })?;
+        // Before anything else is read or written: one process per data dir.
+        let lock = datadir::DataDirLock::acquire(dd)?;
+        let repo_dir = match &cfg.repository {
+            Some(r) => repository_path(r)?,
+            None => dd.join("repository"),
+        };
         let secrets = SecretBox::load_or_create(&dd.join("server.key"))?;
         let catalog = SqliteCatalog::open(&dd.join("catalog.db")).await?;
         let catalog: Arc<dyn Catalog> = Arc::new(catalog);
@@ -211,28 +268,41 @@ impl Service {
                 }
             }
         };
-        let repo_dir = cfg
-            .repository
-            .clone()
-            .unwrap_or_else(|| dd.join("repository"));
         let kdf = if cfg.insecure_fast_kdf {
             KdfParams::insecure_fast()
         } else {
             KdfParams::default()
         };
+        let chunker = cfg.chunker.unwrap_or_default();
+        let rd = repo_dir.clone();
         let repo = tokio::task::spawn_blocking(move || -> ServiceResult<Repository> {
             let storage: Arc<dyn Storage> = Arc::new(
-                LocalStorage::new(&repo_dir).map_err(|e| ServiceError::internal(e.to_string()))?,
+                LocalStorage::new(&rd).map_err(|e| ServiceError::internal(e.to_string()))?,
             );
             Ok(Repository::open_or_init(
                 storage,
                 password.expose(),
-                ChunkerParams::default(),
+                chunker,
                 kdf,
             )?)
         })
         .await
         .map_err(|e| ServiceError::internal(e.to_string()))??;
+        if cfg.chunker.is_some() && repo.config().chunker != chunker {
+            let c = repo.config().chunker;
+            tracing::warn!(
+                min = c.min,
+                avg = c.avg,
+                max = c.max,
+                "the repository exists and keeps the chunk sizes it was created with; the requested ones apply only to a new repository"
+            );
+        }
+        let roots = if cfg.restore_roots.is_empty() {
+            vec![dd.join("restores")]
+        } else {
+            cfg.restore_roots.clone()
+        };
+        let restore_roots = restore_target::RestoreRoots::new(&roots, dd, Some(&repo_dir))?;
         let interrupted = catalog
             .fail_interrupted(&cfg.node, "interrupted: the server stopped while the task ran; its partial data is reclaimed by gc", now_ms())
             .await?;
@@ -250,6 +320,9 @@ impl Service {
             automated: Default::default(),
             queued: Default::default(),
             automated_limit: usize::MAX.into(),
+            restore_roots,
+            tenant_allow: cfg.tenant_allow.clone(),
+            _data_dir_lock: lock,
         });
         let admin_credentials_file = svc.ensure_admin(dd).await?;
         Ok((
@@ -359,14 +432,53 @@ impl Service {
     // ---- accounts and access keys ----
 
     fn require_admin(p: &Principal) -> ServiceResult<()> {
+        Self::require_admin_for(p, "this")
+    }
+
+    fn require_admin_for(p: &Principal, what: &str) -> ServiceResult<()> {
         if p.admin {
             Ok(())
         } else {
             Err(ServiceError::new(
                 ErrorKind::Forbidden,
-                "only keys of the default (admin) account may do this",
+                format!("only keys of the default (admin) account may do {what}"),
             ))
         }
+    }
+
+    /// The restore roots in force (for `serve`'s start-up log).
+    pub fn restore_roots(&self) -> &[PathBuf] {
+        self.restore_roots.roots()
+    }
+
+    /// Refuses a host a tenant's instance may not point at
+    /// (`serve --tenant-allow`); the admin account is not limited.
+    async fn check_tenant_host(
+        &self,
+        account_id: &str,
+        host: &str,
+        port: u16,
+    ) -> ServiceResult<()> {
+        if self.tenant_allow.is_empty() || self.admin_account.get().is_some_and(|a| a == account_id)
+        {
+            return Ok(());
+        }
+        if netpolicy::host_allowed(&self.tenant_allow, host) {
+            return Ok(());
+        }
+        let addrs: Vec<std::net::IpAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(it) => it.map(|a| a.ip()).collect(),
+            Err(_) => Vec::new(),
+        };
+        if netpolicy::addrs_allowed(&self.tenant_allow, &addrs) {
+            return Ok(());
+        }
+        Err(ServiceError::new(
+            ErrorKind::Forbidden,
+            format!(
+                "host {host} is not one this server lets accounts reach; the operator allows hosts and networks with `serve --tenant-allow`"
+            ),
+        ))
     }
 
     pub async fn create_account(
@@ -513,6 +625,9 @@ impl Service {
             )));
         }
         let ssl_mode = Self::check_connection(&n)?;
+        self.check_tenant_host(&p.account_id, &n.host, n.port)
+            .await?;
+        let check = n.check;
         let dialect = match n.dialect.as_deref() {
             None => Dialect::Rds,
             Some(d) => d
@@ -542,6 +657,22 @@ impl Service {
             }),
             created_ms: now_ms(),
         };
+        if check {
+            let spec = self.conn_spec(&inst)?;
+            let engine = stowage_engines::engine_for(&inst.engine)
+                .ok_or_else(|| ServiceError::internal("engine gone"))?;
+            tokio::task::spawn_blocking(move || engine.check(&spec))
+                .await
+                .map_err(|e| ServiceError::internal(e.to_string()))?
+                .map_err(|e| {
+                    let mut e = ServiceError::from(e);
+                    e.message = format!(
+                        "{} (the instance was not registered; fix it, or register without the connection check)",
+                        e.message
+                    );
+                    e
+                })?;
+        }
         self.catalog.insert_instance(&inst).await?;
         Ok(inst)
     }
@@ -604,6 +735,7 @@ impl Service {
             password: None,
             dbname: u.dbname.or_else(|| i.dbname.clone()),
             dialect: None,
+            check: false,
             max_rate_kbps: u
                 .max_rate_kbps
                 .or_else(|| opt("max_rate_kbps").as_u64().map(|v| v as u32)),
@@ -615,6 +747,8 @@ impl Service {
                 .or_else(|| opt("sslrootcert").as_str().map(str::to_string)),
         };
         let ssl_mode = Self::check_connection(&n)?;
+        self.check_tenant_host(&i.account_id, &n.host, n.port)
+            .await?;
         if let Some(pw) = u.password {
             i.password_enc = Some(pw)
                 .filter(|s| !s.is_empty())
@@ -687,13 +821,14 @@ impl Service {
         id: &str,
     ) -> ServiceResult<stowage_engines::ServerInfo> {
         let i = self.instance(p, id).await?;
+        self.check_tenant_host(&i.account_id, &i.host, i.port)
+            .await?;
         let spec = self.conn_spec(&i)?;
         let engine = stowage_engines::engine_for(&i.engine)
             .ok_or_else(|| ServiceError::internal("engine gone"))?;
-        tokio::task::spawn_blocking(move || engine.check(&spec))
+        Ok(tokio::task::spawn_blocking(move || engine.check(&spec))
             .await
-            .map_err(|e| ServiceError::internal(e.to_string()))?
-            .map_err(|e| ServiceError::new(ErrorKind::InvalidState, e.message))
+            .map_err(|e| ServiceError::internal(e.to_string()))??)
     }
 
     // ---- backup tasks ----
@@ -764,7 +899,11 @@ impl Service {
     /// task that cannot even start is marked failed, so it never keeps the
     /// slot.
     async fn launch(self: &Arc<Self>, task: BackupTask, i: Instance) -> ServiceResult<()> {
-        let spec = match self.conn_spec(&i) {
+        let spec = match self
+            .check_tenant_host(&i.account_id, &i.host, i.port)
+            .await
+            .and_then(|()| self.conn_spec(&i))
+        {
             Ok(s) => s,
             Err(e) => {
                 let u = stowage_catalog::StateUpdate {
@@ -876,19 +1015,33 @@ impl Service {
             .ok_or_else(|| ServiceError::not_found(format!("backup set {id}")))
     }
 
+    /// Every set of the account (of one instance, by id or name), newest first.
     pub async fn list_sets(
         &self,
         p: &Principal,
         instance: Option<&str>,
     ) -> ServiceResult<Vec<BackupSet>> {
-        let inst = match instance {
+        self.list_sets_page(p, instance, None, None).await
+    }
+
+    /// One page of sets, newest first: ids below `before_id`, at most `limit`.
+    pub async fn list_sets_page(
+        &self,
+        p: &Principal,
+        instance: Option<&str>,
+        before_id: Option<i64>,
+        limit: Option<u32>,
+    ) -> ServiceResult<Vec<BackupSet>> {
+        let instance_id = match instance {
             Some(i) => Some(self.instance(p, i).await?.id),
             None => None,
         };
-        Ok(self
-            .catalog
-            .list_backup_sets(&p.account_id, inst.as_deref())
-            .await?)
+        let f = stowage_catalog::SetFilter {
+            instance_id,
+            before_id,
+            limit,
+        };
+        Ok(self.catalog.list_backup_sets(&p.account_id, &f).await?)
     }
 
     /// Forgets a set; its data is reclaimed by the next gc.
@@ -920,6 +1073,10 @@ impl Service {
 
     // ---- jobs: restore, verify, gc ----
 
+    /// Starts restoring a set into a folder on the server's machine. The
+    /// target is resolved and checked against the restore roots and the
+    /// protected folders (`restore_target`); a non-empty target needs
+    /// `force` and must hold nothing that may never be removed.
     pub async fn start_restore(
         self: &Arc<Self>,
         p: &Principal,
@@ -928,36 +1085,40 @@ impl Service {
         force: bool,
     ) -> ServiceResult<Job> {
         let set = self.set(p, set_id).await?;
-        let target = PathBuf::from(target);
-        if !target.is_absolute() {
-            return Err(ServiceError::invalid(
-                "target: an absolute path on the server",
-            ));
-        }
-        if target
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(ServiceError::invalid("target: no '..' components"));
-        }
-        let non_empty = std::fs::read_dir(&target)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if non_empty && !force {
-            return Err(ServiceError::new(
-                ErrorKind::TargetNotEmpty,
-                format!(
-                    "restore target {} is not empty; choose an empty folder, or force to replace its contents",
-                    target.display()
-                ),
-            ));
-        }
-        if target.exists() && !target.is_dir() {
-            return Err(ServiceError::invalid(format!(
-                "target {} exists and is not a folder",
-                target.display()
-            )));
-        }
+        let caller = restore_target::Caller {
+            account_id: p.account_id.clone(),
+            admin: p.admin,
+        };
+        let roots = self.restore_roots.clone();
+        let requested = target.to_string();
+        let c = caller.clone();
+        let target = tokio::task::spawn_blocking(move || -> ServiceResult<PathBuf> {
+            let real = roots.resolve(&c, &requested)?;
+            if real.exists() && !real.is_dir() {
+                return Err(ServiceError::invalid(format!(
+                    "target {} exists and is not a folder",
+                    real.display()
+                )));
+            }
+            let non_empty = std::fs::read_dir(&real)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
+            if non_empty && !force {
+                return Err(ServiceError::new(
+                    ErrorKind::TargetNotEmpty,
+                    format!(
+                        "restore target {} is not empty; choose an empty folder, or force to replace its contents",
+                        real.display()
+                    ),
+                ));
+            }
+            if non_empty {
+                roots.check_clearable(&c, &real)?;
+            }
+            Ok(real)
+        })
+        .await
+        .map_err(|e| ServiceError::internal(e.to_string()))??;
         let job = self
             .catalog
             .create_job(
@@ -975,28 +1136,48 @@ impl Service {
                 set: Box::new(set),
                 target,
                 force,
+                caller,
             },
         );
         Ok(job)
     }
 
-    pub async fn start_verify(self: &Arc<Self>, p: &Principal) -> ServiceResult<Job> {
+    /// Verifies the whole repository (admin only), or with `set` only the
+    /// packs that set needs (the set's owner).
+    pub async fn start_verify(
+        self: &Arc<Self>,
+        p: &Principal,
+        set: Option<i64>,
+    ) -> ServiceResult<Job> {
+        let snapshot = match set {
+            None => {
+                Self::require_admin_for(
+                    p,
+                    "verifying the whole repository (use a set id to verify one of your sets)",
+                )?;
+                None
+            }
+            Some(id) => Some(self.set(p, id).await?.snapshot_id),
+        };
         let job = self
             .catalog
             .create_job(
                 &p.account_id,
                 TaskKind::Verify,
-                None,
+                set,
                 serde_json::json!({}),
                 &self.node,
                 now_ms(),
             )
             .await?;
-        self.spawn_job(job.clone(), runner::JobWork::Verify);
+        self.spawn_job(job.clone(), runner::JobWork::Verify { snapshot });
         Ok(job)
     }
 
+    /// Reclaims unused repository space: acts on every account's data, so
+    /// admin only.
     pub async fn start_gc(self: &Arc<Self>, p: &Principal) -> ServiceResult<Job> {
+        Self::require_admin_for(p, "gc, which acts on the whole shared repository,")?;
         let job = self
             .catalog
             .create_job(
@@ -1038,8 +1219,12 @@ impl Service {
         Ok(j)
     }
 
-    pub async fn list_jobs(&self, p: &Principal) -> ServiceResult<Vec<Job>> {
-        Ok(self.catalog.list_jobs(&p.account_id, 100).await?)
+    pub async fn list_jobs(
+        &self,
+        p: &Principal,
+        f: &stowage_catalog::JobFilter,
+    ) -> ServiceResult<Vec<Job>> {
+        Ok(self.catalog.list_jobs(&p.account_id, f).await?)
     }
 
     pub async fn cancel_job(&self, p: &Principal, id: i64) -> ServiceResult<Job> {

@@ -22,8 +22,12 @@ pub(crate) enum JobWork {
         set: Box<BackupSet>,
         target: PathBuf,
         force: bool,
+        caller: crate::restore_target::Caller,
     },
-    Verify,
+    /// The whole repository, or only the packs one snapshot needs.
+    Verify {
+        snapshot: Option<String>,
+    },
     Gc,
 }
 
@@ -313,8 +317,10 @@ fn restore_work(
     set: &BackupSet,
     target: &Path,
     force: bool,
+    caller: &crate::restore_target::Caller,
     live: &LiveTask,
 ) -> Result<serde_json::Value, EngineError> {
+    let refused = |e: crate::ServiceError| EngineError::new(ErrorKind::Filesystem, e.message);
     live.set_state(TaskState::Checking);
     let t0 = std::time::Instant::now();
     let repo = &svc.repo;
@@ -326,6 +332,9 @@ fn restore_work(
     live.set_state(TaskState::Preparing);
     let targets = engine.restore_targets(&m, target)?;
     for (_, dir) in &targets {
+        // Checked again here, right before anything is removed or created:
+        // the folder may have changed since the request was accepted.
+        svc.restore_roots.check_dir(caller, dir).map_err(refused)?;
         if dir.exists()
             && std::fs::read_dir(dir)
                 .map_err(fs_err(dir))?
@@ -338,9 +347,12 @@ fn restore_work(
                     format!("restore target {} is not empty", dir.display()),
                 ));
             }
+            svc.restore_roots
+                .check_clearable(caller, dir)
+                .map_err(refused)?;
             clear_dir(dir).map_err(fs_err(dir))?;
         }
-        std::fs::create_dir_all(dir).map_err(fs_err(dir))?;
+        crate::restore_target::create_private_dirs(dir).map_err(refused)?;
     }
     let plan = restore::plan(&m, &repo.index(), &targets)?;
     let t_plan = t0.elapsed();
@@ -382,15 +394,24 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Ar
     let l = live.clone();
     let handle = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, EngineError> {
         match work {
-            JobWork::Restore { set, target, force } => restore_work(&s, &set, &target, force, &l),
-            JobWork::Verify => {
+            JobWork::Restore {
+                set,
+                target,
+                force,
+                caller,
+            } => restore_work(&s, &set, &target, force, &caller, &l),
+            JobWork::Verify { snapshot } => {
                 l.set_state(TaskState::Checking);
                 l.set_state(TaskState::Preparing);
                 l.set_state(TaskState::Running);
-                let r = s.repo.verify(0, &|done, total| {
+                let progress = |done, total| {
                     l.bytes_total.store(total, Ordering::Relaxed);
                     l.bytes_done.store(done, Ordering::Relaxed);
-                })?;
+                };
+                let r = match snapshot {
+                    None => s.repo.verify(0, &progress)?,
+                    Some(name) => s.repo.verify_snapshot(&name, 0, &progress)?,
+                };
                 l.set_state(TaskState::Finishing);
                 if r.ok() {
                     Ok(serde_json::to_value(&r).expect("json"))

@@ -98,10 +98,14 @@ impl From<ServiceError> for RpcError {
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, "InvalidDBInstanceId.NotFound"),
             ErrorKind::Unauthorized => (StatusCode::NOT_FOUND, "InvalidAccessKeyId.NotFound"),
             ErrorKind::KeyDisabled => (StatusCode::BAD_REQUEST, "InvalidAccessKeyId.Inactive"),
-            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "Forbidden"),
+            ErrorKind::Forbidden | ErrorKind::TargetNotAllowed => {
+                (StatusCode::FORBIDDEN, "Forbidden")
+            }
             ErrorKind::Conflict
+            | ErrorKind::UnsafeTarget
             | ErrorKind::InstanceBusy
             | ErrorKind::TargetNotEmpty
+            | ErrorKind::Database(_)
             | ErrorKind::InvalidState => (StatusCode::FORBIDDEN, "IncorrectDBInstanceState"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };

@@ -300,7 +300,15 @@ fn accounts_are_isolated_and_keys_can_be_managed() {
         kb["access_key_id"].as_str().unwrap().to_string(),
         kb["access_key_secret"].as_str().unwrap().to_string(),
     );
-    let a1 = s.json(&["instance", "add", "--name", "a1", "--port", "5432"])["id"]
+    let a1 = s.json(&[
+        "instance",
+        "add",
+        "--name",
+        "a1",
+        "--port",
+        "5432",
+        "--no-check",
+    ])["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -308,7 +316,14 @@ fn accounts_are_isolated_and_keys_can_be_managed() {
         &b_id,
         &b_secret,
         &[
-            "instance", "add", "--name", "b1", "--port", "5432", "--json",
+            "instance",
+            "add",
+            "--name",
+            "b1",
+            "--port",
+            "5432",
+            "--no-check",
+            "--json",
         ],
     );
     assert!(
@@ -484,6 +499,7 @@ fn ram_policy_limits_a_key() {
             "5432",
             "--dialect",
             "rds",
+            "--no-check",
         ])["id"]
             .as_str()
             .unwrap()

@@ -35,7 +35,25 @@ impl Stowage {
         Self::spawn(data_dir, extra)
     }
 
+    /// Starts with exactly these `serve` arguments (no test defaults).
+    pub fn start_plain(data_dir: &Path, extra: &[&str]) -> Stowage {
+        Self::spawn_with_log(data_dir, extra, "debug")
+    }
+
+    /// Tests restore into folders beside the data dir: the data dir's
+    /// parent is a restore root unless the test names its own.
     fn spawn(data_dir: &Path, extra: &[&str]) -> Stowage {
+        let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.contains(&"--restore-root") {
+            a.push("--restore-root".into());
+            a.push(data_dir.parent().unwrap().display().to_string());
+        }
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        // Secret-leak checks read this log: at debug, where most is said.
+        Self::spawn_with_log(data_dir, &a, "debug")
+    }
+
+    pub fn spawn_with_log(data_dir: &Path, extra: &[&str], log_level: &str) -> Stowage {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         std::fs::create_dir_all(data_dir).unwrap();
@@ -50,7 +68,7 @@ impl Stowage {
             .arg(data_dir)
             .args(extra)
             .env("STOWAGE_INSECURE_FAST_KDF", "1")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -71,6 +89,11 @@ impl Stowage {
             std::thread::sleep(Duration::from_millis(50));
         }
         s
+    }
+
+    /// PID of the server process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     pub fn log(&self) -> String {

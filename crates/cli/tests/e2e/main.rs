@@ -4,5 +4,6 @@
 mod alibaba;
 mod harness;
 mod postgres;
+mod safety;
 mod schedule;
 mod sdk;

@@ -60,8 +60,9 @@ fn consistent_backup_under_load_restores() {
             "postgres",
             "-c",
             "2",
+            // Bounded, in case the stop signal below never arrives.
             "-T",
-            "600",
+            "120",
             "-n",
             "postgres",
         ])
@@ -74,7 +75,9 @@ fn consistent_backup_under_load_restores() {
     let out = s.ok(&["backup", "loaded", "--wait"]);
     assert!(out.contains("backup set"), "{out}");
     let (_, h1) = tpcb_sums(&pg);
-    stowage_testkit::signal(bench.id(), "INT");
+    // SIGTERM: a process started from a background job of a
+    // non-interactive shell inherits an ignored SIGINT.
+    stowage_testkit::signal(bench.id(), "TERM");
     let _ = bench.wait();
     assert!(h1 > h0, "pgbench wrote during the backup ({h0} -> {h1})");
 
@@ -213,10 +216,39 @@ fn bad_input_gets_clear_errors_and_corrupts_nothing() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
-    // Wrong database password: the task fails with the reason, exit code 1.
+    // Wrong database password: registration checks the connection and
+    // refuses; registered anyway, the task fails with the reason, exit 1.
     std::fs::write(work.path().join("pw"), "wrong\n").unwrap();
     let port = pg.port.to_string();
     let pwfile = work.path().join("pw");
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "bad",
+        "--port",
+        &port,
+        "--user",
+        "bk",
+        "--password-file",
+        pwfile.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("DatabaseAuthentication"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.cli(&["instance", "add", "--name", "nothing-there", "--port", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("DatabaseUnreachable"), "{}", stderr(&o));
+    assert_eq!(
+        s.json(&["instance", "list"])["instances"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     s.ok(&[
         "instance",
         "add",
@@ -228,6 +260,7 @@ fn bad_input_gets_clear_errors_and_corrupts_nothing() {
         "bk",
         "--password-file",
         pwfile.to_str().unwrap(),
+        "--no-check",
     ]);
     let o = s.cli(&["backup", "bad", "--wait"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -431,7 +464,27 @@ fn tls_instance_backs_up_and_bad_tls_settings_are_refused() {
     assert!(c.to_string().contains("15"), "{c}");
     s.ok(&["backup", "tls", "--wait"]);
     // Without TLS the server refuses; the task says why.
-    add_instance(&s, "plain", &pg, &["--sslmode", "disable"]);
+    // Registration checks the connection: refused, with pg_hba advice
+    // (not a REPLICATION attribute the role already has).
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "plain",
+        "--port",
+        &pg.port.to_string(),
+        "--sslmode",
+        "disable",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("DatabasePermission")
+            && stderr(&o).contains("pg_hba.conf line")
+            && !stderr(&o).contains("REPLICATION attribute"),
+        "{}",
+        stderr(&o)
+    );
+    add_instance(&s, "plain", &pg, &["--sslmode", "disable", "--no-check"]);
     let o = s.cli(&["backup", "plain", "--wait"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no encryption"), "{}", stderr(&o));
@@ -440,7 +493,13 @@ fn tls_instance_backs_up_and_bad_tls_settings_are_refused() {
         &s,
         "system",
         &pg,
-        &["--sslmode", "verify-full", "--sslrootcert", "system"],
+        &[
+            "--sslmode",
+            "verify-full",
+            "--sslrootcert",
+            "system",
+            "--no-check",
+        ],
     );
     let o = s.cli(&["backup", "system", "--wait"]);
     assert_eq!(o.status.code(), Some(1));

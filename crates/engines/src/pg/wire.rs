@@ -71,6 +71,11 @@ pub fn classify(e: &ServerError, user: &str) -> EngineError {
     };
     let advice = match kind {
         ErrorKind::Authentication => format!(" (check the password of role {user:?})"),
+        // pg_hba rejected the connection before any role check: the role's
+        // attributes are not the problem.
+        ErrorKind::Permission if e.message.contains("pg_hba.conf") => {
+            " (add a pg_hba.conf line allowing this host to open replication connections, e.g. `host replication <role> <this host>/32 scram-sha-256`, then reload the server)".into()
+        }
         ErrorKind::Permission if e.message.contains("replication") || e.message.contains("walsender") => {
             format!(" (role {user:?} needs the REPLICATION attribute and a pg_hba.conf entry for replication connections)")
         }

@@ -21,7 +21,43 @@ use stowage_service::Service;
 pub fn app(svc: Arc<Service>, rpc: alibaba::RpcConfig) -> axum::Router {
     rest::router(svc.clone())
         .merge(alibaba::router(svc, rpc))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::from_fn(body_limit_in_dialect))
+}
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// The body-limit layer answers 413 in plain text; every client mistake is
+/// answered in its dialect's own error shape instead.
+async fn body_limit_in_dialect(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let rest = req.uri().path().starts_with("/v1/");
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let resp = next.run(req).await;
+    if resp.status() != axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return resp;
+    }
+    let message = format!("the request body is larger than {} bytes", MAX_BODY);
+    if rest {
+        (
+            resp.status(),
+            axum::Json(
+                serde_json::json!({"error": {"code": "PayloadTooLarge", "message": message}}),
+            ),
+        )
+            .into_response()
+    } else {
+        alibaba::rpc::early_error(resp.status(), "RequestEntityTooLarge", &message, &host)
+    }
 }
 
 /// Serves until `shutdown` resolves; takes an already bound listener so the

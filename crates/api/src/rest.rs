@@ -657,7 +657,7 @@ async fn set_manifest(
     let files: Vec<Value> = m
         .archives
         .iter()
-        .flat_map(|a| a.files.iter().map(move |f| json!({"archive": a.name, "path": f.path, "kind": f.kind, "size": f.size, "mode": format!("{:o}", f.mode), "chunks": f.chunks.len()})))
+        .flat_map(|a| a.files.iter().map(move |f| json!({"archive": a.name, "path": f.path, "kind": f.kind, "size": f.size, "mode": f.mode, "chunks": f.chunks.len()})))
         .collect();
     Ok(Json(
         json!({"summary": m.summary, "engine_meta": m.engine_meta, "labels": m.labels, "files": files}),

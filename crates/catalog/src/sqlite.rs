@@ -556,7 +556,15 @@ impl Catalog for SqliteCatalog {
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(r) = r {
-                return task_from_row(&r);
+                let first = task_from_row(&r)?;
+                // The same token with a different request is a mistake, not a retry.
+                if first.retention_days != t.retention_days || first.comment != t.comment {
+                    return Err(CatalogError::Conflict(format!(
+                        "client token {tok:?} was already used for backup task {} with different options; use a new token for a new request",
+                        first.id
+                    )));
+                }
+                return Ok(first);
             }
         }
         let res = sqlx::query(

@@ -15,6 +15,9 @@ pub enum CallError {
     Api { code: String, message: String },
     /// The server could not be reached (exit 3).
     Unreachable(String),
+    /// The client is not set up: no credentials, a malformed server URL
+    /// (exit 4; nothing was sent).
+    Setup(String),
 }
 
 impl CallError {
@@ -22,6 +25,7 @@ impl CallError {
         match self {
             CallError::Api { .. } => 2,
             CallError::Unreachable(_) => 3,
+            CallError::Setup(_) => 4,
         }
     }
 }
@@ -30,23 +34,44 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Api { code, message, .. } => write!(f, "{code}: {message}"),
-            CallError::Unreachable(m) => f.write_str(m),
+            CallError::Unreachable(m) | CallError::Setup(m) => f.write_str(m),
         }
     }
 }
 
 impl Client {
-    pub fn new(base: &str, key_id: &str, secret: &str) -> Client {
+    /// A client of the server at `base` (`http://host:port`).
+    pub fn new(base: &str, key_id: &str, secret: &str) -> Result<Client, CallError> {
+        let b = base.trim();
+        let rest = b.strip_prefix("http://").ok_or_else(|| {
+            CallError::Setup(if b.starts_with("https://") {
+                format!("--server {b}: this client speaks plain http:// only; put a TLS proxy's plain side or the server's own address")
+            } else {
+                format!("--server / STOWAGE_SERVER must be a URL like http://127.0.0.1:8420 (got {b:?})")
+            })
+        })?;
+        if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+            return Err(CallError::Setup(format!(
+                "--server / STOWAGE_SERVER must be a URL like http://127.0.0.1:8420 (got {b:?})"
+            )));
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        Client {
-            base: base.trim_end_matches('/').to_string(),
+        Ok(Client {
+            base: b.trim_end_matches('/').to_string(),
             auth: format!("Bearer {key_id}:{secret}"),
             agent,
-        }
+        })
+    }
+
+    fn not_stowage(&self, status: u16) -> CallError {
+        CallError::Unreachable(format!(
+            "the server at {} answered HTTP {status} but not like a Stowage server; is --server / STOWAGE_SERVER pointing at `stowage serve`?",
+            self.base
+        ))
     }
 
     fn finish(
@@ -61,15 +86,18 @@ impl Client {
         let v: Value = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
+            serde_json::from_str(&text).map_err(|_| self.not_stowage(status))?
         };
         if status >= 400 {
-            let code = v["error"]["code"].as_str().unwrap_or("Error").to_string();
-            let message = v["error"]["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("HTTP {status}"));
-            return Err(CallError::Api { code, message });
+            let (Some(code), Some(message)) =
+                (v["error"]["code"].as_str(), v["error"]["message"].as_str())
+            else {
+                return Err(self.not_stowage(status));
+            };
+            return Err(CallError::Api {
+                code: code.to_string(),
+                message: message.to_string(),
+            });
         }
         Ok(v)
     }

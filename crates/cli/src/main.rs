@@ -1,7 +1,26 @@
 //! `stowage`: the server and its command-line client in one binary.
 
+/// A line to stdout; a closed pipe (`… | head`) ends the program quietly
+/// instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::emit(format_args!($($t)*))
+    };
+}
+
 mod client;
 mod watch;
+
+fn emit(args: std::fmt::Arguments) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{args}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 use clap::{Args, Parser, Subcommand};
 use client::{CallError, Client, enc};
@@ -19,8 +38,8 @@ const DEFAULT_SERVER: &str = "http://127.0.0.1:8420";
     about = "Self-hosted database backup service: consistent online backups into a deduplicated, compressed, encrypted repository, with live task progress.",
     long_about = "Self-hosted database backup service.\n\n\
 `stowage serve` runs the server (API, task engine, repository). Every other command is a client of a running server's REST API.\n\n\
-Quick start:\n  stowage serve &\n  stowage instance add --name pg1 --host 127.0.0.1 --port 5432 --user postgres\n  stowage backup pg1 --wait\n  stowage set list\n  stowage restore <set-id> --target /srv/restored --wait\n\n\
-Exit codes: 0 success, 1 the task or job failed or was cancelled, 2 the server refused the request, 3 the server could not be reached."
+Quick start:\n  stowage serve &\n  stowage instance add --name pg1 --host 127.0.0.1 --port 5432 --user postgres\n  stowage backup pg1\n  stowage set list\n  stowage restore <set-id> --target pg1-restored   # under <data-dir>/restores/<account>/\n\n\
+Exit codes: 0 success, 1 the task or job failed or was cancelled, 2 the server refused the request, 3 the server could not be reached, 4 the client is not set up (no credentials, malformed --server; nothing was sent)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -31,25 +50,36 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Global {
-    /// Server URL for client commands.
-    #[arg(long, global = true, env = "STOWAGE_SERVER", default_value = DEFAULT_SERVER)]
+    /// Server URL (client commands).
+    #[arg(long, global = true, env = "STOWAGE_SERVER", default_value = DEFAULT_SERVER, help_heading = "Client options (ignored by serve)")]
     server: String,
-    /// Data directory (server state; the client reads admin-credentials from it by default).
-    #[arg(long, global = true, env = "STOWAGE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    /// Data directory: the server's state; client commands read
+    /// <data-dir>/admin-credentials from it when no key is given.
+    #[arg(long, global = true, env = "STOWAGE_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
     /// Access key id (default: from <data-dir>/admin-credentials).
-    #[arg(long, global = true, env = "STOWAGE_ACCESS_KEY_ID")]
+    #[arg(
+        long,
+        global = true,
+        env = "STOWAGE_ACCESS_KEY_ID",
+        help_heading = "Client options (ignored by serve)"
+    )]
     access_key_id: Option<String>,
     /// Access key secret (default: from <data-dir>/admin-credentials).
     #[arg(
         long,
         global = true,
         env = "STOWAGE_ACCESS_KEY_SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Client options (ignored by serve)"
     )]
     access_key_secret: Option<String>,
     /// Print machine-readable JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Client options (ignored by serve)"
+    )]
     json: bool,
 }
 
@@ -60,15 +90,28 @@ enum Cmd {
     /// Register, list, check and remove database instances.
     #[command(subcommand)]
     Instance(InstanceCmd),
-    /// Start a backup of an instance (by id or name).
+    /// Back up an instance and follow the task until it ends (--no-wait to return at once).
+    #[command(
+        after_help = "Examples:\n  stowage backup pg1\n  stowage backup rm-0a1b2c3d4e5f6a7b --comment 'before the upgrade' --retention-days 90\n  stowage backup pg1 --no-wait --json"
+    )]
     Backup {
+        /// Instance id (rm-…, pc-…, dds-…) or name.
         instance: String,
-        /// Follow the task with a progress bar until it ends.
+        /// Return as soon as the task is created instead of following it.
         #[arg(long)]
+        no_wait: bool,
+        /// Follow the task (the default; kept for older scripts).
+        #[arg(long, hide = true, conflicts_with = "no_wait")]
         wait: bool,
         /// Idempotency token: repeating a request with the same token returns the same task.
         #[arg(long)]
         client_token: Option<String>,
+        /// A note kept with the task and its backup set.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Keep this backup's set this many days instead of the policy's retention (1 to 7300).
+        #[arg(long)]
+        retention_days: Option<u32>,
     },
     /// Inspect and control backup tasks.
     #[command(subcommand)]
@@ -112,6 +155,7 @@ enum Cmd {
     },
     /// Reclaim repository space no backup set uses any more.
     Gc {
+        /// Return at once instead of following the job.
         #[arg(long)]
         no_wait: bool,
     },
@@ -128,36 +172,51 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum AccountCmd {
+    /// List accounts.
     List,
-    Add { name: String },
+    /// Create an account; then give it a key with `stowage key create --account NAME`.
+    Add {
+        /// Account name: 1 to 64 letters, digits, '-', '_' or '.'.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum KeyCmd {
     /// List keys (of --account, or of the caller's own account).
     List {
+        /// Account name (admin key only; default: your own account).
         #[arg(long)]
         account: Option<String>,
     },
     /// Create a key; prints its id and secret (the only time the secret is shown).
     Create {
+        /// Account to create the key for (admin key only; default: your own account).
         #[arg(long)]
         account: Option<String>,
+        /// What the key is for (shown in `key list`).
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// Disable a key: requests signed with it are refused until it is enabled.
     Disable {
+        /// Access key id (STWK…).
         id: String,
     },
+    /// Enable a disabled key.
     Enable {
+        /// Access key id (STWK…).
         id: String,
     },
+    /// Delete a key for good.
     Delete {
+        /// Access key id (STWK…).
         id: String,
     },
     /// Limit a key with a RAM-style policy (JSON file), or lift the limit.
     /// Example: {"Version":"1","Statement":[{"Effect":"Allow","Action":"rds:Describe*","Resource":"acs:rds:*:*:dbinstance/*"}]}
     Policy {
+        /// Access key id (STWK…).
         id: String,
         /// Policy document (JSON).
         #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
@@ -216,14 +275,19 @@ struct ServeArgs {
 enum InstanceCmd {
     /// Register a database. The password comes from STOWAGE_DB_PASSWORD or --password-file.
     Add {
+        /// A name to refer to it by (1 to 64 letters, digits, '-', '_' or '.').
         #[arg(long)]
         name: String,
-        #[arg(long, default_value = "postgresql")]
+        /// Database engine.
+        #[arg(long, default_value = "postgresql", value_parser = ["postgresql"])]
         engine: String,
+        /// Host name or IP address the server connects to.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
+        /// Port of the database server.
         #[arg(long, default_value_t = 5432)]
         port: u16,
+        /// Role to connect as (PostgreSQL: needs the REPLICATION attribute).
         #[arg(long, default_value = "postgres")]
         user: String,
         /// Read the password from this file.
@@ -232,6 +296,7 @@ enum InstanceCmd {
         /// Read the password from this environment variable.
         #[arg(long, default_value = "STOWAGE_DB_PASSWORD")]
         password_env: Option<String>,
+        /// Database to connect to for checks (default: the user's).
         #[arg(long)]
         dbname: Option<String>,
         /// Id format: rds (rm-…), polardb (pc-…), dds (dds-…), tencent_mongo (cmgo-…).
@@ -254,18 +319,28 @@ enum InstanceCmd {
     /// List registered instances.
     List,
     /// Show one instance.
-    Show { instance: String },
+    Show {
+        /// Instance id or name.
+        instance: String,
+    },
     /// Connect to the instance and check privileges and settings.
-    Check { instance: String },
+    Check {
+        /// Instance id or name.
+        instance: String,
+    },
     /// Change how to reach an instance (options left out stay as they are);
     /// the next backup uses them. A new password comes from --password-file
     /// or the variable named by --password-env.
     Set {
+        /// Instance id or name.
         instance: String,
+        /// New host name or IP address.
         #[arg(long)]
         host: Option<String>,
+        /// New port.
         #[arg(long)]
         port: Option<u16>,
+        /// New role to connect as.
         #[arg(long)]
         user: Option<String>,
         /// Read the new password from this file.
@@ -274,56 +349,90 @@ enum InstanceCmd {
         /// Read the new password from this environment variable.
         #[arg(long)]
         password_env: Option<String>,
+        /// New database for checks.
         #[arg(long)]
         dbname: Option<String>,
+        /// Throttle backups to this many kB/s (32 to 1048576); 0 removes the throttle.
         #[arg(long)]
         max_rate_kbps: Option<u32>,
+        /// TLS: disable, prefer, require, verify-ca, verify-full.
         #[arg(long)]
         sslmode: Option<String>,
+        /// CA certificate (PEM) on the server's machine, or "system".
         #[arg(long)]
         sslrootcert: Option<String>,
     },
     /// Unregister an instance (its backup sets stay).
-    Remove { instance: String },
+    Remove {
+        /// Instance id or name.
+        instance: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum TaskCmd {
     /// List backup tasks, newest first.
     List {
+        /// Only tasks of this instance (id or name).
         #[arg(long)]
         instance: Option<String>,
         /// Comma-separated states, e.g. running,pending.
         #[arg(long)]
         state: Option<String>,
+        /// At most this many (1 to 1000, default 100).
         #[arg(long)]
         limit: Option<u32>,
+        /// Continue after the page that printed this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Show one task.
-    Show { id: i64 },
+    Show {
+        /// Task id.
+        id: i64,
+    },
     /// Follow a task with a progress bar until it ends.
-    Watch { id: i64 },
+    Watch {
+        /// Task id.
+        id: i64,
+    },
     /// Ask a running task to stop.
-    Cancel { id: i64 },
+    Cancel {
+        /// Task id.
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
 enum SetCmd {
     /// List backup sets, newest first.
     List {
+        /// Only sets of this instance (id or name).
         #[arg(long)]
         instance: Option<String>,
+        /// At most this many (1 to 1000, default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue after the page that printed this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Show one set; --files lists its files.
     Show {
+        /// Backup set id.
         id: i64,
+        /// Also list every file of the set (mode, size, path).
         #[arg(long)]
         files: bool,
     },
     /// Delete a set (its data is reclaimed by the next gc).
-    Delete { id: i64 },
+    Delete {
+        /// Backup set id.
+        id: i64,
+    },
     /// Change when a set expires (a policy change no longer affects it).
     Expire {
+        /// Backup set id.
         id: i64,
         /// Expiry time, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
         #[arg(long, required_unless_present = "never", conflicts_with = "never")]
@@ -337,9 +446,13 @@ enum SetCmd {
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// Show the policy (the default until one is set: daily 02:00Z-03:00Z, kept 7 days).
-    Show { instance: String },
+    Show {
+        /// Instance id or name.
+        instance: String,
+    },
     /// Change the policy; options left out stay as they are.
     Set {
+        /// Instance id or name.
         instance: String,
         /// Daily window for automated backups, UTC: HH:mmZ-HH:mmZ (e.g. 02:00Z-03:00Z).
         #[arg(long)]
@@ -361,10 +474,36 @@ enum PolicyCmd {
 
 #[derive(Subcommand)]
 enum JobCmd {
-    List,
-    Show { id: i64 },
-    Watch { id: i64 },
-    Cancel { id: i64 },
+    /// List restore, verify and gc jobs, newest first.
+    List {
+        /// Comma-separated kinds: restore, verify, gc.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Comma-separated states, e.g. failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many (1 to 1000, default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue after the page that printed this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one job.
+    Show {
+        /// Job id.
+        id: i64,
+    },
+    /// Follow a job with a progress bar until it ends.
+    Watch {
+        /// Job id.
+        id: i64,
+    },
+    /// Ask a running job to stop.
+    Cancel {
+        /// Job id.
+        id: i64,
+    },
 }
 
 /// A path made absolute against the current directory (server-side flags).
@@ -381,15 +520,15 @@ fn default_data_dir() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let data_dir = cli.g.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = cli.g.data_dir.clone();
     match cli.cmd {
         Cmd::Serve(a) => serve(a, data_dir),
         cmd => {
             let c = match client_for(&cli.g, &data_dir) {
                 Ok(c) => c,
-                Err(m) => {
-                    eprintln!("error: {m}");
-                    return ExitCode::from(2);
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(e.exit_code() as u8);
                 }
             };
             match run(&c, &cli.g, cmd) {
@@ -403,19 +542,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn client_for(g: &Global, data_dir: &std::path::Path) -> Result<Client, String> {
+fn client_for(g: &Global, data_dir: &std::path::Path) -> Result<Client, CallError> {
     let (id, secret) = match (&g.access_key_id, &g.access_key_secret) {
         (Some(i), Some(s)) => (i.clone(), s.clone()),
         _ => {
             let f = data_dir.join("admin-credentials");
             let text = std::fs::read_to_string(&f).map_err(|e| {
-                format!(
+                CallError::Setup(format!(
                     "no access key: set STOWAGE_ACCESS_KEY_ID and STOWAGE_ACCESS_KEY_SECRET, or let the client read {} ({e})",
                     f.display()
-                )
+                ))
             })?;
-            let v: Value =
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| CallError::Setup(format!("{}: {e}", f.display())))?;
             (
                 v["access_key_id"].as_str().unwrap_or_default().to_string(),
                 v["access_key_secret"]
@@ -425,7 +564,7 @@ fn client_for(g: &Global, data_dir: &std::path::Path) -> Result<Client, String> 
             )
         }
     };
-    Ok(Client::new(&g.server, &id, &secret))
+    Client::new(&g.server, &id, &secret)
 }
 
 fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
@@ -478,11 +617,20 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
         tracing::info!("listening on http://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let rpc = stowage_api::alibaba::RpcConfig { rate_per_key: a.rate_per_key };
-        stowage_api::serve(listener, svc.clone(), rpc, shutdown_signal()).await.map_err(|e| e.to_string())?;
-        let left = svc.shutdown(std::time::Duration::from_secs(30)).await;
-        if left > 0 {
-            tracing::warn!(count = left, "tasks still running at shutdown; they are marked failed at the next start");
-        }
+        // On SIGTERM/SIGINT the API keeps answering while running tasks are
+        // cancelled and record how they ended, so a client following one
+        // sees "cancelled" rather than a refused connection.
+        let s2 = svc.clone();
+        let stopping = async move {
+            shutdown_signal().await;
+            let left = s2.shutdown(std::time::Duration::from_secs(30)).await;
+            if left > 0 {
+                tracing::warn!(count = left, "tasks still running at shutdown; they are marked failed at the next start");
+            }
+            // One more poll interval for clients following a task.
+            tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        };
+        stowage_api::serve(listener, svc.clone(), rpc, stopping).await.map_err(|e| e.to_string())?;
         Ok::<(), String>(())
     });
     match res {
@@ -505,7 +653,7 @@ async fn shutdown_signal() {
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    out!("{}", serde_json::to_string_pretty(v).expect("json"));
 }
 
 fn s(v: &Value) -> String {
@@ -529,7 +677,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = w[i]))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        out!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -543,10 +691,60 @@ fn bytes(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn task_row(t: &Value) -> Vec<String> {
+/// `?a=1&b=2` of the parameters that are set (or nothing).
+fn query(params: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+/// Says how to get the next page of a listing, if there is one.
+fn more(v: &Value) {
+    if let Some(c) = v["next_cursor"].as_str() {
+        eprintln!("(more: add --cursor {c})");
+    }
+}
+
+/// Instance id → name, for tables.
+fn instance_names(c: &Client) -> Result<std::collections::HashMap<String, String>, CallError> {
+    let v = c.get("/v1/instances?limit=1000")?;
+    Ok(v["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| (s(&i["id"]), s(&i["name"])))
+        .collect())
+}
+
+/// A duration in ms as "1m 05s".
+fn duration(v: &Value) -> String {
+    match v.as_i64() {
+        Some(ms) if ms >= 0 => {
+            let secs = ms / 1000;
+            if secs >= 3600 {
+                format!("{}h {:02}m", secs / 3600, secs % 3600 / 60)
+            } else if secs >= 60 {
+                format!("{}m {:02}s", secs / 60, secs % 60)
+            } else {
+                format!("{}.{}s", secs, ms % 1000 / 100)
+            }
+        }
+        _ => "-".into(),
+    }
+}
+
+fn task_row(t: &Value, names: &std::collections::HashMap<String, String>) -> Vec<String> {
+    let id = s(&t["instance_id"]);
     vec![
         s(&t["id"]),
-        s(&t["instance_id"]),
+        names.get(&id).cloned().unwrap_or(id),
         s(&t["mode"]),
         match (t["state"].as_str(), t["scheduled_for"].as_str()) {
             // An automated task waiting for its window.
@@ -559,25 +757,101 @@ fn task_row(t: &Value) -> Vec<String> {
             bytes(&t["progress"]["bytes_done"]),
             bytes(&t["progress"]["bytes_total"])
         ),
-        s(&t["created_at"]),
+        s(&t["started_at"]),
+        s(&t["finished_at"]),
+        duration(&t["duration_ms"]),
         s(&t["set_id"]),
+        // One line per task: the first line of the error.
+        t["error"]
+            .as_str()
+            .map(|e| e.lines().next().unwrap_or("").to_string())
+            .unwrap_or_else(|| "-".into()),
     ]
 }
 
-const TASK_HEADERS: [&str; 8] = [
-    "ID", "INSTANCE", "MODE", "STATE", "PROGRESS", "BYTES", "CREATED", "SET",
+const TASK_HEADERS: [&str; 11] = [
+    "ID", "INSTANCE", "MODE", "STATE", "PROGRESS", "BYTES", "STARTED", "FINISHED", "TOOK", "SET",
+    "ERROR",
 ];
 
-fn show_task(t: &Value, json: bool) {
+/// Prints `label: value` lines (values formatted for people).
+fn fields(rows: &[(&str, String)]) {
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in rows {
+        out!("{:<w$} {v}", format!("{k}:"));
+    }
+}
+
+fn show_task(c: &Client, t: &Value, json: bool) -> Result<(), CallError> {
     if json {
-        return print_json(t);
+        print_json(t);
+        return Ok(());
     }
-    table(&TASK_HEADERS, vec![task_row(t)]);
-    if let Some(e) = t["error"].as_str() {
-        println!("error: {e}");
-    }
-    if !t["consistent_point"].is_null() {
-        println!("consistent point: {}", t["consistent_point"]);
+    let names = instance_names(c)?;
+    let inst = s(&t["instance_id"]);
+    fields(&[
+        ("task", s(&t["id"])),
+        (
+            "instance",
+            match names.get(&inst) {
+                Some(n) => format!("{n} ({inst})"),
+                None => inst,
+            },
+        ),
+        ("mode", s(&t["mode"])),
+        ("state", task_row(t, &names)[3].clone()),
+        (
+            "progress",
+            format!(
+                "{}% ({} of {}, {} newly stored)",
+                s(&t["progress"]["percent"]),
+                bytes(&t["progress"]["bytes_done"]),
+                bytes(&t["progress"]["bytes_total"]),
+                bytes(&t["progress"]["bytes_stored"])
+            ),
+        ),
+        ("created", s(&t["created_at"])),
+        ("started", s(&t["started_at"])),
+        ("finished", s(&t["finished_at"])),
+        ("took", duration(&t["duration_ms"])),
+        ("backup set", s(&t["set_id"])),
+        ("consistent at", point(&t["consistent_point"])),
+        ("error", s(&t["error"])),
+    ]);
+    Ok(())
+}
+
+fn show_set(v: &Value) {
+    fields(&[
+        ("set", s(&v["id"])),
+        ("instance", s(&v["instance_id"])),
+        ("task", s(&v["task_id"])),
+        (
+            "engine",
+            format!("{} ({})", s(&v["engine"]), s(&v["method"])),
+        ),
+        ("started", s(&v["started_at"])),
+        ("finished", s(&v["finished_at"])),
+        ("size", bytes(&v["bytes_logical"])),
+        ("newly stored", bytes(&v["bytes_stored"])),
+        ("consistent at", point(&v["consistent_point"])),
+        (
+            "expires",
+            v["expires_at"].as_str().unwrap_or("never").to_string(),
+        ),
+        ("comment", s(&v["meta"]["comment"])),
+    ]);
+}
+
+/// A consistent point for people: the engine's position fields.
+fn point(v: &Value) -> String {
+    match v {
+        Value::Object(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k} {}", s(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "-".into(),
     }
 }
 
@@ -654,7 +928,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
-                    println!("registered instance {} ({})", s(&v["id"]), s(&v["name"]));
+                    out!("registered instance {} ({})", s(&v["id"]), s(&v["name"]));
                 }
             }
             InstanceCmd::List => {
@@ -685,14 +959,45 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 }
             }
             InstanceCmd::Show { instance } => {
-                print_json(&c.get(&format!("/v1/instances/{}", enc(&instance)))?)
+                let v = c.get(&format!("/v1/instances/{}", enc(&instance)))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    fields(&[
+                        ("id", s(&v["id"])),
+                        ("name", s(&v["name"])),
+                        ("engine", s(&v["engine"])),
+                        ("address", format!("{}:{}", s(&v["host"]), s(&v["port"]))),
+                        ("user", s(&v["user"])),
+                        (
+                            "password",
+                            if v["has_password"] == true {
+                                "set".into()
+                            } else {
+                                "none".into()
+                            },
+                        ),
+                        ("database", s(&v["dbname"])),
+                        ("tls", format!("sslmode={}", s(&v["sslmode"]))),
+                        ("CA certificate", s(&v["sslrootcert"])),
+                        (
+                            "throttle",
+                            v["max_rate_kbps"]
+                                .as_u64()
+                                .map(|r| format!("{r} kB/s"))
+                                .unwrap_or_else(|| "none".into()),
+                        ),
+                        ("id format", s(&v["dialect"])),
+                        ("registered", s(&v["created_at"])),
+                    ]);
+                }
             }
             InstanceCmd::Check { instance } => {
                 let v = c.post(&format!("/v1/instances/{}/check", enc(&instance)), None)?;
                 if json {
                     print_json(&v);
                 } else {
-                    println!(
+                    out!(
                         "ok: PostgreSQL {} (system {})",
                         s(&v["server"]["version"]),
                         s(&v["server"]["system_identifier"])
@@ -719,7 +1024,11 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                     ("user", user.map(Value::from)),
                     ("password", password.map(Value::from)),
                     ("dbname", dbname.map(Value::from)),
-                    ("max_rate_kbps", max_rate_kbps.map(Value::from)),
+                    // 0 removes the throttle.
+                    (
+                        "max_rate_kbps",
+                        max_rate_kbps.map(|r| if r == 0 { Value::Null } else { r.into() }),
+                    ),
                     ("sslmode", sslmode.map(Value::from)),
                     ("sslrootcert", sslrootcert.map(Value::from)),
                 ] {
@@ -735,29 +1044,32 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
-                    println!("updated instance {} ({})", s(&v["id"]), s(&v["name"]));
+                    out!("updated instance {} ({})", s(&v["id"]), s(&v["name"]));
                 }
             }
             InstanceCmd::Remove { instance } => {
                 c.delete(&format!("/v1/instances/{}", enc(&instance)))?;
                 if !json {
-                    println!("removed instance {instance}");
+                    out!("removed instance {instance}");
                 }
             }
         },
         Cmd::Backup {
             instance,
-            wait,
+            no_wait,
+            wait: _,
             client_token,
+            comment,
+            retention_days,
         } => {
-            let body = json!({"client_token": client_token});
+            let body = json!({"client_token": client_token, "comment": comment, "retention_days": retention_days});
             let t = c.post(
                 &format!("/v1/instances/{}/backups", enc(&instance)),
                 Some(&body),
             )?;
             let id = t["id"].as_i64().unwrap_or(0);
-            if !wait {
-                show_task(&t, json);
+            if no_wait {
+                show_task(c, &t, json)?;
                 return Ok(0);
             }
             if !json {
@@ -766,7 +1078,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"), json)?;
             let code = finish_follow(&v, json, &format!("backup task {id}"));
             if code == 0 && !json {
-                println!(
+                out!(
                     "backup set {} created: {} read, {} newly stored, consistent at {}",
                     s(&v["set_id"]),
                     bytes(&v["progress"]["bytes_done"]),
@@ -781,21 +1093,19 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 instance,
                 state,
                 limit,
+                cursor,
             } => {
-                let mut q = vec![];
-                if let Some(i) = instance {
-                    q.push(format!("instance={}", enc(&i)));
-                }
-                if let Some(st) = state {
-                    q.push(format!("state={}", enc(&st)));
-                }
-                if let Some(l) = limit {
-                    q.push(format!("limit={l}"));
-                }
-                let v = c.get(&format!("/v1/tasks?{}", q.join("&")))?;
+                let q = query(&[
+                    ("instance", instance),
+                    ("state", state),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("cursor", cursor),
+                ]);
+                let v = c.get(&format!("/v1/tasks{q}"))?;
                 if json {
                     print_json(&v);
                 } else {
+                    let names = instance_names(c)?;
                     table(
                         &TASK_HEADERS,
                         v["tasks"]
@@ -803,25 +1113,32 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                             .cloned()
                             .unwrap_or_default()
                             .iter()
-                            .map(task_row)
+                            .map(|t| task_row(t, &names))
                             .collect(),
                     );
+                    more(&v);
                 }
             }
-            TaskCmd::Show { id } => show_task(&c.get(&format!("/v1/tasks/{id}"))?, json),
+            TaskCmd::Show { id } => show_task(c, &c.get(&format!("/v1/tasks/{id}"))?, json)?,
             TaskCmd::Watch { id } => {
                 let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"), json)?;
                 return Ok(finish_follow(&v, json, &format!("backup task {id}")));
             }
             TaskCmd::Cancel { id } => {
-                show_task(&c.post(&format!("/v1/tasks/{id}/cancel"), None)?, json)
+                show_task(c, &c.post(&format!("/v1/tasks/{id}/cancel"), None)?, json)?
             }
         },
         Cmd::Set(sc) => match sc {
-            SetCmd::List { instance } => {
-                let q = instance
-                    .map(|i| format!("?instance={}", enc(&i)))
-                    .unwrap_or_default();
+            SetCmd::List {
+                instance,
+                limit,
+                cursor,
+            } => {
+                let q = query(&[
+                    ("instance", instance),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("cursor", cursor),
+                ]);
                 let v = c.get(&format!("/v1/sets{q}"))?;
                 if json {
                     print_json(&v);
@@ -855,34 +1172,41 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                         ],
                         rows,
                     );
+                    more(&v);
                 }
             }
             SetCmd::Show { id, files } => {
                 let v = c.get(&format!("/v1/sets/{id}"))?;
+                if !json {
+                    show_set(&v);
+                }
                 if files {
                     let m = c.get(&format!("/v1/sets/{id}/manifest"))?;
                     if json {
                         print_json(&json!({"set": v, "manifest": m}));
                     } else {
-                        print_json(&v);
+                        out!("");
                         for f in m["files"].as_array().cloned().unwrap_or_default() {
-                            println!(
+                            out!(
                                 "{:>6} {:>12} {}/{}",
-                                s(&f["mode"]),
+                                f["mode"]
+                                    .as_u64()
+                                    .map(|m| format!("{m:o}"))
+                                    .unwrap_or_default(),
                                 s(&f["size"]),
                                 s(&f["archive"]),
                                 s(&f["path"])
                             );
                         }
                     }
-                } else {
+                } else if json {
                     print_json(&v);
                 }
             }
             SetCmd::Delete { id } => {
                 c.delete(&format!("/v1/sets/{id}"))?;
                 if !json {
-                    println!(
+                    out!(
                         "deleted backup set {id}; its space is reclaimed by the next gc (automatic, or `stowage gc`)"
                     );
                 }
@@ -893,7 +1217,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
-                    println!(
+                    out!(
                         "backup set {id} expires: {}",
                         v["expires_at"].as_str().unwrap_or("never")
                     );
@@ -938,15 +1262,15 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             if json {
                 print_json(&v);
             } else {
-                println!("instance:        {instance}");
-                println!(
+                out!("instance:        {instance}");
+                out!(
                     "automated:       {}",
                     if v["enabled"] == true { "on" } else { "off" }
                 );
-                println!("window (UTC):    {}", s(&v["window"]));
-                println!("weekdays:        {}", s(&v["weekdays"]));
-                println!("retention:       {} days", s(&v["retention_days"]));
-                println!(
+                out!("window (UTC):    {}", s(&v["window"]));
+                out!("weekdays:        {}", s(&v["weekdays"]));
+                out!("retention:       {} days", s(&v["retention_days"]));
+                out!(
                     "next backup at:  {}",
                     v["next_backup_at"].as_str().unwrap_or("-")
                 );
@@ -998,7 +1322,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
-                    println!("created account {}", s(&v["name"]));
+                    out!("created account {}", s(&v["name"]));
                 }
             }
         },
@@ -1051,7 +1375,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
-                    println!(
+                    out!(
                         "access key id:     {}\naccess key secret: {}\n(the secret is shown only now)",
                         s(&v["access_key_id"]),
                         s(&v["access_key_secret"])
@@ -1088,8 +1412,19 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             }
         },
         Cmd::Job(jc) => match jc {
-            JobCmd::List => {
-                let v = c.get("/v1/jobs")?;
+            JobCmd::List {
+                kind,
+                state,
+                limit,
+                cursor,
+            } => {
+                let q = query(&[
+                    ("kind", kind),
+                    ("state", state),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("cursor", cursor),
+                ]);
+                let v = c.get(&format!("/v1/jobs{q}"))?;
                 if json {
                     print_json(&v);
                 } else {
@@ -1113,9 +1448,45 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                         &["ID", "KIND", "STATE", "PROGRESS", "CREATED", "ERROR"],
                         rows,
                     );
+                    more(&v);
                 }
             }
-            JobCmd::Show { id } => print_json(&c.get(&format!("/v1/jobs/{id}"))?),
+            JobCmd::Show { id } => {
+                let v = c.get(&format!("/v1/jobs/{id}"))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    fields(&[
+                        ("job", s(&v["id"])),
+                        ("kind", s(&v["kind"])),
+                        ("state", s(&v["state"])),
+                        ("backup set", s(&v["set_id"])),
+                        (
+                            "progress",
+                            format!(
+                                "{}% ({} of {})",
+                                s(&v["progress"]["percent"]),
+                                bytes(&v["progress"]["bytes_done"]),
+                                bytes(&v["progress"]["bytes_total"])
+                            ),
+                        ),
+                        ("target", s(&v["params"]["target"])),
+                        ("created", s(&v["created_at"])),
+                        ("started", s(&v["started_at"])),
+                        ("finished", s(&v["finished_at"])),
+                        ("took", duration(&v["duration_ms"])),
+                        ("error", s(&v["error"])),
+                        (
+                            "result",
+                            if v["result"].is_null() {
+                                "-".into()
+                            } else {
+                                v["result"].to_string()
+                            },
+                        ),
+                    ]);
+                }
+            }
             JobCmd::Watch { id } => {
                 let v = watch::follow(c, &format!("/v1/jobs/{id}"), &format!("job {id}"), json)?;
                 return Ok(finish_follow(&v, json, &format!("job {id}")));
@@ -1138,7 +1509,7 @@ fn follow_job(
         if json {
             print_json(j);
         } else {
-            println!("{what} job {id} started; follow it with `stowage job watch {id}`");
+            out!("{what} job {id} started; follow it with `stowage job watch {id}`");
         }
         return Ok(0);
     }
@@ -1146,12 +1517,12 @@ fn follow_job(
     let code = finish_follow(&v, json, &format!("{what} job {id}"));
     if code == 0 && !json {
         match what {
-            "restore" => println!(
+            "restore" => out!(
                 "restored {} into {}",
                 bytes(&v["result"]["bytes"]),
                 s(&v["result"]["target"])
             ),
-            "verify" => println!(
+            "verify" => out!(
                 "repository OK: {} packs, {} chunks, {} snapshots checked ({} read); {} unreferenced packs reclaimable by gc",
                 s(&v["result"]["packs_checked"]),
                 s(&v["result"]["chunks_checked"]),
@@ -1159,7 +1530,7 @@ fn follow_job(
                 bytes(&v["result"]["bytes_read"]),
                 s(&v["result"]["unreferenced_packs"])
             ),
-            "gc" => println!(
+            "gc" => out!(
                 "gc: {} packs deleted, {} reclaimed, {} packs kept",
                 s(&v["result"]["packs_deleted"]),
                 bytes(&v["result"]["bytes_reclaimed"]),
@@ -1169,4 +1540,38 @@ fn follow_job(
         }
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and every option says what it is for.
+    #[test]
+    fn every_command_and_option_is_described() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let here = format!("{path} {}", c.get_name());
+            if c.get_about().is_none() && !c.is_hide_set() {
+                missing.push(format!("{here}: no description"));
+            }
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() {
+                    missing.push(format!("{here} <{id}>: no description"));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, &here, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }

@@ -157,9 +157,20 @@ pub struct InstanceUpdate {
     pub user: Option<String>,
     pub password: Option<Secret>,
     pub dbname: Option<String>,
-    pub max_rate_kbps: Option<u32>,
+    /// `Some(None)` (JSON `null`) removes the throttle.
+    #[serde(default, deserialize_with = "present")]
+    pub max_rate_kbps: Option<Option<u32>>,
     pub sslmode: Option<String>,
     pub sslrootcert: Option<String>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Registration of an instance.
@@ -736,9 +747,10 @@ impl Service {
             dbname: u.dbname.or_else(|| i.dbname.clone()),
             dialect: None,
             check: false,
-            max_rate_kbps: u
-                .max_rate_kbps
-                .or_else(|| opt("max_rate_kbps").as_u64().map(|v| v as u32)),
+            max_rate_kbps: match u.max_rate_kbps {
+                Some(v) => v,
+                None => opt("max_rate_kbps").as_u64().map(|v| v as u32),
+            },
             sslmode: u
                 .sslmode
                 .or_else(|| opt("sslmode").as_str().map(str::to_string)),
@@ -872,7 +884,7 @@ impl Service {
             ));
         }
         let i = self.instance(p, instance).await?;
-        let task = self
+        let created = self
             .catalog
             .create_backup_task(
                 &NewTask {
@@ -888,11 +900,52 @@ impl Service {
                 },
                 now_ms(),
             )
-            .await?;
+            .await;
+        let task = match created {
+            Ok(t) => t,
+            Err(stowage_catalog::CatalogError::InstanceBusy(_)) => {
+                return Err(self.busy(p, &i.id).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
         if task.state == TaskState::Pending {
             self.launch(task.clone(), i).await?;
         }
         Ok(task)
+    }
+
+    /// `InstanceBusy`, naming the task that holds the instance.
+    async fn busy(&self, p: &Principal, instance_id: &str) -> ServiceError {
+        let f = TaskFilter {
+            instance_id: Some(instance_id.to_string()),
+            states: TaskState::ALL
+                .into_iter()
+                .filter(|s| s.is_active())
+                .collect(),
+            limit: Some(5),
+            ..Default::default()
+        };
+        let holder = self
+            .catalog
+            .list_backup_tasks(&p.account_id, &f)
+            .await
+            .ok()
+            .and_then(|v| {
+                v.into_iter()
+                    .find(|t| t.scheduled_ms.is_none() || t.state != TaskState::Pending)
+            });
+        ServiceError::new(
+            ErrorKind::InstanceBusy,
+            match holder {
+                Some(t) => format!(
+                    "instance {instance_id} already has backup task {} ({}) in progress; follow it with `stowage task watch {}` or cancel it",
+                    t.id, t.state, t.id
+                ),
+                None => format!(
+                    "instance {instance_id} already has a backup task in progress; wait for it or cancel it"
+                ),
+            },
+        )
     }
 
     /// Runs a pending task that holds its instance's active slot (once). A

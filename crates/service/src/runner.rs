@@ -31,7 +31,7 @@ pub(crate) enum JobWork {
     Gc,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Target {
     Task(i64),
     Job(i64),
@@ -116,7 +116,10 @@ async fn monitor<T>(
         tokio::select! {
             res = &mut work => {
                 sync(svc, t, live, persisted).await;
-                return res.map_err(|e| format!("worker thread failed: {e}"));
+                return res.map_err(|e| {
+                    tracing::error!(error = %e, "a worker thread failed");
+                    "internal error: the worker thread failed (see the server log)".to_string()
+                });
             }
             _ = tokio::time::sleep(POLL) => {
                 sync(svc, t, live, persisted).await;
@@ -134,6 +137,61 @@ async fn monitor<T>(
             }
         }
     }
+}
+
+/// Frees a task's live slot however its runner ends. If the runner panicked
+/// before recording an end, the task is marked failed ("internal error") so
+/// it never holds its instance's active slot until a restart.
+struct SlotGuard {
+    svc: Arc<Service>,
+    t: Target,
+    armed: bool,
+}
+
+impl SlotGuard {
+    fn new(svc: &Arc<Service>, t: Target) -> SlotGuard {
+        SlotGuard {
+            svc: svc.clone(),
+            t,
+            armed: true,
+        }
+    }
+
+    /// The runner recorded how the task ended.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        match self.t {
+            Target::Task(id) => self.svc.live_tasks.lock().map(|mut m| m.remove(&id)),
+            Target::Job(id) => self.svc.live_jobs.lock().map(|mut m| m.remove(&id)),
+        }
+        .ok();
+        if !self.armed {
+            return;
+        }
+        tracing::error!(target_id = ?self.t, "a task runner stopped unexpectedly; marking the task failed");
+        let (svc, t) = (self.svc.clone(), self.t);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let u = StateUpdate {
+                    error: Some("internal error: the task's runner stopped unexpectedly (see the server log)".into()),
+                    ..Default::default()
+                };
+                if let Err(e) = persist_state(&svc, t, TaskState::Failed, u).await {
+                    tracing::error!(error = %e, "could not record a task whose runner stopped");
+                }
+            });
+        }
+    }
+}
+
+/// Test-only fault injection (debug builds): `STOWAGE_FAULT=<name>`.
+fn fault(name: &str) -> bool {
+    cfg!(debug_assertions) && std::env::var("STOWAGE_FAULT").is_ok_and(|v| v == name)
 }
 
 async fn fail(svc: &Service, t: Target, persisted: TaskState, e: &EngineError) {
@@ -173,8 +231,20 @@ pub(crate) async fn run_backup(
     live: Arc<LiveTask>,
 ) {
     let t = Target::Task(task.id);
+    let guard = SlotGuard::new(&svc, t);
     tracing::info!(task = task.id, instance = %inst.id, "backup task started");
-    let engine = stowage_engines::engine_for(&inst.engine).expect("validated at registration");
+    if fault("panic-in-backup-task") {
+        panic!("injected fault: panic-in-backup-task");
+    }
+    let Some(engine) = stowage_engines::engine_for(&inst.engine) else {
+        let e = EngineError::new(
+            ErrorKind::Unsupported,
+            format!("no engine {:?} in this build", inst.engine),
+        );
+        fail(&svc, t, TaskState::Pending, &e).await;
+        guard.disarm();
+        return;
+    };
     let opts = stowage_engines::BackupOptions {
         label: format!("stowage task {}", task.id),
         max_rate_kbps: inst
@@ -287,7 +357,7 @@ pub(crate) async fn run_backup(
             fail(&svc, t, persisted, &e).await;
         }
     }
-    svc.live_tasks.lock().expect("lock").remove(&task.id);
+    guard.disarm();
 }
 
 fn is_root() -> bool {
@@ -389,6 +459,7 @@ fn restore_work(
 
 pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Arc<LiveTask>) {
     let t = Target::Job(job.id);
+    let guard = SlotGuard::new(&svc, t);
     tracing::info!(job = job.id, kind = %job.kind.as_str(), "job started");
     let s = svc.clone();
     let l = live.clone();
@@ -462,5 +533,5 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Ar
             fail(&svc, t, persisted, &e).await;
         }
     }
-    svc.live_jobs.lock().expect("lock").remove(&job.id);
+    guard.disarm();
 }

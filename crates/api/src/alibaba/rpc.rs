@@ -297,6 +297,13 @@ pub fn router(svc: Arc<Service>, cfg: RpcConfig) -> Router {
         .with_state(st)
 }
 
+/// A request refused before it reached the RPC layer (e.g. a body over the
+/// size limit), in the cloud's error shape.
+pub fn early_error(status: StatusCode, code: &str, message: &str, host: &str) -> Response {
+    let rid = stowage_service::secrets::random_uuid();
+    error_response(&RpcError::new(status, code, message), &rid, host, false)
+}
+
 fn error_response(e: &RpcError, request_id: &str, host: &str, xml: bool) -> Response {
     let mut body = json!({
         "RequestId": request_id,

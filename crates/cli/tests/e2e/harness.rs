@@ -53,7 +53,25 @@ impl Stowage {
         Self::spawn_with_log(data_dir, &a, "debug")
     }
 
+    /// Starts with extra `serve` arguments and environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Stowage {
+        let mut a = vec!["--no-scheduler", "--restore-root"];
+        let root = data_dir.parent().unwrap().display().to_string();
+        a.push(&root);
+        a.extend_from_slice(extra);
+        Self::spawn_full(data_dir, &a, "debug", env)
+    }
+
     pub fn spawn_with_log(data_dir: &Path, extra: &[&str], log_level: &str) -> Stowage {
+        Self::spawn_full(data_dir, extra, log_level, &[])
+    }
+
+    fn spawn_full(
+        data_dir: &Path,
+        extra: &[&str],
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> Stowage {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         std::fs::create_dir_all(data_dir).unwrap();
@@ -69,6 +87,7 @@ impl Stowage {
             .args(extra)
             .env("STOWAGE_INSECURE_FAST_KDF", "1")
             .env("RUST_LOG", log_level)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -2,6 +2,7 @@
 //! PostgreSQL servers. One test binary with submodules links once.
 
 mod alibaba;
+mod cli;
 mod harness;
 mod postgres;
 mod safety;

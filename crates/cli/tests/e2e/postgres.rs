@@ -129,12 +129,16 @@ fn crash_mid_backup_leaves_a_failed_task_and_a_sound_repository() {
     let dd = work.path().join("stowage");
     let mut s = Stowage::start(&dd);
     add_instance(&s, "slow", &pg, &["--max-rate-kbps", "4096"]);
-    let t = s.json(&["backup", "slow"]);
+    let t = s.json(&["backup", "slow", "--no-wait"]);
     let id = t["id"].as_i64().unwrap();
     // Second backup of the same instance while one runs: refused.
-    let o = s.cli(&["backup", "slow"]);
+    let o = s.cli(&["backup", "slow", "--no-wait"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("InstanceBusy"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("InstanceBusy") && stderr(&o).contains(&format!("backup task {id} ")),
+        "{}",
+        stderr(&o)
+    );
     s.wait_task(id, "running with data", |v| {
         v["state"] == "running" && v["progress"]["bytes_done"].as_u64().unwrap_or(0) > 2_000_000
     });
@@ -169,7 +173,13 @@ fn bad_input_gets_clear_errors_and_corrupts_nothing() {
         ..Default::default()
     });
     pg.psql("CREATE ROLE bk LOGIN REPLICATION PASSWORD 'right'; CREATE TABLE t AS SELECT g FROM generate_series(1,1000) g;");
-    let s = Stowage::start(&work.path().join("stowage"));
+    // At trace, the most verbose level: the secret checks at the end read this log.
+    let root = work.path().display().to_string();
+    let s = Stowage::spawn_with_log(
+        &work.path().join("stowage"),
+        &["--no-scheduler", "--restore-root", &root],
+        "trace",
+    );
 
     // Unknown instance.
     let o = s.cli(&["backup", "nosuch"]);
@@ -358,7 +368,9 @@ fn database_stopped_mid_backup_fails_the_task_clearly() {
     let mut pg = PgServer::with_pgbench(3);
     let s = Stowage::start(&work.path().join("stowage"));
     add_instance(&s, "fragile", &pg, &["--max-rate-kbps", "4096"]);
-    let id = s.json(&["backup", "fragile"])["id"].as_i64().unwrap();
+    let id = s.json(&["backup", "fragile", "--no-wait"])["id"]
+        .as_i64()
+        .unwrap();
     s.wait_task(id, "running with data", |v| {
         v["state"] == "running" && v["progress"]["bytes_done"].as_u64().unwrap_or(0) > 1_000_000
     });
@@ -387,8 +399,12 @@ fn concurrent_backups_and_cancel() {
     let s = Stowage::start(&work.path().join("stowage"));
     add_instance(&s, "a", &a, &["--max-rate-kbps", "8192"]);
     add_instance(&s, "b", &b, &["--max-rate-kbps", "8192"]);
-    let ta = s.json(&["backup", "a"])["id"].as_i64().unwrap();
-    let tb = s.json(&["backup", "b"])["id"].as_i64().unwrap();
+    let ta = s.json(&["backup", "a", "--no-wait"])["id"]
+        .as_i64()
+        .unwrap();
+    let tb = s.json(&["backup", "b", "--no-wait"])["id"]
+        .as_i64()
+        .unwrap();
     // Both are running at the same time.
     s.wait_task(ta, "running", |v| v["state"] == "running");
     let vb = s.wait_task(tb, "running", |v| v["state"] == "running");
@@ -429,10 +445,35 @@ fn graceful_stop_cancels_running_backups() {
     let dd = work.path().join("stowage");
     let mut s = Stowage::start(&dd);
     add_instance(&s, "slow", &pg, &["--max-rate-kbps", "4096"]);
-    let id = s.json(&["backup", "slow"])["id"].as_i64().unwrap();
+    // A client follows the backup while the server is stopped: it reports
+    // the cancellation, not a lost connection.
+    let follower = Command::new(crate::harness::bin())
+        .args(["backup", "slow"])
+        .env("STOWAGE_SERVER", &s.url)
+        .env("STOWAGE_DATA_DIR", &dd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let id = loop {
+        let tasks = s.json(&["task", "list"]);
+        if let Some(id) = tasks["tasks"][0]["id"].as_i64() {
+            break id;
+        }
+        assert!(t.elapsed().as_secs() < 30, "no task: {tasks}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     s.wait_task(id, "running", |v| v["state"] == "running");
     s.stop();
     assert!(s.log().contains("shutting down"), "{}", s.log());
+    let o = follower.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cancelled: the server was shut down"),
+        "{}",
+        stderr(&o)
+    );
     let s = Stowage::start(&dd);
     let v = s.json(&["task", "show", &id.to_string()]);
     assert_eq!(v["state"], "cancelled", "{v}");

@@ -30,7 +30,9 @@ fn second_server_on_a_data_dir_refuses_and_leaves_the_first_alone() {
     let dd = work.path().join("stowage");
     let s = Stowage::start(&dd);
     add(&s, "slow", &pg, &["--max-rate-kbps", "4096"]);
-    let id = s.json(&["backup", "slow"])["id"].as_i64().unwrap();
+    let id = s.json(&["backup", "slow", "--no-wait"])["id"]
+        .as_i64()
+        .unwrap();
     s.wait_task(id, "running", |v| v["state"] == "running");
 
     // Same port (fails to listen anyway) and a free port: both refuse

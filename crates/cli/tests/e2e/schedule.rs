@@ -324,7 +324,7 @@ fn a_backup_waits_for_a_running_gc() {
     let guard = repo
         .lock(stowage_repo::lock::LockKind::Exclusive, "gc")
         .unwrap();
-    let t = s.json(&["backup", "pg"]);
+    let t = s.json(&["backup", "pg", "--no-wait"]);
     let id = t["id"].as_i64().unwrap().to_string();
     std::thread::sleep(Duration::from_secs(3));
     let t = s.json(&["task", "show", &id]);

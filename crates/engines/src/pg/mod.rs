@@ -322,7 +322,7 @@ impl Engine for PostgresPhysical {
             .map(|s| {
                 s.rows
                     .iter()
-                    .map(|r| serde_json::json!({"oid": r[0], "location": r[1], "size_kb": r[2]}))
+                    .map(|r| serde_json::json!({"oid": number(&r[0]), "location": r[1], "size_kb": number(&r[2])}))
                     .collect()
             })
             .unwrap_or_default();
@@ -345,7 +345,7 @@ impl Engine for PostgresPhysical {
         let consistent_point = serde_json::json!({
             "start_lsn": start.first().cloned().flatten(),
             "stop_lsn": stop_lsn,
-            "timeline": end.get(1).cloned().flatten(),
+            "timeline": number(&end.get(1).cloned().flatten()),
         });
         Ok(BackupOutcome {
             consistent_point,
@@ -353,7 +353,7 @@ impl Engine for PostgresPhysical {
                 "system_identifier": id.system_identifier,
                 "server_version": id.version,
                 "server_version_num": id.version_num,
-                "timeline": id.timeline,
+                "timeline": number(&Some(id.timeline.clone())),
                 "start_lsn": start.first().cloned().flatten(),
                 "stop_lsn": end.first().cloned().flatten(),
                 "tablespaces": tablespaces,
@@ -433,6 +433,15 @@ impl Engine for PostgresPhysical {
         }
         Ok(())
     }
+}
+
+/// A numeric column of a replication-protocol result (sent as text) as a
+/// JSON number; null when absent or not a number.
+fn number(v: &Option<String>) -> serde_json::Value {
+    v.as_deref()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map(serde_json::Value::from)
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Tablespaces of a restored data directory `/x/data` go to `/x/data.tablespaces/<oid>`.

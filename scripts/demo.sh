@@ -64,17 +64,18 @@ grep -m1 "admin access key" "$T/stowage.log" || true
 set -x
 "$BIN" instance add --name demo --host 127.0.0.1 --port "$PGPORT" --user postgres
 "$BIN" instance check demo
-"$BIN" backup demo --wait
+"$BIN" backup demo
 "$BIN" task list
 "$BIN" set list
 "$BIN" verify
 SET=$("$BIN" set list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["sets"][0]["id"])')
-"$BIN" restore "$SET" --target "$T/restored"
+"$BIN" restore "$SET" --target restored   # relative: under <data-dir>/restores/<account>/
 { set +x; } 2>/dev/null
+RESTORED="$STOWAGE_DATA_DIR/restores/acc-default/restored"
 
 echo "==> starting PostgreSQL on the restored data directory"
 RPORT=$(free_port)
-start_pg "$T/restored" "$RPORT"
+start_pg "$RESTORED" "$RPORT"
 AFTER=$(fingerprint "$RPORT")
 echo "original: $BEFORE"
 echo "restored: $AFTER"

@@ -40,7 +40,7 @@ const SYSTEM_PARENTS: &[&str] = &["/usr", "/var", "/home", "/etc", "/boot", "/op
 const SYSTEM_DIRS: &[&str] = &["/var/lib/postgresql", "/var/lib/mysql"];
 
 impl RestoreRoots {
-    /// Creates missing roots (mode 0700) and resolves all paths.
+    /// Creates missing roots (mode 0711) and resolves all paths.
     pub fn new(
         roots: &[PathBuf],
         data_dir: &Path,
@@ -63,7 +63,7 @@ impl RestoreRoots {
                 // The operator's own path: a symlinked root is fine.
                 std::fs::DirBuilder::new()
                     .recursive(true)
-                    .mode(0o700)
+                    .mode(0o711)
                     .create(r)
                     .map_err(|e| ServiceError::internal(format!("{}: {e}", r.display())))?;
             }
@@ -226,7 +226,7 @@ impl RestoreRoots {
     }
 }
 
-/// Creates `dir` and its missing parents with mode 0700, never through a
+/// Creates `dir` and its missing parents with mode 0711 (others may pass through to a restored data directory owned by the database user, not list), never through a
 /// symlink: each missing component is made with `mkdir` (which does not
 /// follow a link at its own name) and must then be a real directory.
 pub fn create_private_dirs(dir: &Path) -> ServiceResult<()> {
@@ -241,7 +241,7 @@ pub fn create_private_dirs(dir: &Path) -> ServiceResult<()> {
         }
     }
     for m in missing.iter().rev() {
-        match std::fs::DirBuilder::new().mode(0o700).create(m) {
+        match std::fs::DirBuilder::new().mode(0o711).create(m) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => {

@@ -6,7 +6,11 @@
 #   bench/pg.sh                 # both datasets
 #   DATASET=pgbench bench/pg.sh # pgbench scale $SCALE only (default 100)
 #   DATASET=semi bench/pg.sh    # ~$SEMI_ROWS rows of semi-random data (default 13M ≈ 1.5 GB)
-#   CHUNKS="32 64 128"          # Stowage average chunk sizes (KiB) to compare; the first is the headline
+#   CHUNKS="16 32 64 128"       # Stowage average chunk sizes (KiB) to compare; the first is the headline
+#
+# pgBackRest runs two repositories on the same stanza: repo1 (file-level
+# incrementals, zst:1: its full is the headline peer) and repo2 with block
+# incremental (repo2-bundle=y, repo2-block=y; beta=y on 2.45).
 #
 # Needs root on Debian 12 (installs pgbackrest, restic, zstd, time).
 set -euo pipefail
@@ -14,7 +18,7 @@ cd "$(dirname "$0")/.."
 DATASET=${DATASET:-both}
 SCALE=${SCALE:-100}
 SEMI_ROWS=${SEMI_ROWS:-13000000}
-CHUNKS=${CHUNKS:-"32 64"}
+CHUNKS=${CHUNKS:-"32 16 64 128"}
 bash scripts/deps.sh
 need=()
 for p in pgbackrest restic zstd; do command -v $p >/dev/null || need+=($p); done
@@ -63,7 +67,9 @@ pgctl_stop() { kill -INT "$PGPID"; while kill -0 "$PGPID" 2>/dev/null; do sleep 
 psql_() { psql -X -q -At -h "$OUT" -p "$PGPORT" -U postgres -d postgres -c "$1"; }
 
 setup_pgbackrest() {
-  mkdir -p "$OUT/pgbr" "$OUT/pgbr-log" "$OUT/pgbr-lock" "$OUT/pgbr-spool"
+  mkdir -p "$OUT/pgbr" "$OUT/pgbr2" "$OUT/pgbr-log" "$OUT/pgbr-lock" "$OUT/pgbr-spool"
+  # Block incremental is a beta feature in 2.45 (the version Debian 12 ships).
+  BETA=""; pgbackrest version | grep -q '2\.45' && BETA="beta=y"
   cat > "$OUT/pgbackrest.conf" <<CONF
 [global]
 repo1-path=$OUT/pgbr
@@ -73,6 +79,10 @@ process-max=2
 start-fast=y
 log-level-console=warn
 log-level-file=off
+repo2-path=$OUT/pgbr2
+repo2-bundle=y
+repo2-block=y
+$BETA
 lock-path=$OUT/pgbr-lock
 spool-path=$OUT/pgbr-spool
 log-path=$OUT/pgbr-log
@@ -81,21 +91,41 @@ pg1-path=$D
 pg1-port=$PGPORT
 pg1-socket-path=$OUT
 CONF
-  chown -R postgres:postgres "$OUT/pgbr" "$OUT/pgbr-log" "$OUT/pgbr-lock" "$OUT/pgbr-spool" "$OUT/pgbackrest.conf"
+  chown -R postgres:postgres "$OUT/pgbr" "$OUT/pgbr2" "$OUT/pgbr-log" "$OUT/pgbr-lock" "$OUT/pgbr-spool" "$OUT/pgbackrest.conf"
   "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench stanza-create
 }
 pgbr() { "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench "$@"; }
 last_pgbr_backup_dir() { ls -dt "$OUT"/pgbr/backup/bench/2* | head -1; }
+last_pgbr2_backup_dir() { ls -dt "$OUT"/pgbr2/backup/bench/2* | head -1; }
+# pgbr_incr LABEL: a file-level incr on repo1 and a block incr on repo2.
+pgbr_incr() {
+  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=1 --type=incr backup
+  record "$ds" "pgBackRest incr $1" "$WALL" "$CPU" "$(du_b "$(last_pgbr_backup_dir)")" "$RSS"
+  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=2 --type=incr backup
+  record "$ds" "pgBackRest block incr $1" "$WALL" "$CPU" "$(du_b "$(last_pgbr2_backup_dir)")" "$RSS"
+}
 
 # One Stowage server per chunk size, all registered on the same database.
 declare -A SURL SPID
 start_stowage() {
   for k in $CHUNKS; do
     local port; port=$(free_port)
-    "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$OUT/stowage-$k" --chunk-avg-kib "$k" > "$OUT/stowage-$k.log" 2>&1 &
+    "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$OUT/stowage-$k" --chunk-avg-kib "$k" --restore-root "$OUT/restores" > "$OUT/stowage-$k.log" 2>&1 &
     SPID[$k]=$!; PIDS+=(${SPID[$k]}); SURL[$k]="http://127.0.0.1:$port"
     for _ in $(seq 300); do curl -sf "${SURL[$k]}/v1/health" >/dev/null && break; sleep 0.1; done
     st "$k" instance add --name db --port "$PGPORT" --user postgres > /dev/null
+  done
+}
+# The chunk-size flag must do what it says: the average chunk of each
+# server's first backup, from its manifest.
+observed_chunks() {
+  for k in $CHUNKS; do
+    local set; set=$(st "$k" set list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["sets"][-1]["id"])')
+    st "$k" set show "$set" --files --json | python3 -c "
+import json, sys
+m = json.load(sys.stdin)['manifest']['files']
+size = sum(f['size'] for f in m if f['chunks']); chunks = sum(f['chunks'] for f in m)
+print(f'  --chunk-avg-kib $k: {chunks} chunks, observed average {size / max(chunks, 1) / 1024:.1f} KiB')"
   done
 }
 st() { local k=$1; shift; STOWAGE_SERVER=${SURL[$k]} STOWAGE_DATA_DIR="$OUT/stowage-$k" "$BIN" "$@"; }
@@ -114,7 +144,7 @@ stowage_backup() {
 run_dataset() {
   local ds=$1
   echo "== dataset $ds"
-  rm -rf "$D" "$OUT"/pgbr* "$OUT"/stowage-* "$OUT"/restic "$OUT"/r-* "$OUT"/pgbb*
+  rm -rf "$D" "$OUT"/pgbr* "$OUT"/stowage-* "$OUT"/restic "$OUT"/r-* "$OUT"/restores "$OUT"/pgbb*
   "${AS[@]}" "$PGBIN/initdb" -D "$D" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 > /dev/null
   pgctl_start
   setup_pgbackrest
@@ -134,6 +164,7 @@ run_dataset() {
 
   start_stowage
   for k in $CHUNKS; do stowage_backup "$ds" "stowage backup (avg chunk ${k} KiB)" "$k"; done
+  observed_chunks
 
   timed pg_basebackup -h 127.0.0.1 -p "$PGPORT" -U postgres -D - -Ft -X fetch -c fast --compress=client-zstd:1
   cp "$OUT/cmd.out" /dev/null; record "$ds" "pg_basebackup -Ft -X fetch client-zstd:1" "$WALL" "$CPU" "$(stat -c %s "$OUT/cmd.out")" "$RSS"
@@ -141,11 +172,14 @@ run_dataset() {
   record "$ds" "pg_basebackup -Ft -X fetch server-zstd:1,workers=2" "$WALL" "$CPU" "$(stat -c %s "$OUT/cmd.out")" "$RSS"
   rm -f "$OUT/cmd.out"
 
-  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --type=full backup
+  # gz:6 first, so that repo1's increments build on the zst:1 full.
+  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=1 --type=full --compress-type=gz --compress-level=6 backup
+  record "$ds" "pgBackRest full gz:6 (default) process-max=2" "$WALL" "$CPU" "$(du_b "$(last_pgbr_backup_dir)")" "$RSS"
+  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=1 --type=full backup
   local full_zst; full_zst=$(last_pgbr_backup_dir)
   record "$ds" "pgBackRest full zst:1 process-max=2" "$WALL" "$CPU" "$(du_b "$full_zst")" "$RSS"
-  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --type=full --compress-type=gz --compress-level=6 backup
-  record "$ds" "pgBackRest full gz:6 (default) process-max=2" "$WALL" "$CPU" "$(du_b "$(last_pgbr_backup_dir)")" "$RSS"
+  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=2 --type=full backup
+  record "$ds" "pgBackRest full zst:1 bundle+block (repo2)" "$WALL" "$CPU" "$(du_b "$(last_pgbr2_backup_dir)")" "$RSS"
 
   pgctl_stop
   export RESTIC_PASSWORD=bench
@@ -159,14 +193,12 @@ run_dataset() {
     pgbench -n -t $((SCALE * 8)) -c 2 -h "$OUT" -p "$PGPORT" -U postgres postgres > /dev/null 2>&1
     psql_ "CHECKPOINT"
     for k in $CHUNKS; do stowage_backup "$ds" "stowage backup after sparse updates (${k} KiB)" "$k"; done
-    timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --type=incr backup
-    record "$ds" "pgBackRest incr after sparse updates" "$WALL" "$CPU" "$(du_b "$(last_pgbr_backup_dir)")" "$RSS"
+    pgbr_incr "after sparse updates"
     echo "  -- after pgbench -T 20 (random updates)"
     pgbench -n -T 20 -c 2 -h "$OUT" -p "$PGPORT" -U postgres postgres > /dev/null 2>&1
     psql_ "CHECKPOINT"
     for k in $CHUNKS; do stowage_backup "$ds" "2nd stowage backup after -T 20 (${k} KiB)" "$k"; done
-    timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --type=incr backup
-    record "$ds" "pgBackRest incr after -T 20" "$WALL" "$CPU" "$(du_b "$(last_pgbr_backup_dir)")" "$RSS"
+    pgbr_incr "after -T 20"
     echo "  -- after appending 1% new rows"
     psql_ "INSERT INTO pgbench_accounts SELECT aid + 100000 * $SCALE, bid, 0, filler FROM pgbench_accounts WHERE aid <= 1000 * $SCALE"
   else
@@ -175,19 +207,18 @@ run_dataset() {
   fi
   psql_ "CHECKPOINT"
   for k in $CHUNKS; do stowage_backup "$ds" "next stowage backup after +1% rows (${k} KiB)" "$k"; done
-  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --type=incr backup
-  record "$ds" "pgBackRest incr after +1% rows" "$WALL" "$CPU" "$(du_b "$(last_pgbr_backup_dir)")" "$RSS"
+  pgbr_incr "after +1% rows"
 
   echo "  -- restore of the latest backup"
   local k0; k0=$(echo $CHUNKS | cut -d' ' -f1)
   local set; set=$(st "$k0" set list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["sets"][0]["id"])')
   sync; c0=$(proc_cpu "${SPID[$k0]}")
-  st "$k0" restore "$set" --target "$OUT/r-stowage" --json > "$OUT/job.json" 2>/dev/null
+  st "$k0" restore "$set" --target "$OUT/restores/r-stowage" --json > "$OUT/job.json" 2>/dev/null
   c1=$(proc_cpu "${SPID[$k0]}")
-  record "$ds" "stowage restore" "$(python3 -c "import json; print(json.load(open('$OUT/job.json'))['duration_ms']/1000)")" "$(python3 -c "print(round(($c1-$c0)/$(ticks),2))")" "$(du_b "$OUT/r-stowage")" "-"
+  record "$ds" "stowage restore" "$(python3 -c "import json; print(json.load(open('$OUT/job.json'))['duration_ms']/1000)")" "$(python3 -c "print(round(($c1-$c0)/$(ticks),2))")" "$(du_b "$OUT/restores/r-stowage")" "-"
   mkdir -p "$OUT/r-pgbr"; chown postgres:postgres "$OUT/r-pgbr"; chmod 700 "$OUT/r-pgbr"
   sync
-  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --pg1-path="$OUT/r-pgbr" --type=immediate --target-action=promote restore
+  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=1 --pg1-path="$OUT/r-pgbr" --type=immediate --target-action=promote restore
   record "$ds" "pgBackRest restore (process-max=2)" "$WALL" "$CPU" "$(du_b "$OUT/r-pgbr")" "$RSS"
   for k in $CHUNKS; do kill -INT "${SPID[$k]}"; done
   pgctl_stop

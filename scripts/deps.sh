@@ -9,6 +9,8 @@ command -v pgbench >/dev/null || need+=(postgresql-contrib)
 command -v cc >/dev/null || need+=(gcc)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)  # test certificates for TLS to PostgreSQL
+# The SDK compatibility tests build a virtualenv (Debian's python3 needs python3-venv for that).
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]} (run as root, or install them: apt-get install ${need[*]})" >&2

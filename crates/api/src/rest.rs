@@ -704,7 +704,11 @@ async fn patch_set(
     Ok(Json(set_json(&svc.set_expiry(&p, id, expires).await?)))
 }
 
-pub fn policy_json(instance: &str, sp: &stowage_catalog::StoredPolicy) -> Value {
+pub fn policy_json(
+    instance: &str,
+    sp: &stowage_catalog::StoredPolicy,
+    next_backup_ms: Option<i64>,
+) -> Value {
     let p = &sp.policy;
     json!({
         "instance_id": instance,
@@ -712,7 +716,7 @@ pub fn policy_json(instance: &str, sp: &stowage_catalog::StoredPolicy) -> Value 
         "window": p.window.to_string(),
         "weekdays": p.weekdays.to_string(),
         "retention_days": p.retention_days,
-        "next_backup_at": p.occurrence(stowage_service::now_ms()).map(|o| stowage_core::time::format_rfc3339(o.start_ms)),
+        "next_backup_at": ts(next_backup_ms),
         "product_fields": sp.extra,
         "updated_at": ts(Some(sp.updated_ms)),
     })
@@ -724,7 +728,9 @@ async fn get_policy(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let i = svc.instance(&p, &id).await?;
-    Ok(Json(policy_json(&i.id, &svc.policy(&p, &i.id).await?)))
+    let sp = svc.policy(&p, &i.id).await?;
+    let next = svc.next_backup_at(&p, &i.id, &sp.policy).await?;
+    Ok(Json(policy_json(&i.id, &sp, next)))
 }
 
 #[derive(Deserialize)]
@@ -759,10 +765,9 @@ async fn put_policy(
         extra: Default::default(),
     };
     let i = svc.instance(&p, &id).await?;
-    Ok(Json(policy_json(
-        &i.id,
-        &svc.set_policy(&p, &i.id, u).await?,
-    )))
+    let sp = svc.set_policy(&p, &i.id, u).await?;
+    let next = svc.next_backup_at(&p, &i.id, &sp.policy).await?;
+    Ok(Json(policy_json(&i.id, &sp, next)))
 }
 
 #[derive(Deserialize)]

@@ -369,6 +369,26 @@ enum InstanceCmd {
     },
 }
 
+/// Paging of a listing.
+#[derive(Args)]
+struct PageArgs {
+    /// At most this many (1 to 1000, default 100).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Continue after the page that printed this cursor.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+impl PageArgs {
+    fn params(self) -> [(&'static str, Option<String>); 2] {
+        [
+            ("limit", self.limit.map(|l| l.to_string())),
+            ("cursor", self.cursor),
+        ]
+    }
+}
+
 #[derive(Subcommand)]
 enum TaskCmd {
     /// List backup tasks, newest first.
@@ -379,12 +399,8 @@ enum TaskCmd {
         /// Comma-separated states, e.g. running,pending.
         #[arg(long)]
         state: Option<String>,
-        /// At most this many (1 to 1000, default 100).
-        #[arg(long)]
-        limit: Option<u32>,
-        /// Continue after the page that printed this cursor.
-        #[arg(long)]
-        cursor: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Show one task.
     Show {
@@ -410,12 +426,8 @@ enum SetCmd {
         /// Only sets of this instance (id or name).
         #[arg(long)]
         instance: Option<String>,
-        /// At most this many (1 to 1000, default 100).
-        #[arg(long)]
-        limit: Option<u32>,
-        /// Continue after the page that printed this cursor.
-        #[arg(long)]
-        cursor: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Show one set; --files lists its files.
     Show {
@@ -482,12 +494,8 @@ enum JobCmd {
         /// Comma-separated states, e.g. failed.
         #[arg(long)]
         state: Option<String>,
-        /// At most this many (1 to 1000, default 100).
-        #[arg(long)]
-        limit: Option<u32>,
-        /// Continue after the page that printed this cursor.
-        #[arg(long)]
-        cursor: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Show one job.
     Show {
@@ -997,10 +1005,16 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
+                    let d = &v["server"]["details"];
                     out!(
-                        "ok: PostgreSQL {} (system {})",
+                        "ok: PostgreSQL {} (system {}), {}",
                         s(&v["server"]["version"]),
-                        s(&v["server"]["system_identifier"])
+                        s(&v["server"]["system_identifier"]),
+                        if d["tls"] == true {
+                            format!("over TLS (sslmode={})", s(&d["sslmode"]))
+                        } else {
+                            format!("without TLS (sslmode={})", s(&d["sslmode"]))
+                        }
                     );
                 }
             }
@@ -1092,15 +1106,10 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             TaskCmd::List {
                 instance,
                 state,
-                limit,
-                cursor,
+                page,
             } => {
-                let q = query(&[
-                    ("instance", instance),
-                    ("state", state),
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("cursor", cursor),
-                ]);
+                let [l, cur] = page.params();
+                let q = query(&[("instance", instance), ("state", state), l, cur]);
                 let v = c.get(&format!("/v1/tasks{q}"))?;
                 if json {
                     print_json(&v);
@@ -1129,16 +1138,9 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             }
         },
         Cmd::Set(sc) => match sc {
-            SetCmd::List {
-                instance,
-                limit,
-                cursor,
-            } => {
-                let q = query(&[
-                    ("instance", instance),
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("cursor", cursor),
-                ]);
+            SetCmd::List { instance, page } => {
+                let [l, cur] = page.params();
+                let q = query(&[("instance", instance), l, cur]);
                 let v = c.get(&format!("/v1/sets{q}"))?;
                 if json {
                     print_json(&v);
@@ -1412,18 +1414,9 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             }
         },
         Cmd::Job(jc) => match jc {
-            JobCmd::List {
-                kind,
-                state,
-                limit,
-                cursor,
-            } => {
-                let q = query(&[
-                    ("kind", kind),
-                    ("state", state),
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("cursor", cursor),
-                ]);
+            JobCmd::List { kind, state, page } => {
+                let [l, cur] = page.params();
+                let q = query(&[("kind", kind), ("state", state), l, cur]);
                 let v = c.get(&format!("/v1/jobs{q}"))?;
                 if json {
                     print_json(&v);

@@ -194,6 +194,18 @@ impl BackupPolicy {
         })
     }
 
+    /// The window of the next automated backup at `now_ms`: the one open
+    /// now, unless its backup has already started (`taken` is the start of
+    /// the window whose backup ran or runs), then the one after it.
+    pub fn next_backup(&self, now_ms: i64, taken: Option<i64>) -> Option<Occurrence> {
+        let o = self.occurrence(now_ms)?;
+        if o.start_ms <= now_ms && taken == Some(o.start_ms) {
+            self.occurrence(o.end_ms)
+        } else {
+            Some(o)
+        }
+    }
+
     /// The start of the next automated backup, in the clouds' minute format
     /// (`2026-11-23T02:00Z`).
     pub fn next_backup_time(&self, now_ms: i64) -> Option<String> {
@@ -212,6 +224,27 @@ impl BackupPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_backup_skips_the_open_window_once_its_backup_ran() {
+        let p = BackupPolicy {
+            window: Window::parse("02:00Z-03:00Z").unwrap(),
+            ..Default::default()
+        };
+        let day = 20_000 * MS_PER_DAY;
+        let in_window = day + 2 * 60 * MS_PER_MIN + 30 * MS_PER_MIN;
+        let open = p.next_backup(in_window, None).unwrap();
+        assert_eq!(open.start_ms, day + 120 * MS_PER_MIN);
+        let next = p.next_backup(in_window, Some(open.start_ms)).unwrap();
+        assert_eq!(next.start_ms, open.start_ms + MS_PER_DAY);
+        // Before the window opens, a taken earlier window changes nothing.
+        let before = day + 60 * MS_PER_MIN;
+        assert_eq!(
+            p.next_backup(before, Some(open.start_ms - MS_PER_DAY))
+                .unwrap(),
+            open
+        );
+    }
     use crate::time::parse_rfc3339;
 
     fn t(s: &str) -> i64 {

@@ -45,6 +45,36 @@ pub struct PolicyUpdate {
 
 impl Service {
     /// An instance's policy: the stored one or the default.
+    /// When the next automated backup of an instance starts: the open
+    /// window's start while its backup has not begun, else the next window's.
+    pub async fn next_backup_at(
+        &self,
+        p: &Principal,
+        instance_id: &str,
+        policy: &BackupPolicy,
+    ) -> ServiceResult<Option<i64>> {
+        let now = crate::now_ms();
+        let Some(open) = policy.occurrence(now) else {
+            return Ok(None);
+        };
+        let mut taken = None;
+        if open.start_ms <= now {
+            let f = stowage_catalog::TaskFilter {
+                instance_id: Some(instance_id.to_string()),
+                limit: Some(20),
+                ..Default::default()
+            };
+            taken = self
+                .catalog
+                .list_backup_tasks(&p.account_id, &f)
+                .await?
+                .iter()
+                .find(|t| t.scheduled_ms == Some(open.start_ms) && t.state != TaskState::Pending)
+                .map(|_| open.start_ms);
+        }
+        Ok(policy.next_backup(now, taken).map(|o| o.start_ms))
+    }
+
     pub async fn policy(&self, p: &Principal, instance: &str) -> ServiceResult<StoredPolicy> {
         let i = self.instance(p, instance).await?;
         Ok(self

@@ -47,6 +47,7 @@ fn consistent_backup_under_load_restores() {
     assert!(
         s.ok(&["instance", "check", "loaded"])
             .contains("ok: PostgreSQL 15")
+            && s.ok(&["instance", "check", "loaded"]).contains("TLS")
     );
 
     // Load that keeps writing while the backup runs.
@@ -503,6 +504,11 @@ fn tls_instance_backs_up_and_bad_tls_settings_are_refused() {
     );
     let c = s.json(&["instance", "check", "tls"]);
     assert!(c.to_string().contains("15"), "{c}");
+    assert_eq!(c["server"]["details"]["tls"], true, "{c}");
+    assert!(
+        s.ok(&["instance", "check", "tls"])
+            .contains("over TLS (sslmode=verify-full)")
+    );
     s.ok(&["backup", "tls", "--wait"]);
     // Without TLS the server refuses; the task says why.
     // Registration checks the connection: refused, with pg_hba advice

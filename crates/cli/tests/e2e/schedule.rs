@@ -230,6 +230,13 @@ fn policy_window_runs_an_automated_backup_and_retention_reclaims_space() {
     let auto_set = t["set_id"].as_i64().unwrap();
     let a = s.json(&["set", "show", &auto_set.to_string()]);
     assert_eq!(a["mode"], "automated");
+    // The window is still open, but its backup ran: the next one is tomorrow's.
+    let p = s.json(&["policy", "show", "pg"]);
+    assert_eq!(
+        parse_rfc3339(p["next_backup_at"].as_str().unwrap()),
+        Some(start + MS_PER_DAY),
+        "{p}"
+    );
     // Exactly one task per instance for that window, all run, never two at once.
     wait_for(
         "all automated backups to finish",

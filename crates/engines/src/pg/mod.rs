@@ -112,6 +112,7 @@ impl Engine for PostgresPhysical {
             .ok()
             .and_then(|s| one_row(&s, "SHOW").ok())
             .and_then(|r| r[0].clone());
+        let tls = c.is_tls();
         c.close();
         Ok(ServerInfo {
             version: id.version,
@@ -121,6 +122,8 @@ impl Engine for PostgresPhysical {
                 "server_version_num": id.version_num,
                 "max_wal_senders": senders,
                 "wal_level": wal_level,
+                "tls": tls,
+                "sslmode": conn.ssl_mode.as_str(),
             }),
         })
     }

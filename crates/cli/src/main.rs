@@ -274,6 +274,9 @@ struct ServeArgs {
 #[derive(Subcommand)]
 enum InstanceCmd {
     /// Register a database. The password comes from STOWAGE_DB_PASSWORD or --password-file.
+    #[command(
+        after_help = "Examples:\n  STOWAGE_DB_PASSWORD=... stowage instance add --name orders --host db1 --user backup\n  stowage instance add --name pg-tls --host db2 --sslmode verify-full --sslrootcert /etc/ssl/db-ca.pem\n  stowage instance add --name later --host 10.0.0.9 --no-check   # register without connecting"
+    )]
     Add {
         /// A name to refer to it by (1 to 64 letters, digits, '-', '_' or '.').
         #[arg(long)]
@@ -463,6 +466,9 @@ enum PolicyCmd {
         instance: String,
     },
     /// Change the policy; options left out stay as they are.
+    #[command(
+        after_help = "Examples:\n  stowage policy set orders --window 01:00Z-02:00Z --weekdays Monday,Thursday --retention-days 14\n  stowage policy set orders --disable"
+    )]
     Set {
         /// Instance id or name.
         instance: String,

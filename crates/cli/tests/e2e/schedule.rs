@@ -182,6 +182,15 @@ fn policy_window_runs_an_automated_backup_and_retention_reclaims_space() {
             None => false,
         },
     );
+    // Followed while it waits: said to wait for its window, no empty bar.
+    let watcher = std::process::Command::new(crate::harness::bin())
+        .args(["task", "watch", &auto_id.to_string()])
+        .env("STOWAGE_SERVER", &s.url)
+        .env("STOWAGE_DATA_DIR", &s.data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // The rds view: NoStart, Automated, NormalBackupTask.
     let (id, secret) = s.credentials();
     if stowage_service::now_ms() < start - 1500 {
@@ -226,6 +235,17 @@ fn policy_window_runs_an_automated_backup_and_retention_reclaims_space() {
     assert!(
         parse_rfc3339(t["started_at"].as_str().unwrap()).unwrap() >= start,
         "started before its window: {t}"
+    );
+    let w = watcher.wait_with_output().unwrap();
+    let progress = String::from_utf8_lossy(&w.stderr);
+    assert!(w.status.success(), "{progress}");
+    assert!(progress.contains("waiting for its window at"), "{progress}");
+    assert!(!progress.contains("0 B of 0 B"), "{progress}");
+    // Progress goes to stderr; stdout holds nothing but the result.
+    assert!(
+        !String::from_utf8_lossy(&w.stdout).contains("%"),
+        "{}",
+        String::from_utf8_lossy(&w.stdout)
     );
     let auto_set = t["set_id"].as_i64().unwrap();
     let a = s.json(&["set", "show", &auto_set.to_string()]);

@@ -13,7 +13,7 @@ use crate::repo::{RepoError, Repository};
 use crate::storage::FileType;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,19 +81,24 @@ pub fn plan(
     let mut entries = Vec::new();
     let mut by_chunk: HashMap<ChunkId, Vec<Dest>> = HashMap::new();
     let mut total = 0u64;
+    // Nothing may be written through a link the restore itself creates: per
+    // target folder (several archives may share one), a path is restored at
+    // most once, and no path lies at or below a symlink entry but the link.
+    let mut links: HashMap<&Path, std::collections::HashSet<&str>> = HashMap::new();
+    let mut seen: std::collections::HashSet<(&Path, &str)> = Default::default();
     for (ai, root) in targets {
         let archive = m
             .archives
             .get(*ai)
             .ok_or_else(|| RepoError::Invalid(format!("no archive #{ai}")))?;
-        // A path below one of the archive's own symlinks would be written
-        // through the link, outside the target: refused.
-        let links: std::collections::HashSet<&str> = archive
-            .files
-            .iter()
-            .filter(|f| f.kind == FileKind::Symlink)
-            .map(|f| f.path.as_str())
-            .collect();
+        let l = links.entry(root.as_path()).or_default();
+        for f in archive.files.iter().filter(|f| f.kind == FileKind::Symlink) {
+            l.insert(f.path.as_str());
+        }
+    }
+    for (ai, root) in targets {
+        let archive = &m.archives[*ai];
+        let links = &links[root.as_path()];
         for f in &archive.files {
             if !is_safe_relative_path(&f.path) {
                 return Err(RepoError::Corrupt(format!(
@@ -101,13 +106,21 @@ pub fn plan(
                     f.path
                 )));
             }
+            if !seen.insert((root.as_path(), f.path.as_str())) {
+                return Err(RepoError::Corrupt(format!(
+                    "unsafe manifest: {:?} is restored twice into the same folder",
+                    f.path
+                )));
+            }
             if !links.is_empty()
-                && f.path
+                && (f
+                    .path
                     .match_indices('/')
                     .any(|(i, _)| links.contains(&f.path[..i]))
+                    || (f.kind != FileKind::Symlink && links.contains(f.path.as_str())))
             {
                 return Err(RepoError::Corrupt(format!(
-                    "unsafe path {:?} in manifest: it lies below a symlink of the same backup",
+                    "unsafe path {:?} in manifest: it lies at or below a symlink of the same backup",
                     f.path
                 )));
             }
@@ -188,7 +201,13 @@ impl Repository {
                     if let Some(p) = path.parent() {
                         fs::create_dir_all(p).map_err(io(p))?;
                     }
-                    let f = File::create(path).map_err(io(path))?;
+                    // Never through a symlink (the folder was empty or cleared).
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(path)
+                        .map_err(io(path))?;
                     f.set_len(e.size).map_err(io(path))?;
                 }
                 FileKind::Symlink => {
@@ -238,6 +257,7 @@ impl Repository {
                         let (path, e) = &plan.entries[i];
                         let r = OpenOptions::new()
                             .write(true)
+                            .custom_flags(libc::O_NOFOLLOW)
                             .open(path)
                             .map_err(io(path))
                             .and_then(|f| {
@@ -408,6 +428,7 @@ fn write_to(
             let path = &plan.entries[file].0;
             let f = OpenOptions::new()
                 .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
                 .map_err(io(path))?;
             &mut open.insert((file, f)).1

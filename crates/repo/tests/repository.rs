@@ -326,8 +326,41 @@ fn restore_refuses_paths_through_a_restored_symlink() {
         .0;
     let m = repo.read_snapshot(&snap).unwrap();
     let t = d.path().join("restore");
-    let e = restore::plan(&m, &repo.index(), &[(0, t)])
+    let e = restore::plan(&m, &repo.index(), &[(0, t.clone())])
         .err()
         .expect("refused");
     assert!(e.to_string().contains("escape/owned"), "{e}");
+
+    // A file of the same name as a symlink before it, and a symlink in one
+    // archive shadowing a file of another archive restored into the same
+    // folder.
+    let mut w = repo.start_backup(1).unwrap();
+    w.begin_archive("base", None).unwrap();
+    let mut link = meta("same", FileKind::Symlink);
+    link.link_target = Some(d.path().join("victim").display().to_string());
+    w.add_entry(link.clone()).unwrap();
+    w.begin_file(meta("same", FileKind::File)).unwrap();
+    w.write(b"x").unwrap();
+    w.end_file().unwrap();
+    let snap = w
+        .finish(BTreeMap::new(), serde_json::Value::Null)
+        .unwrap()
+        .0;
+    let m = repo.read_snapshot(&snap).unwrap();
+    assert!(restore::plan(&m, &repo.index(), &[(0, t.clone())]).is_err());
+    let mut w = repo.start_backup(1).unwrap();
+    w.begin_archive("base", None).unwrap();
+    w.add_entry(link).unwrap();
+    w.begin_archive("other", None).unwrap();
+    w.begin_file(meta("same", FileKind::File)).unwrap();
+    w.write(b"x").unwrap();
+    w.end_file().unwrap();
+    let snap = w
+        .finish(BTreeMap::new(), serde_json::Value::Null)
+        .unwrap()
+        .0;
+    let m = repo.read_snapshot(&snap).unwrap();
+    assert!(restore::plan(&m, &repo.index(), &[(0, t.clone()), (1, t.clone())]).is_err());
+    // Into different folders, the same name is fine.
+    restore::plan(&m, &repo.index(), &[(0, t), (1, d.path().join("restore2"))]).unwrap();
 }

@@ -237,8 +237,25 @@ pub struct Service {
     restore_roots: restore_target::RestoreRoots,
     /// Where tenants' instances may point.
     tenant_allow: Vec<netpolicy::AllowRule>,
+    /// Accounts with a restore running: one at a time per account, so one
+    /// restore can never lay out links under a folder another is writing.
+    restoring: Mutex<std::collections::HashSet<String>>,
     /// Held for the server's life: one process per data directory.
     _data_dir_lock: datadir::DataDirLock,
+}
+
+/// An account's restore slot, freed however the restore ends.
+pub(crate) struct RestoreSlot {
+    svc: Arc<Service>,
+    account: String,
+}
+
+impl Drop for RestoreSlot {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.svc.restoring.lock() {
+            r.remove(&self.account);
+        }
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -333,6 +350,7 @@ impl Service {
             automated_limit: usize::MAX.into(),
             restore_roots,
             tenant_allow: cfg.tenant_allow.clone(),
+            restoring: Default::default(),
             _data_dir_lock: lock,
         });
         let admin_credentials_file = svc.ensure_admin(dd).await?;
@@ -1138,6 +1156,21 @@ impl Service {
         force: bool,
     ) -> ServiceResult<Job> {
         let set = self.set(p, set_id).await?;
+        if !self
+            .restoring
+            .lock()
+            .expect("lock")
+            .insert(p.account_id.clone())
+        {
+            return Err(ServiceError::new(
+                ErrorKind::InvalidState,
+                "a restore of this account is running; wait for it to end (`stowage job list --kind restore --state running`)",
+            ));
+        }
+        let slot = RestoreSlot {
+            svc: self.clone(),
+            account: p.account_id.clone(),
+        };
         let caller = restore_target::Caller {
             account_id: p.account_id.clone(),
             admin: p.admin,
@@ -1190,6 +1223,7 @@ impl Service {
                 target,
                 force,
                 caller,
+                slot,
             },
         );
         Ok(job)

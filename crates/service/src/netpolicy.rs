@@ -36,6 +36,15 @@ impl std::str::FromStr for AllowRule {
             if p > max {
                 return Err(bad());
             }
+            // An IPv4-mapped network (::ffff:10.0.0.0/104) is an IPv4 one.
+            if let IpAddr::V6(v6) = ip
+                && let Some(v4) = v6.to_ipv4_mapped()
+            {
+                if p < 96 {
+                    return Err(bad());
+                }
+                return Ok(AllowRule::Net(IpAddr::V4(v4), p - 96));
+            }
             return Ok(AllowRule::Net(ip, p));
         }
         if let Ok(ip) = s.parse::<IpAddr>() {
@@ -140,5 +149,7 @@ mod tests {
         assert!(host_allowed(&rules, "DB.Internal."));
         assert!(!host_allowed(&rules, "db.internal.evil"));
         assert!(in_net(ip("1.2.3.4"), ip("0.0.0.0"), 0));
+        assert_eq!(r("::ffff:10.0.0.0/104"), r("10.0.0.0/8"));
+        assert!("::ffff:10.0.0.0/64".parse::<AllowRule>().is_err());
     }
 }

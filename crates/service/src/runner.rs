@@ -23,6 +23,8 @@ pub(crate) enum JobWork {
         target: PathBuf,
         force: bool,
         caller: crate::restore_target::Caller,
+        /// Freed when the work ends (dropped with it).
+        slot: crate::RestoreSlot,
     },
     /// The whole repository, or only the packs one snapshot needs.
     Verify {
@@ -401,9 +403,13 @@ fn restore_work(
     })?;
     live.set_state(TaskState::Preparing);
     let targets = engine.restore_targets(&m, target)?;
+    // Planned before anything is touched: a backup the plan refuses (paths
+    // through its own symlinks) leaves the target as it was.
+    let plan = restore::plan(&m, &repo.index(), &targets)?;
+    // Every folder is checked again here, all of them before any is
+    // cleared: they may have changed since the request was accepted.
+    let mut to_clear = Vec::new();
     for (_, dir) in &targets {
-        // Checked again here, right before anything is removed or created:
-        // the folder may have changed since the request was accepted.
         svc.restore_roots.check_dir(caller, dir).map_err(refused)?;
         if dir.exists()
             && std::fs::read_dir(dir)
@@ -420,11 +426,17 @@ fn restore_work(
             svc.restore_roots
                 .check_clearable(caller, dir)
                 .map_err(refused)?;
-            clear_dir(dir).map_err(fs_err(dir))?;
+            to_clear.push(dir);
         }
-        crate::restore_target::create_private_dirs(dir).map_err(refused)?;
     }
-    let plan = restore::plan(&m, &repo.index(), &targets)?;
+    for dir in to_clear {
+        clear_dir(dir).map_err(fs_err(dir))?;
+    }
+    for (_, dir) in &targets {
+        crate::restore_target::create_private_dirs(dir).map_err(refused)?;
+        // And where it now is, after creation.
+        svc.restore_roots.check_dir(caller, dir).map_err(refused)?;
+    }
     let t_plan = t0.elapsed();
     live.bytes_total.store(plan.total_bytes, Ordering::Relaxed);
     live.set_state(TaskState::Running);
@@ -470,7 +482,12 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Ar
                 target,
                 force,
                 caller,
-            } => restore_work(&s, &set, &target, force, &caller, &l),
+                slot,
+            } => {
+                let r = restore_work(&s, &set, &target, force, &caller, &l);
+                drop(slot);
+                r
+            }
             JobWork::Verify { snapshot } => {
                 l.set_state(TaskState::Checking);
                 l.set_state(TaskState::Preparing);

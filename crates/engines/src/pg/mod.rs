@@ -419,7 +419,23 @@ impl Engine for PostgresPhysical {
             std::os::unix::fs::chown(target, Some(uid), Some(gid))
                 .map_err(|e| fs_err(target, e))?;
         }
-        // Point pg_tblspc/<oid> links at the restored tablespaces.
+        // Point pg_tblspc/<oid> links at the restored tablespaces. The links
+        // are replaced inside the restored pg_tblspc, which must be a real
+        // folder: one that is a symlink in the backup would lead elsewhere.
+        let ts = target.join("pg_tblspc");
+        if targets.iter().any(|(i, _)| {
+            let n = &m.archives[*i].name;
+            n != BASE_ARCHIVE && n != MANIFEST_ARCHIVE
+        }) && !std::fs::symlink_metadata(&ts).is_ok_and(|md| md.file_type().is_dir())
+        {
+            return Err(EngineError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}: not a folder in this backup (a symlink?); its tablespaces cannot be linked safely",
+                    ts.display()
+                ),
+            ));
+        }
         for (i, dir) in targets {
             let name = &m.archives[*i].name;
             if name == BASE_ARCHIVE || name == MANIFEST_ARCHIVE {

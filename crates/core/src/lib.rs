@@ -9,6 +9,7 @@
 
 pub mod ids;
 pub mod manifest;
+pub mod parts;
 pub mod progress;
 pub mod ram;
 pub mod retention;

@@ -437,3 +437,213 @@ pub fn fix_ownership(dir: &Path) {
             .status();
     }
 }
+
+// ---- MongoDB: SecantusDB ----
+
+/// The SecantusDB virtual environment: built from `mongo/requirements.txt`
+/// on first use (`STOWAGE_MONGO_VENV`, default /var/tmp/stowage-mongo-venv),
+/// rebuilt when that file changes, checked by importing its modules.
+pub fn mongo_venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let v = PathBuf::from(
+            std::env::var("STOWAGE_MONGO_VENV")
+                .unwrap_or_else(|_| "/var/tmp/stowage-mongo-venv".into()),
+        );
+        let req_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("mongo/requirements.txt");
+        let req = std::fs::read_to_string(&req_file).expect("mongo/requirements.txt");
+        let mods: Vec<&str> = req
+            .lines()
+            .filter_map(|l| l.split_once("# import:"))
+            .flat_map(|(_, m)| m.split_whitespace())
+            .collect();
+        let py = v.join("bin/python");
+        let importable = || {
+            Command::new(&py)
+                .arg("-c")
+                .arg(format!("import {}", mods.join(", ")))
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let stamp = v.join("stowage-requirements.txt");
+        if std::fs::read_to_string(&stamp).is_ok_and(|s| s == req) && importable() {
+            return v;
+        }
+        eprintln!(
+            "building the SecantusDB venv {} from {}",
+            v.display(),
+            req_file.display()
+        );
+        let _ = std::fs::remove_file(&stamp);
+        let st = Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&v)
+            .status()
+            .expect("python3");
+        assert!(st.success(), "python3 -m venv failed");
+        let st = Command::new(v.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "-r"])
+            .arg(&req_file)
+            .status()
+            .expect("pip");
+        assert!(st.success(), "pip install of SecantusDB failed");
+        assert!(importable(), "the SecantusDB venv does not import {mods:?}");
+        std::fs::write(&stamp, &req).unwrap();
+        v
+    })
+    .clone()
+}
+
+/// Options of a test MongoDB server.
+#[derive(Debug, Clone)]
+pub struct MongoOptions {
+    /// Replica-set name (`hello.setName`).
+    pub replica_set: String,
+    /// Oplog entries kept before the oldest are pruned (server default 100000).
+    pub oplog_max_entries: Option<u64>,
+}
+
+impl Default for MongoOptions {
+    fn default() -> Self {
+        MongoOptions {
+            replica_set: "rs0".into(),
+            oplog_max_entries: None,
+        }
+    }
+}
+
+/// A SecantusDB server (MongoDB wire protocol, a single-node replica set)
+/// on a free port in its own temporary folder, stopped by PID when dropped.
+pub struct MongoServer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub replica_set: String,
+    child: Option<Child>,
+}
+
+impl MongoServer {
+    pub fn start(opts: MongoOptions) -> MongoServer {
+        let venv = mongo_venv();
+        let dir = tempfile::Builder::new()
+            .prefix("stowage-mongo-")
+            .tempdir()
+            .unwrap();
+        Self::start_in(dir, venv, opts)
+    }
+
+    fn start_in(dir: tempfile::TempDir, venv: PathBuf, opts: MongoOptions) -> MongoServer {
+        use std::io::BufRead;
+        let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("mongo/launcher.py");
+        for _attempt in 0..3 {
+            let port = free_port();
+            let mut cmd = Command::new(venv.join("bin/python"));
+            cmd.arg(&launcher)
+                .arg(port.to_string())
+                .arg(dir.path().join("db"))
+                .arg(&opts.replica_set);
+            if let Some(n) = opts.oplog_max_entries {
+                cmd.arg(n.to_string());
+            }
+            // The server reads ./secantusd.toml: start it in its own folder.
+            let mut child = cmd
+                .current_dir(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+                .spawn()
+                .expect("start the SecantusDB launcher");
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut lines = std::io::BufReader::new(stdout).lines();
+                let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+                let _ = tx.send(first);
+                for _ in lines {}
+            });
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.starts_with("listening") => {
+                    return MongoServer {
+                        dir,
+                        port,
+                        replica_set: opts.replica_set,
+                        child: Some(child),
+                    };
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!(
+            "SecantusDB did not start: {}",
+            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+
+    /// A connection string for the replica set.
+    pub fn uri(&self) -> String {
+        format!(
+            "mongodb://127.0.0.1:{}/?replicaSet={}",
+            self.port, self.replica_set
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs a Python snippet against this server with pymongo (`client` is
+    /// connected); returns stdout. For test setup and checks only.
+    pub fn pymongo(&self, code: &str) -> String {
+        let script = format!(
+            "import pymongo, sys\nclient = pymongo.MongoClient({:?}, serverSelectionTimeoutMS=10000)\n{code}\n",
+            self.uri()
+        );
+        let out = Command::new(mongo_venv().join("bin/python"))
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "pymongo snippet failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 30 s) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            signal(c.id(), "KILL");
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -28,6 +28,10 @@ pub struct ConnSpec {
     pub ssl_mode: pg::tls::SslMode,
     /// CA certificate(s), PEM, for `verify-ca` / `verify-full`.
     pub ssl_root_cert: Option<std::path::PathBuf>,
+    /// When not empty: connect only to these addresses (already resolved
+    /// and checked by the caller), never resolving `host` again; `host`
+    /// still names the server for TLS.
+    pub addrs: Vec<std::net::SocketAddr>,
 }
 
 /// What kind of failure, so the service and the API can answer precisely.

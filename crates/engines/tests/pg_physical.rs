@@ -20,6 +20,7 @@ fn conn(port: u16, user: &str, password: Option<&str>) -> ConnSpec {
         connect_timeout: Duration::from_secs(5),
         ssl_mode: Default::default(),
         ssl_root_cert: None,
+        addrs: Vec::new(),
     }
 }
 
@@ -341,4 +342,30 @@ fn prefer_falls_back_when_the_tls_handshake_fails() {
         .unwrap();
     assert!(e.message.contains("TLS"), "{e}");
     assert!(!e.message.contains("no encryption"), "{e}");
+}
+
+/// With checked addresses given, the engine connects to them and never
+/// resolves the host name again (`--tenant-allow` checked those addresses;
+/// a name that resolves elsewhere the second time must not matter).
+#[test]
+fn checked_addresses_are_used_instead_of_resolving_again() {
+    use stowage_engines::pg::wire::PgConn;
+    let pg = PgServer::start(PgOptions::default());
+    let spec = ConnSpec {
+        host: "no-such-host.invalid".into(),
+        addrs: vec![std::net::SocketAddr::from(([127, 0, 0, 1], pg.port))],
+        ..conn(pg.port, "postgres", None)
+    };
+    let mut c = PgConn::connect(&spec, false).expect("connects to the given address");
+    c.simple_query("SELECT 1").unwrap();
+    let e = PgConn::connect(
+        &ConnSpec {
+            addrs: Vec::new(),
+            ..spec
+        },
+        false,
+    )
+    .err()
+    .expect("the name alone does not resolve");
+    assert!(e.message.contains("cannot resolve"), "{e}");
 }

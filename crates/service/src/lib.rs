@@ -481,26 +481,29 @@ impl Service {
     }
 
     /// Refuses a host a tenant's instance may not point at
-    /// (`serve --tenant-allow`); the admin account is not limited.
+    /// (`serve --tenant-allow`); the admin account is not limited. Returns
+    /// the addresses that passed, which the engine then connects to without
+    /// resolving the name again (empty: no restriction applied).
     async fn check_tenant_host(
         &self,
         account_id: &str,
         host: &str,
         port: u16,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<Vec<std::net::SocketAddr>> {
         if self.tenant_allow.is_empty() || self.admin_account.get().is_some_and(|a| a == account_id)
         {
-            return Ok(());
+            return Ok(Vec::new());
         }
         if netpolicy::host_allowed(&self.tenant_allow, host) {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let addrs: Vec<std::net::IpAddr> = match tokio::net::lookup_host((host, port)).await {
-            Ok(it) => it.map(|a| a.ip()).collect(),
+        let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(it) => it.collect(),
             Err(_) => Vec::new(),
         };
-        if netpolicy::addrs_allowed(&self.tenant_allow, &addrs) {
-            return Ok(());
+        let ips: Vec<std::net::IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+        if netpolicy::addrs_allowed(&self.tenant_allow, &ips) {
+            return Ok(addrs);
         }
         Err(ServiceError::new(
             ErrorKind::Forbidden,
@@ -654,7 +657,8 @@ impl Service {
             )));
         }
         let ssl_mode = Self::check_connection(&n)?;
-        self.check_tenant_host(&p.account_id, &n.host, n.port)
+        let addrs = self
+            .check_tenant_host(&p.account_id, &n.host, n.port)
             .await?;
         let check = n.check;
         let dialect = match n.dialect.as_deref() {
@@ -687,7 +691,8 @@ impl Service {
             created_ms: now_ms(),
         };
         if check {
-            let spec = self.conn_spec(&inst)?;
+            let mut spec = self.conn_spec(&inst)?;
+            spec.addrs = addrs;
             let engine = stowage_engines::engine_for(&inst.engine)
                 .ok_or_else(|| ServiceError::internal("engine gone"))?;
             tokio::task::spawn_blocking(move || engine.check(&spec))
@@ -841,6 +846,7 @@ impl Service {
                 .get("sslrootcert")
                 .and_then(|v| v.as_str())
                 .map(std::path::PathBuf::from),
+            addrs: Vec::new(),
         })
     }
 
@@ -851,9 +857,11 @@ impl Service {
         id: &str,
     ) -> ServiceResult<stowage_engines::ServerInfo> {
         let i = self.instance(p, id).await?;
-        self.check_tenant_host(&i.account_id, &i.host, i.port)
+        let addrs = self
+            .check_tenant_host(&i.account_id, &i.host, i.port)
             .await?;
-        let spec = self.conn_spec(&i)?;
+        let mut spec = self.conn_spec(&i)?;
+        spec.addrs = addrs;
         let engine = stowage_engines::engine_for(&i.engine)
             .ok_or_else(|| ServiceError::internal("engine gone"))?;
         Ok(tokio::task::spawn_blocking(move || engine.check(&spec))
@@ -973,8 +981,11 @@ impl Service {
         let spec = match self
             .check_tenant_host(&i.account_id, &i.host, i.port)
             .await
-            .and_then(|()| self.conn_spec(&i))
-        {
+            .and_then(|addrs| {
+                let mut s = self.conn_spec(&i)?;
+                s.addrs = addrs;
+                Ok(s)
+            }) {
             Ok(s) => s,
             Err(e) => {
                 let u = stowage_catalog::StateUpdate {

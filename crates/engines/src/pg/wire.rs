@@ -201,15 +201,18 @@ fn negotiate_tls(mut sock: TcpStream, spec: &ConnSpec) -> Result<Stream, EngineE
 /// A TCP connection to the server (read timeout 500 ms, for cancel checks).
 fn tcp(spec: &ConnSpec) -> Result<TcpStream, EngineError> {
     let addr = format!("{}:{}", spec.host, spec.port);
-    let addrs: Vec<_> = addr
-        .to_socket_addrs()
-        .map_err(|e| {
-            EngineError::new(
-                ErrorKind::Unreachable,
-                format!("cannot resolve {addr}: {e}"),
-            )
-        })?
-        .collect();
+    let addrs: Vec<_> = if spec.addrs.is_empty() {
+        addr.to_socket_addrs()
+            .map_err(|e| {
+                EngineError::new(
+                    ErrorKind::Unreachable,
+                    format!("cannot resolve {addr}: {e}"),
+                )
+            })?
+            .collect()
+    } else {
+        spec.addrs.clone()
+    };
     let mut last = None;
     let mut sock = None;
     for a in &addrs {

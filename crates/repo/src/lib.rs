@@ -19,6 +19,7 @@ pub mod gc;
 pub mod index;
 pub mod lock;
 pub mod pack;
+pub mod reader;
 pub mod repo;
 pub mod restore;
 pub mod storage;
@@ -27,9 +28,10 @@ pub mod writer;
 
 pub use chunker::ChunkerParams;
 pub use crypto::KdfParams;
+pub use reader::FileReader;
 pub use repo::{RepoConfig, RepoError, Repository};
 pub use storage::{FileType, LocalStorage, Storage, StorageError};
-pub use writer::{BackupStats, BackupWriter, FileMeta};
+pub use writer::{ArchiveWriter, BackupStats, BackupWriter, FileMeta};
 
 /// `n` worker threads, or one per core when `n` is 0.
 pub(crate) fn threads_or_cores(n: usize) -> usize {

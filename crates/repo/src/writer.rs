@@ -78,16 +78,29 @@ type PackerResult = Result<Vec<(PackId, Vec<BlobEntry>)>, RepoError>;
 
 pub struct BackupWriter {
     repo: Arc<Repository>,
-    chunker: Chunker,
-    dedup: Dedup,
     workers: Vec<JoinHandle<()>>,
     packer: Option<JoinHandle<PackerResult>>,
     failure: Arc<Mutex<Option<String>>>,
     stats: Arc<BackupStats>,
+    /// The sequential stream (`begin_archive`, `begin_file`, `write` …).
+    stream: Stream,
+    /// Finished archives, in the order they were completed.
     archives: Vec<Archive>,
-    current: Option<FileEntry>,
+    /// Archive writers handed out and not yet added back.
+    outstanding: Arc<AtomicU64>,
     started_ms: i64,
     _lock: LockGuard,
+}
+
+/// One archive of a backup written on a thread of its own, at the same time
+/// as others ([`BackupWriter::archive_writer`]): its own chunker and
+/// compression groups, the backup's shared deduplication, workers and packer.
+/// Hand it back with [`BackupWriter::add_archive`]; dropped instead, its
+/// archive is simply not part of the set.
+pub struct ArchiveWriter {
+    stream: Stream,
+    failure: Arc<Mutex<Option<String>>>,
+    outstanding: Arc<AtomicU64>,
 }
 
 impl Repository {
@@ -122,29 +135,156 @@ impl Repository {
                 .spawn(move || packer(repo, srx, failure, stats))
                 .map_err(|e| RepoError::Io(e.to_string()))?
         };
+        let dedup = Dedup {
+            key: self.key.clone(),
+            committed: self.index(),
+            seen: Default::default(),
+            tx: Some(tx),
+            stats: stats.clone(),
+            ids: Vec::new(),
+            stopped: false,
+            group: Vec::with_capacity(GROUP_TARGET + 512 * 1024),
+            group_chunks: Vec::new(),
+        };
         Ok(BackupWriter {
-            chunker: Chunker::new(self.config.chunker, self.key.chunker_seed()),
-            dedup: Dedup {
-                key: self.key.clone(),
-                committed: self.index(),
-                seen: HashSet::new(),
-                tx: Some(tx),
-                stats: stats.clone(),
-                ids: Vec::new(),
-                stopped: false,
-                group: Vec::with_capacity(GROUP_TARGET + 512 * 1024),
-                group_chunks: Vec::new(),
-            },
+            stream: Stream::new(self, dedup, None),
             repo: self.clone(),
             workers,
             packer: Some(packer),
             failure,
             stats,
             archives: Vec::new(),
-            current: None,
+            outstanding: Default::default(),
             started_ms: lock::now_ms(),
             _lock: lock,
         })
+    }
+}
+
+/// Chunking and file bookkeeping of one archive being written.
+struct Stream {
+    chunker: Chunker,
+    dedup: Dedup,
+    /// `None` until the first archive begins (the sequential API then
+    /// names it "base").
+    archive: Option<Archive>,
+    current: Option<FileEntry>,
+}
+
+impl Stream {
+    fn new(repo: &Repository, dedup: Dedup, archive: Option<Archive>) -> Stream {
+        Stream {
+            chunker: Chunker::new(repo.config.chunker, repo.key.chunker_seed()),
+            dedup,
+            archive,
+            current: None,
+        }
+    }
+
+    fn archive(&mut self) -> &mut Archive {
+        self.archive.get_or_insert_with(|| Archive {
+            name: "base".into(),
+            source_location: None,
+            files: Vec::new(),
+        })
+    }
+
+    fn begin_file(
+        &mut self,
+        meta: FileMeta,
+        failure: &Mutex<Option<String>>,
+    ) -> Result<(), RepoError> {
+        self.end_file_if_open(failure)?;
+        if !stowage_core::manifest::is_safe_relative_path(&meta.path) {
+            return Err(RepoError::Invalid(format!(
+                "unsafe path in backup stream: {:?}",
+                meta.path
+            )));
+        }
+        self.current = Some(FileEntry {
+            path: meta.path,
+            kind: meta.kind,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime: meta.mtime,
+            size: 0,
+            link_target: meta.link_target,
+            chunks: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn write(&mut self, data: &[u8], failure: &Mutex<Option<String>>) -> Result<(), RepoError> {
+        let Some(cur) = self.current.as_mut() else {
+            return Err(RepoError::Invalid("write without an open file".into()));
+        };
+        cur.size += data.len() as u64;
+        self.dedup
+            .stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let ids = self.chunk(Some(data), failure)?;
+        self.current.as_mut().expect("open file").chunks.extend(ids);
+        Ok(())
+    }
+
+    fn end_file(&mut self, failure: &Mutex<Option<String>>) -> Result<(), RepoError> {
+        let ids = self.chunk(None, failure)?;
+        if let Some(mut f) = self.current.take() {
+            f.chunks.extend(ids);
+            self.archive().files.push(f);
+        }
+        Ok(())
+    }
+
+    fn end_file_if_open(&mut self, failure: &Mutex<Option<String>>) -> Result<(), RepoError> {
+        if self.current.is_some() {
+            self.end_file(failure)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Chunks `data` (or, with `None`, what is left of the file) and returns
+    /// the ids of the chunks completed.
+    fn chunk(
+        &mut self,
+        data: Option<&[u8]>,
+        failure: &Mutex<Option<String>>,
+    ) -> Result<Vec<ChunkId>, RepoError> {
+        let d = &mut self.dedup;
+        match data {
+            Some(x) => self.chunker.push(x, &mut |c| d.submit(c)),
+            None => self.chunker.finish(&mut |c| d.submit(c)),
+        }
+        let ids = std::mem::take(&mut d.ids);
+        if d.stopped {
+            check_failed(failure)?;
+            return Err(RepoError::Io("backup pipeline stopped".into()));
+        }
+        Ok(ids)
+    }
+
+    /// Ends the open file, sends the last compression group, and gives the
+    /// archive (if one was begun or written to).
+    fn close(&mut self, failure: &Mutex<Option<String>>) -> Result<Option<Archive>, RepoError> {
+        self.end_file_if_open(failure)?;
+        self.dedup.flush();
+        if self.dedup.stopped {
+            check_failed(failure)?;
+            return Err(RepoError::Io("backup pipeline stopped".into()));
+        }
+        Ok(self.archive.take())
+    }
+}
+
+fn check_failed(failure: &Mutex<Option<String>>) -> Result<(), RepoError> {
+    match &*failure.lock().expect("failure lock") {
+        Some(e) => Err(RepoError::Io(format!(
+            "writing to the repository failed: {e}"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -226,23 +366,16 @@ impl BackupWriter {
         self.stats.clone()
     }
 
-    fn check_failed(&self) -> Result<(), RepoError> {
-        match &*self.failure.lock().expect("failure lock") {
-            Some(e) => Err(RepoError::Io(format!(
-                "writing to the repository failed: {e}"
-            ))),
-            None => Ok(()),
-        }
-    }
-
     /// Starts a new archive (a data directory, a tablespace, a shard …).
     pub fn begin_archive(
         &mut self,
         name: &str,
         source_location: Option<String>,
     ) -> Result<(), RepoError> {
-        self.end_file_if_open()?;
-        self.archives.push(Archive {
+        if let Some(a) = self.stream.close(&self.failure)? {
+            self.archives.push(a);
+        }
+        self.stream.archive = Some(Archive {
             name: name.to_string(),
             source_location,
             files: Vec::new(),
@@ -250,15 +383,37 @@ impl BackupWriter {
         Ok(())
     }
 
-    fn archive(&mut self) -> &mut Archive {
-        if self.archives.is_empty() {
-            self.archives.push(Archive {
-                name: "base".into(),
-                source_location: None,
-                files: Vec::new(),
-            });
+    /// A writer of another archive that may run on another thread at the
+    /// same time as this one and other archive writers. Every writer handed
+    /// out must be added back ([`BackupWriter::add_archive`]) or dropped
+    /// before [`BackupWriter::finish`].
+    pub fn archive_writer(&self, name: &str, source_location: Option<String>) -> ArchiveWriter {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        let dedup = self.stream.dedup.sibling();
+        ArchiveWriter {
+            stream: Stream::new(
+                &self.repo,
+                dedup,
+                Some(Archive {
+                    name: name.to_string(),
+                    source_location,
+                    files: Vec::new(),
+                }),
+            ),
+            failure: self.failure.clone(),
+            outstanding: self.outstanding.clone(),
         }
-        self.archives.last_mut().expect("an archive")
+    }
+
+    /// Takes a finished archive writer's archive into the set (archives keep
+    /// the order they are added in).
+    pub fn add_archive(&mut self, mut w: ArchiveWriter) -> Result<(), RepoError> {
+        if let Some(a) = self.stream.close(&self.failure)? {
+            self.archives.push(a);
+        }
+        let a = w.stream.close(&w.failure)?;
+        self.archives.extend(a);
+        Ok(())
     }
 
     /// Adds a directory, symlink or empty file with no content to stream.
@@ -268,76 +423,20 @@ impl BackupWriter {
     }
 
     pub fn begin_file(&mut self, meta: FileMeta) -> Result<(), RepoError> {
-        self.end_file_if_open()?;
-        if !stowage_core::manifest::is_safe_relative_path(&meta.path) {
-            return Err(RepoError::Invalid(format!(
-                "unsafe path in backup stream: {:?}",
-                meta.path
-            )));
-        }
-        self.current = Some(FileEntry {
-            path: meta.path,
-            kind: meta.kind,
-            mode: meta.mode,
-            uid: meta.uid,
-            gid: meta.gid,
-            mtime: meta.mtime,
-            size: 0,
-            link_target: meta.link_target,
-            chunks: Vec::new(),
-        });
-        Ok(())
+        self.stream.begin_file(meta, &self.failure)
     }
 
     /// Appends content to the open file.
     pub fn write(&mut self, data: &[u8]) -> Result<(), RepoError> {
-        let Some(cur) = self.current.as_mut() else {
-            return Err(RepoError::Invalid("write without an open file".into()));
-        };
-        cur.size += data.len() as u64;
-        self.stats
-            .bytes_in
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let ids = self.chunk(Some(data))?;
-        self.current.as_mut().expect("open file").chunks.extend(ids);
-        Ok(())
+        self.stream.write(data, &self.failure)
     }
 
     pub fn end_file(&mut self) -> Result<(), RepoError> {
-        let ids = self.chunk(None)?;
-        if let Some(mut f) = self.current.take() {
-            f.chunks.extend(ids);
-            self.archive().files.push(f);
-        }
-        Ok(())
-    }
-
-    /// Chunks `data` (or, with `None`, what is left of the file) and returns
-    /// the ids of the chunks completed.
-    fn chunk(&mut self, data: Option<&[u8]>) -> Result<Vec<ChunkId>, RepoError> {
-        let d = &mut self.dedup;
-        match data {
-            Some(x) => self.chunker.push(x, &mut |c| d.submit(c)),
-            None => self.chunker.finish(&mut |c| d.submit(c)),
-        }
-        let ids = std::mem::take(&mut d.ids);
-        if d.stopped {
-            self.check_failed()?;
-            return Err(RepoError::Io("backup pipeline stopped".into()));
-        }
-        Ok(ids)
-    }
-
-    fn end_file_if_open(&mut self) -> Result<(), RepoError> {
-        if self.current.is_some() {
-            self.end_file()
-        } else {
-            Ok(())
-        }
+        self.stream.end_file(&self.failure)
     }
 
     fn shutdown(&mut self) -> PackerResult {
-        self.dedup.tx.take();
+        self.stream.dedup.tx.take();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -356,11 +455,16 @@ impl BackupWriter {
         labels: BTreeMap<String, String>,
         engine_meta: serde_json::Value,
     ) -> Result<(String, Manifest), RepoError> {
-        self.end_file_if_open()?;
-        self.dedup.flush();
-        if self.dedup.stopped {
-            self.check_failed()?;
-            return Err(RepoError::Io("backup pipeline stopped".into()));
+        if let Some(a) = self.stream.close(&self.failure)? {
+            self.archives.push(a);
+        }
+        // Every archive writer must be back (or dropped): the workers end
+        // only when no stream can send to them any more.
+        let out = self.outstanding.load(Ordering::Acquire);
+        if out > 0 {
+            return Err(RepoError::Invalid(format!(
+                "{out} archive writer(s) still open at finish"
+            )));
         }
         let packs = self.shutdown()?;
         let mut new_index = Index::default();
@@ -409,8 +513,8 @@ struct Dedup {
     key: MasterKey,
     /// The index as committed when the backup started.
     committed: Arc<Index>,
-    /// Chunks this backup already sent.
-    seen: HashSet<ChunkId>,
+    /// Chunks this backup already sent (shared by its archive writers).
+    seen: Arc<Mutex<HashSet<ChunkId>>>,
     tx: Option<Sender<Job>>,
     stats: Arc<BackupStats>,
     /// Ids of the chunks cut since the last `chunk` call.
@@ -423,11 +527,26 @@ struct Dedup {
 }
 
 impl Dedup {
+    /// The same backup's deduplication for another stream.
+    fn sibling(&self) -> Dedup {
+        Dedup {
+            key: self.key.clone(),
+            committed: self.committed.clone(),
+            seen: self.seen.clone(),
+            tx: self.tx.clone(),
+            stats: self.stats.clone(),
+            ids: Vec::new(),
+            stopped: false,
+            group: Vec::with_capacity(GROUP_TARGET + 512 * 1024),
+            group_chunks: Vec::new(),
+        }
+    }
+
     fn submit(&mut self, c: &[u8]) {
         let id = self.key.chunk_id(c);
         self.ids.push(id);
         self.stats.chunks_total.fetch_add(1, Ordering::Relaxed);
-        if self.committed.contains(&id) || !self.seen.insert(id) {
+        if self.committed.contains(&id) || !self.seen.lock().expect("seen lock").insert(id) {
             return;
         }
         self.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
@@ -457,10 +576,47 @@ impl Dedup {
     }
 }
 
+impl ArchiveWriter {
+    /// Adds a directory, symlink or empty file with no content to stream.
+    pub fn add_entry(&mut self, meta: FileMeta) -> Result<(), RepoError> {
+        self.begin_file(meta)?;
+        self.end_file()
+    }
+
+    pub fn begin_file(&mut self, meta: FileMeta) -> Result<(), RepoError> {
+        self.stream.begin_file(meta, &self.failure)
+    }
+
+    /// Appends content to the open file.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), RepoError> {
+        self.stream.write(data, &self.failure)
+    }
+
+    pub fn end_file(&mut self) -> Result<(), RepoError> {
+        self.stream.end_file(&self.failure)
+    }
+}
+
+impl Drop for ArchiveWriter {
+    fn drop(&mut self) {
+        // Its sender goes with it, so the workers can end.
+        self.stream.dedup.tx.take();
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for BackupWriter {
     fn drop(&mut self) {
         // Abandoned (error or cancel): stop the threads. Packs already written
-        // are named by no index and are reclaimed by gc.
+        // are named by no index and are reclaimed by gc. While archive
+        // writers are still out, the workers end only when those are
+        // dropped: do not wait for them here.
+        self.stream.dedup.tx.take();
+        if self.outstanding.load(Ordering::Acquire) > 0 {
+            self.workers.clear();
+            self.packer.take();
+            return;
+        }
         let _ = self.shutdown();
     }
 }

@@ -364,3 +364,158 @@ fn restore_refuses_paths_through_a_restored_symlink() {
     // Into different folders, the same name is fine.
     restore::plan(&m, &repo.index(), &[(0, t), (1, d.path().join("restore2"))]).unwrap();
 }
+
+/// Parts of one backup written at the same time on their own threads: one
+/// set, every archive restores byte for byte, data shared between parts is
+/// stored once, and finishing with a writer still out is refused.
+#[test]
+fn archives_written_concurrently_form_one_set() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = new_repo(&d.path().join("repo"));
+    let shared = pseudo_random(400_000, 77);
+    let mut w = repo.start_backup(2).unwrap();
+    let parts: Vec<_> = (0..4u64)
+        .map(|i| w.archive_writer(&format!("part{i}"), Some(format!("shard {i}"))))
+        .collect();
+    let handles: Vec<_> = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut a)| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                a.add_entry(meta("d", FileKind::Dir)).unwrap();
+                a.begin_file(meta("d/own", FileKind::File)).unwrap();
+                for piece in pseudo_random(300_000, 1000 + i as u64).chunks(4096) {
+                    a.write(piece).unwrap();
+                }
+                a.end_file().unwrap();
+                a.begin_file(meta("d/shared", FileKind::File)).unwrap();
+                a.write(&shared).unwrap();
+                a.end_file().unwrap();
+                a
+            })
+        })
+        .collect();
+    // The sequential stream works alongside.
+    w.begin_archive("main", None).unwrap();
+    w.begin_file(meta("m", FileKind::File)).unwrap();
+    w.write(&pseudo_random(50_000, 5)).unwrap();
+    w.end_file().unwrap();
+    for h in handles {
+        w.add_archive(h.join().unwrap()).unwrap();
+    }
+    let stray = w.archive_writer("late", None);
+    let mut w = {
+        // Finishing with a writer out is refused (nothing is written).
+        let e = w.finish(BTreeMap::new(), serde_json::Value::Null);
+        assert!(e.is_err());
+        drop(stray);
+        // Start again: the refused finish consumed the writer.
+        repo.start_backup(2).unwrap()
+    };
+    let parts: Vec<_> = (0..2u64)
+        .map(|i| w.archive_writer(&format!("part{i}"), None))
+        .collect();
+    let handles: Vec<_> = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut a)| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                a.begin_file(meta("own", FileKind::File)).unwrap();
+                a.write(&pseudo_random(300_000, 2000 + i as u64)).unwrap();
+                a.end_file().unwrap();
+                a.begin_file(meta("shared", FileKind::File)).unwrap();
+                a.write(&shared).unwrap();
+                a.end_file().unwrap();
+                a
+            })
+        })
+        .collect();
+    for h in handles {
+        w.add_archive(h.join().unwrap()).unwrap();
+    }
+    let (snap, m) = w.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
+    assert_eq!(
+        m.archives
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>(),
+        ["part0", "part1"]
+    );
+    // The shared file's chunks were stored once for both parts.
+    let shared_chunks = m.archives[0].files[1].chunks.len() as u64;
+    assert_eq!(m.archives[0].files[1].chunks, m.archives[1].files[1].chunks);
+    assert!(
+        m.summary.chunks_new <= m.summary.chunks_total - shared_chunks,
+        "{:?}",
+        m.summary
+    );
+    for (i, a) in m.archives.iter().enumerate() {
+        let t = d.path().join(&a.name);
+        let plan = restore::plan(&m, &repo.index(), &[(i, t.clone())]).unwrap();
+        repo.restore(
+            &plan,
+            &RestoreOptions::default(),
+            &|_, _| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(t.join("own")).unwrap(),
+            pseudo_random(300_000, 2000 + i as u64)
+        );
+        assert_eq!(std::fs::read(t.join("shared")).unwrap(), shared);
+    }
+    assert!(repo.verify_snapshot(&snap, 2, &|_, _| {}).unwrap().ok());
+}
+
+/// A file read back as a stream equals what was written, whatever the read
+/// sizes; a damaged blob is an error, never wrong bytes.
+#[test]
+fn a_file_streams_back_byte_for_byte() {
+    use std::io::Read;
+    let d = tempfile::tempdir().unwrap();
+    let repo = new_repo(d.path());
+    let data = pseudo_random(700_000, 42);
+    let snap = backup(&repo, &[("big", data.clone()), ("empty", vec![])]);
+    let m = repo.read_snapshot(&snap).unwrap();
+    let f = m.archives[0]
+        .files
+        .iter()
+        .find(|f| f.path == "big")
+        .unwrap();
+    assert!(f.chunks.len() > 10);
+    let mut out = Vec::new();
+    repo.file_reader(f).read_to_end(&mut out).unwrap();
+    assert_eq!(out, data);
+    // Odd read sizes.
+    let mut r = repo.file_reader(f);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 997];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(out, data);
+    let e = m.archives[0]
+        .files
+        .iter()
+        .find(|f| f.path == "empty")
+        .unwrap();
+    let mut out = Vec::new();
+    repo.file_reader(e).read_to_end(&mut out).unwrap();
+    assert!(out.is_empty());
+    // Damage: an error, not other bytes.
+    for (name, size) in repo.storage().list(FileType::Pack).unwrap() {
+        let path = d.path().join("data").join(&name[..2]).join(&name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(size / 2) as usize] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let mut out = Vec::new();
+    assert!(repo.file_reader(f).read_to_end(&mut out).is_err());
+}

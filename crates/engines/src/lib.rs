@@ -5,6 +5,8 @@
 //! through a [`LiveTask`] (state, byte counters, cancel flag) and a
 //! [`BackupWriter`]. Engines know nothing of the catalog or the HTTP API.
 
+#[cfg(feature = "mongo")]
+pub mod mongo;
 pub mod pg;
 pub mod tar;
 

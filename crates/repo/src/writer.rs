@@ -373,7 +373,7 @@ impl BackupWriter {
         source_location: Option<String>,
     ) -> Result<(), RepoError> {
         if let Some(a) = self.stream.close(&self.failure)? {
-            self.archives.push(a);
+            self.push_archive(a);
         }
         self.stream.archive = Some(Archive {
             name: name.to_string(),
@@ -406,14 +406,23 @@ impl BackupWriter {
     }
 
     /// Takes a finished archive writer's archive into the set (archives keep
-    /// the order they are added in).
+    /// the order they are first added in; the files of writers of the same
+    /// archive name go into one archive, so several threads can fill one).
     pub fn add_archive(&mut self, mut w: ArchiveWriter) -> Result<(), RepoError> {
         if let Some(a) = self.stream.close(&self.failure)? {
-            self.archives.push(a);
+            self.push_archive(a);
         }
-        let a = w.stream.close(&w.failure)?;
-        self.archives.extend(a);
+        if let Some(a) = w.stream.close(&w.failure)? {
+            self.push_archive(a);
+        }
         Ok(())
+    }
+
+    fn push_archive(&mut self, a: Archive) {
+        match self.archives.iter_mut().find(|x| x.name == a.name) {
+            Some(x) => x.files.extend(a.files),
+            None => self.archives.push(a),
+        }
     }
 
     /// Adds a directory, symlink or empty file with no content to stream.
@@ -456,7 +465,7 @@ impl BackupWriter {
         engine_meta: serde_json::Value,
     ) -> Result<(String, Manifest), RepoError> {
         if let Some(a) = self.stream.close(&self.failure)? {
-            self.archives.push(a);
+            self.push_archive(a);
         }
         // Every archive writer must be back (or dropped): the workers end
         // only when no stream can send to them any more.

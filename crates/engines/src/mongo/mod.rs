@@ -1,0 +1,480 @@
+//! MongoDB replica sets, logically, through the official driver (its
+//! blocking API: engines run on worker threads) and standard commands only,
+//! so the same code serves a real `mongod` and the SecantusDB test server.
+//!
+//! A backup of a replica set:
+//! 1. notes the newest oplog entry (`start`);
+//! 2. dumps every database but `local` and `config` (and `admin.system.*`)
+//!    collection by collection, on several threads, documents as the raw
+//!    BSON the server sent (never decoded), each collection's options,
+//!    indexes and UUID beside them;
+//! 3. copies the oplog from `start` to an `end` taken after the dump, moved
+//!    past any transaction that `end` would split (SecantusDB logs each
+//!    write of a transaction as its own entry carrying `lsid`/`txnNumber`;
+//!    mongod logs one `applyOps` entry, which cannot be split);
+//! 4. fails if the oplog no longer holds `start` ("oplog window overrun").
+//!
+//! Layout inside the set: one archive per replica set, in mongodump's
+//! directory layout, so an export can hand it to `mongorestore` as is:
+//! `<db>/<collection>.bson` (documents, concatenated BSON),
+//! `<db>/<collection>.metadata.json` (`options`, `indexes`, `uuid`, `type`)
+//! and `oplog.bson` (the entries from `start`, exclusive, to `end`,
+//! inclusive). Names are escaped so every path component is safe.
+
+use crate::{EngineError, ErrorKind};
+use mongodb::bson::{Bson, Document, RawDocument, Timestamp, doc};
+use mongodb::options::ClientOptions;
+use mongodb::sync::Client;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use stowage_core::manifest::FileKind;
+use stowage_core::{LiveTask, TaskState};
+use stowage_repo::writer::FileMeta;
+use stowage_repo::{ArchiveWriter, BackupWriter};
+
+/// Facts about a MongoDB server.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MongoFacts {
+    pub version: String,
+    /// Replica-set name (`hello.setName`); `None` for a standalone server.
+    pub set_name: Option<String>,
+    pub is_primary: bool,
+}
+
+/// What a finished replica-set backup established.
+#[derive(Debug, Clone)]
+pub struct MongoBackup {
+    pub facts: MongoFacts,
+    /// The oplog entry the data is consistent at.
+    pub end: Timestamp,
+    /// The newest oplog entry when the dump began.
+    pub start: Timestamp,
+    pub collections: u64,
+    pub documents: u64,
+    pub oplog_entries: u64,
+}
+
+fn err(kind: ErrorKind, m: impl Into<String>) -> EngineError {
+    EngineError::new(kind, m)
+}
+
+/// Maps a driver error to what went wrong, for the person reading it.
+fn driver(e: mongodb::error::Error) -> EngineError {
+    use mongodb::error::ErrorKind as K;
+    let kind = match *e.kind {
+        K::Authentication { .. } => ErrorKind::Authentication,
+        K::ServerSelection { .. } | K::DnsResolve { .. } | K::Io(_) => ErrorKind::Unreachable,
+        K::InvalidArgument { .. } => ErrorKind::Unsupported,
+        K::Command(ref c) if c.code == 13 || c.code == 18 => ErrorKind::Permission,
+        K::Command(ref c) if c.code == 59 => ErrorKind::Unsupported,
+        _ => ErrorKind::Protocol,
+    };
+    err(kind, format!("MongoDB: {e}"))
+}
+
+/// Connects (a short server-selection timeout: a wrong address fails fast).
+pub fn connect(uri: &str, timeout: Duration) -> Result<Client, EngineError> {
+    let mut o = ClientOptions::parse(uri).run().map_err(|e| {
+        err(
+            ErrorKind::Unsupported,
+            format!("not a usable MongoDB connection string: {e}"),
+        )
+    })?;
+    // The URI's own timeouts win.
+    o.server_selection_timeout.get_or_insert(timeout);
+    o.connect_timeout.get_or_insert(timeout);
+    o.app_name = Some("stowage".into());
+    Client::with_options(o).map_err(driver)
+}
+
+/// Server version, replica-set name and role.
+pub fn facts(c: &Client) -> Result<MongoFacts, EngineError> {
+    let admin = c.database("admin");
+    let hello = admin.run_command(doc! {"hello": 1}).run().map_err(driver)?;
+    let build = admin
+        .run_command(doc! {"buildInfo": 1})
+        .run()
+        .map_err(driver)?;
+    Ok(MongoFacts {
+        version: build.get_str("version").unwrap_or("unknown").to_string(),
+        set_name: hello.get_str("setName").ok().map(str::to_string),
+        is_primary: hello.get_bool("isWritablePrimary").unwrap_or(false),
+    })
+}
+
+/// The newest oplog entry's timestamp (`sort {ts: -1}`: some servers ignore
+/// a reverse `$natural` on the oplog).
+fn newest_ts(c: &Client) -> Result<Option<Timestamp>, EngineError> {
+    let oplog = c.database("local").collection::<Document>("oplog.rs");
+    let d = oplog
+        .find_one(doc! {})
+        .sort(doc! {"ts": -1})
+        .run()
+        .map_err(driver)?;
+    Ok(d.and_then(|d| d.get_timestamp("ts").ok()))
+}
+
+fn oldest_ts(c: &Client) -> Result<Option<Timestamp>, EngineError> {
+    let oplog = c.database("local").collection::<Document>("oplog.rs");
+    let d = oplog
+        .find_one(doc! {})
+        .sort(doc! {"ts": 1})
+        .run()
+        .map_err(driver)?;
+    Ok(d.and_then(|d| d.get_timestamp("ts").ok()))
+}
+
+/// Escapes one path component: letters, digits, `-`, `_` and `.` stay
+/// (a component of only dots is escaped whole), anything else is `%XX`.
+pub fn escape(name: &str) -> String {
+    let all_dots = !name.is_empty() && name.bytes().all(|b| b == b'.');
+    let mut out = String::new();
+    for b in name.bytes() {
+        if !all_dots && (b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    out
+}
+
+/// One collection (or view) to back up.
+#[derive(Debug, Clone)]
+struct Coll {
+    db: String,
+    name: String,
+    /// `collection`, `view`, `timeseries`.
+    kind: String,
+    info: Document,
+    size: u64,
+}
+
+fn file(path: String) -> FileMeta {
+    FileMeta {
+        path,
+        kind: FileKind::File,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        mtime: stowage_repo::lock::now_ms() / 1000,
+        link_target: None,
+    }
+}
+
+fn dir(path: String) -> FileMeta {
+    FileMeta {
+        kind: FileKind::Dir,
+        mode: 0o700,
+        ..file(path)
+    }
+}
+
+fn collections(c: &Client) -> Result<Vec<Coll>, EngineError> {
+    let mut out = Vec::new();
+    for db in c.list_database_names().run().map_err(driver)? {
+        if db == "local" || db == "config" {
+            continue;
+        }
+        let d = c.database(&db);
+        let cur = d.list_collections().run().map_err(driver)?;
+        for spec in cur {
+            let spec = spec.map_err(driver)?;
+            if db == "admin" && spec.name.starts_with("system.") {
+                continue;
+            }
+            let kind = match spec.collection_type {
+                mongodb::results::CollectionType::View => "view",
+                mongodb::results::CollectionType::Timeseries => "timeseries",
+                _ => "collection",
+            }
+            .to_string();
+            let info = mongodb::bson::serialize_to_document(&spec).unwrap_or_default();
+            let size = if kind == "collection" {
+                d.run_command(doc! {"collStats": &spec.name})
+                    .run()
+                    .ok()
+                    .and_then(|s| number(s.get("size")))
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            out.push(Coll {
+                db: db.clone(),
+                name: spec.name.clone(),
+                kind,
+                info,
+                size,
+            });
+        }
+    }
+    // Smallest first: the threads pop from the end, so they take the
+    // largest first and finish together.
+    out.sort_by_key(|c| c.size);
+    Ok(out)
+}
+
+/// Int32, Int64 or Double as a byte count (servers differ).
+fn number(v: Option<&Bson>) -> Option<u64> {
+    match v? {
+        Bson::Int32(n) => Some((*n).max(0) as u64),
+        Bson::Int64(n) => Some((*n).max(0) as u64),
+        Bson::Double(n) => Some(n.max(0.0) as u64),
+        _ => None,
+    }
+}
+
+/// Writes one collection: documents as read, then its metadata.
+fn dump_collection(
+    c: &Client,
+    coll: &Coll,
+    w: &mut ArchiveWriter,
+    live: &LiveTask,
+    docs: &AtomicU64,
+) -> Result<(), EngineError> {
+    let base = format!("{}/{}", escape(&coll.db), escape(&coll.name));
+    let d = c.database(&coll.db);
+    let mut indexes = Vec::new();
+    if coll.kind != "view" {
+        w.begin_file(file(format!("{base}.bson")))?;
+        let mut cur = d
+            .collection::<Document>(&coll.name)
+            .find(doc! {})
+            .batch_size(1000)
+            .run()
+            .map_err(driver)?;
+        while cur.advance().map_err(driver)? {
+            let raw: &RawDocument = cur.current();
+            let bytes = raw.as_bytes();
+            w.write(bytes)?;
+            live.bytes_done
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            docs.fetch_add(1, Ordering::Relaxed);
+            if live.is_cancelled() {
+                return Err(err(ErrorKind::Cancelled, "cancelled"));
+            }
+        }
+        w.end_file()?;
+        let ic = d
+            .collection::<Document>(&coll.name)
+            .list_indexes()
+            .run()
+            .map_err(driver)?;
+        for i in ic {
+            let i = i.map_err(driver)?;
+            indexes.push(mongodb::bson::serialize_to_document(&i).unwrap_or_default());
+        }
+    }
+    let meta = doc! {
+        "type": &coll.kind,
+        "info": coll.info.clone(),
+        "indexes": indexes,
+    };
+    // Canonical extended JSON keeps every BSON type of options and indexes
+    // (mongodump's metadata.json is the same).
+    let json = Bson::Document(meta).into_canonical_extjson().to_string();
+    w.begin_file(file(format!("{base}.metadata.json")))?;
+    w.write(json.as_bytes())?;
+    w.end_file()?;
+    Ok(())
+}
+
+/// Backs up a replica set into `archive` of `writer` with `threads`
+/// collections dumped at once. Moves `live` through checking, preparing,
+/// running; the caller finishes the set.
+pub fn backup_replica_set(
+    uri: &str,
+    archive: &str,
+    threads: usize,
+    writer: &mut BackupWriter,
+    live: &LiveTask,
+) -> Result<MongoBackup, EngineError> {
+    live.set_state(TaskState::Checking);
+    let c = connect(uri, Duration::from_secs(10))?;
+    let f = facts(&c)?;
+    if f.set_name.is_none() {
+        return Err(err(
+            ErrorKind::Unsupported,
+            "this MongoDB server is standalone (no replica set, no oplog): a consistent online backup needs a replica set",
+        ));
+    }
+    live.set_state(TaskState::Preparing);
+    let start = newest_ts(&c)?.ok_or_else(|| {
+        err(
+            ErrorKind::Unsupported,
+            "the server's oplog (local.oplog.rs) is empty or missing",
+        )
+    })?;
+    let colls = collections(&c)?;
+    live.bytes_total
+        .store(colls.iter().map(|c| c.size).sum(), Ordering::Relaxed);
+    live.set_state(TaskState::Running);
+
+    // Collections from a shared queue, one archive writer per thread; their
+    // files land in the same archive.
+    let queue = Mutex::new(colls.clone());
+    let docs = AtomicU64::new(0);
+    let threads = threads.clamp(1, 16).min(colls.len().max(1));
+    let mut writers: Vec<ArchiveWriter> = (0..threads)
+        .map(|_| writer.archive_writer(archive, None))
+        .collect();
+    let mut dbs: Vec<&str> = colls.iter().map(|c| c.db.as_str()).collect();
+    dbs.sort();
+    dbs.dedup();
+    for db in dbs {
+        writers[0].add_entry(dir(escape(db)))?;
+    }
+    let results: Vec<Result<ArchiveWriter, EngineError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = writers
+            .drain(..)
+            .map(|mut w| {
+                let (c, queue, docs) = (&c, &queue, &docs);
+                s.spawn(move || -> Result<ArchiveWriter, EngineError> {
+                    loop {
+                        let next = queue.lock().expect("queue").pop();
+                        let Some(coll) = next else {
+                            return Ok(w);
+                        };
+                        dump_collection(c, &coll, &mut w, live, docs)?;
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, "a dump thread panicked")))
+            })
+            .collect()
+    });
+    let mut done = Vec::new();
+    for r in results {
+        done.push(r?);
+    }
+    for w in done {
+        writer.add_archive(w)?;
+    }
+
+    // The oplog from start to an end after the dump, never splitting a
+    // transaction, and still holding start.
+    let mut end = newest_ts(&c)?.unwrap_or(start);
+    let mut w = writer.archive_writer(archive, None);
+    let oplog_entries = copy_oplog(&c, start, &mut end, &mut w)?;
+    writer.add_archive(w)?;
+    if oldest_ts(&c)?.is_none_or(|o| ts_gt(o, start)) {
+        return Err(err(
+            ErrorKind::Capacity,
+            "oplog window overrun: the oplog no longer holds the entry the dump started at; raise the oplog size or back up at a less busy time",
+        ));
+    }
+    Ok(MongoBackup {
+        facts: f,
+        end,
+        start,
+        collections: colls.len() as u64,
+        documents: docs.load(Ordering::Relaxed),
+        oplog_entries,
+    })
+}
+
+fn ts_gt(a: Timestamp, b: Timestamp) -> bool {
+    (a.time, a.increment) > (b.time, b.increment)
+}
+
+/// A transaction's identity in an oplog entry, if it belongs to one.
+fn txn_of(d: &Document) -> Option<(Vec<u8>, i64)> {
+    let lsid = d.get_document("lsid").ok()?;
+    let id = match lsid.get("id")? {
+        Bson::Binary(b) => b.bytes.clone(),
+        other => other.to_string().into_bytes(),
+    };
+    let n = match d.get("txnNumber")? {
+        Bson::Int64(n) => *n,
+        Bson::Int32(n) => *n as i64,
+        _ => return None,
+    };
+    Some((id, n))
+}
+
+/// Copies the oplog entries in (`start`, `end`] into `oplog.bson`; moves
+/// `end` forward while the entries just after it belong to a transaction
+/// that has entries at or before it. Returns the number of entries.
+fn copy_oplog(
+    c: &Client,
+    start: Timestamp,
+    end: &mut Timestamp,
+    w: &mut ArchiveWriter,
+) -> Result<u64, EngineError> {
+    let oplog = c.database("local").collection::<Document>("oplog.rs");
+    // Entries after end that continue a transaction cut by end.
+    let mut open: std::collections::HashSet<(Vec<u8>, i64)> = Default::default();
+    let mut n = 0u64;
+    w.begin_file(file("oplog.bson".into()))?;
+    let mut cur = oplog
+        .find(doc! {"ts": {"$gt": start}})
+        .sort(doc! {"ts": 1})
+        .batch_size(1000)
+        .run()
+        .map_err(driver)?;
+    while cur.advance().map_err(driver)? {
+        let raw = cur.current();
+        let d: Document = raw.try_into().map_err(|e: mongodb::bson::error::Error| {
+            err(ErrorKind::Protocol, format!("oplog entry: {e}"))
+        })?;
+        let Ok(ts) = d.get_timestamp("ts") else {
+            continue;
+        };
+        let txn = txn_of(&d);
+        if ts_gt(ts, *end) {
+            // Past end: only the rest of a transaction end would split.
+            match txn {
+                Some(t) if open.contains(&t) => *end = ts,
+                _ => break,
+            }
+        } else if let Some(t) = txn {
+            open.insert(t);
+        }
+        w.write(raw.as_bytes())?;
+        n += 1;
+    }
+    w.end_file()?;
+    Ok(n)
+}
+
+impl From<mongodb::error::Error> for EngineError {
+    fn from(e: mongodb::error::Error) -> Self {
+        driver(e)
+    }
+}
+
+/// A quick check: connects and reports the server's facts.
+pub fn check(uri: &str) -> Result<MongoFacts, EngineError> {
+    let c = connect(uri, Duration::from_secs(10))?;
+    facts(&c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escaped_names_are_safe_path_components() {
+        assert_eq!(escape("orders"), "orders");
+        assert_eq!(escape("system.views"), "system.views");
+        assert_eq!(escape("a/b"), "a%2Fb");
+        assert_eq!(escape(".."), "%2E%2E");
+        assert_eq!(escape(""), "%00");
+        assert_eq!(escape("é"), "%C3%A9");
+        for n in ["a/b", "..", ".", "", "x y", "ü/.."] {
+            assert!(
+                stowage_core::manifest::is_safe_relative_path(&escape(n)),
+                "{n}"
+            );
+        }
+    }
+}

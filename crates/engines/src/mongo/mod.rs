@@ -22,6 +22,8 @@
 //! inclusive). Names are escaped so every path component is safe.
 
 use crate::{EngineError, ErrorKind};
+
+pub mod restore;
 use mongodb::bson::{Bson, Document, RawDocument, Timestamp, doc};
 use mongodb::options::ClientOptions;
 use mongodb::sync::Client;

@@ -1,0 +1,255 @@
+//! Restoring a replica set's dump into a running server: collections with
+//! their options (views as views), documents loaded in batches as the raw
+//! BSON that was backed up, indexes built after the data. Databases may be
+//! renamed; a target that already holds a database is refused unless asked
+//! to drop it. (Replaying the oplog slice to the consistent point is the
+//! next step: `docs/status.md`.)
+
+use super::{connect, driver, err};
+use crate::{EngineError, ErrorKind};
+use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use stowage_core::LiveTask;
+use stowage_core::manifest::{Archive, FileEntry};
+use stowage_repo::Repository;
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreInto {
+    /// Source database → target database.
+    pub rename: BTreeMap<String, String>,
+    /// Drop target databases that exist already (otherwise refused).
+    pub drop: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreStats {
+    pub databases: u64,
+    pub collections: u64,
+    pub views: u64,
+    pub documents: u64,
+    pub indexes: u64,
+}
+
+/// Reverses [`super::escape`].
+pub fn unescape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    if out == [0] {
+        return Some(String::new());
+    }
+    String::from_utf8(out).ok()
+}
+
+struct Entry<'a> {
+    db: String,
+    coll: String,
+    meta: &'a FileEntry,
+    docs: Option<&'a FileEntry>,
+}
+
+fn entries(a: &Archive) -> Result<Vec<Entry<'_>>, EngineError> {
+    let by_path: HashMap<&str, &FileEntry> = a.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let mut out = Vec::new();
+    for f in &a.files {
+        let Some(base) = f.path.strip_suffix(".metadata.json") else {
+            continue;
+        };
+        let Some((db, coll)) = base.split_once('/') else {
+            continue;
+        };
+        let bad = || {
+            err(
+                ErrorKind::Protocol,
+                format!("unreadable name in the backup: {base}"),
+            )
+        };
+        out.push(Entry {
+            db: unescape(db).ok_or_else(bad)?,
+            coll: unescape(coll).ok_or_else(bad)?,
+            meta: f,
+            docs: by_path.get(format!("{base}.bson").as_str()).copied(),
+        });
+    }
+    Ok(out)
+}
+
+fn read_all(repo: &Arc<Repository>, f: &FileEntry) -> Result<Vec<u8>, EngineError> {
+    let mut v = Vec::new();
+    repo.file_reader(f)
+        .read_to_end(&mut v)
+        .map_err(|e| err(ErrorKind::Repository, format!("{}: {e}", f.path)))?;
+    Ok(v)
+}
+
+/// Reads the next BSON document of a concatenated stream, `None` at its end.
+fn next_doc(r: &mut impl Read) -> Result<Option<RawDocumentBuf>, EngineError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(err(ErrorKind::Repository, e.to_string())),
+    }
+    let n = i32::from_le_bytes(len);
+    if !(5..=48 * 1024 * 1024).contains(&n) {
+        return Err(err(
+            ErrorKind::Protocol,
+            format!("a document of {n} bytes in the backup"),
+        ));
+    }
+    let mut buf = vec![0u8; n as usize];
+    buf[..4].copy_from_slice(&len);
+    r.read_exact(&mut buf[4..])
+        .map_err(|e| err(ErrorKind::Repository, e.to_string()))?;
+    RawDocumentBuf::from_bytes(buf)
+        .map(Some)
+        .map_err(|e| err(ErrorKind::Protocol, format!("a damaged document: {e}")))
+}
+
+/// Restores archive `archive` of manifest `m` into the server at `uri`.
+pub fn restore_dump(
+    uri: &str,
+    repo: &Arc<Repository>,
+    m: &stowage_core::manifest::Manifest,
+    archive: usize,
+    opts: &RestoreInto,
+    live: &LiveTask,
+) -> Result<RestoreStats, EngineError> {
+    let a = m
+        .archives
+        .get(archive)
+        .ok_or_else(|| err(ErrorKind::Protocol, "no such archive in the set"))?;
+    let list = entries(a)?;
+    let c = connect(uri, Duration::from_secs(10))?;
+    let target = |db: &str| {
+        opts.rename
+            .get(db)
+            .cloned()
+            .unwrap_or_else(|| db.to_string())
+    };
+    let mut dbs: Vec<String> = list.iter().map(|e| target(&e.db)).collect();
+    dbs.sort();
+    dbs.dedup();
+    let existing = c.list_database_names().run().map_err(driver)?;
+    for db in &dbs {
+        if existing.contains(db) {
+            if !opts.drop {
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the target already holds database {db:?}; restore under another name (rename) or let the restore drop it"
+                    ),
+                ));
+            }
+            c.database(db).drop().run().map_err(driver)?;
+        }
+    }
+    live.bytes_total.store(
+        list.iter().filter_map(|e| e.docs).map(|f| f.size).sum(),
+        Ordering::Relaxed,
+    );
+    let mut st = RestoreStats {
+        databases: dbs.len() as u64,
+        ..Default::default()
+    };
+    // Collections first (views last: they name other collections), then
+    // each collection's documents, then its indexes.
+    let mut metas = Vec::new();
+    for e in &list {
+        let json: serde_json::Value = serde_json::from_slice(&read_all(repo, e.meta)?)
+            .map_err(|x| err(ErrorKind::Protocol, format!("{}: {x}", e.meta.path)))?;
+        let meta = match Bson::try_from(json) {
+            Ok(Bson::Document(d)) => d,
+            _ => {
+                return Err(err(
+                    ErrorKind::Protocol,
+                    format!("{}: not a document", e.meta.path),
+                ));
+            }
+        };
+        metas.push((e, meta));
+    }
+    metas.sort_by_key(|(_, m)| m.get_str("type").ok() == Some("view"));
+    for (e, meta) in &metas {
+        let db = c.database(&target(&e.db));
+        let options = meta
+            .get_document("info")
+            .and_then(|i| i.get_document("options"))
+            .cloned()
+            .unwrap_or_default();
+        let mut create = doc! {"create": &e.coll};
+        for (k, v) in options {
+            create.insert(k, v);
+        }
+        db.run_command(create).run().map_err(driver)?;
+        if meta.get_str("type").ok() == Some("view") {
+            st.views += 1;
+            continue;
+        }
+        st.collections += 1;
+        if let Some(f) = e.docs {
+            let coll = db.collection::<RawDocumentBuf>(&e.coll);
+            let mut r = repo.file_reader(f);
+            let mut batch = Vec::with_capacity(1000);
+            let mut bytes = 0usize;
+            loop {
+                let d = next_doc(&mut r)?;
+                let end = d.is_none();
+                if let Some(d) = d {
+                    bytes += d.as_bytes().len();
+                    batch.push(d);
+                }
+                if !batch.is_empty() && (end || batch.len() >= 1000 || bytes >= 8 << 20) {
+                    coll.insert_many(&batch).run().map_err(driver)?;
+                    st.documents += batch.len() as u64;
+                    live.bytes_done.fetch_add(bytes as u64, Ordering::Relaxed);
+                    batch.clear();
+                    bytes = 0;
+                }
+                if end {
+                    break;
+                }
+                if live.is_cancelled() {
+                    return Err(err(ErrorKind::Cancelled, "cancelled"));
+                }
+            }
+        }
+        let indexes: Vec<Bson> = meta
+            .get_array("indexes")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i.as_document())
+                    .filter(|i| i.get_str("name").ok() != Some("_id_"))
+                    .map(|i| {
+                        let mut i: Document = i.clone();
+                        i.remove("ns");
+                        Bson::Document(i)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !indexes.is_empty() {
+            st.indexes += indexes.len() as u64;
+            db.run_command(doc! {"createIndexes": &e.coll, "indexes": indexes})
+                .run()
+                .map_err(driver)?;
+        }
+    }
+    Ok(st)
+}

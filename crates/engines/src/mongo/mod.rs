@@ -23,6 +23,7 @@
 
 use crate::{EngineError, ErrorKind};
 
+pub mod oplog;
 pub mod restore;
 use mongodb::bson::{Bson, Document, RawDocument, Timestamp, doc};
 use mongodb::options::ClientOptions;

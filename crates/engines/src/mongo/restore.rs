@@ -2,8 +2,9 @@
 //! their options (views as views), documents loaded in batches as the raw
 //! BSON that was backed up, indexes built after the data. Databases may be
 //! renamed; a target that already holds a database is refused unless asked
-//! to drop it. (Replaying the oplog slice to the consistent point is the
-//! next step: `docs/status.md`.)
+//! to drop it. Between the data and the indexes, the backup's oplog slice is
+//! replayed (`oplog.rs`), so the result is the source's state at the set's
+//! consistent point.
 
 use super::{connect, driver, err};
 use crate::{EngineError, ErrorKind};
@@ -34,6 +35,8 @@ pub struct RestoreStats {
     pub views: u64,
     pub documents: u64,
     pub indexes: u64,
+    /// Oplog entries replayed up to the consistent point.
+    pub oplog_applied: u64,
 }
 
 /// Reverses [`super::escape`].
@@ -186,6 +189,8 @@ pub fn restore_dump(
         metas.push((e, meta));
     }
     metas.sort_by_key(|(_, m)| m.get_str("type").ok() == Some("view"));
+    // Secondary indexes are built after the data and the oplog replay.
+    let mut pending: Vec<(String, String, Vec<Bson>)> = Vec::new();
     for (e, meta) in &metas {
         let db = c.database(&target(&e.db));
         let options = meta
@@ -245,11 +250,76 @@ pub fn restore_dump(
             })
             .unwrap_or_default();
         if !indexes.is_empty() {
-            st.indexes += indexes.len() as u64;
-            db.run_command(doc! {"createIndexes": &e.coll, "indexes": indexes})
-                .run()
-                .map_err(driver)?;
+            pending.push((target(&e.db), e.coll.clone(), indexes));
         }
+    }
+
+    // The oplog slice, from the dump's start to the set's consistent point.
+    if let Some(f) = a.files.iter().find(|f| f.path == "oplog.bson") {
+        let restored: Vec<String> = {
+            let mut v: Vec<String> = list.iter().map(|e| e.db.clone()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let mut rp = super::oplog::Replayer {
+            client: &c,
+            rename: &opts.rename,
+            databases: &restored,
+            dropped_indexes: Default::default(),
+            renamed: Default::default(),
+            dropped: Vec::new(),
+            applied: 0,
+        };
+        let mut r = repo.file_reader(f);
+        while let Some(raw) = next_doc(&mut r)? {
+            let e: Document =
+                raw.as_ref()
+                    .try_into()
+                    .map_err(|x: mongodb::bson::error::Error| {
+                        err(ErrorKind::Protocol, format!("an oplog entry: {x}"))
+                    })?;
+            rp.apply(&e)?;
+            if live.is_cancelled() {
+                return Err(err(ErrorKind::Cancelled, "cancelled"));
+            }
+        }
+        st.oplog_applied = rp.applied;
+        // The dump's indexes follow what the replay did to their collections.
+        let mut kept = Vec::new();
+        for (db, coll, indexes) in pending {
+            let mut ns = format!("{db}.{coll}");
+            if rp.dropped.contains(&ns) {
+                continue;
+            }
+            while let Some(to) = rp.renamed.get(&ns) {
+                ns = to.clone();
+            }
+            let dropped = rp.dropped_indexes.get(&ns).cloned().unwrap_or_default();
+            let indexes: Vec<Bson> = indexes
+                .into_iter()
+                .filter(|i| {
+                    let name = i.as_document().and_then(|d| d.get_str("name").ok());
+                    !name.is_some_and(|n| dropped.iter().any(|x| x == n))
+                })
+                .collect();
+            let (db, coll) = ns
+                .split_once('.')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .unwrap_or((db, coll));
+            kept.push((db, coll, indexes));
+        }
+        pending = kept;
+    }
+    for (db, coll, indexes) in pending {
+        if indexes.is_empty() {
+            continue;
+        }
+        st.indexes += indexes.len() as u64;
+        c.database(&db)
+            .run_command(doc! {"createIndexes": &coll, "indexes": indexes})
+            .run()
+            .map_err(driver)?;
     }
     Ok(st)
 }

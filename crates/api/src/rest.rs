@@ -410,9 +410,17 @@ struct NewInstanceBody {
     name: String,
     #[serde(default)]
     engine: Option<String>,
-    host: String,
-    port: u16,
-    user: String,
+    /// PostgreSQL: required. MongoDB: taken from `uri`.
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    /// PostgreSQL: required. MongoDB: optional (no authentication without).
+    #[serde(default)]
+    user: Option<String>,
+    /// MongoDB: the connection string, without credentials.
+    #[serde(default)]
+    uri: Option<String>,
     #[serde(default)]
     password: Option<stowage_core::Secret>,
     #[serde(default)]
@@ -440,10 +448,23 @@ async fn add_instance(
             &p,
             NewInstance {
                 name: b.name,
-                engine: b.engine.unwrap_or_else(|| "postgresql".into()),
-                host: b.host,
-                port: b.port,
-                user: b.user,
+                engine: b.engine.clone().unwrap_or_else(|| "postgresql".into()),
+                host: match (b.host, b.engine.as_deref()) {
+                    (Some(h), _) => h,
+                    (None, Some("mongodb")) => String::new(),
+                    (None, _) => return Err(invalid("host: required")),
+                },
+                port: match (b.port, b.engine.as_deref()) {
+                    (Some(p), _) => p,
+                    (None, Some("mongodb")) => 0,
+                    (None, _) => return Err(invalid("port: required")),
+                },
+                user: match (b.user, b.engine.as_deref()) {
+                    (Some(u), _) => u,
+                    (None, Some("mongodb")) => String::new(),
+                    (None, _) => return Err(invalid("user: required")),
+                },
+                uri: b.uri,
                 password: b.password,
                 dbname: b.dbname,
                 dialect: b.dialect,

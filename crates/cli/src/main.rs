@@ -282,17 +282,23 @@ enum InstanceCmd {
         #[arg(long)]
         name: String,
         /// Database engine.
-        #[arg(long, default_value = "postgresql", value_parser = ["postgresql"])]
+        #[arg(long, default_value = "postgresql", value_parser = ["postgresql", "mongodb"])]
         engine: String,
+        /// MongoDB: the replica set's connection string WITHOUT credentials
+        /// (mongodb://h1:27017,h2:27017/?replicaSet=rs0); --user and the
+        /// password (STOWAGE_DB_PASSWORD or --password-file) are added by the server.
+        #[arg(long)]
+        uri: Option<String>,
         /// Host name or IP address the server connects to.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
         /// Port of the database server.
         #[arg(long, default_value_t = 5432)]
         port: u16,
-        /// Role to connect as (PostgreSQL: needs the REPLICATION attribute).
-        #[arg(long, default_value = "postgres")]
-        user: String,
+        /// Role to connect as (PostgreSQL: needs the REPLICATION attribute;
+        /// default postgres). MongoDB: the user to authenticate as, if any.
+        #[arg(long)]
+        user: Option<String>,
         /// Read the password from this file.
         #[arg(long, conflicts_with = "password_env")]
         password_file: Option<PathBuf>,
@@ -935,9 +941,15 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 sslmode,
                 sslrootcert,
                 no_check,
+                uri,
             } => {
                 let password = read_password(password_file, password_env, false)?;
-                let body = json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert, "check": !no_check});
+                let body = if engine == "mongodb" {
+                    json!({"name": name, "engine": engine, "uri": uri, "user": user, "password": password, "dialect": dialect, "check": !no_check})
+                } else {
+                    let user = user.unwrap_or_else(|| "postgres".into());
+                    json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert, "check": !no_check, "uri": uri})
+                };
                 let v = c.post("/v1/instances", Some(&body))?;
                 if json {
                     print_json(&v);
@@ -1012,6 +1024,19 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                     print_json(&v);
                 } else {
                     let d = &v["server"]["details"];
+                    if d["engine"] == "mongodb" {
+                        out!(
+                            "ok: MongoDB {} (replica set {}{})",
+                            s(&v["server"]["version"]),
+                            s(&d["replica_set"]),
+                            if d["is_primary"] == true {
+                                ", primary"
+                            } else {
+                                ""
+                            }
+                        );
+                        return Ok(0);
+                    }
                     out!(
                         "ok: PostgreSQL {} (system {}), {}",
                         s(&v["server"]["version"]),
@@ -1103,7 +1128,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                     s(&v["set_id"]),
                     bytes(&v["progress"]["bytes_done"]),
                     bytes(&v["progress"]["bytes_stored"]),
-                    s(&v["consistent_point"]["stop_lsn"])
+                    point(&v["consistent_point"])
                 );
             }
             return Ok(code);

@@ -30,6 +30,9 @@ pub struct ConnSpec {
     pub ssl_mode: pg::tls::SslMode,
     /// CA certificate(s), PEM, for `verify-ca` / `verify-full`.
     pub ssl_root_cert: Option<std::path::PathBuf>,
+    /// The full connection string with credentials, for engines that take
+    /// one (MongoDB); `None` for PostgreSQL.
+    pub uri: Option<Secret>,
     /// When not empty: connect only to these addresses (already resolved
     /// and checked by the caller), never resolving `host` again; `host`
     /// still names the server for TLS.
@@ -150,6 +153,8 @@ pub trait Engine: Send + Sync {
 pub fn engine_for(name: &str) -> Option<&'static dyn Engine> {
     match name {
         "postgresql" => Some(&pg::PostgresPhysical),
+        #[cfg(feature = "mongo")]
+        "mongodb" => Some(&mongo::MongoLogical),
         _ => None,
     }
 }

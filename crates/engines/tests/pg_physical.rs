@@ -20,6 +20,7 @@ fn conn(port: u16, user: &str, password: Option<&str>) -> ConnSpec {
         connect_timeout: Duration::from_secs(5),
         ssl_mode: Default::default(),
         ssl_root_cert: None,
+        uri: None,
         addrs: Vec::new(),
     }
 }

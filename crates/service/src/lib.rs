@@ -201,6 +201,11 @@ pub struct NewInstance {
     /// Connect and check privileges before registering (default: yes).
     #[serde(default = "yes")]
     pub check: bool,
+    /// MongoDB: the connection string without credentials
+    /// (`mongodb://h1:27017,h2:27017/?replicaSet=rs0`); the user and
+    /// password come from `user` and `password`.
+    #[serde(default)]
+    pub uri: Option<String>,
 }
 
 fn yes() -> bool {
@@ -652,16 +657,40 @@ impl Service {
         }
         if stowage_engines::engine_for(&n.engine).is_none() {
             return Err(ServiceError::invalid(format!(
-                "engine {:?} is not supported (supported: postgresql)",
+                "engine {:?} is not supported (supported: postgresql, mongodb)",
                 n.engine
             )));
         }
-        let ssl_mode = Self::check_connection(&n)?;
-        let addrs = self
-            .check_tenant_host(&p.account_id, &n.host, n.port)
-            .await?;
+        let mut n = n;
+        let mongo = n.engine == "mongodb";
+        let (ssl_mode, addrs) = if mongo {
+            let (uri, hosts) = check_mongo_uri(n.uri.as_deref())?;
+            // Every member must be one the account may reach; the driver
+            // connects by name (no pinned addresses for MongoDB).
+            for (h, port) in &hosts {
+                self.check_tenant_host(&p.account_id, h, *port).await?;
+            }
+            (n.host, n.port) = hosts[0].clone();
+            if n.user.len() > 256 {
+                return Err(ServiceError::invalid("user: at most 256 characters"));
+            }
+            n.uri = Some(uri);
+            (None, Vec::new())
+        } else {
+            if n.uri.is_some() {
+                return Err(ServiceError::invalid(
+                    "uri: only for --engine mongodb; PostgreSQL takes host, port and user",
+                ));
+            }
+            let ssl_mode = Self::check_connection(&n)?;
+            let addrs = self
+                .check_tenant_host(&p.account_id, &n.host, n.port)
+                .await?;
+            (Some(ssl_mode), addrs)
+        };
         let check = n.check;
         let dialect = match n.dialect.as_deref() {
+            None if mongo => Dialect::Dds,
             None => Dialect::Rds,
             Some(d) => d
                 .parse::<Dialect>()
@@ -682,12 +711,18 @@ impl Service {
                 .filter(|s| !s.is_empty())
                 .map(|s| self.secrets.seal(&s)),
             dbname: n.dbname,
-            options: serde_json::json!({
-                "dialect": dialect.as_str(),
-                "max_rate_kbps": n.max_rate_kbps,
-                "sslmode": ssl_mode.as_str(),
-                "sslrootcert": n.sslrootcert,
-            }),
+            options: match ssl_mode {
+                Some(ssl_mode) => serde_json::json!({
+                    "dialect": dialect.as_str(),
+                    "max_rate_kbps": n.max_rate_kbps,
+                    "sslmode": ssl_mode.as_str(),
+                    "sslrootcert": n.sslrootcert,
+                }),
+                None => serde_json::json!({
+                    "dialect": dialect.as_str(),
+                    "uri": n.uri,
+                }),
+            },
             created_ms: now_ms(),
         };
         if check {
@@ -759,6 +794,12 @@ impl Service {
         u: InstanceUpdate,
     ) -> ServiceResult<Instance> {
         let mut i = self.instance(p, id).await?;
+        if i.engine == "mongodb" {
+            return Err(ServiceError::new(
+                ErrorKind::InvalidState,
+                "changing a MongoDB instance's settings is not supported yet; remove it and add it again",
+            ));
+        }
         let opt = |k: &str| i.options.get(k).cloned().unwrap_or(serde_json::Value::Null);
         let n = NewInstance {
             name: i.name.clone(),
@@ -770,6 +811,7 @@ impl Service {
             dbname: u.dbname.or_else(|| i.dbname.clone()),
             dialect: None,
             check: false,
+            uri: None,
             max_rate_kbps: match u.max_rate_kbps {
                 Some(v) => v,
                 None => opt("max_rate_kbps").as_u64().map(|v| v as u32),
@@ -822,6 +864,42 @@ impl Service {
         Ok(self.catalog.delete_instance(&p.account_id, &i.id).await?)
     }
 
+    /// The connection string with credentials, for engines that take one.
+    fn engine_uri(&self, i: &Instance) -> ServiceResult<Option<Secret>> {
+        if i.engine != "mongodb" {
+            return Ok(None);
+        }
+        let uri = i
+            .options
+            .get("uri")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ServiceError::internal("a MongoDB instance without its uri"))?;
+        let password = i
+            .password_enc
+            .as_deref()
+            .map(|p| self.secrets.open(p))
+            .transpose()?;
+        let rest = uri.strip_prefix("mongodb://").unwrap_or(uri);
+        let enc = |s: &str| {
+            let mut o = String::new();
+            for b in s.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    o.push(b as char);
+                } else {
+                    o.push_str(&format!("%{b:02X}"));
+                }
+            }
+            o
+        };
+        Ok(Some(Secret::new(match password {
+            Some(pw) if !i.username.is_empty() => {
+                format!("mongodb://{}:{}@{rest}", enc(&i.username), enc(pw.expose()))
+            }
+            _ if !i.username.is_empty() => format!("mongodb://{}@{rest}", enc(&i.username)),
+            _ => uri.to_string(),
+        })))
+    }
+
     fn conn_spec(&self, i: &Instance) -> ServiceResult<stowage_engines::ConnSpec> {
         Ok(stowage_engines::ConnSpec {
             host: i.host.clone(),
@@ -846,6 +924,7 @@ impl Service {
                 .get("sslrootcert")
                 .and_then(|v| v.as_str())
                 .map(std::path::PathBuf::from),
+            uri: self.engine_uri(i)?,
             addrs: Vec::new(),
         })
     }
@@ -917,7 +996,9 @@ impl Service {
                     account_id: p.account_id.clone(),
                     instance_id: i.id.clone(),
                     mode,
-                    method: "physical".into(),
+                    method: stowage_engines::engine_for(&i.engine)
+                        .map_or("physical", |e| e.method())
+                        .into(),
                     client_token,
                     node: Some(self.node.clone()),
                     scheduled_ms: None,
@@ -1375,6 +1456,61 @@ impl Service {
         }
         self.running()
     }
+}
+
+/// Validates a MongoDB connection string without credentials; returns it
+/// and its hosts (port 27017 when not given).
+fn check_mongo_uri(uri: Option<&str>) -> ServiceResult<(String, Vec<(String, u16)>)> {
+    let uri = uri
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            ServiceError::invalid(
+                "uri: a MongoDB instance needs --uri mongodb://host:port/?replicaSet=name",
+            )
+        })?;
+    if uri.len() > 2048 || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ServiceError::invalid(
+            "uri: at most 2048 characters, no spaces",
+        ));
+    }
+    if uri.starts_with("mongodb+srv://") {
+        return Err(ServiceError::invalid(
+            "uri: mongodb+srv:// (DNS seed lists) is not supported by this build; list the hosts: mongodb://h1:27017,h2:27017/?replicaSet=…",
+        ));
+    }
+    let rest = uri
+        .strip_prefix("mongodb://")
+        .ok_or_else(|| ServiceError::invalid("uri: must start with mongodb://"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(ServiceError::invalid(
+            "uri: no credentials in the connection string (it would be stored and shown); give --user, and the password through STOWAGE_DB_PASSWORD or --password-file",
+        ));
+    }
+    let mut hosts = Vec::new();
+    for h in authority.split(',') {
+        let (host, port) = match h.rsplit_once(':') {
+            Some((host, p)) if !host.ends_with(']') || h.starts_with('[') => (
+                host.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| ServiceError::invalid(format!("uri: bad port in {h:?}")))?,
+            ),
+            _ => (h.trim_start_matches('[').trim_end_matches(']'), 27017),
+        };
+        if host.is_empty()
+            || host.len() > 255
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+        {
+            return Err(ServiceError::invalid(format!("uri: bad host {h:?}")));
+        }
+        hosts.push((host.to_string(), port));
+    }
+    Ok((uri.to_string(), hosts))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

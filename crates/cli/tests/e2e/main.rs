@@ -4,6 +4,7 @@
 mod alibaba;
 mod cli;
 mod harness;
+mod mongo;
 mod postgres;
 mod safety;
 mod schedule;

@@ -1,0 +1,84 @@
+//! MongoDB instances through the product: registered with a connection
+//! string (never a password in it), checked, backed up into a set whose
+//! consistent point is an oplog timestamp.
+
+use crate::harness::{Stowage, stderr};
+use stowage_testkit::{MongoOptions, MongoServer};
+
+#[test]
+fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
+    let m = MongoServer::start(MongoOptions {
+        replica_set: "rs-e2e".into(),
+        ..Default::default()
+    });
+    m.pymongo("client.shop.orders.insert_many([{'n': i} for i in range(1000)])");
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start(&work.path().join("stowage"));
+
+    // Credentials never go into the stored connection string.
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "bad",
+        "--engine",
+        "mongodb",
+        "--uri",
+        "mongodb://admin:hunter2@127.0.0.1:27017/",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no credentials"), "{}", stderr(&o));
+    let o = s.cli(&["instance", "add", "--name", "none", "--engine", "mongodb"]);
+    assert!(stderr(&o).contains("--uri"), "{}", stderr(&o));
+    // Unreachable: refused at registration with the database's reason.
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "gone",
+        "--engine",
+        "mongodb",
+        "--uri",
+        "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500",
+    ]);
+    assert!(stderr(&o).contains("DatabaseUnreachable"), "{}", stderr(&o));
+
+    let v = s.json(&[
+        "instance",
+        "add",
+        "--name",
+        "mongo",
+        "--engine",
+        "mongodb",
+        "--uri",
+        &m.uri(),
+    ]);
+    let id = v["id"].as_str().unwrap();
+    assert!(id.starts_with("dds-"), "{v}");
+    assert_eq!(v["engine"], "mongodb");
+    let out = s.ok(&["instance", "check", "mongo"]);
+    assert!(out.contains("MongoDB 8") && out.contains("rs-e2e"), "{out}");
+
+    let out = s.ok(&["backup", "mongo"]);
+    assert!(
+        out.contains("backup set") && out.contains("oplog_ts"),
+        "{out}"
+    );
+    let set = s.json(&["set", "list"])["sets"][0].clone();
+    assert_eq!(set["engine"], "mongodb");
+    assert_eq!(set["method"], "logical");
+    assert!(
+        set["consistent_point"]["oplog_ts"]["t"].as_u64().unwrap() > 0,
+        "{set}"
+    );
+    let files = s.ok(&["set", "show", &set["id"].to_string(), "--files"]);
+    assert!(
+        files.contains("rs-e2e/shop/orders.bson") && files.contains("rs-e2e/oplog.bson"),
+        "{files}"
+    );
+    // A folder restore of a MongoDB set says what to do instead.
+    let o = s.cli(&["restore", &set["id"].to_string(), "--target", "m1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("running server"), "{}", stderr(&o));
+    assert!(s.ok(&["verify"]).contains("repository OK"));
+}

@@ -19,15 +19,7 @@ use crate::progress::Progress;
 use crate::task::TaskState;
 
 fn rank(s: TaskState) -> u8 {
-    match s {
-        TaskState::Pending => 0,
-        TaskState::Checking => 1,
-        TaskState::Preparing => 2,
-        TaskState::Running => 3,
-        TaskState::Finishing => 4,
-        TaskState::Finished => 5,
-        TaskState::Failed | TaskState::Cancelled => 6,
-    }
+    s.rank()
 }
 
 fn from_rank(r: u8) -> TaskState {

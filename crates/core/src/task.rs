@@ -82,6 +82,20 @@ impl TaskState {
         )
     }
 
+    /// How far along the success path: pending 0 … finishing 4, finished
+    /// 5, failed and cancelled 6 (past every working state).
+    pub fn rank(self) -> u8 {
+        match self {
+            TaskState::Pending => 0,
+            TaskState::Checking => 1,
+            TaskState::Preparing => 2,
+            TaskState::Running => 3,
+            TaskState::Finishing => 4,
+            TaskState::Finished => 5,
+            TaskState::Failed | TaskState::Cancelled => 6,
+        }
+    }
+
     pub fn can_transition_to(self, next: TaskState) -> bool {
         use TaskState::*;
         match (self, next) {

@@ -51,17 +51,6 @@ fn next_forward(s: TaskState) -> Option<TaskState> {
     }
 }
 
-fn rank(s: TaskState) -> u8 {
-    match s {
-        TaskState::Pending => 0,
-        TaskState::Checking => 1,
-        TaskState::Preparing => 2,
-        TaskState::Running => 3,
-        TaskState::Finishing => 4,
-        _ => 5,
-    }
-}
-
 async fn persist_state(
     svc: &Service,
     t: Target,
@@ -86,7 +75,7 @@ async fn persist_state(
 /// Brings the persisted state up to the live one.
 async fn sync(svc: &Service, t: Target, live: &LiveTask, persisted: &mut TaskState) {
     let want = live.state();
-    while rank(*persisted) < rank(want) {
+    while persisted.rank() < want.rank() {
         let Some(next) = next_forward(*persisted) else {
             break;
         };

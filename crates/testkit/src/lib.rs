@@ -368,22 +368,28 @@ impl PgServer {
 
     /// Stops the server (fast shutdown) and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id(), "INT");
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(30) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            signal(c.id(), "KILL");
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop_child(c, "INT");
         }
     }
 }
 
 /// Sends a signal (by name: INT, TERM, KILL) to a process we started.
+/// Sends `sig` to a server we started, waits up to 30 s for it to exit,
+/// then kills it.
+fn stop_child(mut c: Child, sig: &str) {
+    signal(c.id(), sig);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(c.id(), "KILL");
+    let _ = c.wait();
+}
+
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -440,9 +446,68 @@ pub fn fix_ownership(dir: &Path) {
 
 // ---- MongoDB: SecantusDB ----
 
-/// The SecantusDB virtual environment: built from `mongo/requirements.txt`
-/// on first use (`STOWAGE_MONGO_VENV`, default /var/tmp/stowage-mongo-venv),
-/// rebuilt when that file changes, checked by importing its modules.
+/// The modules named in `# import:` comments of a requirements file.
+pub fn required_modules(req: &str) -> Vec<String> {
+    req.lines()
+        .filter_map(|l| l.split_once("# import:"))
+        .flat_map(|(_, m)| m.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Whether the venv's python imports every module.
+pub fn venv_imports(venv: &Path, mods: &[String]) -> bool {
+    Command::new(venv.join("bin/python"))
+        .arg("-c")
+        .arg(format!("import {}", mods.join(", ")))
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A Python virtual environment built from a pinned requirements file:
+/// rebuilt when the file changes (a copy is kept in the venv), checked by
+/// importing every module its `# import:` comments name.
+pub fn pinned_venv(venv: &Path, req_file: &Path) -> PathBuf {
+    let req =
+        std::fs::read_to_string(req_file).unwrap_or_else(|e| panic!("{}: {e}", req_file.display()));
+    let mods = required_modules(&req);
+    assert!(
+        !mods.is_empty(),
+        "{} names no modules to import",
+        req_file.display()
+    );
+    let stamp = venv.join("stowage-requirements.txt");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == req) && venv_imports(venv, &mods) {
+        return venv.to_path_buf();
+    }
+    eprintln!(
+        "building the venv {} from {}",
+        venv.display(),
+        req_file.display()
+    );
+    let _ = std::fs::remove_file(&stamp);
+    let st = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(venv)
+        .status()
+        .expect("python3");
+    assert!(st.success(), "python3 -m venv failed");
+    let st = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check", "-r"])
+        .arg(req_file)
+        .status()
+        .expect("pip");
+    assert!(st.success(), "pip install -r {} failed", req_file.display());
+    assert!(
+        venv_imports(venv, &mods),
+        "the venv does not import {mods:?}"
+    );
+    std::fs::write(&stamp, &req).unwrap();
+    venv.to_path_buf()
+}
+
+/// The SecantusDB virtual environment (`STOWAGE_MONGO_VENV`, default
+/// /var/tmp/stowage-mongo-venv), from `mongo/requirements.txt`.
 pub fn mongo_venv() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
@@ -450,47 +515,10 @@ pub fn mongo_venv() -> PathBuf {
             std::env::var("STOWAGE_MONGO_VENV")
                 .unwrap_or_else(|_| "/var/tmp/stowage-mongo-venv".into()),
         );
-        let req_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("mongo/requirements.txt");
-        let req = std::fs::read_to_string(&req_file).expect("mongo/requirements.txt");
-        let mods: Vec<&str> = req
-            .lines()
-            .filter_map(|l| l.split_once("# import:"))
-            .flat_map(|(_, m)| m.split_whitespace())
-            .collect();
-        let py = v.join("bin/python");
-        let importable = || {
-            Command::new(&py)
-                .arg("-c")
-                .arg(format!("import {}", mods.join(", ")))
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let stamp = v.join("stowage-requirements.txt");
-        if std::fs::read_to_string(&stamp).is_ok_and(|s| s == req) && importable() {
-            return v;
-        }
-        eprintln!(
-            "building the SecantusDB venv {} from {}",
-            v.display(),
-            req_file.display()
-        );
-        let _ = std::fs::remove_file(&stamp);
-        let st = Command::new("python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&v)
-            .status()
-            .expect("python3");
-        assert!(st.success(), "python3 -m venv failed");
-        let st = Command::new(v.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", "-r"])
-            .arg(&req_file)
-            .status()
-            .expect("pip");
-        assert!(st.success(), "pip install of SecantusDB failed");
-        assert!(importable(), "the SecantusDB venv does not import {mods:?}");
-        std::fs::write(&stamp, &req).unwrap();
-        v
+        pinned_venv(
+            &v,
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("mongo/requirements.txt"),
+        )
     })
     .clone()
 }
@@ -619,17 +647,8 @@ impl MongoServer {
 
     /// Stops the server (SIGTERM, then SIGKILL after 30 s) and waits.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id(), "TERM");
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(30) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            signal(c.id(), "KILL");
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop_child(c, "TERM");
         }
     }
 

@@ -8,89 +8,34 @@ use std::path::PathBuf;
 use std::process::Command;
 use stowage_testkit::PgServer;
 
-/// The pinned packages and the modules the scripts import.
-fn requirements() -> (PathBuf, String) {
-    let f = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/compat/requirements.txt"
-    ));
-    let text = std::fs::read_to_string(&f).expect("tests/compat/requirements.txt");
-    (f, text)
-}
-
-/// Every module named in an `# import:` comment of the requirements file.
-fn modules(req: &str) -> Vec<String> {
-    req.lines()
-        .filter_map(|l| l.split_once("# import:"))
-        .flat_map(|(_, m)| m.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .collect()
-}
-
-fn importable(py: &std::path::Path, mods: &[String]) -> bool {
-    Command::new(py)
-        .arg("-c")
-        .arg(format!("import {}", mods.join(", ")))
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The virtual environment with the official SDKs: built from the pinned
-/// requirements file, rebuilt when that file changes, checked by importing
-/// every module the scripts use. `STOWAGE_SDK_UNPINNED=1` takes the venv as
-/// it is (`scripts/sdk-newest.sh` fills one with the newest releases).
+/// `tests/compat/requirements.txt`, rebuilt when that file changes, checked
+/// by importing every module the scripts use. `STOWAGE_SDK_UNPINNED=1` takes
+/// the venv as it is (`scripts/sdk-newest.sh` fills one with the newest
+/// releases).
 fn venv() -> PathBuf {
     static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    VENV.get_or_init(build_venv).clone()
-}
-
-fn build_venv() -> PathBuf {
-    let v = PathBuf::from(
-        std::env::var("STOWAGE_SDK_VENV").unwrap_or_else(|_| "/var/tmp/stowage-sdk-venv".into()),
-    );
-    let py = v.join("bin/python");
-    let (req_file, req) = requirements();
-    let mods = modules(&req);
-    assert!(
-        mods.len() >= 9,
-        "requirements.txt names the modules to import"
-    );
-    if std::env::var("STOWAGE_SDK_UNPINNED").is_ok_and(|x| x == "1") {
-        assert!(
-            importable(&py, &mods),
-            "{} lacks an SDK module",
-            v.display()
+    VENV.get_or_init(|| {
+        let v = PathBuf::from(
+            std::env::var("STOWAGE_SDK_VENV")
+                .unwrap_or_else(|_| "/var/tmp/stowage-sdk-venv".into()),
         );
-        return v;
-    }
-    let stamp = v.join("stowage-requirements.txt");
-    let current = std::fs::read_to_string(&stamp).is_ok_and(|s| s == req);
-    if current && importable(&py, &mods) {
-        return v;
-    }
-    eprintln!(
-        "building the SDK venv {} from {}",
-        v.display(),
-        req_file.display()
-    );
-    let _ = std::fs::remove_file(&stamp);
-    let st = Command::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&v)
-        .status()
-        .expect("python3");
-    assert!(st.success(), "python3 -m venv failed");
-    let st = Command::new(v.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check", "-r"])
-        .arg(&req_file)
-        .status()
-        .expect("pip");
-    assert!(st.success(), "pip install of the official SDKs failed");
-    assert!(
-        importable(&py, &mods),
-        "the SDK venv was built but a module does not import"
-    );
-    std::fs::write(&stamp, &req).unwrap();
-    v
+        let req = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/compat/requirements.txt"
+        ));
+        if std::env::var("STOWAGE_SDK_UNPINNED").is_ok_and(|x| x == "1") {
+            let mods = stowage_testkit::required_modules(&std::fs::read_to_string(&req).unwrap());
+            assert!(
+                stowage_testkit::venv_imports(&v, &mods),
+                "{} lacks an SDK module",
+                v.display()
+            );
+            return v;
+        }
+        stowage_testkit::pinned_venv(&v, &req)
+    })
+    .clone()
 }
 
 /// Runs one compatibility script against `s` with the admin key; it must

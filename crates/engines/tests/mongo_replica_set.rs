@@ -78,7 +78,17 @@ fn replica_set_backup_is_a_dump_plus_an_oplog_slice() {
          client.other.t.insert_many([{'b': bson.Binary(b'x', 4), 'r': bson.Regex('^a', 'i')} for _ in range(100)])",
     );
     let mut w = writer(&m, "events");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The writer is running before the backup starts.
+    let t0 = std::time::Instant::now();
+    while m
+        .pymongo("print(client.shop.events.count_documents({}))")
+        .parse::<u64>()
+        .unwrap()
+        < 20
+    {
+        assert!(t0.elapsed().as_secs() < 60, "the writer does not run");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
@@ -278,7 +288,17 @@ fn restore_replays_the_oplog_to_the_consistent_point() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // The load is running (its inserts show) before the backup starts.
+    let t0 = std::time::Instant::now();
+    while src
+        .pymongo("print(client.bank.log.count_documents({'_id': {'$gte': 1000}}))")
+        .parse::<u64>()
+        .unwrap()
+        < 20
+    {
+        assert!(t0.elapsed().as_secs() < 60, "the load does not run");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
@@ -289,7 +309,8 @@ fn restore_replays_the_oplog_to_the_consistent_point() {
     let _ = load.kill();
     let o = load.wait_with_output().unwrap();
     assert!(
-        out.oplog_entries > 10,
+        // However slow the machine, some of the load lands in the slice.
+        out.oplog_entries > 0,
         "the load ran during the backup: {out:?}"
     );
 

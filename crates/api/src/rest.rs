@@ -794,9 +794,20 @@ async fn put_policy(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RestoreBody {
-    target: String,
+    /// A folder on the server's machine (PostgreSQL).
+    #[serde(default)]
+    target: Option<String>,
     #[serde(default)]
     force: bool,
+    /// A registered instance to restore into (MongoDB).
+    #[serde(default)]
+    into: Option<String>,
+    /// With `into`: source database → target database.
+    #[serde(default)]
+    rename_db: std::collections::BTreeMap<String, String>,
+    /// With `into`: drop target databases that exist already.
+    #[serde(default)]
+    drop: bool,
 }
 
 async fn restore_set(
@@ -805,9 +816,27 @@ async fn restore_set(
     Path(id): Path<String>,
     Body(b): Body<RestoreBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let j = svc
-        .start_restore(&p, parse_id(&id, "set")?, &b.target, b.force)
-        .await?;
+    let set = parse_id(&id, "set")?;
+    let j = match (b.target, b.into) {
+        (Some(t), None) => {
+            if !b.rename_db.is_empty() || b.drop {
+                return Err(invalid("rename_db and drop go with into, not target"));
+            }
+            svc.start_restore(&p, set, &t, b.force).await?
+        }
+        (None, Some(i)) => {
+            if b.force {
+                return Err(invalid("force goes with target; into takes drop"));
+            }
+            svc.start_restore_into(&p, set, &i, b.rename_db, b.drop)
+                .await?
+        }
+        _ => {
+            return Err(invalid(
+                "give exactly one of target (a folder, PostgreSQL) and into (an instance, MongoDB)",
+            ));
+        }
+    };
     Ok((StatusCode::ACCEPTED, Json(job_json(&j))))
 }
 

@@ -133,12 +133,22 @@ enum Cmd {
         /// resolved by the server under your account's folder of the first
         /// restore root (`<root>/<account-id>/…`); an absolute path must lie
         /// inside a restore root (other accounts' folders: admin only).
-        /// Created if missing; must be empty unless --force.
-        #[arg(long)]
-        target: String,
+        /// Created if missing; must be empty unless --force. (PostgreSQL.)
+        #[arg(long, required_unless_present = "into", conflicts_with = "into")]
+        target: Option<String>,
         /// Replace the contents of a non-empty target folder.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "into")]
         force: bool,
+        /// Restore into this registered instance (MongoDB: id or name, of
+        /// your account), replaying the oplog to the set's consistent point.
+        #[arg(long)]
+        into: Option<String>,
+        /// With --into: restore database OLD as NEW (repeatable).
+        #[arg(long = "rename-db", value_name = "OLD=NEW", requires = "into")]
+        rename_db: Vec<String>,
+        /// With --into: drop databases the target already holds instead of refusing.
+        #[arg(long, requires = "into")]
+        drop: bool,
         /// Return at once instead of following the restore.
         #[arg(long)]
         no_wait: bool,
@@ -1313,13 +1323,26 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             set_id,
             target,
             force,
+            into,
+            rename_db,
+            drop,
             no_wait,
         } => {
-            // Sent as given: the server decides what a relative path means.
-            let j = c.post(
-                &format!("/v1/sets/{set_id}/restore"),
-                Some(&json!({"target": target, "force": force})),
-            )?;
+            let body = match into {
+                Some(i) => {
+                    let mut rename = serde_json::Map::new();
+                    for r in rename_db {
+                        let (a, b) = r.split_once('=').ok_or_else(|| {
+                            CallError::Setup(format!("--rename-db {r:?}: expected OLD=NEW"))
+                        })?;
+                        rename.insert(a.to_string(), b.into());
+                    }
+                    json!({"into": i, "rename_db": rename, "drop": drop})
+                }
+                // Sent as given: the server decides what a relative path means.
+                None => json!({"target": target, "force": force}),
+            };
+            let j = c.post(&format!("/v1/sets/{set_id}/restore"), Some(&body))?;
             return follow_job(c, &j, json, no_wait, "restore");
         }
         Cmd::Verify { set, no_wait } => {
@@ -1541,6 +1564,14 @@ fn follow_job(
     let code = finish_follow(&v, json, &format!("{what} job {id}"));
     if code == 0 && !json {
         match what {
+            "restore" if v["result"]["documents"].is_u64() => out!(
+                "restored {} documents in {} collections ({} views, {} indexes) and replayed {} oplog entries",
+                s(&v["result"]["documents"]),
+                s(&v["result"]["collections"]),
+                s(&v["result"]["views"]),
+                s(&v["result"]["indexes"]),
+                s(&v["result"]["oplog_applied"])
+            ),
             "restore" => out!(
                 "restored {} into {}",
                 bytes(&v["result"]["bytes"]),

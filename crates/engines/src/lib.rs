@@ -106,6 +106,15 @@ pub struct BackupOptions {
     pub max_rate_kbps: Option<u32>,
 }
 
+/// How to restore into a running server.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreIntoOptions {
+    /// Source database → target database.
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Drop target databases that exist already (otherwise refused).
+    pub drop: bool,
+}
+
 /// What a finished backup stream established.
 #[derive(Debug, Clone)]
 pub struct BackupOutcome {
@@ -138,6 +147,25 @@ pub trait Engine: Send + Sync {
         m: &Manifest,
         target: &Path,
     ) -> Result<Vec<(usize, PathBuf)>, EngineError>;
+
+    /// Restores a set into a running server (logical engines). Returns
+    /// what was done, for the job's result.
+    fn restore_into(
+        &self,
+        _conn: &ConnSpec,
+        _repo: &std::sync::Arc<stowage_repo::Repository>,
+        _m: &Manifest,
+        _opts: &RestoreIntoOptions,
+        _live: &LiveTask,
+    ) -> Result<serde_json::Value, EngineError> {
+        Err(EngineError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "a {} backup restores into a folder (--target), not into a running server",
+                self.name()
+            ),
+        ))
+    }
 
     /// Fix-ups after the files are in place (links, permissions).
     fn after_restore(

@@ -1321,6 +1321,68 @@ impl Service {
         Ok(job)
     }
 
+    /// Starts restoring a set into a running server: a registered instance
+    /// of the set's engine owned by the caller (never an address the
+    /// request names), optionally under renamed databases; a database the
+    /// target holds already is refused unless `drop`.
+    pub async fn start_restore_into(
+        self: &Arc<Self>,
+        p: &Principal,
+        set_id: i64,
+        instance: &str,
+        rename: std::collections::BTreeMap<String, String>,
+        drop: bool,
+    ) -> ServiceResult<Job> {
+        let set = self.set(p, set_id).await?;
+        let i = self.instance(p, instance).await?;
+        if i.engine != set.engine {
+            return Err(ServiceError::invalid(format!(
+                "set {set_id} is a {} backup; instance {} is {}",
+                set.engine, i.id, i.engine
+            )));
+        }
+        if set.engine == "postgresql" {
+            return Err(ServiceError::invalid(
+                "a PostgreSQL set restores into a folder (target), not into a running server",
+            ));
+        }
+        let valid_db = |n: &str| {
+            !n.is_empty() && n.len() <= 63 && !n.contains(['/', '\\', '.', ' ', '"', '$', '\0'])
+        };
+        for (a, b) in &rename {
+            if !valid_db(a) || !valid_db(b) {
+                return Err(ServiceError::invalid(format!(
+                    "rename {a:?}={b:?}: database names are 1 to 63 characters without / \\ . space \" $"
+                )));
+            }
+        }
+        let addrs = self
+            .check_tenant_host(&i.account_id, &i.host, i.port)
+            .await?;
+        let mut spec = self.conn_spec(&i)?;
+        spec.addrs = addrs;
+        let job = self
+            .catalog
+            .create_job(
+                &p.account_id,
+                TaskKind::Restore,
+                Some(set_id),
+                serde_json::json!({"into": i.id, "rename": rename, "drop": drop}),
+                &self.node,
+                now_ms(),
+            )
+            .await?;
+        self.spawn_job(
+            job.clone(),
+            runner::JobWork::RestoreInto {
+                set: Box::new(set),
+                spec: Box::new(spec),
+                opts: stowage_engines::RestoreIntoOptions { rename, drop },
+            },
+        );
+        Ok(job)
+    }
+
     /// Verifies the whole repository (admin only), or with `set` only the
     /// packs that set needs (the set's owner).
     pub async fn start_verify(

@@ -26,6 +26,12 @@ pub(crate) enum JobWork {
         /// Freed when the work ends (dropped with it).
         slot: crate::RestoreSlot,
     },
+    /// Into a running server (logical engines).
+    RestoreInto {
+        set: Box<BackupSet>,
+        spec: Box<ConnSpec>,
+        opts: stowage_engines::RestoreIntoOptions,
+    },
     /// The whole repository, or only the packs one snapshot needs.
     Verify {
         snapshot: Option<String>,
@@ -476,6 +482,18 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Ar
                 let r = restore_work(&s, &set, &target, force, &caller, &l);
                 drop(slot);
                 r
+            }
+            JobWork::RestoreInto { set, spec, opts } => {
+                l.set_state(TaskState::Checking);
+                let engine = stowage_engines::engine_for(&set.engine).ok_or_else(|| {
+                    EngineError::new(ErrorKind::Unsupported, format!("no engine {}", set.engine))
+                })?;
+                let _lock = s.repo.lock(LockKind::Shared, "restore")?;
+                let m = s.repo.read_snapshot(&set.snapshot_id)?;
+                l.set_state(TaskState::Preparing);
+                let r = engine.restore_into(&spec, &s.repo, &m, &opts, &l)?;
+                l.set_state(TaskState::Finishing);
+                Ok(r)
             }
             JobWork::Verify { snapshot } => {
                 l.set_state(TaskState::Checking);

@@ -77,8 +77,84 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
         "{files}"
     );
     // A folder restore of a MongoDB set says what to do instead.
-    let o = s.cli(&["restore", &set["id"].to_string(), "--target", "m1"]);
+    let set_id = set["id"].to_string();
+    let o = s.cli(&["restore", &set_id, "--target", "m1"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("running server"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--into"), "{}", stderr(&o));
+
+    // Into another registered instance, under a new database name.
+    let m2 = MongoServer::start(MongoOptions {
+        replica_set: "rs-target".into(),
+        ..Default::default()
+    });
+    s.ok(&[
+        "instance",
+        "add",
+        "--name",
+        "mongo2",
+        "--engine",
+        "mongodb",
+        "--uri",
+        &m2.uri(),
+    ]);
+    let out = s.ok(&[
+        "restore",
+        &set_id,
+        "--into",
+        "mongo2",
+        "--rename-db",
+        "shop=shop2",
+    ]);
+    assert!(out.contains("restored 1000 documents"), "{out}");
+    assert_eq!(
+        m2.pymongo("print(client.shop2.orders.count_documents({}))"),
+        "1000"
+    );
+    // Again: the database exists now; refused unless dropped.
+    let o = s.cli(&[
+        "restore",
+        &set_id,
+        "--into",
+        "mongo2",
+        "--rename-db",
+        "shop=shop2",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("already holds database"),
+        "{}",
+        stderr(&o)
+    );
+    s.ok(&[
+        "restore",
+        &set_id,
+        "--into",
+        "mongo2",
+        "--rename-db",
+        "shop=shop2",
+        "--drop",
+    ]);
+    assert_eq!(
+        m2.pymongo("print(client.shop2.orders.count_documents({}))"),
+        "1000"
+    );
+    // Bad requests: both forms, an unknown instance, a bad rename.
+    let o = s.cli(&["restore", &set_id, "--into", "nosuch"]);
+    assert!(stderr(&o).contains("NotFound"), "{}", stderr(&o));
+    let o = s.cli(&[
+        "restore",
+        &set_id,
+        "--into",
+        "mongo2",
+        "--rename-db",
+        "shop=a.b",
+    ]);
+    assert!(stderr(&o).contains("InvalidParameter"), "{}", stderr(&o));
+    let (st, v) = s.http(
+        "POST",
+        &format!("/v1/sets/{set_id}/restore"),
+        Some(r#"{"target": "x", "into": "mongo2"}"#),
+    );
+    assert_eq!(st, 400, "{v}");
     assert!(s.ok(&["verify"]).contains("repository OK"));
 }

@@ -557,8 +557,42 @@ impl crate::Engine for MongoLogical {
     ) -> Result<Vec<(usize, std::path::PathBuf)>, EngineError> {
         Err(err(
             ErrorKind::Unsupported,
-            "a MongoDB backup restores into a running server, not into a folder (restore into an instance is not wired into the server yet)",
+            "a MongoDB backup restores into a running server, not into a folder: restore it --into a registered MongoDB instance",
         ))
+    }
+
+    fn restore_into(
+        &self,
+        conn: &crate::ConnSpec,
+        repo: &std::sync::Arc<stowage_repo::Repository>,
+        m: &stowage_core::manifest::Manifest,
+        opts: &crate::RestoreIntoOptions,
+        live: &LiveTask,
+    ) -> Result<serde_json::Value, EngineError> {
+        let uri = uri_of(conn)?;
+        live.set_state(TaskState::Running);
+        let mut total = restore::RestoreStats::default();
+        let o = restore::RestoreInto {
+            rename: opts.rename.clone(),
+            drop: opts.drop,
+        };
+        for i in 0..m.archives.len() {
+            let st = restore::restore_dump(uri, repo, m, i, &o, live)?;
+            total.databases += st.databases;
+            total.collections += st.collections;
+            total.views += st.views;
+            total.documents += st.documents;
+            total.indexes += st.indexes;
+            total.oplog_applied += st.oplog_applied;
+        }
+        Ok(serde_json::json!({
+            "databases": total.databases,
+            "collections": total.collections,
+            "views": total.views,
+            "documents": total.documents,
+            "indexes": total.indexes,
+            "oplog_applied": total.oplog_applied,
+        }))
     }
 
     fn after_restore(

@@ -93,7 +93,7 @@ fn replica_set_backup_is_a_dump_plus_an_oplog_slice() {
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
     let live = LiveTask::default();
-    let out = mongo::backup_replica_set(&m.uri(), "rs0", 2, &mut bw, &live).unwrap();
+    let out = mongo::backup_replica_set(&m.uri(), Some("rs0"), 2, &mut bw, &live).unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
     let _ = w.kill();
     let _ = w.wait();
@@ -217,7 +217,7 @@ fn a_dump_restores_into_another_server_byte_for_byte() {
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
-    mongo::backup_replica_set(&src.uri(), "rs0", 2, &mut bw, &LiveTask::default()).unwrap();
+    mongo::backup_replica_set(&src.uri(), Some("rs0"), 2, &mut bw, &LiveTask::default()).unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
 
     let dst = MongoServer::start(MongoOptions::default());
@@ -302,8 +302,8 @@ fn restore_replays_the_oplog_to_the_consistent_point() {
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
-    let out =
-        mongo::backup_replica_set(&src.uri(), "rs0", 2, &mut bw, &LiveTask::default()).unwrap();
+    let out = mongo::backup_replica_set(&src.uri(), Some("rs0"), 2, &mut bw, &LiveTask::default())
+        .unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = load.kill();

@@ -1291,7 +1291,7 @@ impl Service {
                 ));
             }
             if non_empty {
-                roots.check_clearable(&c, &real)?;
+                restore_target::check_clearable(&real)?;
             }
             Ok(real)
         })
@@ -1552,15 +1552,25 @@ fn check_mongo_uri(uri: Option<&str>) -> ServiceResult<(String, Vec<(String, u16
     }
     let mut hosts = Vec::new();
     for h in authority.split(',') {
-        let (host, port) = match h.rsplit_once(':') {
-            Some((host, p)) if !host.ends_with(']') || h.starts_with('[') => (
-                host.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| ServiceError::invalid(format!("uri: bad port in {h:?}")))?,
-            ),
-            _ => (h.trim_start_matches('[').trim_end_matches(']'), 27017),
+        // `host`, `host:port`, `[v6]` or `[v6]:port`.
+        let (host, port) = match h.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((a, "")) => (a, None),
+                Some((a, rest)) if rest.starts_with(':') => (a, Some(&rest[1..])),
+                _ => return Err(ServiceError::invalid(format!("uri: bad host {h:?}"))),
+            },
+            None => match h.split_once(':') {
+                Some((a, p)) => (a, Some(p)),
+                None => (h, None),
+            },
+        };
+        let port = match port {
+            None => 27017,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| ServiceError::invalid(format!("uri: bad port in {h:?}")))?,
         };
         if host.is_empty()
             || host.len() > 255
@@ -1590,4 +1600,29 @@ pub fn percent(t: &BackupTask) -> u8 {
         bytes_stored: t.bytes_stored,
     }
     .percent(t.state == TaskState::Finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_mongo_uri;
+
+    #[test]
+    fn mongo_uris_give_their_hosts() {
+        let (_, h) =
+            check_mongo_uri(Some("mongodb://a:1,b,[::1]:3,[fe80::1]/?replicaSet=x")).unwrap();
+        let h: Vec<(&str, u16)> = h.iter().map(|(a, p)| (a.as_str(), *p)).collect();
+        assert_eq!(h, [("a", 1), ("b", 27017), ("::1", 3), ("fe80::1", 27017)]);
+        for bad in [
+            "mongodb://u:p@a/",
+            "mongodb+srv://a/",
+            "http://a/",
+            "mongodb://a:0/",
+            "mongodb://[::1]x/",
+            "mongodb://a b/",
+            "mongodb:///",
+        ] {
+            assert!(check_mongo_uri(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(check_mongo_uri(None).is_err());
+    }
 }

@@ -124,14 +124,19 @@ impl RestoreRoots {
             self.roots[0].join(&caller.account_id).join(p)
         };
         let real = real_path(&candidate)?;
-        self.check_dir(caller, &real)?;
+        self.check_real(caller, &real)?;
         Ok(real)
     }
 
     /// Checks a directory a restore is about to write to: inside what the
     /// caller may use (after resolving symlinks again), and not protected.
     pub fn check_dir(&self, caller: &Caller, dir: &Path) -> ServiceResult<()> {
-        let real = real_path(dir)?;
+        self.check_real(caller, &real_path(dir)?)
+    }
+
+    /// [`RestoreRoots::check_dir`] of a path already resolved.
+    fn check_real(&self, caller: &Caller, real: &Path) -> ServiceResult<()> {
+        let real = real.to_path_buf();
         if let Some(r) = self.roots.iter().find(|r| r.starts_with(&real)) {
             return Err(ServiceError::new(
                 ErrorKind::UnsafeTarget,
@@ -187,47 +192,47 @@ impl RestoreRoots {
         }
         Ok(())
     }
-
-    /// Checks that nothing under `dir` may not be removed: a PostgreSQL
-    /// cluster that is running or was not shut down cleanly (a restored,
-    /// never started data directory is fine: it still has its
-    /// `backup_label`). Symlinks are not followed.
-    pub fn check_clearable(&self, caller: &Caller, dir: &Path) -> ServiceResult<()> {
-        self.check_dir(caller, dir)?;
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            if let Some(why) = live_cluster(&d) {
-                return Err(ServiceError::new(
-                    ErrorKind::UnsafeTarget,
-                    format!(
-                        "refusing to clear {}: {} holds {why}; stop it, or choose another target",
-                        dir.display(),
-                        d.display()
-                    ),
-                ));
-            }
-            let rd = match std::fs::read_dir(&d) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(ServiceError::new(
-                        ErrorKind::UnsafeTarget,
-                        format!("cannot inspect {} before clearing it: {e}", d.display()),
-                    ));
-                }
-            };
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Creates `dir` and its missing parents with mode 0711 (others may pass through to a restored data directory owned by the database user, not list), never through a
-/// symlink: each missing component is made with `mkdir` (which does not
+/// Checks that nothing under `dir` (a folder [`RestoreRoots::check_dir`]
+/// accepted) may not be removed: a PostgreSQL cluster that is running or
+/// was not shut down cleanly (a restored, never started data directory is
+/// fine: it still has its `backup_label`). Symlinks are not followed.
+pub fn check_clearable(dir: &Path) -> ServiceResult<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Some(why) = live_cluster(&d) {
+            return Err(ServiceError::new(
+                ErrorKind::UnsafeTarget,
+                format!(
+                    "refusing to clear {}: {} holds {why}; stop it, or choose another target",
+                    dir.display(),
+                    d.display()
+                ),
+            ));
+        }
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(ServiceError::new(
+                    ErrorKind::UnsafeTarget,
+                    format!("cannot inspect {} before clearing it: {e}", d.display()),
+                ));
+            }
+        };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents with mode 0711 (others may pass
+/// through to a restored data directory owned by the database user, not
+/// list them), never through a symlink: each missing component is made with `mkdir` (which does not
 /// follow a link at its own name) and must then be a real directory.
 pub fn create_private_dirs(dir: &Path) -> ServiceResult<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -470,19 +475,19 @@ mod tests {
         std::fs::create_dir_all(dir.join("sub/global")).unwrap();
         let me = std::process::id();
         std::fs::write(dir.join("sub/postmaster.pid"), format!("{me}\n/x\n")).unwrap();
-        let e = r.check_clearable(&admin(), &dir).unwrap_err();
+        let e = check_clearable(&dir).unwrap_err();
         assert_eq!(e.kind, ErrorKind::UnsafeTarget);
         assert!(e.message.contains(&me.to_string()), "{}", e.message);
         std::fs::remove_file(dir.join("sub/postmaster.pid")).unwrap();
         let mut control = vec![0u8; 64];
         control[16..20].copy_from_slice(&6u32.to_ne_bytes()); // in production
         std::fs::write(dir.join("sub/global/pg_control"), &control).unwrap();
-        assert!(r.check_clearable(&admin(), &dir).is_err());
+        assert!(check_clearable(&dir).is_err());
         std::fs::write(dir.join("sub/backup_label"), "START WAL LOCATION").unwrap();
-        r.check_clearable(&admin(), &dir).unwrap();
+        check_clearable(&dir).unwrap();
         std::fs::remove_file(dir.join("sub/backup_label")).unwrap();
         control[16..20].copy_from_slice(&1u32.to_ne_bytes()); // shut down
         std::fs::write(dir.join("sub/global/pg_control"), &control).unwrap();
-        r.check_clearable(&admin(), &dir).unwrap();
+        check_clearable(&dir).unwrap();
     }
 }

@@ -379,6 +379,27 @@ fn fs_err(p: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     move |e| EngineError::new(ErrorKind::Filesystem, format!("{}: {e}", p.display()))
 }
 
+/// What every restore starts with: the set's engine, the repository held
+/// shared for the restore's life, the set's manifest.
+fn open_set(
+    svc: &Service,
+    set: &BackupSet,
+) -> Result<
+    (
+        &'static dyn stowage_engines::Engine,
+        stowage_repo::lock::LockGuard,
+        stowage_core::manifest::Manifest,
+    ),
+    EngineError,
+> {
+    let engine = stowage_engines::engine_for(&set.engine).ok_or_else(|| {
+        EngineError::new(ErrorKind::Unsupported, format!("no engine {}", set.engine))
+    })?;
+    let lock = svc.repo.lock(LockKind::Shared, "restore")?;
+    let m = svc.repo.read_snapshot(&set.snapshot_id)?;
+    Ok((engine, lock, m))
+}
+
 fn restore_work(
     svc: &Service,
     set: &BackupSet,
@@ -391,11 +412,7 @@ fn restore_work(
     live.set_state(TaskState::Checking);
     let t0 = std::time::Instant::now();
     let repo = &svc.repo;
-    let _lock = repo.lock(LockKind::Shared, "restore")?;
-    let m = repo.read_snapshot(&set.snapshot_id)?;
-    let engine = stowage_engines::engine_for(&set.engine).ok_or_else(|| {
-        EngineError::new(ErrorKind::Unsupported, format!("no engine {}", set.engine))
-    })?;
+    let (engine, _lock, m) = open_set(svc, set)?;
     live.set_state(TaskState::Preparing);
     let targets = engine.restore_targets(&m, target)?;
     // Planned before anything is touched: a backup the plan refuses (paths
@@ -418,9 +435,7 @@ fn restore_work(
                     format!("restore target {} is not empty", dir.display()),
                 ));
             }
-            svc.restore_roots
-                .check_clearable(caller, dir)
-                .map_err(refused)?;
+            crate::restore_target::check_clearable(dir).map_err(refused)?;
             to_clear.push(dir);
         }
     }
@@ -479,17 +494,13 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Ar
                 caller,
                 slot,
             } => {
-                let r = restore_work(&s, &set, &target, force, &caller, &l);
-                drop(slot);
-                r
+                // The account's restore slot is freed when the work ends.
+                let _slot = slot;
+                restore_work(&s, &set, &target, force, &caller, &l)
             }
             JobWork::RestoreInto { set, spec, opts } => {
                 l.set_state(TaskState::Checking);
-                let engine = stowage_engines::engine_for(&set.engine).ok_or_else(|| {
-                    EngineError::new(ErrorKind::Unsupported, format!("no engine {}", set.engine))
-                })?;
-                let _lock = s.repo.lock(LockKind::Shared, "restore")?;
-                let m = s.repo.read_snapshot(&set.snapshot_id)?;
+                let (engine, _lock, m) = open_set(&s, &set)?;
                 l.set_state(TaskState::Preparing);
                 let r = engine.restore_into(&spec, &s.repo, &m, &opts, &l)?;
                 l.set_state(TaskState::Finishing);

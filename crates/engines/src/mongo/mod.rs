@@ -286,12 +286,12 @@ fn dump_collection(
     Ok(())
 }
 
-/// Backs up a replica set into `archive` of `writer` with `threads`
-/// collections dumped at once. Moves `live` through checking, preparing,
-/// running; the caller finishes the set.
+/// Backs up a replica set into `archive` of `writer` (default: the
+/// replica set's name) with `threads` collections dumped at once. Moves
+/// `live` through checking, preparing, running; the caller finishes the set.
 pub fn backup_replica_set(
     uri: &str,
-    archive: &str,
+    archive: Option<&str>,
     threads: usize,
     writer: &mut BackupWriter,
     live: &LiveTask,
@@ -299,12 +299,14 @@ pub fn backup_replica_set(
     live.set_state(TaskState::Checking);
     let c = connect(uri, Duration::from_secs(10))?;
     let f = facts(&c)?;
-    if f.set_name.is_none() {
+    let Some(set_name) = &f.set_name else {
         return Err(err(
             ErrorKind::Unsupported,
             "this MongoDB server is standalone (no replica set, no oplog): a consistent online backup needs a replica set",
         ));
-    }
+    };
+    let archive = archive.map_or_else(|| escape(set_name), str::to_string);
+    let archive = archive.as_str();
     live.set_state(TaskState::Preparing);
     let start = newest_ts(&c)?.ok_or_else(|| {
         err(
@@ -449,12 +451,6 @@ fn copy_oplog(
     Ok(n)
 }
 
-impl From<mongodb::error::Error> for EngineError {
-    fn from(e: mongodb::error::Error) -> Self {
-        driver(e)
-    }
-}
-
 /// A quick check: connects and reports the server's facts.
 pub fn check(uri: &str) -> Result<MongoFacts, EngineError> {
     let c = connect(uri, Duration::from_secs(10))?;
@@ -529,11 +525,9 @@ impl crate::Engine for MongoLogical {
         writer: &mut BackupWriter,
         live: &LiveTask,
     ) -> Result<crate::BackupOutcome, EngineError> {
-        let uri = uri_of(conn)?;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         // The archive is named after the replica set (a shard's id later).
-        let name = check(uri)?.set_name.unwrap_or_else(|| "rs".into());
-        let out = backup_replica_set(uri, &escape(&name), threads, writer, live)?;
+        let out = backup_replica_set(uri_of(conn)?, None, threads, writer, live)?;
         Ok(crate::BackupOutcome {
             consistent_point: serde_json::json!({
                 "oplog_ts": {"t": out.end.time, "i": out.end.increment},

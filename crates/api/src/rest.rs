@@ -15,9 +15,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use stowage_catalog::{BackupSet, BackupTask, Instance, Job, TaskFilter};
+use stowage_catalog::{BackupSet, Instance, Task, TaskFilter};
 use stowage_core::time::format_rfc3339;
-use stowage_core::{Progress, TaskMode, TaskState};
+use stowage_core::{Progress, TaskKind, TaskMode, TaskState};
 use stowage_service::{ErrorKind, NewInstance, Principal, Service, ServiceError};
 
 type Svc = Arc<Service>;
@@ -290,12 +290,14 @@ fn progress_json(done: u64, total: u64, stored: u64, finished: bool) -> Value {
     json!({"percent": p.percent(finished), "bytes_done": done, "bytes_total": p.display_total(), "bytes_stored": stored})
 }
 
-pub fn task_json(t: &BackupTask) -> Value {
-    json!({
+/// A task of any kind, or a part of one.
+pub fn task_json(t: &Task) -> Value {
+    let mut v = json!({
         "id": t.id,
+        "kind": t.kind,
         "instance_id": t.instance_id,
+        "set_id": t.set_id,
         "mode": t.mode,
-        "method": t.method,
         "state": t.state,
         "progress": progress_json(t.bytes_done, t.bytes_total, t.bytes_stored, t.state == TaskState::Finished),
         "created_at": ts(Some(t.created_ms)),
@@ -303,11 +305,31 @@ pub fn task_json(t: &BackupTask) -> Value {
         "finished_at": ts(t.finished_ms),
         "updated_at": ts(Some(t.updated_ms)),
         "duration_ms": t.finished_ms.map(|f| f - t.created_ms),
-        "consistent_point": t.consistent_point,
-        "scheduled_for": ts(t.scheduled_ms),
         "error": t.error,
-        "set_id": t.set_id,
-    })
+    });
+    let m = v.as_object_mut().expect("object");
+    if let Some(parent) = t.parent_id {
+        m.insert("parent_id".into(), json!(parent));
+        m.insert("part".into(), json!(t.part));
+    }
+    if t.kind == TaskKind::Backup {
+        m.insert("method".into(), json!(t.method));
+        m.insert("consistent_point".into(), json!(t.consistent_point));
+        m.insert("scheduled_for".into(), json!(ts(t.scheduled_ms)));
+    } else {
+        m.insert("params".into(), t.params.clone());
+        m.insert("result".into(), json!(t.result));
+    }
+    v
+}
+
+/// A task with its parts (`parts` is empty for a task without parts).
+fn task_with_parts(t: &Task, parts: &[Task]) -> Value {
+    let mut v = task_json(t);
+    if t.parent_id.is_none() {
+        v["parts"] = Value::Array(parts.iter().map(task_json).collect());
+    }
+    v
 }
 
 pub fn set_json(s: &BackupSet) -> Value {
@@ -326,23 +348,6 @@ pub fn set_json(s: &BackupSet) -> Value {
         "snapshot_id": s.snapshot_id,
         "meta": s.meta,
         "expires_at": ts(s.expires_ms),
-    })
-}
-
-pub fn job_json(j: &Job) -> Value {
-    json!({
-        "id": j.id,
-        "kind": j.kind,
-        "state": j.state,
-        "set_id": j.set_id,
-        "params": j.params,
-        "progress": progress_json(j.bytes_done, j.bytes_total, 0, j.state == TaskState::Finished),
-        "created_at": ts(Some(j.created_ms)),
-        "started_at": ts(j.started_ms),
-        "finished_at": ts(j.finished_ms),
-        "duration_ms": j.finished_ms.map(|f| f - j.created_ms),
-        "error": j.error,
-        "result": j.result,
     })
 }
 
@@ -369,9 +374,10 @@ pub fn router(svc: Svc) -> Router {
         .route("/v1/instances/{id}/policy", get(get_policy).put(put_policy))
         .route("/v1/sets/{id}/manifest", get(set_manifest))
         .route("/v1/sets/{id}/restore", post(restore_set))
+        // Older name of the restore, verify and gc tasks' routes.
         .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}", get(get_task))
+        .route("/v1/jobs/{id}/cancel", post(cancel_task))
         .route("/v1/accounts", get(list_accounts).post(add_account))
         .route("/v1/accounts/{name}/keys", get(list_keys).post(create_key))
         .route("/v1/keys", get(list_own_keys).post(create_own_key))
@@ -579,10 +585,73 @@ async fn create_backup(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TaskQuery {
+    /// Comma-separated kinds: backup, restore, verify, gc.
+    kind: Option<String>,
     instance: Option<String>,
     state: Option<String>,
+    set: Option<i64>,
     limit: Option<u32>,
     cursor: Option<String>,
+}
+
+fn parse_kinds(k: &str) -> ApiResult<Vec<TaskKind>> {
+    k.split(',')
+        .map(|part| {
+            part.trim().parse::<TaskKind>().map_err(|_| {
+                invalid(format!(
+                    "kind {part:?} is not one of backup, restore, verify, gc"
+                ))
+            })
+        })
+        .collect()
+}
+
+async fn task_listing(
+    svc: &Svc,
+    p: &stowage_service::Principal,
+    q: TaskQuery,
+    key: &str,
+    default_kinds: &[TaskKind],
+) -> ApiResult<Json<Value>> {
+    let page = Page::parse(q.limit, q.cursor)?;
+    let mut f = TaskFilter {
+        kinds: default_kinds.to_vec(),
+        set_id: q.set,
+        before_id: page.before_id()?,
+        limit: Some(page.fetch()),
+        ..Default::default()
+    };
+    if let Some(k) = q.kind {
+        f.kinds = parse_kinds(&k)?;
+        if let Some(k) = f
+            .kinds
+            .iter()
+            .find(|k| !default_kinds.is_empty() && !default_kinds.contains(k))
+        {
+            return Err(invalid(format!(
+                "kind {:?}: this listing has only {}; see /v1/tasks for every kind",
+                k.as_str(),
+                default_kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    if let Some(i) = q.instance {
+        f.instance_id = Some(svc.instance(p, &i).await?.id);
+    }
+    if let Some(s) = q.state {
+        f.states = parse_states(&s)?;
+    }
+    let rows = svc.list_tasks(p, &f).await?;
+    Ok(Json(page.respond(
+        key,
+        rows,
+        |t| t.id.to_string(),
+        task_json,
+    )))
 }
 
 async fn list_tasks(
@@ -590,25 +659,17 @@ async fn list_tasks(
     Auth(p): Auth,
     Q(q): Q<TaskQuery>,
 ) -> ApiResult<Json<Value>> {
-    let page = Page::parse(q.limit, q.cursor)?;
-    let mut f = TaskFilter {
-        before_id: page.before_id()?,
-        limit: Some(page.fetch()),
-        ..Default::default()
-    };
-    if let Some(i) = q.instance {
-        f.instance_id = Some(svc.instance(&p, &i).await?.id);
-    }
-    if let Some(s) = q.state {
-        f.states = parse_states(&s)?;
-    }
-    let rows = svc.list_tasks(&p, &f).await?;
-    Ok(Json(page.respond(
-        "tasks",
-        rows,
-        |t| t.id.to_string(),
-        task_json,
-    )))
+    task_listing(&svc, &p, q, "tasks", &[]).await
+}
+
+/// `/v1/jobs`: the tasks that are not backups, under their older name.
+async fn list_jobs(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Q(q): Q<TaskQuery>,
+) -> ApiResult<Json<Value>> {
+    let kinds = [TaskKind::Restore, TaskKind::Verify, TaskKind::Gc];
+    task_listing(&svc, &p, q, "jobs", &kinds).await
 }
 
 async fn get_task(
@@ -616,9 +677,9 @@ async fn get_task(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(task_json(
-        &svc.task(&p, parse_id(&id, "task")?).await?,
-    )))
+    let t = svc.task(&p, parse_id(&id, "task")?).await?;
+    let parts = svc.task_parts(&p, &t).await?;
+    Ok(Json(task_with_parts(&t, &parts)))
 }
 
 async fn cancel_task(
@@ -837,73 +898,7 @@ async fn restore_set(
             ));
         }
     };
-    Ok((StatusCode::ACCEPTED, Json(job_json(&j))))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobQuery {
-    /// Comma-separated kinds: restore, verify, gc.
-    kind: Option<String>,
-    state: Option<String>,
-    set: Option<i64>,
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
-async fn list_jobs(
-    State(svc): State<Svc>,
-    Auth(p): Auth,
-    Q(q): Q<JobQuery>,
-) -> ApiResult<Json<Value>> {
-    let page = Page::parse(q.limit, q.cursor)?;
-    let mut f = stowage_catalog::JobFilter {
-        set_id: q.set,
-        before_id: page.before_id()?,
-        limit: Some(page.fetch()),
-        ..Default::default()
-    };
-    if let Some(k) = q.kind {
-        for part in k.split(',') {
-            let kind: stowage_core::TaskKind = part
-                .trim()
-                .parse()
-                .ok()
-                .filter(|k| *k != stowage_core::TaskKind::Backup)
-                .ok_or_else(|| {
-                    invalid(format!("kind {part:?} is not one of restore, verify, gc"))
-                })?;
-            f.kinds.push(kind);
-        }
-    }
-    if let Some(s) = q.state {
-        f.states = parse_states(&s)?;
-    }
-    let rows = svc.list_jobs(&p, &f).await?;
-    Ok(Json(page.respond(
-        "jobs",
-        rows,
-        |j| j.id.to_string(),
-        job_json,
-    )))
-}
-
-async fn get_job(
-    State(svc): State<Svc>,
-    Auth(p): Auth,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(job_json(&svc.job(&p, parse_id(&id, "job")?).await?)))
-}
-
-async fn cancel_job(
-    State(svc): State<Svc>,
-    Auth(p): Auth,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(job_json(
-        &svc.cancel_job(&p, parse_id(&id, "job")?).await?,
-    )))
+    Ok((StatusCode::ACCEPTED, Json(task_json(&j))))
 }
 
 #[derive(Deserialize, Default)]
@@ -929,7 +924,7 @@ async fn verify(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(job_json(&svc.start_verify(&p, b.set_id).await?)),
+        Json(task_json(&svc.start_verify(&p, b.set_id).await?)),
     ))
 }
 
@@ -957,7 +952,7 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(
 async fn gc(State(svc): State<Svc>, Auth(p): Auth) -> ApiResult<(StatusCode, Json<Value>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(job_json(&svc.start_gc(&p).await?)),
+        Json(task_json(&svc.start_gc(&p).await?)),
     ))
 }
 

@@ -6,8 +6,13 @@
 //!
 //! # Invariants kept here
 //!
-//! * At most one active (non-terminal) backup task per instance: enforced by
-//!   a unique index, so it holds even with several writers.
+//! * One task model: backups, restores, verifies and gc runs are [`Task`]s
+//!   of different kinds in one table; a task may have parts (tasks with a
+//!   `parent_id`), whose states and progress the service converges into
+//!   the parent's (`stowage_core::parts`).
+//! * At most one active (non-terminal) top-level task per instance:
+//!   enforced by a unique index, so it holds even with several writers.
+//!   Parts never hold the slot.
 //! * A task becomes `finished` in the same transaction that inserts its
 //!   backup set ([`Catalog::finish_backup_task`]); the set's id is the
 //!   task's id, so a set id can be promised when the task is created (the
@@ -85,36 +90,33 @@ pub trait Catalog: Send + Sync + 'static {
     /// Refused while the instance has an active task.
     async fn delete_instance(&self, account_id: &str, id: &str) -> CatalogResult<()>;
 
-    // backup tasks
-    /// Creates a `pending` task; `InstanceBusy` if one is active already.
-    async fn create_backup_task(&self, t: &NewTask, now_ms: i64) -> CatalogResult<BackupTask>;
-    async fn backup_task(&self, account_id: &str, id: i64) -> CatalogResult<Option<BackupTask>>;
-    async fn list_backup_tasks(
-        &self,
-        account_id: &str,
-        f: &TaskFilter,
-    ) -> CatalogResult<Vec<BackupTask>>;
-    async fn set_backup_task_state(
+    // tasks of every kind, and their parts
+    /// Creates a `pending` task. A top-level task naming an instance takes
+    /// the instance's slot (`InstanceBusy` if another holds it), except an
+    /// automated backup, which takes it when claimed. A backup with a client
+    /// token already used returns the first task.
+    async fn create_task(&self, t: &NewTask, now_ms: i64) -> CatalogResult<Task>;
+    async fn task(&self, account_id: &str, id: i64) -> CatalogResult<Option<Task>>;
+    async fn list_tasks(&self, account_id: &str, f: &TaskFilter) -> CatalogResult<Vec<Task>>;
+    /// The parts of a task, in the order they were created.
+    async fn task_parts(&self, parent_id: i64) -> CatalogResult<Vec<Task>>;
+    async fn set_task_state(
         &self,
         id: i64,
         to: TaskState,
         u: StateUpdate,
         now_ms: i64,
-    ) -> CatalogResult<BackupTask>;
-    async fn set_backup_task_progress(
-        &self,
-        id: i64,
-        p: Progress,
-        now_ms: i64,
-    ) -> CatalogResult<()>;
-    /// Records the set and marks the task finished, atomically.
+    ) -> CatalogResult<Task>;
+    async fn set_task_progress(&self, id: i64, p: Progress, now_ms: i64) -> CatalogResult<()>;
+    /// Records the set and marks the backup task finished, atomically.
     async fn finish_backup_task(
         &self,
         id: i64,
         set: &NewSet,
         now_ms: i64,
-    ) -> CatalogResult<(BackupTask, BackupSet)>;
-    /// Marks every non-terminal task and job of `node` failed (after a restart).
+    ) -> CatalogResult<(Task, BackupSet)>;
+    /// Marks every non-terminal task of `node` failed (after a restart);
+    /// automated tasks still waiting for their window are left alone.
     async fn fail_interrupted(&self, node: &str, reason: &str, now_ms: i64) -> CatalogResult<u64>;
 
     // backup sets
@@ -155,7 +157,7 @@ pub trait Catalog: Send + Sync + 'static {
     /// Every instance of every account, with its stored policy if any.
     async fn instance_policies(&self) -> CatalogResult<Vec<InstancePolicy>>;
     /// Unclaimed scheduled tasks whose window has started.
-    async fn due_scheduled_tasks(&self, now_ms: i64) -> CatalogResult<Vec<BackupTask>>;
+    async fn due_scheduled_tasks(&self, now_ms: i64) -> CatalogResult<Vec<Task>>;
     /// Gives a scheduled task the instance's active slot and this node;
     /// `InstanceBusy` while another backup of the instance is active.
     async fn claim_scheduled_task(&self, id: i64, node: &str, now_ms: i64) -> CatalogResult<()>;
@@ -168,25 +170,4 @@ pub trait Catalog: Send + Sync + 'static {
         reason: &str,
         now_ms: i64,
     ) -> CatalogResult<u64>;
-
-    // jobs (restore, verify, gc)
-    async fn create_job(
-        &self,
-        account_id: &str,
-        kind: stowage_core::TaskKind,
-        set_id: Option<i64>,
-        params: serde_json::Value,
-        node: &str,
-        now_ms: i64,
-    ) -> CatalogResult<Job>;
-    async fn job(&self, account_id: &str, id: i64) -> CatalogResult<Option<Job>>;
-    async fn list_jobs(&self, account_id: &str, f: &JobFilter) -> CatalogResult<Vec<Job>>;
-    async fn set_job_state(
-        &self,
-        id: i64,
-        to: TaskState,
-        u: StateUpdate,
-        now_ms: i64,
-    ) -> CatalogResult<Job>;
-    async fn set_job_progress(&self, id: i64, p: Progress, now_ms: i64) -> CatalogResult<()>;
 }

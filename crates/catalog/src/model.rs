@@ -40,12 +40,23 @@ pub struct Instance {
     pub created_ms: i64,
 }
 
+/// A task of any kind (backup, restore, verify, gc), top-level or a part
+/// of one: one model, one table, one code path.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BackupTask {
+pub struct Task {
     pub id: i64,
     pub account_id: String,
-    pub instance_id: String,
+    pub kind: TaskKind,
+    /// The task this one is a part of; `None` for a top-level task.
+    pub parent_id: Option<i64>,
+    /// The part's name (a shard, a replica set …); `None` for a top-level task.
+    pub part: Option<String>,
+    /// Backup: the instance backed up. Restore into a server: the target.
+    pub instance_id: Option<String>,
+    /// Backup: the set it produced. Restore, verify: the set read.
+    pub set_id: Option<i64>,
     pub mode: TaskMode,
+    /// Backup: the engine's method (physical, logical); empty otherwise.
     pub method: String,
     pub state: TaskState,
     pub created_ms: i64,
@@ -57,7 +68,10 @@ pub struct BackupTask {
     pub bytes_stored: u64,
     pub consistent_point: Option<serde_json::Value>,
     pub error: Option<String>,
-    pub set_id: Option<i64>,
+    /// What the task established (restore counts, verify report …).
+    pub result: Option<serde_json::Value>,
+    /// What was asked (restore target, options …).
+    pub params: serde_json::Value,
     pub node: Option<String>,
     pub client_token: Option<String>,
     /// For an automated task: the start of the window it belongs to.
@@ -66,6 +80,13 @@ pub struct BackupTask {
     pub retention_days: Option<u32>,
     /// The caller's note; copied into the set's `meta.comment`.
     pub comment: Option<String>,
+}
+
+impl Task {
+    /// The instance, for tasks that always have one (backups); empty otherwise.
+    pub fn instance(&self) -> &str {
+        self.instance_id.as_deref().unwrap_or("")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,31 +108,20 @@ pub struct BackupSet {
     pub expires_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Job {
-    pub id: i64,
-    pub account_id: String,
-    pub kind: TaskKind,
-    pub state: TaskState,
-    pub set_id: Option<i64>,
-    pub params: serde_json::Value,
-    pub created_ms: i64,
-    pub started_ms: Option<i64>,
-    pub finished_ms: Option<i64>,
-    pub updated_ms: i64,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    pub error: Option<String>,
-    pub result: Option<serde_json::Value>,
-}
-
+/// Which tasks to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
+    /// Only these kinds (default: every kind).
+    pub kinds: Vec<TaskKind>,
     pub instance_id: Option<String>,
     pub states: Vec<TaskState>,
     pub task_id: Option<i64>,
+    pub set_id: Option<i64>,
+    /// The parts of this task; `None`: top-level tasks only.
+    pub parent_id: Option<i64>,
     /// Only ids below this one (the cursor of the previous page).
     pub before_id: Option<i64>,
+    /// At most this many (default 100).
     pub limit: Option<u32>,
 }
 
@@ -125,25 +135,18 @@ pub struct SetFilter {
     pub limit: Option<u32>,
 }
 
-/// Which jobs to list, newest first.
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter {
-    pub kinds: Vec<stowage_core::TaskKind>,
-    pub states: Vec<TaskState>,
-    pub set_id: Option<i64>,
-    /// Only ids below this one (the cursor of the previous page).
-    pub before_id: Option<i64>,
-    /// At most this many (default 100).
-    pub limit: Option<u32>,
-}
-
-/// A new backup task.
+/// A new task.
 #[derive(Debug, Clone)]
 pub struct NewTask {
     pub account_id: String,
-    pub instance_id: String,
+    pub kind: TaskKind,
+    pub instance_id: Option<String>,
+    pub set_id: Option<i64>,
+    pub parent_id: Option<i64>,
+    pub part: Option<String>,
     pub mode: TaskMode,
     pub method: String,
+    pub params: serde_json::Value,
     pub client_token: Option<String>,
     pub node: Option<String>,
     /// Set for an automated task created ahead of its window.
@@ -152,6 +155,60 @@ pub struct NewTask {
     pub retention_days: Option<u32>,
     /// A note kept with the task and its set.
     pub comment: Option<String>,
+}
+
+impl NewTask {
+    /// A backup of an instance.
+    pub fn backup(account_id: &str, instance_id: &str, mode: TaskMode, method: &str) -> NewTask {
+        NewTask {
+            account_id: account_id.to_string(),
+            kind: TaskKind::Backup,
+            instance_id: Some(instance_id.to_string()),
+            set_id: None,
+            parent_id: None,
+            part: None,
+            mode,
+            method: method.to_string(),
+            params: serde_json::json!({}),
+            client_token: None,
+            node: None,
+            scheduled_ms: None,
+            retention_days: None,
+            comment: None,
+        }
+    }
+
+    /// A restore, verify or gc run, reading `set_id` if any.
+    pub fn of_kind(account_id: &str, kind: TaskKind, set_id: Option<i64>) -> NewTask {
+        NewTask {
+            kind,
+            instance_id: None,
+            set_id,
+            method: String::new(),
+            mode: TaskMode::Manual,
+            ..NewTask::backup(account_id, "", TaskMode::Manual, "")
+        }
+    }
+
+    /// A part of `parent` named `name`, of the same kind and instance.
+    pub fn part_of(parent: &Task, name: &str) -> NewTask {
+        NewTask {
+            account_id: parent.account_id.clone(),
+            kind: parent.kind,
+            instance_id: parent.instance_id.clone(),
+            set_id: None,
+            parent_id: Some(parent.id),
+            part: Some(name.to_string()),
+            mode: parent.mode,
+            method: parent.method.clone(),
+            params: serde_json::json!({}),
+            client_token: None,
+            node: parent.node.clone(),
+            scheduled_ms: None,
+            retention_days: None,
+            comment: None,
+        }
+    }
 }
 
 /// What a finished backup produced.
@@ -184,5 +241,7 @@ pub struct StoredPolicy {
 pub struct InstancePolicy {
     pub instance_id: String,
     pub account_id: String,
+    /// The instance's engine (the automated task records its method).
+    pub engine: String,
     pub policy: Option<StoredPolicy>,
 }

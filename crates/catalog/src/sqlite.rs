@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_task_state_index.sql")),
     (5, include_str!("migrations/0005_task_retention.sql")),
     (6, include_str!("migrations/0006_task_comment.sql")),
+    (7, include_str!("migrations/0007_tasks.sql")),
 ];
 
 pub struct SqliteCatalog {
@@ -143,11 +144,15 @@ fn json_opt(s: Option<String>) -> Option<serde_json::Value> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }
 
-fn task_from_row(r: &SqliteRow) -> CatalogResult<BackupTask> {
-    Ok(BackupTask {
+fn task_from_row(r: &SqliteRow) -> CatalogResult<Task> {
+    Ok(Task {
         id: r.try_get("id")?,
         account_id: r.try_get("account_id")?,
+        kind: TaskKind::from_str(&r.try_get::<String, _>("kind")?).map_err(bad_row)?,
+        parent_id: r.try_get("parent_id")?,
+        part: r.try_get("part")?,
         instance_id: r.try_get("instance_id")?,
+        set_id: r.try_get("set_id")?,
         mode: TaskMode::from_str(&r.try_get::<String, _>("mode")?).map_err(bad_row)?,
         method: r.try_get("method")?,
         state: TaskState::from_str(&r.try_get::<String, _>("state")?).map_err(bad_row)?,
@@ -160,7 +165,8 @@ fn task_from_row(r: &SqliteRow) -> CatalogResult<BackupTask> {
         bytes_stored: r.try_get::<i64, _>("bytes_stored")? as u64,
         consistent_point: json_opt(r.try_get("consistent_point")?),
         error: r.try_get("error")?,
-        set_id: r.try_get("set_id")?,
+        result: json_opt(r.try_get("result")?),
+        params: json_opt(r.try_get("params")?).unwrap_or(serde_json::Value::Null),
         node: r.try_get("node")?,
         client_token: r.try_get("client_token")?,
         scheduled_ms: r.try_get("scheduled_ms")?,
@@ -188,25 +194,6 @@ fn set_from_row(r: &SqliteRow) -> CatalogResult<BackupSet> {
         consistent_point: json_opt(r.try_get("consistent_point")?),
         meta: json_opt(r.try_get("meta")?).unwrap_or(serde_json::Value::Null),
         expires_ms: r.try_get("expires_ms")?,
-    })
-}
-
-fn job_from_row(r: &SqliteRow) -> CatalogResult<Job> {
-    Ok(Job {
-        id: r.try_get("id")?,
-        account_id: r.try_get("account_id")?,
-        kind: TaskKind::from_str(&r.try_get::<String, _>("kind")?).map_err(bad_row)?,
-        state: TaskState::from_str(&r.try_get::<String, _>("state")?).map_err(bad_row)?,
-        set_id: r.try_get("set_id")?,
-        params: json_opt(r.try_get("params")?).unwrap_or(serde_json::Value::Null),
-        created_ms: r.try_get("created_ms")?,
-        started_ms: r.try_get("started_ms")?,
-        finished_ms: r.try_get("finished_ms")?,
-        updated_ms: r.try_get("updated_ms")?,
-        bytes_done: r.try_get::<i64, _>("bytes_done")? as u64,
-        bytes_total: r.try_get::<i64, _>("bytes_total")? as u64,
-        error: r.try_get("error")?,
-        result: json_opt(r.try_get("result")?),
     })
 }
 
@@ -258,16 +245,16 @@ fn key_from_row(r: &SqliteRow) -> CatalogResult<AccessKey> {
     })
 }
 
-/// The query behind `list_backup_tasks` for a filter's shape.
+/// The query behind `list_tasks` for a filter's shape.
 fn task_query(f: &TaskFilter) -> String {
     // By state: look up each state's few rows rather than walk the
     // instance's whole history in id order (the planner, without
     // statistics, prefers the walk because it avoids a sort).
     let mut sql = String::from(
         if f.instance_id.is_some() && !f.states.is_empty() && f.task_id.is_none() {
-            "SELECT * FROM backup_tasks INDEXED BY backup_tasks_instance_state WHERE account_id = ?"
+            "SELECT * FROM tasks INDEXED BY tasks_instance_state WHERE account_id = ?"
         } else {
-            "SELECT * FROM backup_tasks WHERE account_id = ?"
+            "SELECT * FROM tasks WHERE account_id = ?"
         },
     );
     if f.instance_id.is_some() {
@@ -276,8 +263,20 @@ fn task_query(f: &TaskFilter) -> String {
     if f.task_id.is_some() {
         sql.push_str(" AND id = ?");
     }
+    if f.set_id.is_some() {
+        sql.push_str(" AND set_id = ?");
+    }
+    match f.parent_id {
+        Some(_) => sql.push_str(" AND parent_id = ?"),
+        None => sql.push_str(" AND parent_id IS NULL"),
+    }
     if f.before_id.is_some() {
         sql.push_str(" AND id < ?");
+    }
+    if !f.kinds.is_empty() {
+        sql.push_str(" AND kind IN (");
+        sql.push_str(&vec!["?"; f.kinds.len()].join(","));
+        sql.push(')');
     }
     if !f.states.is_empty() {
         sql.push_str(" AND state IN (");
@@ -292,22 +291,13 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-async fn task_in(tx: &mut Transaction<'_, Sqlite>, id: i64) -> CatalogResult<BackupTask> {
-    let r = sqlx::query("SELECT * FROM backup_tasks WHERE id = ?")
+async fn task_in(tx: &mut Transaction<'_, Sqlite>, id: i64) -> CatalogResult<Task> {
+    let r = sqlx::query("SELECT * FROM tasks WHERE id = ?")
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or_else(|| CatalogError::NotFound(format!("backup task {id}")))?;
+        .ok_or_else(|| CatalogError::NotFound(format!("task {id}")))?;
     task_from_row(&r)
-}
-
-async fn job_in(tx: &mut Transaction<'_, Sqlite>, id: i64) -> CatalogResult<Job> {
-    let r = sqlx::query("SELECT * FROM jobs WHERE id = ?")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| CatalogError::NotFound(format!("job {id}")))?;
-    job_from_row(&r)
 }
 
 #[async_trait]
@@ -512,7 +502,7 @@ impl Catalog for SqliteCatalog {
     async fn delete_instance(&self, account_id: &str, id: &str) -> CatalogResult<()> {
         let mut tx = self.pool.begin().await?;
         let busy: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM backup_tasks WHERE instance_id = ? AND active = 1")
+            sqlx::query_scalar("SELECT id FROM tasks WHERE instance_id = ? AND active = 1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -525,7 +515,7 @@ impl Catalog for SqliteCatalog {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE backup_tasks SET state = 'cancelled', error = 'the instance was removed', scheduled_ms = NULL
+            "UPDATE tasks SET state = 'cancelled', error = 'the instance was removed', scheduled_ms = NULL
              WHERE account_id = ? AND instance_id = ? AND state = 'pending' AND active IS NULL",
         )
         .bind(account_id)
@@ -545,12 +535,13 @@ impl Catalog for SqliteCatalog {
         Ok(())
     }
 
-    async fn create_backup_task(&self, t: &NewTask, now_ms: i64) -> CatalogResult<BackupTask> {
+    async fn create_task(&self, t: &NewTask, now_ms: i64) -> CatalogResult<Task> {
         let mut tx = self.pool.begin().await?;
         if let Some(tok) = &t.client_token {
             // Idempotency: the same token for the same instance returns the first task.
-            let r = sqlx::query("SELECT * FROM backup_tasks WHERE account_id = ? AND instance_id = ? AND client_token = ?")
+            let r = sqlx::query("SELECT * FROM tasks WHERE account_id = ? AND kind = ? AND instance_id IS ? AND client_token = ?")
                 .bind(&t.account_id)
+                .bind(t.kind.as_str())
                 .bind(&t.instance_id)
                 .bind(tok)
                 .fetch_optional(&mut *tx)
@@ -560,25 +551,35 @@ impl Catalog for SqliteCatalog {
                 // The same token with a different request is a mistake, not a retry.
                 if first.retention_days != t.retention_days || first.comment != t.comment {
                     return Err(CatalogError::Conflict(format!(
-                        "client token {tok:?} was already used for backup task {} with different options; use a new token for a new request",
+                        "client token {tok:?} was already used for {} task {} with different options; use a new token for a new request",
+                        first.kind.as_str(),
                         first.id
                     )));
                 }
                 return Ok(first);
             }
         }
+        // A top-level task naming an instance takes its slot at once; an
+        // automated one only when claimed; parts never.
+        let takes_slot =
+            t.parent_id.is_none() && t.instance_id.is_some() && t.scheduled_ms.is_none();
         let res = sqlx::query(
-            "INSERT INTO backup_tasks (account_id, instance_id, mode, method, state, active, created_ms, updated_ms, node, client_token, scheduled_ms, retention_days, comment)
-             VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tasks (account_id, kind, parent_id, part, instance_id, set_id, mode, method, state, active,
+               created_ms, updated_ms, params, node, client_token, scheduled_ms, retention_days, comment)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.account_id)
+        .bind(t.kind.as_str())
+        .bind(t.parent_id)
+        .bind(&t.part)
         .bind(&t.instance_id)
+        .bind(t.set_id)
         .bind(t.mode.as_str())
         .bind(&t.method)
-        // A scheduled task takes the instance's active slot only when claimed.
-        .bind(if t.scheduled_ms.is_some() { None } else { Some(1) })
+        .bind(if takes_slot { Some(1) } else { None })
         .bind(now_ms)
         .bind(now_ms)
+        .bind(t.params.to_string())
         .bind(&t.node)
         .bind(&t.client_token)
         .bind(t.scheduled_ms)
@@ -586,16 +587,16 @@ impl Catalog for SqliteCatalog {
         .bind(&t.comment)
         .execute(&mut *tx)
         .await;
+        let instance = t.instance_id.clone().unwrap_or_default();
         let id = match res {
             Ok(r) => r.last_insert_rowid(),
             Err(e) if is_unique_violation(&e) && t.scheduled_ms.is_some() => {
                 return Err(CatalogError::Conflict(format!(
-                    "instance {} already has a task for this window",
-                    t.instance_id
+                    "instance {instance} already has a task for this window"
                 )));
             }
             Err(e) if is_unique_violation(&e) => {
-                return Err(CatalogError::InstanceBusy(t.instance_id.clone()));
+                return Err(CatalogError::InstanceBusy(instance));
             }
             Err(e) => return Err(e.into()),
         };
@@ -604,8 +605,8 @@ impl Catalog for SqliteCatalog {
         Ok(task)
     }
 
-    async fn backup_task(&self, account_id: &str, id: i64) -> CatalogResult<Option<BackupTask>> {
-        let r = sqlx::query("SELECT * FROM backup_tasks WHERE account_id = ? AND id = ?")
+    async fn task(&self, account_id: &str, id: i64) -> CatalogResult<Option<Task>> {
+        let r = sqlx::query("SELECT * FROM tasks WHERE account_id = ? AND id = ?")
             .bind(account_id)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -613,11 +614,7 @@ impl Catalog for SqliteCatalog {
         r.as_ref().map(task_from_row).transpose()
     }
 
-    async fn list_backup_tasks(
-        &self,
-        account_id: &str,
-        f: &TaskFilter,
-    ) -> CatalogResult<Vec<BackupTask>> {
+    async fn list_tasks(&self, account_id: &str, f: &TaskFilter) -> CatalogResult<Vec<Task>> {
         let sql = task_query(f);
         // Built only from fixed fragments and placeholders; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
@@ -627,8 +624,17 @@ impl Catalog for SqliteCatalog {
         if let Some(id) = f.task_id {
             q = q.bind(id);
         }
+        if let Some(id) = f.set_id {
+            q = q.bind(id);
+        }
+        if let Some(id) = f.parent_id {
+            q = q.bind(id);
+        }
         if let Some(b) = f.before_id {
             q = q.bind(b);
+        }
+        for k in &f.kinds {
+            q = q.bind(k.as_str());
         }
         for s in &f.states {
             q = q.bind(s.as_str());
@@ -638,13 +644,21 @@ impl Catalog for SqliteCatalog {
         rows.iter().map(task_from_row).collect()
     }
 
-    async fn set_backup_task_state(
+    async fn task_parts(&self, parent_id: i64) -> CatalogResult<Vec<Task>> {
+        let rows = sqlx::query("SELECT * FROM tasks WHERE parent_id = ? ORDER BY id")
+            .bind(parent_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn set_task_state(
         &self,
         id: i64,
         to: TaskState,
         u: StateUpdate,
         now_ms: i64,
-    ) -> CatalogResult<BackupTask> {
+    ) -> CatalogResult<Task> {
         let mut tx = self.pool.begin().await?;
         let cur = task_in(&mut tx, id).await?;
         cur.state.transition(to)?;
@@ -653,15 +667,18 @@ impl Catalog for SqliteCatalog {
             bytes_total: cur.bytes_total,
             bytes_stored: cur.bytes_stored,
         });
+        // The slot is given up when the task ends; a task that never held
+        // one (a part, a restore into a folder) never takes one here.
         sqlx::query(
-            "UPDATE backup_tasks SET state = ?, active = ?, updated_ms = ?,
+            "UPDATE tasks SET state = ?, active = CASE WHEN ? THEN NULL ELSE active END, updated_ms = ?,
                started_ms = COALESCE(started_ms, ?), finished_ms = ?,
                bytes_done = ?, bytes_total = ?, bytes_stored = ?,
-               error = COALESCE(?, error), consistent_point = COALESCE(?, consistent_point)
+               error = COALESCE(?, error), consistent_point = COALESCE(?, consistent_point),
+               result = COALESCE(?, result)
              WHERE id = ?",
         )
         .bind(to.as_str())
-        .bind(if to.is_terminal() { None } else { Some(1) })
+        .bind(to.is_terminal())
         .bind(now_ms)
         .bind(if to.is_running() { Some(now_ms) } else { None })
         .bind(if to.is_terminal() { Some(now_ms) } else { None })
@@ -670,35 +687,27 @@ impl Catalog for SqliteCatalog {
         .bind(p.bytes_stored as i64)
         .bind(u.error)
         .bind(u.consistent_point.map(|v| v.to_string()))
+        .bind(u.result.map(|v| v.to_string()))
         .bind(id)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                CatalogError::InstanceBusy(cur.instance_id.clone())
-            } else {
-                e.into()
-            }
-        })?;
+        .await?;
         let t = task_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(t)
     }
 
-    async fn set_backup_task_progress(
-        &self,
-        id: i64,
-        p: Progress,
-        now_ms: i64,
-    ) -> CatalogResult<()> {
-        sqlx::query("UPDATE backup_tasks SET bytes_done = ?, bytes_total = ?, bytes_stored = ?, updated_ms = ? WHERE id = ? AND active = 1")
-            .bind(p.bytes_done as i64)
-            .bind(p.bytes_total as i64)
-            .bind(p.bytes_stored as i64)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    async fn set_task_progress(&self, id: i64, p: Progress, now_ms: i64) -> CatalogResult<()> {
+        sqlx::query(
+            "UPDATE tasks SET bytes_done = ?, bytes_total = ?, bytes_stored = ?, updated_ms = ?
+             WHERE id = ? AND state NOT IN ('finished', 'failed', 'cancelled')",
+        )
+        .bind(p.bytes_done as i64)
+        .bind(p.bytes_total as i64)
+        .bind(p.bytes_stored as i64)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -707,9 +716,14 @@ impl Catalog for SqliteCatalog {
         id: i64,
         s: &NewSet,
         now_ms: i64,
-    ) -> CatalogResult<(BackupTask, BackupSet)> {
+    ) -> CatalogResult<(Task, BackupSet)> {
         let mut tx = self.pool.begin().await?;
         let cur = task_in(&mut tx, id).await?;
+        if cur.kind != TaskKind::Backup || cur.parent_id.is_some() {
+            return Err(CatalogError::Conflict(format!(
+                "task {id} is not a top-level backup task"
+            )));
+        }
         cur.state.transition(TaskState::Finished)?;
         // A retention asked for this backup pins the set's expiry.
         let (expires_ms, pinned) = match cur.retention_days {
@@ -748,7 +762,7 @@ impl Catalog for SqliteCatalog {
         .await?
         .last_insert_rowid();
         sqlx::query(
-            "UPDATE backup_tasks SET state = 'finished', active = NULL, updated_ms = ?, finished_ms = ?, set_id = ?,
+            "UPDATE tasks SET state = 'finished', active = NULL, updated_ms = ?, finished_ms = ?, set_id = ?,
                bytes_done = ?, bytes_stored = ?, bytes_total = MAX(bytes_total, ?), consistent_point = ?
              WHERE id = ?",
         )
@@ -773,9 +787,11 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn fail_interrupted(&self, node: &str, reason: &str, now_ms: i64) -> CatalogResult<u64> {
-        let a = sqlx::query(
-            "UPDATE backup_tasks SET state = 'failed', active = NULL, error = ?, finished_ms = ?, updated_ms = ?
-             WHERE active = 1 AND (node = ? OR node IS NULL)",
+        Ok(sqlx::query(
+            "UPDATE tasks SET state = 'failed', active = NULL, error = ?, finished_ms = ?, updated_ms = ?
+             WHERE state NOT IN ('finished', 'failed', 'cancelled')
+               AND (active = 1 OR scheduled_ms IS NULL)
+               AND (node = ? OR node IS NULL)",
         )
         .bind(reason)
         .bind(now_ms)
@@ -783,19 +799,7 @@ impl Catalog for SqliteCatalog {
         .bind(node)
         .execute(&self.pool)
         .await?
-        .rows_affected();
-        let b = sqlx::query(
-            "UPDATE jobs SET state = 'failed', error = ?, finished_ms = ?, updated_ms = ?
-             WHERE state NOT IN ('finished', 'failed', 'cancelled') AND (node = ? OR node IS NULL)",
-        )
-        .bind(reason)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(node)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(a + b)
+        .rows_affected())
     }
 
     async fn backup_set(&self, account_id: &str, id: i64) -> CatalogResult<Option<BackupSet>> {
@@ -936,7 +940,7 @@ impl Catalog for SqliteCatalog {
 
     async fn instance_policies(&self) -> CatalogResult<Vec<InstancePolicy>> {
         let rows = sqlx::query(
-            "SELECT i.id AS iid, i.account_id AS iacc, p.* FROM instances i
+            "SELECT i.id AS iid, i.account_id AS iacc, i.engine AS iengine, p.* FROM instances i
              LEFT JOIN backup_policies p ON p.instance_id = i.id ORDER BY i.id",
         )
         .fetch_all(&self.pool)
@@ -947,6 +951,7 @@ impl Catalog for SqliteCatalog {
                 Ok(InstancePolicy {
                     instance_id: r.try_get("iid")?,
                     account_id: r.try_get("iacc")?,
+                    engine: r.try_get("iengine")?,
                     policy: match has {
                         Some(_) => Some(policy_from_row(r)?),
                         None => None,
@@ -956,9 +961,9 @@ impl Catalog for SqliteCatalog {
             .collect()
     }
 
-    async fn due_scheduled_tasks(&self, now_ms: i64) -> CatalogResult<Vec<BackupTask>> {
+    async fn due_scheduled_tasks(&self, now_ms: i64) -> CatalogResult<Vec<Task>> {
         let rows = sqlx::query(
-            "SELECT * FROM backup_tasks WHERE state = 'pending' AND active IS NULL AND scheduled_ms <= ?
+            "SELECT * FROM tasks WHERE state = 'pending' AND active IS NULL AND scheduled_ms <= ?
              ORDER BY scheduled_ms, id",
         )
         .bind(now_ms)
@@ -969,7 +974,7 @@ impl Catalog for SqliteCatalog {
 
     async fn claim_scheduled_task(&self, id: i64, node: &str, now_ms: i64) -> CatalogResult<()> {
         let res = sqlx::query(
-            "UPDATE backup_tasks SET active = 1, node = ?, updated_ms = ?
+            "UPDATE tasks SET active = 1, node = ?, updated_ms = ?
              WHERE id = ? AND state = 'pending' AND active IS NULL",
         )
         .bind(node)
@@ -997,7 +1002,7 @@ impl Catalog for SqliteCatalog {
         now_ms: i64,
     ) -> CatalogResult<u64> {
         Ok(sqlx::query(
-            "UPDATE backup_tasks SET state = 'cancelled', error = ?, scheduled_ms = NULL,
+            "UPDATE tasks SET state = 'cancelled', error = ?, scheduled_ms = NULL,
                finished_ms = ?, updated_ms = ?
              WHERE instance_id = ? AND state = 'pending' AND active IS NULL
                AND scheduled_ms IS NOT NULL AND scheduled_ms IS NOT ?",
@@ -1011,126 +1016,88 @@ impl Catalog for SqliteCatalog {
         .await?
         .rows_affected())
     }
+}
 
-    async fn create_job(
-        &self,
-        account_id: &str,
-        kind: TaskKind,
-        set_id: Option<i64>,
-        params: serde_json::Value,
-        node: &str,
-        now_ms: i64,
-    ) -> CatalogResult<Job> {
-        let mut tx = self.pool.begin().await?;
-        let id = sqlx::query(
-            "INSERT INTO jobs (account_id, kind, state, set_id, params, created_ms, updated_ms, node) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog from before the one task model keeps its backup task ids
+    /// (a set's id is its task's), its jobs get ids after every task and set
+    /// id ever used, and the instance slot still works.
+    #[tokio::test]
+    async fn backup_tasks_and_jobs_migrate_into_one_table() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("catalog.db");
+        let pool = SqlitePoolOptions::new()
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for (v, sql) in &MIGRATIONS[..6] {
+            sqlx::raw_sql(*sql).execute(&pool).await.unwrap();
+            sqlx::query("INSERT INTO schema_migrations VALUES (?, 0)")
+                .bind(v)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        sqlx::raw_sql(
+            "INSERT INTO backup_tasks (id, account_id, instance_id, mode, method, state, active, created_ms, updated_ms, set_id)
+               VALUES (3, 'A', 'rm-1', 'manual', 'physical', 'finished', NULL, 1, 2, 3),
+                      (7, 'A', 'rm-1', 'manual', 'physical', 'running', 1, 1, 2, NULL);
+             INSERT INTO backup_sets (id, account_id, instance_id, task_id, snapshot_id, engine, method, mode, started_ms, finished_ms, bytes_logical, bytes_stored)
+               VALUES (3, 'A', 'rm-1', 3, 'ab', 'postgresql', 'physical', 'manual', 1, 2, 10, 1);
+             INSERT INTO jobs (account_id, kind, state, set_id, params, created_ms, updated_ms, result)
+               VALUES ('A', 'restore', 'finished', 3, '{\"target\":\"/x\"}', 5, 6, '{\"files\":2}'),
+                      ('A', 'verify', 'failed', NULL, '{}', 7, 8, NULL);
+             UPDATE sqlite_sequence SET seq = 9 WHERE name = 'backup_tasks';",
         )
-        .bind(account_id)
-        .bind(kind.as_str())
-        .bind(set_id)
-        .bind(params.to_string())
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(node)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
-        let j = job_in(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(j)
-    }
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
 
-    async fn job(&self, account_id: &str, id: i64) -> CatalogResult<Option<Job>> {
-        let r = sqlx::query("SELECT * FROM jobs WHERE account_id = ? AND id = ?")
-            .bind(account_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        r.as_ref().map(job_from_row).transpose()
-    }
-
-    async fn list_jobs(&self, account_id: &str, f: &JobFilter) -> CatalogResult<Vec<Job>> {
-        let mut sql = String::from("SELECT * FROM jobs WHERE account_id = ?");
-        if !f.kinds.is_empty() {
-            sql.push_str(" AND kind IN (");
-            sql.push_str(&vec!["?"; f.kinds.len()].join(","));
-            sql.push(')');
-        }
-        if !f.states.is_empty() {
-            sql.push_str(" AND state IN (");
-            sql.push_str(&vec!["?"; f.states.len()].join(","));
-            sql.push(')');
-        }
-        if f.set_id.is_some() {
-            sql.push_str(" AND set_id = ?");
-        }
-        if f.before_id.is_some() {
-            sql.push_str(" AND id < ?");
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        // Built only from fixed fragments and placeholders; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
-        for k in &f.kinds {
-            q = q.bind(k.as_str());
-        }
-        for st in &f.states {
-            q = q.bind(st.as_str());
-        }
-        if let Some(id) = f.set_id {
-            q = q.bind(id);
-        }
-        if let Some(b) = f.before_id {
-            q = q.bind(b);
-        }
-        q = q.bind(f.limit.unwrap_or(100) as i64);
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(job_from_row).collect()
-    }
-
-    async fn set_job_state(
-        &self,
-        id: i64,
-        to: TaskState,
-        u: StateUpdate,
-        now_ms: i64,
-    ) -> CatalogResult<Job> {
-        let mut tx = self.pool.begin().await?;
-        let cur = job_in(&mut tx, id).await?;
-        cur.state.transition(to)?;
-        let p = u.progress.unwrap_or(Progress {
-            bytes_done: cur.bytes_done,
-            bytes_total: cur.bytes_total,
-            bytes_stored: 0,
-        });
-        sqlx::query(
-            "UPDATE jobs SET state = ?, updated_ms = ?, started_ms = COALESCE(started_ms, ?), finished_ms = ?,
-               bytes_done = ?, bytes_total = ?, error = COALESCE(?, error), result = COALESCE(?, result)
-             WHERE id = ?",
-        )
-        .bind(to.as_str())
-        .bind(now_ms)
-        .bind(if to.is_running() { Some(now_ms) } else { None })
-        .bind(if to.is_terminal() { Some(now_ms) } else { None })
-        .bind(p.bytes_done as i64)
-        .bind(p.bytes_total as i64)
-        .bind(u.error)
-        .bind(u.result.map(|v| v.to_string()))
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        let j = job_in(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(j)
-    }
-
-    async fn set_job_progress(&self, id: i64, p: Progress, now_ms: i64) -> CatalogResult<()> {
-        sqlx::query("UPDATE jobs SET bytes_done = ?, bytes_total = ?, updated_ms = ? WHERE id = ?")
-            .bind(p.bytes_done as i64)
-            .bind(p.bytes_total as i64)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let c = SqliteCatalog::open(&path).await.unwrap();
+        let all = c.list_tasks("A", &TaskFilter::default()).await.unwrap();
+        let got: Vec<_> = all.iter().map(|t| (t.id, t.kind, t.state)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (11, TaskKind::Verify, TaskState::Failed),
+                (10, TaskKind::Restore, TaskState::Finished),
+                (7, TaskKind::Backup, TaskState::Running),
+                (3, TaskKind::Backup, TaskState::Finished),
+            ]
+        );
+        let r = &all[1];
+        assert_eq!(r.set_id, Some(3));
+        assert_eq!(r.params["target"], "/x");
+        assert_eq!(r.result.as_ref().unwrap()["files"], 2);
+        assert_eq!(all[3].set_id, Some(3));
+        // Task 7 still holds rm-1's slot.
+        assert!(matches!(
+            c.create_task(
+                &NewTask::backup("A", "rm-1", TaskMode::Manual, "physical"),
+                9
+            )
+            .await,
+            Err(CatalogError::InstanceBusy(_))
+        ));
+        let next = c
+            .create_task(
+                &NewTask::backup("A", "rm-2", TaskMode::Manual, "physical"),
+                9,
+            )
+            .await
+            .unwrap();
+        assert_eq!(next.id, 12);
     }
 }

@@ -50,21 +50,14 @@ async fn contract(c: &dyn Catalog) {
     );
 
     let nt = NewTask {
-        account_id: a.id.clone(),
-        instance_id: "rm-aaaaaaaaaaaaaaaa".into(),
-        mode: TaskMode::Manual,
-        method: "physical".into(),
-        client_token: None,
         node: Some("n1".into()),
-        scheduled_ms: None,
-        retention_days: None,
-        comment: None,
+        ..NewTask::backup(&a.id, "rm-aaaaaaaaaaaaaaaa", TaskMode::Manual, "physical")
     };
-    let t = c.create_backup_task(&nt, 10).await.unwrap();
+    let t = c.create_task(&nt, 10).await.unwrap();
     assert_eq!(t.state, TaskState::Pending);
     // One active task per instance.
     assert!(matches!(
-        c.create_backup_task(&nt, 11).await,
+        c.create_task(&nt, 11).await,
         Err(CatalogError::InstanceBusy(_))
     ));
     assert!(matches!(
@@ -73,7 +66,7 @@ async fn contract(c: &dyn Catalog) {
     ));
     // Illegal transitions are refused.
     assert!(
-        c.set_backup_task_state(t.id, TaskState::Finished, StateUpdate::default(), 12)
+        c.set_task_state(t.id, TaskState::Finished, StateUpdate::default(), 12)
             .await
             .is_err()
     );
@@ -82,11 +75,11 @@ async fn contract(c: &dyn Catalog) {
         TaskState::Preparing,
         TaskState::Running,
     ] {
-        c.set_backup_task_state(t.id, s, StateUpdate::default(), 12)
+        c.set_task_state(t.id, s, StateUpdate::default(), 12)
             .await
             .unwrap();
     }
-    c.set_backup_task_progress(
+    c.set_task_progress(
         t.id,
         Progress {
             bytes_done: 50,
@@ -97,13 +90,13 @@ async fn contract(c: &dyn Catalog) {
     )
     .await
     .unwrap();
-    let got = c.backup_task(&a.id, t.id).await.unwrap().unwrap();
+    let got = c.task(&a.id, t.id).await.unwrap().unwrap();
     assert_eq!(
         (got.bytes_done, got.bytes_total, got.state),
         (50, 100, TaskState::Running)
     );
-    assert!(c.backup_task(&b.id, t.id).await.unwrap().is_none());
-    c.set_backup_task_state(t.id, TaskState::Finishing, StateUpdate::default(), 14)
+    assert!(c.task(&b.id, t.id).await.unwrap().is_none());
+    c.set_task_state(t.id, TaskState::Finishing, StateUpdate::default(), 14)
         .await
         .unwrap();
     let set = NewSet {
@@ -124,8 +117,8 @@ async fn contract(c: &dyn Catalog) {
     assert_eq!(s.id, t.id, "a set's id is its task's id");
     assert_eq!(s.consistent_point.unwrap()["stop_lsn"], "0/3000100");
     // Instance free again; a second task can start and is failed by a restart.
-    let t3 = c.create_backup_task(&nt, 20).await.unwrap();
-    c.set_backup_task_state(t3.id, TaskState::Checking, StateUpdate::default(), 21)
+    let t3 = c.create_task(&nt, 20).await.unwrap();
+    c.set_task_state(t3.id, TaskState::Checking, StateUpdate::default(), 21)
         .await
         .unwrap();
     assert_eq!(
@@ -134,7 +127,7 @@ async fn contract(c: &dyn Catalog) {
             .unwrap(),
         1
     );
-    let t3 = c.backup_task(&a.id, t3.id).await.unwrap().unwrap();
+    let t3 = c.task(&a.id, t3.id).await.unwrap().unwrap();
     assert_eq!(t3.state, TaskState::Failed);
     assert_eq!(t3.error.as_deref(), Some("server restarted"));
     // Filters.
@@ -142,9 +135,9 @@ async fn contract(c: &dyn Catalog) {
         states: vec![TaskState::Finished],
         ..Default::default()
     };
-    assert_eq!(c.list_backup_tasks(&a.id, &f).await.unwrap().len(), 1);
+    assert_eq!(c.list_tasks(&a.id, &f).await.unwrap().len(), 1);
     assert_eq!(
-        c.list_backup_tasks(&b.id, &TaskFilter::default())
+        c.list_tasks(&b.id, &TaskFilter::default())
             .await
             .unwrap()
             .len(),
@@ -155,8 +148,8 @@ async fn contract(c: &dyn Catalog) {
         client_token: Some("tok".into()),
         ..nt.clone()
     };
-    let x = c.create_backup_task(&tok, 30).await.unwrap();
-    let y = c.create_backup_task(&tok, 31).await.unwrap();
+    let x = c.create_task(&tok, 30).await.unwrap();
+    let y = c.create_task(&tok, 31).await.unwrap();
     assert_eq!(x.id, y.id);
     // Sets and jobs.
     assert_eq!(
@@ -168,20 +161,22 @@ async fn contract(c: &dyn Catalog) {
     );
     assert!(c.delete_backup_set(&b.id, s.id).await.is_err());
     let j = c
-        .create_job(
-            &a.id,
-            TaskKind::Restore,
-            Some(s.id),
-            serde_json::json!({"target": "/x"}),
-            "n1",
+        .create_task(
+            &NewTask {
+                params: serde_json::json!({"target": "/x"}),
+                node: Some("n1".into()),
+                ..NewTask::of_kind(&a.id, TaskKind::Restore, Some(s.id))
+            },
             40,
         )
         .await
         .unwrap();
-    c.set_job_state(j.id, TaskState::Checking, StateUpdate::default(), 41)
+    assert_eq!((j.kind, j.set_id), (TaskKind::Restore, Some(s.id)));
+    // A restore into a folder names no instance and takes no slot.
+    c.set_task_state(j.id, TaskState::Checking, StateUpdate::default(), 41)
         .await
         .unwrap();
-    c.set_job_progress(
+    c.set_task_progress(
         j.id,
         Progress {
             bytes_done: 1,
@@ -192,7 +187,80 @@ async fn contract(c: &dyn Catalog) {
     )
     .await
     .unwrap();
-    assert_eq!(c.job(&a.id, j.id).await.unwrap().unwrap().bytes_done, 1);
+    assert_eq!(c.task(&a.id, j.id).await.unwrap().unwrap().bytes_done, 1);
+    assert!(c.task(&b.id, j.id).await.unwrap().is_none());
+    let only = |kinds: Vec<TaskKind>| TaskFilter {
+        kinds,
+        ..Default::default()
+    };
+    let restores = c
+        .list_tasks(&a.id, &only(vec![TaskKind::Restore]))
+        .await
+        .unwrap();
+    assert_eq!(
+        restores.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![j.id]
+    );
+    assert!(
+        c.list_tasks(&a.id, &only(vec![TaskKind::Backup]))
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.kind == TaskKind::Backup)
+    );
+    // Parts: created under a parent, never listed as top-level tasks,
+    // never holding the instance's slot, failed by a restart like any task.
+    c.set_task_state(x.id, TaskState::Cancelled, StateUpdate::default(), 43)
+        .await
+        .unwrap();
+    let parent = c.create_task(&nt, 43).await.unwrap();
+    let p1 = c
+        .create_task(&NewTask::part_of(&parent, "rs0"), 44)
+        .await
+        .unwrap();
+    let p2 = c
+        .create_task(&NewTask::part_of(&parent, "cfg"), 44)
+        .await
+        .unwrap();
+    assert_eq!(
+        (p1.parent_id, p1.part.as_deref(), p1.instance_id.as_deref()),
+        (Some(parent.id), Some("rs0"), Some("rm-aaaaaaaaaaaaaaaa"))
+    );
+    let parts = c.task_parts(parent.id).await.unwrap();
+    assert_eq!(
+        parts.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![p1.id, p2.id]
+    );
+    let top = c.list_tasks(&a.id, &TaskFilter::default()).await.unwrap();
+    assert!(top.iter().all(|t| t.parent_id.is_none()), "{top:?}");
+    let listed = c
+        .list_tasks(
+            &a.id,
+            &TaskFilter {
+                parent_id: Some(parent.id),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    c.set_task_state(p1.id, TaskState::Checking, StateUpdate::default(), 45)
+        .await
+        .unwrap();
+    c.set_task_state(p1.id, TaskState::Failed, StateUpdate::default(), 46)
+        .await
+        .unwrap();
+    c.set_task_state(parent.id, TaskState::Failed, StateUpdate::default(), 46)
+        .await
+        .unwrap();
+    // The job (restore) and the other part were interrupted.
+    assert_eq!(c.fail_interrupted("n1", "restart", 47).await.unwrap(), 2);
+    assert_eq!(
+        c.task(&a.id, p2.id).await.unwrap().unwrap().state,
+        TaskState::Failed
+    );
+    // A finished set's task is a backup; nothing else finishes one.
+    assert!(c.finish_backup_task(j.id, &set, 48).await.is_err());
     c.delete_backup_set(&a.id, s.id).await.unwrap();
     // Keys: disable, delete; accounts listed.
     let k = AccessKey {
@@ -265,23 +333,17 @@ async fn contract_schedule(c: &dyn Catalog) {
 
     // A scheduled task does not hold the active slot until claimed.
     let sched = NewTask {
-        account_id: a.id.clone(),
-        instance_id: inst.into(),
-        mode: TaskMode::Automated,
-        method: "physical".into(),
-        client_token: None,
         node: Some("n1".into()),
         scheduled_ms: Some(1000),
-        retention_days: None,
-        comment: None,
+        ..NewTask::backup(&a.id, inst, TaskMode::Automated, "physical")
     };
-    let st = c.create_backup_task(&sched, 900).await.unwrap();
+    let st = c.create_task(&sched, 900).await.unwrap();
     assert_eq!(
         (st.state, st.scheduled_ms),
         (TaskState::Pending, Some(1000))
     );
     assert!(matches!(
-        c.create_backup_task(&sched, 901).await,
+        c.create_task(&sched, 901).await,
         Err(CatalogError::Conflict(_))
     ));
     assert!(c.due_scheduled_tasks(999).await.unwrap().is_empty());
@@ -290,27 +352,27 @@ async fn contract_schedule(c: &dyn Catalog) {
         scheduled_ms: None,
         ..sched.clone()
     };
-    let m = c.create_backup_task(&manual, 950).await.unwrap();
+    let m = c.create_task(&manual, 950).await.unwrap();
     assert_eq!(c.due_scheduled_tasks(1000).await.unwrap()[0].id, st.id);
     assert!(matches!(
         c.claim_scheduled_task(st.id, "n1", 1001).await,
         Err(CatalogError::InstanceBusy(_))
     ));
-    c.set_backup_task_state(m.id, TaskState::Cancelled, StateUpdate::default(), 1002)
+    c.set_task_state(m.id, TaskState::Cancelled, StateUpdate::default(), 1002)
         .await
         .unwrap();
     c.claim_scheduled_task(st.id, "n1", 1003).await.unwrap();
     assert!(c.due_scheduled_tasks(2000).await.unwrap().is_empty());
     assert!(matches!(
-        c.create_backup_task(&manual, 1004).await,
+        c.create_task(&manual, 1004).await,
         Err(CatalogError::InstanceBusy(_))
     ));
-    c.set_backup_task_state(st.id, TaskState::Checking, StateUpdate::default(), 1005)
+    c.set_task_state(st.id, TaskState::Checking, StateUpdate::default(), 1005)
         .await
         .unwrap();
     // A restart does not touch unclaimed scheduled tasks, only claimed ones.
     let later = c
-        .create_backup_task(
+        .create_task(
             &NewTask {
                 scheduled_ms: Some(5000),
                 ..sched.clone()
@@ -321,7 +383,7 @@ async fn contract_schedule(c: &dyn Catalog) {
         .unwrap();
     assert_eq!(c.fail_interrupted("n1", "restart", 1007).await.unwrap(), 1);
     assert_eq!(
-        c.backup_task(&a.id, later.id).await.unwrap().unwrap().state,
+        c.task(&a.id, later.id).await.unwrap().unwrap().state,
         TaskState::Pending
     );
     // A policy change drops the tasks of other windows.
@@ -337,7 +399,7 @@ async fn contract_schedule(c: &dyn Catalog) {
             .unwrap(),
         1
     );
-    let dropped = c.backup_task(&a.id, later.id).await.unwrap().unwrap();
+    let dropped = c.task(&a.id, later.id).await.unwrap().unwrap();
     assert_eq!(
         (dropped.state, dropped.scheduled_ms),
         (TaskState::Cancelled, None)
@@ -347,7 +409,7 @@ async fn contract_schedule(c: &dyn Catalog) {
     let mut ids = Vec::new();
     for (i, fin) in [(0i64, 10_000i64), (1, 20_000)] {
         let t = c
-            .create_backup_task(
+            .create_task(
                 &NewTask {
                     scheduled_ms: None,
                     ..manual.clone()
@@ -362,7 +424,7 @@ async fn contract_schedule(c: &dyn Catalog) {
             TaskState::Running,
             TaskState::Finishing,
         ] {
-            c.set_backup_task_state(t.id, s, StateUpdate::default(), fin)
+            c.set_task_state(t.id, s, StateUpdate::default(), fin)
                 .await
                 .unwrap();
         }
@@ -439,7 +501,7 @@ async fn contract_schedule(c: &dyn Catalog) {
     );
     // A retention asked for one backup pins its set's expiry.
     let t = c
-        .create_backup_task(
+        .create_task(
             &NewTask {
                 retention_days: Some(2),
                 ..manual.clone()
@@ -455,7 +517,7 @@ async fn contract_schedule(c: &dyn Catalog) {
         TaskState::Running,
         TaskState::Finishing,
     ] {
-        c.set_backup_task_state(t.id, st, StateUpdate::default(), 30_000)
+        c.set_task_state(t.id, st, StateUpdate::default(), 30_000)
             .await
             .unwrap();
     }
@@ -537,10 +599,10 @@ async fn task_queries_use_an_index() {
         println!("{shape}: {plan}");
         assert!(plan.contains("USING"), "{shape}: {plan}");
         if shape.starts_with("unfinished") {
-            assert!(plan.contains("backup_tasks_instance_state"), "{plan}");
+            assert!(plan.contains("tasks_instance_state"), "{plan}");
         }
         assert!(
-            !plan.contains("SCAN backup_tasks") || plan.contains("USING INDEX"),
+            !plan.contains("SCAN tasks") || plan.contains("USING INDEX"),
             "{shape}: {plan}"
         );
     }

@@ -201,21 +201,19 @@ fn main() {
         for i in 0..a.tasks {
             let now = stowage_service::now_ms() - (a.tasks - i) as i64 * 60_000;
             let task = c
-                .create_backup_task(
+                .create_task(
                     &NewTask {
-                        account_id: acc.clone(),
-                        instance_id: insts[i % insts.len()].clone(),
-                        mode: if i % 2 == 0 {
-                            TaskMode::Automated
-                        } else {
-                            TaskMode::Manual
-                        },
-                        method: "physical".into(),
-                        client_token: None,
                         node: Some("bench".into()),
-                        scheduled_ms: None,
-                        retention_days: None,
-                        comment: None,
+                        ..NewTask::backup(
+                            &acc,
+                            &insts[i % insts.len()],
+                            if i % 2 == 0 {
+                                TaskMode::Automated
+                            } else {
+                                TaskMode::Manual
+                            },
+                            "physical",
+                        )
                     },
                     now,
                 )
@@ -227,7 +225,7 @@ fn main() {
                 TaskState::Running,
                 TaskState::Finishing,
             ] {
-                c.set_backup_task_state(task.id, s, StateUpdate::default(), now)
+                c.set_task_state(task.id, s, StateUpdate::default(), now)
                     .await
                     .unwrap();
             }

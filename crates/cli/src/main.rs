@@ -410,8 +410,11 @@ impl PageArgs {
 
 #[derive(Subcommand)]
 enum TaskCmd {
-    /// List backup tasks, newest first.
+    /// List tasks of every kind (backup, restore, verify, gc), newest first.
     List {
+        /// Only these kinds, comma-separated: backup, restore, verify, gc.
+        #[arg(long)]
+        kind: Option<String>,
         /// Only tasks of this instance (id or name).
         #[arg(long)]
         instance: Option<String>,
@@ -421,7 +424,7 @@ enum TaskCmd {
         #[command(flatten)]
         page: PageArgs,
     },
-    /// Show one task.
+    /// Show one task, with its parts (a backup of several shards has one per shard).
     Show {
         /// Task id.
         id: i64,
@@ -774,6 +777,7 @@ fn task_row(t: &Value, names: &std::collections::HashMap<String, String>) -> Vec
     let id = s(&t["instance_id"]);
     vec![
         s(&t["id"]),
+        s(&t["kind"]),
         names.get(&id).cloned().unwrap_or(id),
         s(&t["mode"]),
         match (t["state"].as_str(), t["scheduled_for"].as_str()) {
@@ -799,9 +803,9 @@ fn task_row(t: &Value, names: &std::collections::HashMap<String, String>) -> Vec
     ]
 }
 
-const TASK_HEADERS: [&str; 11] = [
-    "ID", "INSTANCE", "MODE", "STATE", "PROGRESS", "BYTES", "STARTED", "FINISHED", "TOOK", "SET",
-    "ERROR",
+const TASK_HEADERS: [&str; 12] = [
+    "ID", "KIND", "INSTANCE", "MODE", "STATE", "PROGRESS", "BYTES", "STARTED", "FINISHED", "TOOK",
+    "SET", "ERROR",
 ];
 
 /// Prints `label: value` lines (values formatted for people).
@@ -819,8 +823,9 @@ fn show_task(c: &Client, t: &Value, json: bool) -> Result<(), CallError> {
     }
     let names = instance_names(c)?;
     let inst = s(&t["instance_id"]);
-    fields(&[
+    let mut rows = vec![
         ("task", s(&t["id"])),
+        ("kind", s(&t["kind"])),
         (
             "instance",
             match names.get(&inst) {
@@ -829,7 +834,7 @@ fn show_task(c: &Client, t: &Value, json: bool) -> Result<(), CallError> {
             },
         ),
         ("mode", s(&t["mode"])),
-        ("state", task_row(t, &names)[3].clone()),
+        ("state", task_row(t, &names)[4].clone()),
         (
             "progress",
             format!(
@@ -845,10 +850,57 @@ fn show_task(c: &Client, t: &Value, json: bool) -> Result<(), CallError> {
         ("finished", s(&t["finished_at"])),
         ("took", duration(&t["duration_ms"])),
         ("backup set", s(&t["set_id"])),
-        ("consistent at", point(&t["consistent_point"])),
-        ("error", s(&t["error"])),
-    ]);
+    ];
+    if t["kind"] == "backup" {
+        rows.push(("consistent at", point(&t["consistent_point"])));
+    } else {
+        rows.push(("asked", compact(&t["params"])));
+        rows.push(("result", compact(&t["result"])));
+    }
+    if let Some(parent) = t["parent_id"].as_i64() {
+        rows.push(("part of task", format!("{parent} (part {})", s(&t["part"]))));
+    }
+    rows.push(("error", s(&t["error"])));
+    fields(&rows);
+    let parts = t["parts"].as_array().cloned().unwrap_or_default();
+    if !parts.is_empty() {
+        out!("");
+        out!("parts:");
+        table(
+            &["ID", "PART", "STATE", "PROGRESS", "BYTES", "TOOK", "ERROR"],
+            parts
+                .iter()
+                .map(|p| {
+                    vec![
+                        s(&p["id"]),
+                        s(&p["part"]),
+                        s(&p["state"]),
+                        format!("{}%", s(&p["progress"]["percent"])),
+                        format!(
+                            "{}/{}",
+                            bytes(&p["progress"]["bytes_done"]),
+                            bytes(&p["progress"]["bytes_total"])
+                        ),
+                        duration(&p["duration_ms"]),
+                        p["error"]
+                            .as_str()
+                            .map(|e| e.lines().next().unwrap_or("").to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect(),
+        );
+    }
     Ok(())
+}
+
+/// A JSON value on one line, `-` for none.
+fn compact(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::Object(m) if m.is_empty() => "-".into(),
+        v => v.to_string(),
+    }
 }
 
 fn show_set(v: &Value) {
@@ -1145,12 +1197,19 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
         }
         Cmd::Task(tc) => match tc {
             TaskCmd::List {
+                kind,
                 instance,
                 state,
                 page,
             } => {
                 let [l, cur] = page.params();
-                let q = query(&[("instance", instance), ("state", state), l, cur]);
+                let q = query(&[
+                    ("kind", kind),
+                    ("instance", instance),
+                    ("state", state),
+                    l,
+                    cur,
+                ]);
                 let v = c.get(&format!("/v1/tasks{q}"))?;
                 if json {
                     print_json(&v);
@@ -1172,7 +1231,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             TaskCmd::Show { id } => show_task(c, &c.get(&format!("/v1/tasks/{id}"))?, json)?,
             TaskCmd::Watch { id } => {
                 let v = watch::follow(c, &format!("/v1/tasks/{id}"), &format!("task {id}"), json)?;
-                return Ok(finish_follow(&v, json, &format!("backup task {id}")));
+                return Ok(finish_follow(&v, json, &format!("task {id}")));
             }
             TaskCmd::Cancel { id } => {
                 show_task(c, &c.post(&format!("/v1/tasks/{id}/cancel"), None)?, json)?

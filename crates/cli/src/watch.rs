@@ -2,7 +2,7 @@
 //! plain periodic lines otherwise (logs, CI, pipes).
 
 use crate::client::{CallError, Client};
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -23,14 +23,17 @@ fn terminal(state: &str) -> bool {
 /// since data started moving, not time spent waiting.
 pub fn follow(c: &Client, path: &str, label: &str, _json: bool) -> Result<Value, CallError> {
     let tty = std::io::stderr().is_terminal();
+    // One bar for the task and, below it, one per part (shard, replica set …).
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let bar = if tty {
-        let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        let b = multi.add(ProgressBar::new(0));
         b.set_style(bar_style());
         b.set_prefix(label.to_string());
         Some(b)
     } else {
         None
     };
+    let mut part_bars: Vec<ProgressBar> = Vec::new();
     let mut rate = RateEstimator::new(10_000);
     let mut moving_since: Option<Instant> = None;
     let mut last_line = Instant::now() - PLAIN_EVERY;
@@ -70,6 +73,41 @@ pub fn follow(c: &Client, path: &str, label: &str, _json: bool) -> Result<Value,
         if let Some(t0) = moving_since {
             rate.record(t0.elapsed().as_millis() as u64, done);
         }
+        let parts = v["parts"].as_array().cloned().unwrap_or_default();
+        if bar.is_some() {
+            for (i, p) in parts.iter().enumerate() {
+                if part_bars.len() <= i {
+                    let b = multi.add(ProgressBar::new(0));
+                    b.set_style(bar_style());
+                    b.set_prefix(format!("  part {}", p["part"].as_str().unwrap_or("?")));
+                    part_bars.push(b);
+                }
+                let b = &part_bars[i];
+                let (d, t) = (
+                    p["progress"]["bytes_done"].as_u64().unwrap_or(0),
+                    p["progress"]["bytes_total"].as_u64().unwrap_or(0),
+                );
+                b.set_length(t.max(d));
+                b.set_position(d);
+                b.set_message(p["state"].as_str().unwrap_or("?").to_string());
+            }
+        }
+        let parts_note = if parts.is_empty() {
+            String::new()
+        } else {
+            let each: Vec<String> = parts
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} {}%",
+                        p["part"].as_str().unwrap_or("?"),
+                        p["state"].as_str().unwrap_or("?"),
+                        p["progress"]["percent"].as_u64().unwrap_or(0)
+                    )
+                })
+                .collect();
+            format!(" [parts: {}]", each.join(", "))
+        };
         let wait_note = match v["scheduled_for"].as_str() {
             Some(at) if waiting => format!("waiting for its window at {at}"),
             _ if waiting => "waiting to start".to_string(),
@@ -109,7 +147,7 @@ pub fn follow(c: &Client, path: &str, label: &str, _json: bool) -> Result<Value,
                             _ => String::new(),
                         };
                         format!(
-                            "{label}: {state} {pct}% {} of {}{speed}{eta}",
+                            "{label}: {state} {pct}% {} of {}{speed}{eta}{parts_note}",
                             HumanBytes(done),
                             HumanBytes(total.max(done))
                         )
@@ -121,6 +159,14 @@ pub fn follow(c: &Client, path: &str, label: &str, _json: bool) -> Result<Value,
         }
         last_state = state.clone();
         if terminal(&state) {
+            for (b, p) in part_bars.iter().zip(&parts) {
+                let st = p["state"].as_str().unwrap_or("?").to_string();
+                if st == "finished" {
+                    b.finish_with_message(st);
+                } else {
+                    b.abandon_with_message(st);
+                }
+            }
             if let Some(b) = bar {
                 if state == "finished" {
                     b.finish_with_message(state);

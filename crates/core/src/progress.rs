@@ -182,6 +182,8 @@ pub struct LiveTask {
     pub bytes_total: std::sync::atomic::AtomicU64,
     pub bytes_stored: std::sync::atomic::AtomicU64,
     cancel: std::sync::atomic::AtomicBool,
+    /// Parts the engine opened (a replica set, a shard …), in order.
+    parts: std::sync::Mutex<Vec<(String, std::sync::Arc<LiveTask>)>>,
 }
 
 impl Default for LiveTask {
@@ -192,6 +194,7 @@ impl Default for LiveTask {
             bytes_total: Default::default(),
             bytes_stored: Default::default(),
             cancel: Default::default(),
+            parts: Default::default(),
         }
     }
 }
@@ -219,9 +222,34 @@ impl LiveTask {
         }
     }
 
+    /// Cancels the task and every part of it.
     pub fn cancel(&self) {
         self.cancel
             .store(true, std::sync::atomic::Ordering::Release);
+        for (_, p) in self.parts.lock().expect("parts lock").iter() {
+            p.cancel();
+        }
+    }
+
+    /// Opens a part of this task (the engine's plan: one per replica set,
+    /// shard …): its own state and counters, cancelled with the task. The
+    /// service records it as a sub-task and derives this task's state and
+    /// progress from its parts (`crate::parts`).
+    pub fn add_part(&self, name: &str) -> std::sync::Arc<LiveTask> {
+        let p = std::sync::Arc::new(LiveTask::default());
+        let mut parts = self.parts.lock().expect("parts lock");
+        parts.push((name.to_string(), p.clone()));
+        // Checked under the lock `cancel` takes: a part opened after the
+        // task was cancelled starts cancelled.
+        if self.is_cancelled() {
+            p.cancel();
+        }
+        p
+    }
+
+    /// The parts opened so far, in order.
+    pub fn parts(&self) -> Vec<(String, std::sync::Arc<LiveTask>)> {
+        self.parts.lock().expect("parts lock").clone()
     }
 
     pub fn is_cancelled(&self) -> bool {

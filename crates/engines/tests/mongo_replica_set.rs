@@ -100,6 +100,14 @@ fn replica_set_backup_is_a_dump_plus_an_oplog_slice() {
 
     assert_eq!(out.facts.set_name.as_deref(), Some("rs0"));
     assert!(out.collections >= 5, "{out:?}");
+    // The replica set is the task's one part, with its own progress.
+    let parts = live.parts();
+    assert_eq!(parts.len(), 1);
+    let (name, part) = &parts[0];
+    assert_eq!(name, "rs0");
+    assert_eq!(part.state(), stowage_core::TaskState::Finished);
+    let p = part.progress();
+    assert!(p.bytes_done > 0 && p.bytes_total > 0, "{p:?}");
     assert!(
         (out.end.time, out.end.increment) >= (out.start.time, out.start.increment),
         "{out:?}"

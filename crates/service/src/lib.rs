@@ -28,9 +28,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stowage_catalog::sqlite::SqliteCatalog;
-use stowage_catalog::{
-    AccessKey, BackupSet, BackupTask, Catalog, Instance, Job, NewTask, TaskFilter,
-};
+use stowage_catalog::{AccessKey, BackupSet, Catalog, Instance, NewTask, Task, TaskFilter};
 use stowage_core::ids::{Dialect, InstanceId};
 use stowage_core::{LiveTask, Progress, Secret, TaskKind, TaskMode, TaskState};
 use stowage_repo::{ChunkerParams, KdfParams, LocalStorage, Repository, Storage};
@@ -221,8 +219,8 @@ pub struct Service {
     repo: Arc<Repository>,
     secrets: SecretBox,
     node: String,
+    /// Running tasks (and their parts) of this node, by task id.
     live_tasks: Mutex<HashMap<i64, Arc<LiveTask>>>,
-    live_jobs: Mutex<HashMap<i64, Arc<LiveTask>>>,
     /// Set by [`Service::shutdown`]: new work is refused, running work is
     /// cancelled with this as the reason.
     shutting_down: std::sync::atomic::AtomicBool,
@@ -345,7 +343,6 @@ impl Service {
             secrets,
             node: cfg.node.clone(),
             live_tasks: Default::default(),
-            live_jobs: Default::default(),
             shutting_down: Default::default(),
             scheduled: Default::default(),
             gc_needed: Default::default(),
@@ -958,7 +955,7 @@ impl Service {
         instance: &str,
         mode: TaskMode,
         r: BackupRequest,
-    ) -> ServiceResult<BackupTask> {
+    ) -> ServiceResult<Task> {
         let BackupRequest {
             client_token,
             retention_days,
@@ -991,19 +988,18 @@ impl Service {
         let i = self.instance(p, instance).await?;
         let created = self
             .catalog
-            .create_backup_task(
+            .create_task(
                 &NewTask {
-                    account_id: p.account_id.clone(),
-                    instance_id: i.id.clone(),
-                    mode,
-                    method: stowage_engines::engine_for(&i.engine)
-                        .map_or("physical", |e| e.method())
-                        .into(),
                     client_token,
                     node: Some(self.node.clone()),
-                    scheduled_ms: None,
                     retention_days,
                     comment,
+                    ..NewTask::backup(
+                        &p.account_id,
+                        &i.id,
+                        mode,
+                        stowage_engines::engine_for(&i.engine).map_or("", |e| e.method()),
+                    )
                 },
                 now_ms(),
             )
@@ -1034,7 +1030,7 @@ impl Service {
         };
         let holder = self
             .catalog
-            .list_backup_tasks(&p.account_id, &f)
+            .list_tasks(&p.account_id, &f)
             .await
             .ok()
             .and_then(|v| {
@@ -1045,11 +1041,14 @@ impl Service {
             ErrorKind::InstanceBusy,
             match holder {
                 Some(t) => format!(
-                    "instance {instance_id} already has backup task {} ({}) in progress; follow it with `stowage task watch {}` or cancel it",
-                    t.id, t.state, t.id
+                    "instance {instance_id} already has {} task {} ({}) in progress; follow it with `stowage task watch {}` or cancel it",
+                    t.kind.as_str(),
+                    t.id,
+                    t.state,
+                    t.id
                 ),
                 None => format!(
-                    "instance {instance_id} already has a backup task in progress; wait for it or cancel it"
+                    "instance {instance_id} already has a task in progress; wait for it or cancel it"
                 ),
             },
         )
@@ -1058,7 +1057,7 @@ impl Service {
     /// Runs a pending task that holds its instance's active slot (once). A
     /// task that cannot even start is marked failed, so it never keeps the
     /// slot.
-    async fn launch(self: &Arc<Self>, task: BackupTask, i: Instance) -> ServiceResult<()> {
+    async fn launch(self: &Arc<Self>, task: Task, i: Instance) -> ServiceResult<()> {
         let spec = match self
             .check_tenant_host(&i.account_id, &i.host, i.port)
             .await
@@ -1075,7 +1074,7 @@ impl Service {
                 };
                 if let Err(e2) = self
                     .catalog
-                    .set_backup_task_state(task.id, TaskState::Failed, u, now_ms())
+                    .set_task_state(task.id, TaskState::Failed, u, now_ms())
                     .await
                 {
                     tracing::error!(task = task.id, error = %e2, "could not record a task that failed to start");
@@ -1097,11 +1096,20 @@ impl Service {
         Ok(())
     }
 
-    fn overlay(&self, mut t: BackupTask) -> BackupTask {
+    fn overlay(&self, mut t: Task) -> Task {
         if let Some(l) = self.live_tasks.lock().expect("lock").get(&t.id)
             && !t.state.is_terminal()
         {
-            let p = l.progress();
+            // A task with parts shows their sum, as the runner records it.
+            let parts = l.parts();
+            let p = if parts.is_empty() {
+                l.progress()
+            } else {
+                let ps: Vec<Progress> = parts.iter().map(|(_, p)| p.progress()).collect();
+                let mut p = stowage_core::parts::converge_progress(&ps);
+                p.bytes_stored = p.bytes_stored.max(l.progress().bytes_stored);
+                p
+            };
             t.bytes_done = p.bytes_done.max(t.bytes_done);
             t.bytes_total = p.bytes_total.max(t.bytes_total);
             t.bytes_stored = p.bytes_stored.max(t.bytes_stored);
@@ -1109,23 +1117,34 @@ impl Service {
         t
     }
 
-    pub async fn task(&self, p: &Principal, id: i64) -> ServiceResult<BackupTask> {
+    /// A task of any kind (or a part of one) of the caller's account.
+    pub async fn task(&self, p: &Principal, id: i64) -> ServiceResult<Task> {
         let t = self
             .catalog
-            .backup_task(&p.account_id, id)
+            .task(&p.account_id, id)
             .await?
-            .ok_or_else(|| ServiceError::not_found(format!("backup task {id}")))?;
+            .ok_or_else(|| ServiceError::not_found(format!("task {id}")))?;
         Ok(self.overlay(t))
     }
 
-    pub async fn list_tasks(
-        &self,
-        p: &Principal,
-        f: &TaskFilter,
-    ) -> ServiceResult<Vec<BackupTask>> {
+    /// The parts of a task (empty for a task without parts).
+    pub async fn task_parts(&self, p: &Principal, t: &Task) -> ServiceResult<Vec<Task>> {
+        if t.account_id != p.account_id {
+            return Err(ServiceError::not_found(format!("task {}", t.id)));
+        }
         Ok(self
             .catalog
-            .list_backup_tasks(&p.account_id, f)
+            .task_parts(t.id)
+            .await?
+            .into_iter()
+            .map(|t| self.overlay(t))
+            .collect())
+    }
+
+    pub async fn list_tasks(&self, p: &Principal, f: &TaskFilter) -> ServiceResult<Vec<Task>> {
+        Ok(self
+            .catalog
+            .list_tasks(&p.account_id, f)
             .await?
             .into_iter()
             .map(|t| self.overlay(t))
@@ -1133,8 +1152,14 @@ impl Service {
     }
 
     /// Asks a task to stop. A task past `running` finishes anyway.
-    pub async fn cancel_task(&self, p: &Principal, id: i64) -> ServiceResult<BackupTask> {
+    pub async fn cancel_task(&self, p: &Principal, id: i64) -> ServiceResult<Task> {
         let t = self.task(p, id).await?;
+        if let Some(parent) = t.parent_id {
+            return Err(ServiceError::new(
+                ErrorKind::InvalidState,
+                format!("task {id} is a part of task {parent}; cancel task {parent}"),
+            ));
+        }
         if t.state.is_terminal() {
             return Err(ServiceError::new(
                 ErrorKind::InvalidState,
@@ -1153,7 +1178,7 @@ impl Service {
             // An automated task still waiting for its window.
             None if t.state == TaskState::Pending && t.scheduled_ms.is_some() => {
                 self.catalog
-                    .set_backup_task_state(
+                    .set_task_state(
                         id,
                         TaskState::Cancelled,
                         stowage_catalog::StateUpdate {
@@ -1246,7 +1271,7 @@ impl Service {
         set_id: i64,
         target: &str,
         force: bool,
-    ) -> ServiceResult<Job> {
+    ) -> ServiceResult<Task> {
         let set = self.set(p, set_id).await?;
         if !self
             .restoring
@@ -1299,12 +1324,12 @@ impl Service {
         .map_err(|e| ServiceError::internal(e.to_string()))??;
         let job = self
             .catalog
-            .create_job(
-                &p.account_id,
-                TaskKind::Restore,
-                Some(set_id),
-                serde_json::json!({"target": target, "force": force}),
-                &self.node,
+            .create_task(
+                &NewTask {
+                    params: serde_json::json!({"target": target, "force": force}),
+                    node: Some(self.node.clone()),
+                    ..NewTask::of_kind(&p.account_id, TaskKind::Restore, Some(set_id))
+                },
                 now_ms(),
             )
             .await?;
@@ -1332,7 +1357,7 @@ impl Service {
         instance: &str,
         rename: std::collections::BTreeMap<String, String>,
         drop: bool,
-    ) -> ServiceResult<Job> {
+    ) -> ServiceResult<Task> {
         let set = self.set(p, set_id).await?;
         let i = self.instance(p, instance).await?;
         if i.engine != set.engine {
@@ -1361,17 +1386,27 @@ impl Service {
             .await?;
         let mut spec = self.conn_spec(&i)?;
         spec.addrs = addrs;
-        let job = self
+        // The target instance's slot is held for the restore: no backup of
+        // a half-restored server, no two restores into one server.
+        let created = self
             .catalog
-            .create_job(
-                &p.account_id,
-                TaskKind::Restore,
-                Some(set_id),
-                serde_json::json!({"into": i.id, "rename": rename, "drop": drop}),
-                &self.node,
+            .create_task(
+                &NewTask {
+                    instance_id: Some(i.id.clone()),
+                    params: serde_json::json!({"into": i.id, "rename": rename, "drop": drop}),
+                    node: Some(self.node.clone()),
+                    ..NewTask::of_kind(&p.account_id, TaskKind::Restore, Some(set_id))
+                },
                 now_ms(),
             )
-            .await?;
+            .await;
+        let job = match created {
+            Ok(t) => t,
+            Err(stowage_catalog::CatalogError::InstanceBusy(_)) => {
+                return Err(self.busy(p, &i.id).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.spawn_job(
             job.clone(),
             runner::JobWork::RestoreInto {
@@ -1389,7 +1424,7 @@ impl Service {
         self: &Arc<Self>,
         p: &Principal,
         set: Option<i64>,
-    ) -> ServiceResult<Job> {
+    ) -> ServiceResult<Task> {
         let snapshot = match set {
             None => {
                 Self::require_admin_for(
@@ -1402,12 +1437,11 @@ impl Service {
         };
         let job = self
             .catalog
-            .create_job(
-                &p.account_id,
-                TaskKind::Verify,
-                set,
-                serde_json::json!({}),
-                &self.node,
+            .create_task(
+                &NewTask {
+                    node: Some(self.node.clone()),
+                    ..NewTask::of_kind(&p.account_id, TaskKind::Verify, set)
+                },
                 now_ms(),
             )
             .await?;
@@ -1417,16 +1451,15 @@ impl Service {
 
     /// Reclaims unused repository space: acts on every account's data, so
     /// admin only.
-    pub async fn start_gc(self: &Arc<Self>, p: &Principal) -> ServiceResult<Job> {
+    pub async fn start_gc(self: &Arc<Self>, p: &Principal) -> ServiceResult<Task> {
         Self::require_admin_for(p, "gc, which acts on the whole shared repository,")?;
         let job = self
             .catalog
-            .create_job(
-                &p.account_id,
-                TaskKind::Gc,
-                None,
-                serde_json::json!({}),
-                &self.node,
+            .create_task(
+                &NewTask {
+                    node: Some(self.node.clone()),
+                    ..NewTask::of_kind(&p.account_id, TaskKind::Gc, None)
+                },
                 now_ms(),
             )
             .await?;
@@ -1434,9 +1467,9 @@ impl Service {
         Ok(job)
     }
 
-    fn spawn_job(self: &Arc<Self>, job: Job, work: runner::JobWork) {
+    fn spawn_job(self: &Arc<Self>, job: Task, work: runner::JobWork) {
         let live = Arc::new(LiveTask::default());
-        self.live_jobs
+        self.live_tasks
             .lock()
             .expect("lock")
             .insert(job.id, live.clone());
@@ -1444,51 +1477,13 @@ impl Service {
         tokio::spawn(async move { runner::run_job(svc, job, work, live).await });
     }
 
-    pub async fn job(&self, p: &Principal, id: i64) -> ServiceResult<Job> {
-        let mut j = self
-            .catalog
-            .job(&p.account_id, id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found(format!("job {id}")))?;
-        if let Some(l) = self.live_jobs.lock().expect("lock").get(&id)
-            && !j.state.is_terminal()
-        {
-            let pr = l.progress();
-            j.bytes_done = pr.bytes_done.max(j.bytes_done);
-            j.bytes_total = pr.bytes_total.max(j.bytes_total);
-        }
-        Ok(j)
-    }
-
-    pub async fn list_jobs(
-        &self,
-        p: &Principal,
-        f: &stowage_catalog::JobFilter,
-    ) -> ServiceResult<Vec<Job>> {
-        Ok(self.catalog.list_jobs(&p.account_id, f).await?)
-    }
-
-    pub async fn cancel_job(&self, p: &Principal, id: i64) -> ServiceResult<Job> {
-        let j = self.job(p, id).await?;
-        if j.state.is_terminal() {
-            return Err(ServiceError::new(
-                ErrorKind::InvalidState,
-                format!("job {id} is already {}", j.state),
-            ));
-        }
-        if let Some(l) = self.live_jobs.lock().expect("lock").get(&id) {
-            l.cancel();
-        }
-        self.job(p, id).await
-    }
-
     pub fn repository(&self) -> &Arc<Repository> {
         &self.repo
     }
 
-    /// Number of tasks and jobs running on this node.
+    /// Number of tasks (and parts) running on this node.
     pub fn running(&self) -> usize {
-        self.live_tasks.lock().expect("lock").len() + self.live_jobs.lock().expect("lock").len()
+        self.live_tasks.lock().expect("lock").len()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -1503,13 +1498,7 @@ impl Service {
     pub async fn shutdown(&self, grace: std::time::Duration) -> usize {
         self.shutting_down
             .store(true, std::sync::atomic::Ordering::Release);
-        for l in self
-            .live_tasks
-            .lock()
-            .expect("lock")
-            .values()
-            .chain(self.live_jobs.lock().expect("lock").values())
-        {
+        for l in self.live_tasks.lock().expect("lock").values() {
             l.cancel();
         }
         let deadline = tokio::time::Instant::now() + grace;
@@ -1593,7 +1582,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Progress of a task for display.
-pub fn percent(t: &BackupTask) -> u8 {
+pub fn percent(t: &Task) -> u8 {
     Progress {
         bytes_done: t.bytes_done,
         bytes_total: t.bytes_total,

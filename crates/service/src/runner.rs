@@ -1,4 +1,5 @@
-//! Running tasks and jobs, and mirroring their live state into the catalog.
+//! Running tasks of every kind, and mirroring their live state (and their
+//! parts') into the catalog.
 
 use crate::{Service, now_ms};
 use std::collections::BTreeMap;
@@ -6,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use stowage_catalog::{BackupSet, BackupTask, Instance, Job, NewSet, StateUpdate};
+use stowage_catalog::{BackupSet, Instance, NewSet, NewTask, StateUpdate, Task};
 use stowage_core::progress::Throttle;
-use stowage_core::{LiveTask, TaskState};
+use stowage_core::{LiveTask, Progress, TaskState};
 use stowage_engines::{ConnSpec, EngineError, ErrorKind};
 use stowage_repo::lock::LockKind;
 use stowage_repo::restore::{self, RestoreOptions};
@@ -39,12 +40,6 @@ pub(crate) enum JobWork {
     Gc,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Target {
-    Task(i64),
-    Job(i64),
-}
-
 /// The next state on the success path, used to persist every intermediate
 /// state even when the worker moved through several between two polls.
 fn next_forward(s: TaskState) -> Option<TaskState> {
@@ -59,97 +54,223 @@ fn next_forward(s: TaskState) -> Option<TaskState> {
 
 async fn persist_state(
     svc: &Service,
-    t: Target,
+    id: i64,
     to: TaskState,
     u: StateUpdate,
 ) -> Result<(), String> {
-    let r = match t {
-        Target::Task(id) => svc
-            .catalog
-            .set_backup_task_state(id, to, u, now_ms())
-            .await
-            .map(|_| ()),
-        Target::Job(id) => svc
-            .catalog
-            .set_job_state(id, to, u, now_ms())
-            .await
-            .map(|_| ()),
-    };
-    r.map_err(|e| e.to_string())
+    svc.catalog
+        .set_task_state(id, to, u, now_ms())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
-/// Brings the persisted state up to the live one.
-async fn sync(svc: &Service, t: Target, live: &LiveTask, persisted: &mut TaskState) {
-    let want = live.state();
+/// Brings a persisted state up to `want` along the success path (never
+/// past `Finishing`: how a task ends is recorded by its runner).
+async fn sync(svc: &Service, id: i64, want: TaskState, p: Progress, persisted: &mut TaskState) {
+    let want = if want.is_terminal() {
+        TaskState::Finishing
+    } else {
+        want
+    };
     while persisted.rank() < want.rank() {
         let Some(next) = next_forward(*persisted) else {
             break;
         };
         let u = StateUpdate {
-            progress: Some(live.progress()),
+            progress: Some(p),
             ..Default::default()
         };
-        match persist_state(svc, t, next, u).await {
+        match persist_state(svc, id, next, u).await {
             Ok(()) => *persisted = next,
             Err(e) => {
-                tracing::error!(error = %e, "could not persist a state change");
+                tracing::error!(task = id, error = %e, "could not persist a state change");
                 break;
             }
         }
     }
 }
 
-/// Waits for `work` while mirroring `live` into the catalog.
-async fn monitor<T>(
-    svc: &Service,
-    t: Target,
-    live: &LiveTask,
-    persisted: &mut TaskState,
-    mut work: tokio::task::JoinHandle<T>,
-) -> Result<T, String> {
-    let mut throttle = Throttle::new(PROGRESS_INTERVAL_MS);
-    let mut last = live.progress();
-    loop {
-        tokio::select! {
-            res = &mut work => {
-                sync(svc, t, live, persisted).await;
-                return res.map_err(|e| {
-                    tracing::error!(error = %e, "a worker thread failed");
-                    "internal error: the worker thread failed (see the server log)".to_string()
-                });
-            }
-            _ = tokio::time::sleep(POLL) => {
-                sync(svc, t, live, persisted).await;
-                let p = live.progress();
-                if p != last && throttle.due(now_ms() as u64) {
-                    last = p;
-                    let r = match t {
-                        Target::Task(id) => svc.catalog.set_backup_task_progress(id, p, now_ms()).await,
-                        Target::Job(id) => svc.catalog.set_job_progress(id, p, now_ms()).await,
-                    };
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "could not persist progress");
-                    }
+/// A part the engine opened, as mirrored into the catalog.
+struct PartMirror {
+    id: i64,
+    name: String,
+    live: Arc<LiveTask>,
+    persisted: TaskState,
+    last: Progress,
+}
+
+/// Mirrors a running task (and the parts its engine opens) into the
+/// catalog: states as they are reached, progress at most once a second.
+/// With parts, the task's state and progress are its parts' converged by
+/// `stowage_core::parts`.
+struct Mirror {
+    task: Task,
+    live: Arc<LiveTask>,
+    persisted: TaskState,
+    last: Progress,
+    throttle: Throttle,
+    parts: Vec<PartMirror>,
+}
+
+impl Mirror {
+    fn new(task: Task, live: Arc<LiveTask>) -> Mirror {
+        Mirror {
+            task,
+            live,
+            persisted: TaskState::Pending,
+            last: Progress::default(),
+            throttle: Throttle::new(PROGRESS_INTERVAL_MS),
+            parts: Vec::new(),
+        }
+    }
+
+    /// The task's state and progress as its parts (or itself) say.
+    fn wanted(&self) -> (TaskState, Progress) {
+        let own = self.live.progress();
+        if self.parts.is_empty() {
+            return (self.live.state(), own);
+        }
+        let states: Vec<TaskState> = self.parts.iter().map(|p| p.live.state()).collect();
+        let progress: Vec<Progress> = self.parts.iter().map(|p| p.live.progress()).collect();
+        let mut p = stowage_core::parts::converge_progress(&progress);
+        p.bytes_stored = p.bytes_stored.max(own.bytes_stored);
+        let parts = stowage_core::parts::converge_state(&states);
+        // The task itself moves on after its parts (writing the set).
+        let own_state = self.live.state();
+        let st = if !own_state.is_terminal() && own_state.rank() > parts.rank() {
+            own_state
+        } else {
+            parts
+        };
+        (st, p)
+    }
+
+    async fn poll(&mut self, svc: &Service) {
+        // Parts opened since the last poll become sub-tasks.
+        for (name, live) in self.live.parts().into_iter().skip(self.parts.len()) {
+            match svc
+                .catalog
+                .create_task(&NewTask::part_of(&self.task, &name), now_ms())
+                .await
+            {
+                Ok(t) => {
+                    svc.live_tasks
+                        .lock()
+                        .expect("lock")
+                        .insert(t.id, live.clone());
+                    self.parts.push(PartMirror {
+                        id: t.id,
+                        name,
+                        live,
+                        persisted: TaskState::Pending,
+                        last: Progress::default(),
+                    })
                 }
+                Err(e) => {
+                    tracing::error!(task = self.task.id, part = %name, error = %e, "could not record a part");
+                    break;
+                }
+            }
+        }
+        let progress_due = self.throttle.due(now_ms() as u64);
+        for part in &mut self.parts {
+            let p = part.live.progress();
+            sync(svc, part.id, part.live.state(), p, &mut part.persisted).await;
+            if p != part.last && progress_due {
+                part.last = p;
+                if let Err(e) = svc.catalog.set_task_progress(part.id, p, now_ms()).await {
+                    tracing::warn!(error = %e, "could not persist progress");
+                }
+            }
+        }
+        let (want, p) = self.wanted();
+        sync(svc, self.task.id, want, p, &mut self.persisted).await;
+        if p != self.last && progress_due {
+            self.last = p;
+            if let Err(e) = svc
+                .catalog
+                .set_task_progress(self.task.id, p, now_ms())
+                .await
+            {
+                tracing::warn!(error = %e, "could not persist progress");
+            }
+        }
+    }
+
+    /// The task's progress now (its parts' sum when it has parts).
+    fn progress(&self) -> Progress {
+        self.wanted().1
+    }
+
+    /// Waits for `work`, mirroring the task meanwhile.
+    async fn run<T>(
+        &mut self,
+        svc: &Service,
+        mut work: tokio::task::JoinHandle<T>,
+    ) -> Result<T, String> {
+        loop {
+            tokio::select! {
+                res = &mut work => {
+                    self.poll(svc).await;
+                    return res.map_err(|e| {
+                        tracing::error!(error = %e, "a worker thread failed");
+                        "internal error: the worker thread failed (see the server log)".to_string()
+                    });
+                }
+                _ = tokio::time::sleep(POLL) => self.poll(svc).await,
+            }
+        }
+    }
+
+    /// Records how the parts ended: those the engine finished as finished,
+    /// the others failed (or cancelled) with `e`.
+    async fn end_parts(&mut self, svc: &Service, e: Option<&EngineError>) {
+        for part in &mut self.parts {
+            if part.persisted.is_terminal() {
+                continue;
+            }
+            if part.live.state() == TaskState::Finished {
+                // The part did its work, even if the task as a whole failed.
+                let u = StateUpdate {
+                    progress: Some(part.live.progress()),
+                    ..Default::default()
+                };
+                match persist_state(svc, part.id, TaskState::Finished, u).await {
+                    Ok(()) => part.persisted = TaskState::Finished,
+                    Err(err) => tracing::error!(error = %err, "could not record a finished part"),
+                }
+            } else {
+                let e = e.cloned().unwrap_or_else(|| {
+                    EngineError::new(
+                        ErrorKind::Protocol,
+                        format!("the engine ended without finishing part {}", part.name),
+                    )
+                });
+                fail(svc, part.id, part.persisted, &e).await;
+                part.persisted = TaskState::Failed;
             }
         }
     }
 }
 
-/// Frees a task's live slot however its runner ends. If the runner panicked
-/// before recording an end, the task is marked failed ("internal error") so
-/// it never holds its instance's active slot until a restart.
+/// Frees a task's live slot (and its parts') however its runner ends. If
+/// the runner panicked before recording an end, the task is marked failed
+/// ("internal error") so it never holds its instance's active slot until a
+/// restart.
 struct SlotGuard {
     svc: Arc<Service>,
-    t: Target,
+    id: i64,
+    live: Arc<LiveTask>,
     armed: bool,
 }
 
 impl SlotGuard {
-    fn new(svc: &Arc<Service>, t: Target) -> SlotGuard {
+    fn new(svc: &Arc<Service>, id: i64, live: &Arc<LiveTask>) -> SlotGuard {
         SlotGuard {
             svc: svc.clone(),
-            t,
+            id,
+            live: live.clone(),
             armed: true,
         }
     }
@@ -162,23 +283,26 @@ impl SlotGuard {
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        match self.t {
-            Target::Task(id) => self.svc.live_tasks.lock().map(|mut m| m.remove(&id)),
-            Target::Job(id) => self.svc.live_jobs.lock().map(|mut m| m.remove(&id)),
+        if let Ok(mut m) = self.svc.live_tasks.lock() {
+            m.remove(&self.id);
+            let parts = self.live.parts();
+            m.retain(|_, l| !parts.iter().any(|(_, p)| Arc::ptr_eq(p, l)));
         }
-        .ok();
         if !self.armed {
             return;
         }
-        tracing::error!(target_id = ?self.t, "a task runner stopped unexpectedly; marking the task failed");
-        let (svc, t) = (self.svc.clone(), self.t);
+        tracing::error!(
+            task = self.id,
+            "a task runner stopped unexpectedly; marking the task failed"
+        );
+        let (svc, id) = (self.svc.clone(), self.id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let u = StateUpdate {
                     error: Some("internal error: the task's runner stopped unexpectedly (see the server log)".into()),
                     ..Default::default()
                 };
-                if let Err(e) = persist_state(&svc, t, TaskState::Failed, u).await {
+                if let Err(e) = persist_state(&svc, id, TaskState::Failed, u).await {
                     tracing::error!(error = %e, "could not record a task whose runner stopped");
                 }
             });
@@ -191,7 +315,7 @@ fn fault(name: &str) -> bool {
     cfg!(debug_assertions) && std::env::var("STOWAGE_FAULT").is_ok_and(|v| v == name)
 }
 
-async fn fail(svc: &Service, t: Target, persisted: TaskState, e: &EngineError) {
+async fn fail(svc: &Service, id: i64, persisted: TaskState, e: &EngineError) {
     let to = if e.kind == ErrorKind::Cancelled && persisted.can_transition_to(TaskState::Cancelled)
     {
         TaskState::Cancelled
@@ -207,7 +331,7 @@ async fn fail(svc: &Service, t: Target, persisted: TaskState, e: &EngineError) {
     };
     if let Err(err) = persist_state(
         svc,
-        t,
+        id,
         to,
         StateUpdate {
             error: Some(msg),
@@ -222,13 +346,13 @@ async fn fail(svc: &Service, t: Target, persisted: TaskState, e: &EngineError) {
 
 pub(crate) async fn run_backup(
     svc: Arc<Service>,
-    task: BackupTask,
+    task: Task,
     inst: Instance,
     spec: ConnSpec,
     live: Arc<LiveTask>,
 ) {
-    let t = Target::Task(task.id);
-    let guard = SlotGuard::new(&svc, t);
+    let t = task.id;
+    let guard = SlotGuard::new(&svc, t, &live);
     tracing::info!(task = task.id, instance = %inst.id, "backup task started");
     if fault("panic-in-backup-task") {
         panic!("injected fault: panic-in-backup-task");
@@ -295,12 +419,14 @@ pub(crate) async fn run_backup(
         );
         Ok::<_, EngineError>((snap, m, out))
     });
-    let mut persisted = TaskState::Pending;
-    let res = monitor(&svc, t, &live, &mut persisted, work).await;
-    match res
+    let mut mirror = Mirror::new(task.clone(), live.clone());
+    let res = mirror.run(&svc, work).await;
+    let res = res
         .map_err(|m| EngineError::new(ErrorKind::Repository, m))
-        .and_then(|r| r)
-    {
+        .and_then(|r| r);
+    mirror.end_parts(&svc, res.as_ref().err()).await;
+    let persisted = mirror.persisted;
+    match res {
         Ok((snap, m, out)) => {
             // The retention in force now; a later policy change updates the set.
             let policy = match svc.catalog.backup_policy(&inst.account_id, &inst.id).await {
@@ -479,9 +605,9 @@ fn restore_work(
     }))
 }
 
-pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Arc<LiveTask>) {
-    let t = Target::Job(job.id);
-    let guard = SlotGuard::new(&svc, t);
+pub(crate) async fn run_job(svc: Arc<Service>, job: Task, work: JobWork, live: Arc<LiveTask>) {
+    let t = job.id;
+    let guard = SlotGuard::new(&svc, t, &live);
     tracing::info!(job = job.id, kind = %job.kind.as_str(), "job started");
     let s = svc.clone();
     let l = live.clone();
@@ -542,15 +668,17 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Job, work: JobWork, live: Ar
             }
         }
     });
-    let mut persisted = TaskState::Pending;
-    let res = monitor(&svc, t, &live, &mut persisted, handle).await;
-    match res
+    let mut mirror = Mirror::new(job.clone(), live.clone());
+    let res = mirror.run(&svc, handle).await;
+    let res = res
         .map_err(|m| EngineError::new(ErrorKind::Repository, m))
-        .and_then(|r| r)
-    {
+        .and_then(|r| r);
+    mirror.end_parts(&svc, res.as_ref().err()).await;
+    let persisted = mirror.persisted;
+    match res {
         Ok(result) => {
             let u = StateUpdate {
-                progress: Some(live.progress()),
+                progress: Some(mirror.progress()),
                 result: Some(result),
                 ..Default::default()
             };

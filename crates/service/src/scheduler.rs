@@ -60,13 +60,14 @@ impl Service {
         let mut taken = None;
         if open.start_ms <= now {
             let f = stowage_catalog::TaskFilter {
+                kinds: vec![stowage_core::TaskKind::Backup],
                 instance_id: Some(instance_id.to_string()),
                 limit: Some(20),
                 ..Default::default()
             };
             taken = self
                 .catalog
-                .list_backup_tasks(&p.account_id, &f)
+                .list_tasks(&p.account_id, &f)
                 .await?
                 .iter()
                 .find(|t| t.scheduled_ms == Some(open.start_ms) && t.state != TaskState::Pending)
@@ -193,18 +194,13 @@ impl Service {
             {
                 continue;
             }
+            let method = stowage_engines::engine_for(&ip.engine).map_or("", |e| e.method());
             let t = NewTask {
-                account_id: ip.account_id.clone(),
-                instance_id: ip.instance_id.clone(),
-                mode: TaskMode::Automated,
-                method: "physical".into(),
-                client_token: None,
                 node: Some(self.node.clone()),
                 scheduled_ms: Some(o.start_ms),
-                retention_days: None,
-                comment: None,
+                ..NewTask::backup(&ip.account_id, &ip.instance_id, TaskMode::Automated, method)
             };
-            match self.catalog.create_backup_task(&t, now).await {
+            match self.catalog.create_task(&t, now).await {
                 Ok(t) => tracing::info!(
                     task = t.id,
                     instance = %ip.instance_id,
@@ -242,7 +238,7 @@ impl Service {
                 admin: false,
                 policy: None,
             };
-            let inst = match self.instance(&p, &t.instance_id).await {
+            let inst = match self.instance(&p, t.instance()).await {
                 Ok(i) => i,
                 Err(e) if e.kind == ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
@@ -261,7 +257,7 @@ impl Service {
             if !queued && now >= start + policy.window.len_min() as i64 * 60_000 {
                 let why = "skipped: the instance was busy or the server was down for the whole backup window";
                 self.catalog
-                    .set_backup_task_state(
+                    .set_task_state(
                         t.id,
                         TaskState::Cancelled,
                         stowage_catalog::StateUpdate {
@@ -271,12 +267,17 @@ impl Service {
                         now,
                     )
                     .await?;
-                tracing::warn!(task = t.id, instance = %t.instance_id, "{why}");
+                tracing::warn!(task = t.id, instance = t.instance(), "{why}");
                 continue;
             }
             if free == 0 {
                 if self.queued.lock().expect("lock").insert(t.id) {
-                    tracing::info!(task = t.id, instance = %t.instance_id, limit, "automated backup queued: the limit of concurrent automated backups is reached");
+                    tracing::info!(
+                        task = t.id,
+                        instance = t.instance(),
+                        limit,
+                        "automated backup queued: the limit of concurrent automated backups is reached"
+                    );
                 }
                 continue;
             }
@@ -290,7 +291,11 @@ impl Service {
                 Err(CatalogError::InstanceBusy(_)) | Err(CatalogError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
-            tracing::info!(task = t.id, instance = %t.instance_id, "automated backup starting");
+            tracing::info!(
+                task = t.id,
+                instance = t.instance(),
+                "automated backup starting"
+            );
             let id = t.id;
             if let Err(e) = self.launch(t, inst).await {
                 // Recorded on the task; the other instances go on.

@@ -507,6 +507,23 @@ pub fn pinned_venv(venv: &Path, req_file: &Path) -> PathBuf {
 }
 
 /// The SecantusDB virtual environment (`STOWAGE_MONGO_VENV`, default
+/// A file of this repository, found at run time. Never `env!("CARGO_MANIFEST_DIR")`:
+/// checkouts that share one `CARGO_TARGET_DIR` share compiled test
+/// binaries, and a path baked into one may name another checkout (since
+/// removed). Cargo sets `CARGO_MANIFEST_DIR` for the test process; the
+/// repository root is the folder above it that holds `Cargo.lock`.
+pub fn repo_file(rel: &str) -> PathBuf {
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .expect("a working directory");
+    let root = start
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").is_file())
+        .unwrap_or_else(|| panic!("no Cargo.lock above {}", start.display()));
+    root.join(rel)
+}
+
 /// /var/tmp/stowage-mongo-venv), from `mongo/requirements.txt`.
 pub fn mongo_venv() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
@@ -515,10 +532,7 @@ pub fn mongo_venv() -> PathBuf {
             std::env::var("STOWAGE_MONGO_VENV")
                 .unwrap_or_else(|_| "/var/tmp/stowage-mongo-venv".into()),
         );
-        pinned_venv(
-            &v,
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("mongo/requirements.txt"),
-        )
+        pinned_venv(&v, &repo_file("crates/testkit/mongo/requirements.txt"))
     })
     .clone()
 }
@@ -562,7 +576,7 @@ impl MongoServer {
 
     fn start_in(dir: tempfile::TempDir, venv: PathBuf, opts: MongoOptions) -> MongoServer {
         use std::io::BufRead;
-        let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("mongo/launcher.py");
+        let launcher = repo_file("crates/testkit/mongo/launcher.py");
         for _attempt in 0..3 {
             let port = free_port();
             let mut cmd = Command::new(venv.join("bin/python"));

@@ -14,7 +14,7 @@ use super::shared::{
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use stowage_catalog::{BackupSet, BackupTask};
+use stowage_catalog::{BackupSet, Task};
 use stowage_core::time::format_rfc3339;
 use stowage_core::{TaskMode, TaskState};
 use stowage_service::Service;
@@ -48,7 +48,7 @@ pub async fn dispatch(svc: &Arc<Service>, req: &RpcRequest) -> Option<Result<Res
     })
 }
 
-fn job_json(t: &BackupTask) -> Value {
+fn job_json(t: &Task) -> Value {
     let mut j = json!({
         // A number, as the product's example sends it (the lower-case `j` is the wire's).
         "BackupjobId": t.id,

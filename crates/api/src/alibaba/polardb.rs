@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use stowage_catalog::{BackupSet, BackupTask};
+use stowage_catalog::{BackupSet, Task};
 use stowage_core::TaskMode;
 use stowage_core::time::format_rfc3339;
 use stowage_service::Service;
@@ -44,7 +44,7 @@ pub async fn dispatch(svc: &Arc<Service>, req: &RpcRequest) -> Option<Result<Res
     })
 }
 
-fn job_json(t: &BackupTask) -> Value {
+fn job_json(t: &Task) -> Value {
     let pct = stowage_service::percent(t);
     // Strings, as the product's own example sends them.
     json!({

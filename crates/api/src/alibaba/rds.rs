@@ -9,7 +9,7 @@ use super::shared::{
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
-use stowage_catalog::{BackupSet, BackupTask, TaskFilter};
+use stowage_catalog::{BackupSet, Task, TaskFilter};
 use stowage_core::time::format_rfc3339;
 use stowage_core::{TaskMode, TaskState};
 use stowage_service::Service;
@@ -41,7 +41,7 @@ fn job_status_states(v: &str) -> Option<Vec<TaskState>> {
     }
 }
 
-fn job_json(t: &BackupTask) -> Value {
+fn job_json(t: &Task) -> Value {
     let (status, progress_status) = rds_status(t.state);
     let pct = stowage_service::percent(t);
     let mut j = json!({
@@ -91,6 +91,7 @@ pub async fn dispatch(
 async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let inst = instance_id(svc, req).await?;
     let mut f = TaskFilter {
+        kinds: vec![stowage_core::TaskKind::Backup],
         instance_id: Some(inst),
         limit: Some(1000),
         ..Default::default()

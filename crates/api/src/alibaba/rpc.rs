@@ -211,6 +211,7 @@ pub fn backup_task_filter(
     instance: String,
 ) -> Result<stowage_catalog::TaskFilter, RpcError> {
     let mut f = stowage_catalog::TaskFilter {
+        kinds: vec![stowage_core::TaskKind::Backup],
         instance_id: Some(instance),
         limit: Some(1000),
         ..Default::default()
@@ -241,7 +242,7 @@ pub async fn start_manual_backup(
     req: &RpcRequest,
     instance: &str,
     busy: &str,
-) -> Result<stowage_catalog::BackupTask, RpcError> {
+) -> Result<stowage_catalog::Task, RpcError> {
     let token = req.get("ClientToken").map(str::to_string);
     // rds and dds: keep this set this many days (the cloud's 7 to 730;
     // its -1, "until the instance is released", is not supported).

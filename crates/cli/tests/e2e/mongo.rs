@@ -65,6 +65,39 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
         "{out}"
     );
     let set = s.json(&["set", "list"])["sets"][0].clone();
+    // The backup task has one part, the replica set, finished with the
+    // bytes it read; the task's progress is its parts' sum.
+    let task = s.json(&["task", "show", &set["task_id"].to_string()]);
+    let parts = task["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 1, "{task}");
+    assert_eq!(parts[0]["part"], "rs-e2e");
+    assert_eq!(parts[0]["state"], "finished");
+    assert_eq!(parts[0]["parent_id"], task["id"]);
+    assert!(
+        parts[0]["progress"]["bytes_done"].as_u64().unwrap() > 0,
+        "{task}"
+    );
+    assert!(
+        task["progress"]["bytes_done"].as_u64() >= parts[0]["progress"]["bytes_done"].as_u64(),
+        "{task}"
+    );
+    let shown = s.ok(&["task", "show", &set["task_id"].to_string()]);
+    assert!(
+        shown.contains("parts:") && shown.contains("rs-e2e"),
+        "{shown}"
+    );
+    // Parts are not top-level tasks, and cannot be cancelled on their own.
+    let listed = s.json(&["task", "list"]);
+    assert!(
+        listed["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["part"].is_null()),
+        "{listed}"
+    );
+    let o = s.cli(&["task", "cancel", &parts[0]["id"].to_string()]);
+    assert_ne!(o.status.code(), Some(0));
     assert_eq!(set["engine"], "mongodb");
     assert_eq!(set["method"], "logical");
     assert!(
@@ -110,6 +143,17 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
         m2.pymongo("print(client.shop2.orders.count_documents({}))"),
         "1000"
     );
+    // The restore is a task too (kind restore), with a part per archive.
+    let restores = s.json(&["task", "list", "--kind", "restore"]);
+    let r = &restores["tasks"][0];
+    assert_eq!(
+        (r["kind"].as_str(), r["state"].as_str()),
+        (Some("restore"), Some("finished")),
+        "{restores}"
+    );
+    let r = s.json(&["task", "show", &r["id"].to_string()]);
+    assert_eq!(r["parts"][0]["part"], "rs-e2e", "{r}");
+    assert_eq!(r["parts"][0]["state"], "finished", "{r}");
     // Again: the database exists now; refused unless dropped.
     let o = s.cli(&[
         "restore",

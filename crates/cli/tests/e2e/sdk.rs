@@ -20,10 +20,7 @@ fn venv() -> PathBuf {
             std::env::var("STOWAGE_SDK_VENV")
                 .unwrap_or_else(|_| "/var/tmp/stowage-sdk-venv".into()),
         );
-        let req = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/compat/requirements.txt"
-        ));
+        let req = stowage_testkit::repo_file("crates/cli/tests/compat/requirements.txt");
         if std::env::var("STOWAGE_SDK_UNPINNED").is_ok_and(|x| x == "1") {
             let mods = stowage_testkit::required_modules(&std::fs::read_to_string(&req).unwrap());
             assert!(
@@ -43,10 +40,9 @@ fn venv() -> PathBuf {
 fn run_script(v: &std::path::Path, s: &Stowage, script: &str, env: &[(&str, &str)], done: &str) {
     let (ak, sk) = s.credentials();
     let out = Command::new(v.join("bin/python"))
-        .arg(format!(
-            "{}/tests/compat/{script}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
+        .arg(stowage_testkit::repo_file(&format!(
+            "crates/cli/tests/compat/{script}"
+        )))
         .env("ENDPOINT", s.url.trim_start_matches("http://"))
         .env("AK", ak)
         .env("SK", sk)

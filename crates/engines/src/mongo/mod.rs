@@ -288,7 +288,9 @@ fn dump_collection(
 
 /// Backs up a replica set into `archive` of `writer` (default: the
 /// replica set's name) with `threads` collections dumped at once. Moves
-/// `live` through checking, preparing, running; the caller finishes the set.
+/// `live` to checking, then opens a part of it named after the replica set
+/// (the sharded engine opens one per shard) and moves that through
+/// preparing and running to finished; the caller finishes the set.
 pub fn backup_replica_set(
     uri: &str,
     archive: Option<&str>,
@@ -307,6 +309,9 @@ pub fn backup_replica_set(
     };
     let archive = archive.map_or_else(|| escape(set_name), str::to_string);
     let archive = archive.as_str();
+    let part = live.add_part(set_name);
+    let live = &*part;
+    live.set_state(TaskState::Checking);
     live.set_state(TaskState::Preparing);
     let start = newest_ts(&c)?.ok_or_else(|| {
         err(
@@ -377,6 +382,8 @@ pub fn backup_replica_set(
             "oplog window overrun: the oplog no longer holds the entry the dump started at; raise the oplog size or back up at a less busy time",
         ));
     }
+    live.set_state(TaskState::Finishing);
+    live.set_state(TaskState::Finished);
     Ok(MongoBackup {
         facts: f,
         end,
@@ -570,8 +577,16 @@ impl crate::Engine for MongoLogical {
             rename: opts.rename.clone(),
             drop: opts.drop,
         };
-        for i in 0..m.archives.len() {
-            let st = restore::restore_dump(uri, repo, m, i, &o, live)?;
+        // One part per archive (a replica set, a shard), each with its own
+        // progress; the task's is their sum.
+        for (i, a) in m.archives.iter().enumerate() {
+            let part = live.add_part(&a.name);
+            part.set_state(TaskState::Checking);
+            part.set_state(TaskState::Preparing);
+            part.set_state(TaskState::Running);
+            let st = restore::restore_dump(uri, repo, m, i, &o, &part)?;
+            part.set_state(TaskState::Finishing);
+            part.set_state(TaskState::Finished);
             total.databases += st.databases;
             total.collections += st.collections;
             total.views += st.views;

@@ -5,4 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+# The Rust SecantusDB (MongoDB-compatible; the tests that need a pruning
+# oplog or speed use it): built once, ~10-25 min on 2 cores, then cached.
+bash scripts/secantus-rs.sh >/dev/null
 cargo test --workspace --locked --no-fail-fast 2>&1

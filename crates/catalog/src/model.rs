@@ -97,13 +97,15 @@ pub struct BackupSet {
     pub task_id: i64,
     pub snapshot_id: String,
     pub engine: String,
+    /// The server's version as it reported it ("16.4", "8.2.11").
+    pub engine_version: Option<String>,
     pub method: String,
     pub mode: TaskMode,
     pub started_ms: i64,
     pub finished_ms: i64,
     pub bytes_logical: u64,
     pub bytes_stored: u64,
-    pub consistent_point: Option<serde_json::Value>,
+    pub consistent_point: Option<stowage_core::ConsistentPoint>,
     pub meta: serde_json::Value,
     pub expires_ms: Option<i64>,
 }
@@ -216,12 +218,13 @@ impl NewTask {
 pub struct NewSet {
     pub snapshot_id: String,
     pub engine: String,
+    pub engine_version: Option<String>,
     pub method: String,
     pub started_ms: i64,
     pub finished_ms: i64,
     pub bytes_logical: u64,
     pub bytes_stored: u64,
-    pub consistent_point: Option<serde_json::Value>,
+    pub consistent_point: Option<stowage_core::ConsistentPoint>,
     pub meta: serde_json::Value,
     pub expires_ms: Option<i64>,
 }

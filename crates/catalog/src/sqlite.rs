@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_task_retention.sql")),
     (6, include_str!("migrations/0006_task_comment.sql")),
     (7, include_str!("migrations/0007_tasks.sql")),
+    (8, include_str!("migrations/0008_set_engine_version.sql")),
 ];
 
 pub struct SqliteCatalog {
@@ -185,13 +186,16 @@ fn set_from_row(r: &SqliteRow) -> CatalogResult<BackupSet> {
         task_id: r.try_get("task_id")?,
         snapshot_id: r.try_get("snapshot_id")?,
         engine: r.try_get("engine")?,
+        engine_version: r.try_get("engine_version")?,
         method: r.try_get("method")?,
         mode: TaskMode::from_str(&r.try_get::<String, _>("mode")?).map_err(bad_row)?,
         started_ms: r.try_get("started_ms")?,
         finished_ms: r.try_get("finished_ms")?,
         bytes_logical: r.try_get::<i64, _>("bytes_logical")? as u64,
         bytes_stored: r.try_get::<i64, _>("bytes_stored")? as u64,
-        consistent_point: json_opt(r.try_get("consistent_point")?),
+        consistent_point: json_opt(r.try_get("consistent_point")?)
+            .as_ref()
+            .and_then(stowage_core::ConsistentPoint::from_json),
         meta: json_opt(r.try_get("meta")?).unwrap_or(serde_json::Value::Null),
         expires_ms: r.try_get("expires_ms")?,
     })
@@ -738,9 +742,9 @@ impl Catalog for SqliteCatalog {
             m.insert("comment".into(), serde_json::Value::String(c.clone()));
         }
         let set_id = sqlx::query(
-            "INSERT INTO backup_sets (id, account_id, instance_id, task_id, snapshot_id, engine, method, mode, started_ms, finished_ms,
+            "INSERT INTO backup_sets (id, account_id, instance_id, task_id, snapshot_id, engine, engine_version, method, mode, started_ms, finished_ms,
                bytes_logical, bytes_stored, consistent_point, meta, expires_ms, expiry_pinned)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(&cur.account_id)
@@ -748,13 +752,14 @@ impl Catalog for SqliteCatalog {
         .bind(id)
         .bind(&s.snapshot_id)
         .bind(&s.engine)
+        .bind(&s.engine_version)
         .bind(&s.method)
         .bind(cur.mode.as_str())
         .bind(s.started_ms)
         .bind(s.finished_ms)
         .bind(s.bytes_logical as i64)
         .bind(s.bytes_stored as i64)
-        .bind(s.consistent_point.as_ref().map(|v| v.to_string()))
+        .bind(s.consistent_point.as_ref().map(|v| v.to_json().to_string()))
         .bind(meta.to_string())
         .bind(expires_ms)
         .bind(pinned)
@@ -772,7 +777,7 @@ impl Catalog for SqliteCatalog {
         .bind(s.bytes_logical as i64)
         .bind(s.bytes_stored as i64)
         .bind(s.bytes_logical as i64)
-        .bind(s.consistent_point.as_ref().map(|v| v.to_string()))
+        .bind(s.consistent_point.as_ref().map(|v| v.to_json().to_string()))
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -1053,8 +1058,8 @@ mod tests {
             "INSERT INTO backup_tasks (id, account_id, instance_id, mode, method, state, active, created_ms, updated_ms, set_id)
                VALUES (3, 'A', 'rm-1', 'manual', 'physical', 'finished', NULL, 1, 2, 3),
                       (7, 'A', 'rm-1', 'manual', 'physical', 'running', 1, 1, 2, NULL);
-             INSERT INTO backup_sets (id, account_id, instance_id, task_id, snapshot_id, engine, method, mode, started_ms, finished_ms, bytes_logical, bytes_stored)
-               VALUES (3, 'A', 'rm-1', 3, 'ab', 'postgresql', 'physical', 'manual', 1, 2, 10, 1);
+             INSERT INTO backup_sets (id, account_id, instance_id, task_id, snapshot_id, engine, method, mode, started_ms, finished_ms, bytes_logical, bytes_stored, meta)
+               VALUES (3, 'A', 'rm-1', 3, 'ab', 'postgresql', 'physical', 'manual', 1, 2, 10, 1, '{\"server_version\":\"16.4\"}');
              INSERT INTO jobs (account_id, kind, state, set_id, params, created_ms, updated_ms, result)
                VALUES ('A', 'restore', 'finished', 3, '{\"target\":\"/x\"}', 5, 6, '{\"files\":2}'),
                       ('A', 'verify', 'failed', NULL, '{}', 7, 8, NULL);
@@ -1099,5 +1104,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next.id, 12);
+        // Sets get their engine version from their metadata.
+        let set = c.backup_set("A", 3).await.unwrap().unwrap();
+        assert_eq!(set.engine_version.as_deref(), Some("16.4"));
     }
 }

@@ -102,12 +102,17 @@ async fn contract(c: &dyn Catalog) {
     let set = NewSet {
         snapshot_id: "ab".repeat(32),
         engine: "postgresql".into(),
+        engine_version: Some("16.4".into()),
         method: "physical".into(),
         started_ms: 12,
         finished_ms: 15,
         bytes_logical: 100,
         bytes_stored: 10,
-        consistent_point: Some(serde_json::json!({"stop_lsn": "0/3000100"})),
+        consistent_point: Some(stowage_core::ConsistentPoint::Wal {
+            start_lsn: "0/3000028".into(),
+            stop_lsn: "0/3000100".into(),
+            timeline: 1,
+        }),
         meta: serde_json::json!({}),
         expires_ms: None,
     };
@@ -115,7 +120,11 @@ async fn contract(c: &dyn Catalog) {
     assert_eq!(t2.state, TaskState::Finished);
     assert_eq!(t2.set_id, Some(s.id));
     assert_eq!(s.id, t.id, "a set's id is its task's id");
-    assert_eq!(s.consistent_point.unwrap()["stop_lsn"], "0/3000100");
+    assert_eq!(
+        s.consistent_point.unwrap().to_string(),
+        "LSN 0/3000100 (timeline 1)"
+    );
+    assert_eq!(s.engine_version.as_deref(), Some("16.4"));
     // Instance free again; a second task can start and is failed by a restart.
     let t3 = c.create_task(&nt, 20).await.unwrap();
     c.set_task_state(t3.id, TaskState::Checking, StateUpdate::default(), 21)
@@ -434,6 +443,7 @@ async fn contract_schedule(c: &dyn Catalog) {
                 &NewSet {
                     snapshot_id: format!("{i:064}"),
                     engine: "postgresql".into(),
+                    engine_version: Some("16.4".into()),
                     method: "physical".into(),
                     started_ms: fin - 1,
                     finished_ms: fin,
@@ -527,6 +537,7 @@ async fn contract_schedule(c: &dyn Catalog) {
             &NewSet {
                 snapshot_id: format!("{:064}", 9),
                 engine: "postgresql".into(),
+                engine_version: Some("16.4".into()),
                 method: "physical".into(),
                 started_ms: 29_000,
                 finished_ms: 30_000,

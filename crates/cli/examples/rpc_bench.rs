@@ -234,12 +234,17 @@ fn main() {
                 &NewSet {
                     snapshot_id: format!("{:064x}", task.id),
                     engine: "postgresql".into(),
+                    engine_version: Some("16.4".into()),
                     method: "physical".into(),
                     started_ms: now,
                     finished_ms: now + 30_000,
                     bytes_logical: 160_000_000,
                     bytes_stored: 2_000_000,
-                    consistent_point: Some(json!({"stop_lsn": "0/3000100"})),
+                    consistent_point: Some(stowage_core::ConsistentPoint::Wal {
+                        start_lsn: "0/3000028".into(),
+                        stop_lsn: "0/3000100".into(),
+                        timeline: 1,
+                    }),
                     meta: json!({"server_version_num": 150000}),
                     expires_ms: None,
                 },

@@ -38,6 +38,15 @@ impl Dialect {
         }
     }
 
+    /// The engines an instance of this product can be (a `dds-` instance is
+    /// MongoDB; an `rm-` one is a relational database).
+    pub fn engines(self) -> &'static [&'static str] {
+        match self {
+            Dialect::Rds | Dialect::Polardb => &["postgresql"],
+            Dialect::Dds | Dialect::TencentMongo => &["mongodb"],
+        }
+    }
+
     /// Length of the random part of a generated id.
     pub fn random_len(self) -> usize {
         match self {

@@ -10,6 +10,7 @@
 pub mod ids;
 pub mod manifest;
 pub mod parts;
+pub mod point;
 pub mod progress;
 pub mod ram;
 pub mod retention;
@@ -19,6 +20,7 @@ pub mod task;
 pub mod time;
 
 pub use ids::{Dialect, IdError, InstanceId};
+pub use point::{ConsistentPoint, OplogTs};
 pub use progress::{LiveTask, Progress, RateEstimator};
 pub use schedule::{BackupPolicy, PolicyError, Weekdays, Window};
 pub use secret::Secret;

@@ -118,8 +118,10 @@ pub struct RestoreIntoOptions {
 /// What a finished backup stream established.
 #[derive(Debug, Clone)]
 pub struct BackupOutcome {
-    /// The point the backup is consistent at (LSN, GTID, oplog timestamp …).
-    pub consistent_point: serde_json::Value,
+    /// The point the backup is consistent at (LSN, oplog timestamp …).
+    pub consistent_point: stowage_core::ConsistentPoint,
+    /// The server's version as it reports it ("16.4", "8.2.11").
+    pub engine_version: String,
     /// Everything else worth keeping in the manifest.
     pub meta: serde_json::Value,
 }

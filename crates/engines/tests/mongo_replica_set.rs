@@ -93,7 +93,7 @@ fn replica_set_backup_is_a_dump_plus_an_oplog_slice() {
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
     let live = LiveTask::default();
-    let out = mongo::backup_replica_set(&m.uri(), Some("rs0"), 2, &mut bw, &live).unwrap();
+    let out = mongo::backup_replica_set(&m.uri(), Some("rs0"), 2, None, &mut bw, &live).unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
     let _ = w.kill();
     let _ = w.wait();
@@ -225,7 +225,15 @@ fn a_dump_restores_into_another_server_byte_for_byte() {
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
-    mongo::backup_replica_set(&src.uri(), Some("rs0"), 2, &mut bw, &LiveTask::default()).unwrap();
+    mongo::backup_replica_set(
+        &src.uri(),
+        Some("rs0"),
+        2,
+        None,
+        &mut bw,
+        &LiveTask::default(),
+    )
+    .unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
 
     let dst = MongoServer::start(MongoOptions::default());
@@ -310,8 +318,15 @@ fn restore_replays_the_oplog_to_the_consistent_point() {
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
-    let out = mongo::backup_replica_set(&src.uri(), Some("rs0"), 2, &mut bw, &LiveTask::default())
-        .unwrap();
+    let out = mongo::backup_replica_set(
+        &src.uri(),
+        Some("rs0"),
+        2,
+        None,
+        &mut bw,
+        &LiveTask::default(),
+    )
+    .unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = load.kill();
@@ -380,4 +395,67 @@ fn restore_replays_the_oplog_to_the_consistent_point() {
     );
     // And the source went on past that point (so the check means something).
     assert_ne!(actual(&src), expected);
+}
+
+/// The oplog rolls past the dump's start while the dump runs (a small
+/// oplog, a busy writer, a throttled dump): the backup fails with the
+/// overrun error and no set is written; the repository stays sound.
+/// Needs the Rust server (the Python one never prunes its oplog).
+#[test]
+fn an_oplog_window_overrun_fails_the_backup_and_writes_no_set() {
+    let m = MongoServer::start(MongoOptions {
+        oplog_max_entries: Some(500),
+        ..MongoOptions::rust()
+    });
+    // ~8 MB in one collection, dumped at 2 MB/s: ~4 s of dump.
+    m.pymongo(
+        "for b in range(8):\n    client.shop.big.insert_many([{'_id': b * 1000 + i, 'pad': 'x' * 1000} for i in range(1000)])",
+    );
+    let mut w = writer(&m, "busy");
+    // The writer is running (its entries fill the oplog) before the dump.
+    for _ in 0..100 {
+        if m.pymongo("print(client.shop.busy.estimated_document_count())") != "0" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    let live = LiveTask::default();
+    let res = mongo::backup_replica_set(&m.uri(), None, 2, Some(2048), &mut bw, &live);
+    let _ = w.kill();
+    let _ = w.wait();
+    let e = res.expect_err("a backup whose oplog window was overrun must fail");
+    assert_eq!(e.kind, ErrorKind::Capacity, "{e:?}");
+    assert!(
+        e.message.contains("oplog window overrun") && e.message.contains("raise the oplog size"),
+        "{}",
+        e.message
+    );
+    drop(bw);
+    assert!(
+        r.list_snapshots().unwrap().is_empty(),
+        "no set may be written"
+    );
+    let report = r.verify(0, &|_, _| {}).unwrap();
+    assert!(report.ok(), "{report:?}");
+}
+
+/// The dump honours the transfer-rate limit.
+#[test]
+fn the_dump_keeps_to_its_rate_limit() {
+    let m = MongoServer::start(MongoOptions::rust());
+    m.pymongo("client.shop.big.insert_many([{'_id': i, 'pad': 'x' * 1000} for i in range(3000)])");
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    let t0 = std::time::Instant::now();
+    let out =
+        mongo::backup_replica_set(&m.uri(), None, 2, Some(1024), &mut bw, &LiveTask::default())
+            .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(out.facts.set_name.as_deref(), Some("secantus"));
+    // ~3.1 MB at 1 MiB/s: at least ~2.9 s; unthrottled it takes well under 1 s.
+    assert!(took.as_secs_f64() > 2.5, "took {took:?}");
 }

@@ -60,12 +60,13 @@ fn backup_and_restore_a_live_server() {
         "{p:?}"
     );
     let (snap, manifest) = w.finish(BTreeMap::new(), out.meta.clone()).unwrap();
-    assert!(
-        out.consistent_point["stop_lsn"]
-            .as_str()
-            .unwrap()
-            .contains('/')
-    );
+    match &out.consistent_point {
+        stowage_core::ConsistentPoint::Wal {
+            stop_lsn, timeline, ..
+        } => assert!(stop_lsn.contains('/') && *timeline >= 1, "{stop_lsn}"),
+        other => panic!("not a WAL point: {other:?}"),
+    }
+    assert!(out.engine_version.starts_with(|c: char| c.is_ascii_digit()));
     assert!(manifest.archives.iter().any(|a| a.name == "base"));
     assert!(
         manifest

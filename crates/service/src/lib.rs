@@ -671,6 +671,7 @@ impl Service {
             if n.user.len() > 256 {
                 return Err(ServiceError::invalid("user: at most 256 characters"));
             }
+            check_rate(n.max_rate_kbps)?;
             n.uri = Some(uri);
             (None, Vec::new())
         } else {
@@ -693,13 +694,24 @@ impl Service {
                 .parse::<Dialect>()
                 .map_err(|e| ServiceError::invalid(e.to_string()))?,
         };
+        if !dialect.engines().contains(&n.engine.as_str()) {
+            return Err(ServiceError::invalid(format!(
+                "dialect {}: its instances are {}, not {} (use the dialect of the {} products)",
+                dialect.as_str(),
+                dialect.engines().join(" or "),
+                n.engine,
+                n.engine
+            )));
+        }
         let id = InstanceId::generate(dialect, &stowage_repo::crypto::random_bytes::<32>());
-        let inst = Instance {
+        let mut inst = Instance {
             id: id.to_string(),
             account_id: p.account_id.clone(),
             name: n.name,
+            // A MongoDB instance must be a replica set (the check refuses
+            // a standalone server: no oplog); sharded clusters come later.
+            topology: if mongo { "replica_set" } else { "standalone" }.into(),
             engine: n.engine,
-            topology: "standalone".into(),
             host: n.host,
             port: n.port,
             username: n.user,
@@ -718,6 +730,7 @@ impl Service {
                 None => serde_json::json!({
                     "dialect": dialect.as_str(),
                     "uri": n.uri,
+                    "max_rate_kbps": n.max_rate_kbps,
                 }),
             },
             created_ms: now_ms(),
@@ -727,7 +740,7 @@ impl Service {
             spec.addrs = addrs;
             let engine = stowage_engines::engine_for(&inst.engine)
                 .ok_or_else(|| ServiceError::internal("engine gone"))?;
-            tokio::task::spawn_blocking(move || engine.check(&spec))
+            let info = tokio::task::spawn_blocking(move || engine.check(&spec))
                 .await
                 .map_err(|e| ServiceError::internal(e.to_string()))?
                 .map_err(|e| {
@@ -738,6 +751,11 @@ impl Service {
                     );
                     e
                 })?;
+            // What the server said it runs (the dialects show it before the
+            // first backup records its own).
+            if let serde_json::Value::Object(m) = &mut inst.options {
+                m.insert("server_version".into(), info.version.into());
+            }
         }
         self.catalog.insert_instance(&inst).await?;
         Ok(inst)
@@ -754,11 +772,7 @@ impl Service {
         if n.user.is_empty() || n.user.len() > 63 {
             return Err(ServiceError::invalid("user: 1 to 63 characters"));
         }
-        if let Some(r) = n.max_rate_kbps
-            && !(32..=1_048_576).contains(&r)
-        {
-            return Err(ServiceError::invalid("max_rate_kbps: 32 to 1048576 (kB/s)"));
-        }
+        check_rate(n.max_rate_kbps)?;
         let ssl_mode = match n.sslmode.as_deref() {
             None => stowage_engines::pg::tls::SslMode::default(),
             Some(m) => m.parse().map_err(ServiceError::invalid)?,
@@ -1509,6 +1523,15 @@ impl Service {
     }
 }
 
+fn check_rate(r: Option<u32>) -> ServiceResult<()> {
+    match r {
+        Some(r) if !(32..=1_048_576).contains(&r) => {
+            Err(ServiceError::invalid("max_rate_kbps: 32 to 1048576 (kB/s)"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Validates a MongoDB connection string without credentials; returns it
 /// and its hosts (port 27017 when not given).
 fn check_mongo_uri(uri: Option<&str>) -> ServiceResult<(String, Vec<(String, u16)>)> {
@@ -1579,6 +1602,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The backup method (logical, physical) of an engine, if this build has it.
+pub fn engine_method(engine: &str) -> Option<&'static str> {
+    stowage_engines::engine_for(engine).map(|e| e.method())
 }
 
 /// Progress of a task for display.

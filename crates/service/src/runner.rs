@@ -439,6 +439,7 @@ pub(crate) async fn run_backup(
             let set = NewSet {
                 snapshot_id: snap,
                 engine: inst.engine.clone(),
+                engine_version: Some(out.engine_version.clone()),
                 method: engine.method().into(),
                 started_ms: started,
                 finished_ms: m.finished_ms,

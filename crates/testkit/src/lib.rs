@@ -540,10 +540,49 @@ pub fn mongo_venv() -> PathBuf {
 /// Options of a test MongoDB server.
 #[derive(Debug, Clone)]
 pub struct MongoOptions {
-    /// Replica-set name (`hello.setName`).
+    /// Replica-set name (`hello.setName`). The Rust server's is always
+    /// `secantus`.
     pub replica_set: String,
-    /// Oplog entries kept before the oldest are pruned (server default 100000).
+    /// Oplog entries kept before the oldest are pruned (server default
+    /// 100000). Only the Rust server prunes; the Python one never does.
     pub oplog_max_entries: Option<u64>,
+    /// The Rust server (`secantusd-rs`, ~30× faster, prunes its oplog),
+    /// built once by `scripts/secantus-rs.sh`; default: the Python server.
+    pub rust: bool,
+    /// Rust server only: require SCRAM-SHA-256 authentication. Users are
+    /// created through [`MongoServer::pymongo`] (localhost exception).
+    pub auth: bool,
+}
+
+impl MongoOptions {
+    /// The Rust server (replica set `secantus`).
+    pub fn rust() -> MongoOptions {
+        MongoOptions {
+            replica_set: "secantus".into(),
+            rust: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// The Rust SecantusDB binary: `STOWAGE_SECANTUS_RS`, else what
+/// `scripts/secantus-rs.sh` prints (it builds the server once, ~10–25 min,
+/// and caches it under /var/tmp; `.ci/run` runs it before the tests).
+pub fn secantus_rs() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("STOWAGE_SECANTUS_RS") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new("bash")
+            .arg(repo_file("scripts/secantus-rs.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/secantus-rs.sh");
+        assert!(out.status.success(), "scripts/secantus-rs.sh failed");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
 }
 
 impl Default for MongoOptions {
@@ -551,6 +590,8 @@ impl Default for MongoOptions {
         MongoOptions {
             replica_set: "rs0".into(),
             oplog_max_entries: None,
+            rust: false,
+            auth: false,
         }
     }
 }
@@ -562,6 +603,8 @@ pub struct MongoServer {
     pub port: u16,
     pub replica_set: String,
     child: Option<Child>,
+    /// How the Rust server was started (to restart it); `None`: Python.
+    rust: Option<MongoOptions>,
 }
 
 impl MongoServer {
@@ -571,7 +614,99 @@ impl MongoServer {
             .prefix("stowage-mongo-")
             .tempdir()
             .unwrap();
+        if opts.rust {
+            return Self::start_rust(dir, opts);
+        }
         Self::start_in(dir, venv, opts)
+    }
+
+    /// The Rust server: it picks its own port (`--port 0`) and says which.
+    fn start_rust(dir: tempfile::TempDir, opts: MongoOptions) -> MongoServer {
+        assert_eq!(
+            opts.replica_set, "secantus",
+            "the Rust SecantusDB's replica set is always named secantus"
+        );
+        let (child, port) = Self::spawn_rust(dir.path(), &opts, 0);
+        MongoServer {
+            dir,
+            port,
+            replica_set: opts.replica_set.clone(),
+            child: Some(child),
+            rust: Some(opts),
+        }
+    }
+
+    /// Starts the Rust server again on its folder and port (after a stop
+    /// or a kill), with its data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let opts = self.rust.clone().expect("restart: the Rust server only");
+        let (child, _) = Self::spawn_rust(self.dir.path(), &opts, self.port);
+        self.child = Some(child);
+    }
+
+    fn spawn_rust(dir: &Path, opts: &MongoOptions, port: u16) -> (Child, u16) {
+        use std::io::BufRead;
+        let mut cmd = Command::new(secantus_rs());
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--storage-path",
+        ])
+        .arg(dir.join("db"))
+        .args([
+            "--cache-size",
+            "512M",
+            "--log-file-max",
+            "16MB",
+            "--log-level",
+            "WARNING",
+            "--config",
+        ])
+        .arg(dir.join("secantusd.toml"));
+        if let Some(n) = opts.oplog_max_entries {
+            cmd.args(["--oplog-max-entries", &n.to_string()]);
+        }
+        if opts.auth {
+            cmd.arg("--auth");
+        }
+        std::fs::write(dir.join("secantusd.toml"), "").unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        let mut child = cmd
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start secantusd-rs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                if let Some(addr) = l.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "secantusd-rs did not start: {}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+        };
+        (child, port)
     }
 
     fn start_in(dir: tempfile::TempDir, venv: PathBuf, opts: MongoOptions) -> MongoServer {
@@ -609,6 +744,7 @@ impl MongoServer {
                         port,
                         replica_set: opts.replica_set,
                         child: Some(child),
+                        rust: None,
                     };
                 }
                 _ => {

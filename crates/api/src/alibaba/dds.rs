@@ -1,6 +1,6 @@
-//! ApsaraDB for MongoDB (2015-12-01): backup tasks (spec §9.2). Until the
-//! MongoDB engine exists, a `dds-` instance of any engine can be used; the
-//! state mapping is already the real one.
+//! ApsaraDB for MongoDB (2015-12-01): backup tasks, sets, policies and
+//! instances (spec §9.2) of `dds-` instances, which are MongoDB replica sets
+//! (sharded clusters next).
 
 use super::policy::{Names, Ty, next_time, policy_body, update_from};
 use super::rds::instance_not_found;
@@ -27,6 +27,14 @@ pub fn dds_status(s: TaskState) -> &'static str {
         TaskState::Running | TaskState::Finishing => "Backuping",
         TaskState::Finished => "Finished",
         TaskState::Failed | TaskState::Cancelled => "Failed",
+    }
+}
+
+/// A backup method as the product names it.
+fn method_name(m: &str) -> &'static str {
+    match m {
+        "logical" => "Logical",
+        _ => "Physical",
     }
 }
 
@@ -87,14 +95,31 @@ async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Respon
 
 async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response, RpcError> {
     let inst = instance_id(svc, req).await?;
-    if let Some(m) = req.get("BackupMethod")
-        && m != "Physical"
-        && m != "Snapshot"
-    {
-        return Err(RpcError::invalid(
-            "BackupMethod",
-            "only physical backups are supported for this instance",
-        ));
+    // The instance's engine takes one kind of backup (MongoDB: logical,
+    // a dump plus the oplog); asking for another is refused, not ignored.
+    if let Some(m) = req.get("BackupMethod") {
+        let engine = svc.instance(&req.principal, &inst).await?.engine;
+        let method = stowage_service::engine_method(&engine).unwrap_or("");
+        let asked = match m {
+            "Logical" => "logical",
+            "Physical" | "Snapshot" => "physical",
+            _ => {
+                return Err(RpcError::invalid(
+                    "BackupMethod",
+                    "expected Logical, Physical or Snapshot",
+                ));
+            }
+        };
+        if asked != method {
+            return Err(RpcError::invalid(
+                "BackupMethod",
+                &format!(
+                    "this instance takes {} backups (BackupMethod={})",
+                    method,
+                    method_name(method)
+                ),
+            ));
+        }
     }
     let t = start_manual_backup(svc, req, &inst, "IncorrectDBInstanceState").await?;
     // The set a task produces gets the task's id (see the catalog).
@@ -114,10 +139,13 @@ fn backup_json(s: &BackupSet) -> Value {
         "BackupExpireTime": s.expires_ms.map(format_rfc3339).unwrap_or_default(),
         "BackupType": "FullBackup",
         "BackupMode": mode_name(s.mode),
-        "BackupMethod": "Physical",
+        "BackupMethod": method_name(&s.method),
         "BackupScale": "DBInstance",
         "BackupSize": s.bytes_logical,
-        "BackupDBNames": "",
+        // The databases the set holds, comma-separated (as the product).
+        "BackupDBNames": s.meta.get("databases").and_then(Value::as_array).map(|d| {
+            d.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+        }).unwrap_or_default(),
         "BackupName": format!("stowage-{}", s.id),
         // Download links come with the download feature; empty until then.
         "BackupDownloadURL": "",

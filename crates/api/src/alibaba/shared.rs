@@ -196,18 +196,40 @@ pub async fn engine_version(
     req: &RpcRequest,
     instance: &str,
 ) -> Result<Option<String>, RpcError> {
-    Ok(svc
+    // The newest set's server, else what the server said when registered.
+    if let Some(v) = svc
         .list_sets(&req.principal, Some(instance))
         .await?
         .first()
-        .and_then(set_engine_version))
+        .and_then(set_engine_version)
+    {
+        return Ok(Some(v));
+    }
+    let i = svc.instance(&req.principal, instance).await?;
+    Ok(i.options
+        .get("server_version")
+        .and_then(Value::as_str)
+        .map(|v| product_version(&i.engine, v)))
 }
 
 pub fn set_engine_version(s: &BackupSet) -> Option<String> {
-    s.meta
-        .get("server_version_num")
-        .and_then(Value::as_u64)
-        .map(|v| (v / 10000).to_string())
+    s.engine_version
+        .as_deref()
+        .map(|v| product_version(&s.engine, v))
+}
+
+/// A server version as the products name it: PostgreSQL by its major
+/// ("16"), MongoDB by major.minor ("8.2").
+pub fn product_version(engine: &str, v: &str) -> String {
+    let parts: Vec<&str> = v
+        .split(|c: char| !c.is_ascii_digit())
+        .take_while(|p| !p.is_empty())
+        .collect();
+    let keep = if engine == "mongodb" { 2 } else { 1 };
+    if parts.is_empty() {
+        return v.to_string();
+    }
+    parts[..parts.len().min(keep)].join(".")
 }
 
 /// Listing filters, applied to the rows a Describe… listing returns.
@@ -260,5 +282,19 @@ impl RowFilters<'_> {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::product_version;
+
+    #[test]
+    fn versions_as_the_products_name_them() {
+        assert_eq!(product_version("postgresql", "16.4"), "16");
+        assert_eq!(product_version("postgresql", "17beta1"), "17");
+        assert_eq!(product_version("mongodb", "8.2.11"), "8.2");
+        assert_eq!(product_version("mongodb", "7.0"), "7.0");
+        assert_eq!(product_version("mongodb", "weird"), "weird");
     }
 }

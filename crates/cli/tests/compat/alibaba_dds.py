@@ -1,5 +1,6 @@
 """Alibaba's official ApsaraDB for MongoDB SDKs (Tea, both signatures; core SDK)
-against a running Stowage. ENDPOINT, AK, SK, INSTANCE (a dds- instance)."""
+against a running Stowage. ENDPOINT, AK, SK, INSTANCE (a dds- instance: a MongoDB replica set holding
+databases shop and crm)."""
 
 import json
 import os
@@ -21,8 +22,16 @@ for v2 in (False, True):
     if v2:
         cfg.signature_algorithm = "v2"
     c = Client(cfg)
+    if not v2:
+        # A MongoDB instance takes logical backups; asking for another kind is refused.
+        try:
+            c.create_backup_with_options(dds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_method="Physical"), RT)
+            raise AssertionError("physical backup of a logical engine accepted")
+        except ClientException as e:
+            assert e.code == "InvalidParameter" and e.status_code == 400 and "Logical" in e.message, (e.code, e.message)
     created = c.create_backup_with_options(dds.CreateBackupRequest(
-        dbinstance_id=INSTANCE, backup_method="Physical", backup_retention_period=30 if v2 else None), RT).body
+        dbinstance_id=INSTANCE, backup_method="Logical" if v2 else None,
+        backup_retention_period=30 if v2 else None), RT).body
     assert created.backup_job_id and created.backup_id, created.to_map()
     job = created.backup_job_id
     seen = []
@@ -52,6 +61,7 @@ body = c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=
 assert body is not None and body.total_count == 2 and body.page_number == 1, body.to_map()
 sets = body.backups.backup
 assert all(b.backup_status == "Success" and b.backup_size > 1_000_000 and b.backup_mode == "Manual" and b.is_avail
+           and b.backup_method == "Logical" and b.backup_dbnames == "crm,shop" and b.engine_version == "8.2"
            for b in sets), body.to_map()
 import datetime
 def ts(v):
@@ -69,6 +79,7 @@ insts = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(regio
 assert insts is not None and insts.total_count == 1, insts.to_map()
 i = insts.dbinstances.dbinstance[0]
 assert i.dbinstance_id == INSTANCE and i.dbinstance_type == "replicate" and i.dbinstance_status == "Running", i.to_map()
+assert i.engine == "MongoDB" and i.engine_version == "8.2", i.to_map()
 none = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(region_id="cn-hangzhou", dbinstance_type="sharding"), RT).body
 assert none.dbinstances.dbinstance == [], none.to_map()
 

@@ -202,3 +202,126 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
     assert_eq!(st, 400, "{v}");
     assert!(s.ok(&["verify"]).contains("repository OK"));
 }
+
+/// A task's JSON once `done` says so (polled every 100 ms, up to 60 s).
+fn wait_task(
+    s: &Stowage,
+    id: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..600 {
+        let t = s.json(&["task", "show", id]);
+        if done(&t) {
+            return t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!(
+        "task {id} never reached the expected state: {}",
+        s.ok(&["task", "show", id])
+    );
+}
+
+/// Errors a user must see clearly, each leaving nothing broken: a wrong
+/// password, the server killed mid-backup (task and part failed, the
+/// repository verifies), the server down at start, and the next backup
+/// after it comes back works. On the Rust server (with authentication).
+#[test]
+fn mongodb_failures_are_clear_and_leave_the_repository_sound() {
+    let mut m = MongoServer::start(MongoOptions {
+        auth: true,
+        ..MongoOptions::rust()
+    });
+    m.pymongo("client.admin.command('createUser', 'backup', pwd='right-pw', roles=['root'])");
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start(&work.path().join("stowage"));
+    let pw = |p: &str| {
+        let f = work.path().join(format!("pw-{p}"));
+        std::fs::write(&f, p).unwrap();
+        f.to_str().unwrap().to_string()
+    };
+    let add = |name: &str, password: &str| {
+        s.cli(&[
+            "instance",
+            "add",
+            "--name",
+            name,
+            "--engine",
+            "mongodb",
+            "--uri",
+            &m.uri(),
+            "--user",
+            "backup",
+            "--password-file",
+            &pw(password),
+            "--max-rate-kbps",
+            "2048",
+        ])
+    };
+    // Wrong password: refused at registration, saying why, the password
+    // nowhere in the answer.
+    let o = add("wrong", "wrong-pw");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("DatabaseAuthentication") && !stderr(&o).contains("wrong-pw"),
+        "{}",
+        stderr(&o)
+    );
+    let o = add("mongo", "right-pw");
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // ~8 MB dumped at 2 MB/s: killed while the part copies data.
+    let mut client = String::from("import pymongo\n");
+    client.push_str(&format!(
+        "c = pymongo.MongoClient('mongodb://backup:right-pw@127.0.0.1:{}/?replicaSet=secantus')\n",
+        m.port
+    ));
+    let load = format!(
+        "{client}for b in range(8):\n    c.shop.big.insert_many([{{'_id': b * 1000 + i, 'pad': 'x' * 1000}} for i in range(1000)])"
+    );
+    m.pymongo(&format!("exec({load:?})"));
+    let t = s.json(&["backup", "mongo", "--no-wait"]);
+    let id = t["id"].to_string();
+    wait_task(&s, &id, |t| {
+        t["parts"][0]["progress"]["bytes_done"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    m.kill9();
+    let o = s.cli(&["task", "watch", &id]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let t = s.json(&["task", "show", &id]);
+    assert_eq!(t["state"], "failed", "{t}");
+    assert_eq!(t["parts"][0]["state"], "failed", "{t}");
+    let why = t["error"].as_str().unwrap_or("");
+    assert!(
+        why.contains("connection to the MongoDB server was lost") && !why.contains("right-pw"),
+        "{t}"
+    );
+    assert!(
+        s.json(&["set", "list"])["sets"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let out = s.ok(&["verify"]);
+    assert!(out.contains("repository OK"), "{out}");
+
+    // Down at start: the backup fails at once, saying the server is unreachable.
+    let o = s.cli(&["backup", "mongo"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("MongoDB server unreachable"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Back up again once the server is back: a complete set.
+    m.restart();
+    let out = s.ok(&["backup", "mongo"]);
+    assert!(out.contains("backup set"), "{out}");
+    let set = &s.json(&["set", "list"])["sets"][0];
+    assert!(set["bytes_logical"].as_u64().unwrap() > 8_000_000, "{set}");
+    s.ok(&["verify"]);
+}

@@ -1,12 +1,12 @@
-//! The clouds' official SDKs (PyPI) against a real `stowage serve` with a
-//! real PostgreSQL instance. The virtual environment is built from
+//! The clouds' official SDKs (PyPI) against a real `stowage serve` with
+//! real PostgreSQL and MongoDB-compatible (SecantusDB) instances. The virtual environment is built from
 //! `tests/compat/requirements.txt` on first use (`STOWAGE_SDK_VENV`, default
 //! /var/tmp/stowage-sdk-venv) and reused while that file is unchanged.
 
 use crate::harness::Stowage;
 use std::path::PathBuf;
 use std::process::Command;
-use stowage_testkit::PgServer;
+use stowage_testkit::{MongoOptions, MongoServer, PgServer};
 
 /// The virtual environment with the official SDKs: built from the pinned
 /// `tests/compat/requirements.txt`, rebuilt when that file changes, checked
@@ -84,11 +84,49 @@ fn alibaba_sdks_drive_real_backups() {
         ]);
         v["id"].as_str().unwrap().to_string()
     };
-    let (rds, cluster, mongo) = (
-        add("sdk", "rds"),
-        add("cluster", "polardb"),
-        add("mongo", "dds"),
+    let (rds, cluster) = (add("sdk", "rds"), add("cluster", "polardb"));
+    // A dds- instance is MongoDB: PostgreSQL under dds is refused.
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "pg-as-dds",
+        "--port",
+        &port,
+        "--dialect",
+        "dds",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("dialect dds: its instances are mongodb"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
     );
+    // A replica set of ~1.5 MB, throttled so that the SDK sees its backups
+    // run; the data spans two databases.
+    let m = MongoServer::start(MongoOptions {
+        replica_set: "rs-sdk".into(),
+        ..Default::default()
+    });
+    m.pymongo(
+        "client.shop.orders.insert_many([{'_id': i, 'pad': 'x' * 1000} for i in range(1500)])\n\
+         client.crm.people.insert_one({'_id': 1, 'name': 'Ana'})",
+    );
+    let mongo = s.json(&[
+        "instance",
+        "add",
+        "--name",
+        "mongo",
+        "--engine",
+        "mongodb",
+        "--uri",
+        &m.uri(),
+        "--max-rate-kbps",
+        "512",
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // An instance id that exists, but not for this key: registered on a
     // second server. (Two accounts of one server: see alibaba.rs.)
     let other = Stowage::start_with(&work.path().join("other"), &["--rate-per-key", "3"]);
@@ -137,8 +175,6 @@ fn alibaba_sdks_drive_real_backups() {
         &[("CLUSTER", &cluster)],
         "all polardb SDK checks passed",
     );
-    // dds: the PostgreSQL engine until the MongoDB engine exists; the state
-    // mapping is the real one.
     run_script(
         &v,
         &s,

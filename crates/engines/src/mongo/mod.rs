@@ -54,6 +54,8 @@ pub struct MongoBackup {
     /// The newest oplog entry when the dump began.
     pub start: Timestamp,
     pub collections: u64,
+    /// The databases dumped, sorted.
+    pub databases: Vec<String>,
     pub documents: u64,
     pub oplog_entries: u64,
 }
@@ -63,17 +65,53 @@ fn err(kind: ErrorKind, m: impl Into<String>) -> EngineError {
 }
 
 /// Maps a driver error to what went wrong, for the person reading it.
+/// A driver error as a user should read it: what happened and its kind,
+/// without the driver's debugging fields.
 fn driver(e: mongodb::error::Error) -> EngineError {
     use mongodb::error::ErrorKind as K;
-    let kind = match *e.kind {
-        K::Authentication { .. } => ErrorKind::Authentication,
-        K::ServerSelection { .. } | K::DnsResolve { .. } | K::Io(_) => ErrorKind::Unreachable,
-        K::InvalidArgument { .. } => ErrorKind::Unsupported,
-        K::Command(ref c) if c.code == 13 || c.code == 18 => ErrorKind::Permission,
-        K::Command(ref c) if c.code == 59 => ErrorKind::Unsupported,
-        _ => ErrorKind::Protocol,
-    };
-    err(kind, format!("MongoDB: {e}"))
+    match *e.kind {
+        K::Authentication { ref message, .. } => err(
+            ErrorKind::Authentication,
+            format!("MongoDB authentication failed (check the user and password): {message}"),
+        ),
+        K::ServerSelection { ref message, .. } => err(
+            ErrorKind::Unreachable,
+            format!(
+                "MongoDB server unreachable: no member answered in time ({})",
+                message.lines().next().unwrap_or("")
+            ),
+        ),
+        K::DnsResolve { ref message, .. } => err(
+            ErrorKind::Unreachable,
+            format!("MongoDB server unreachable: {message}"),
+        ),
+        K::Io(ref io) => err(
+            ErrorKind::ServerGone,
+            format!("the connection to the MongoDB server was lost (did it stop?): {io}"),
+        ),
+        K::ConnectionPoolCleared { ref message, .. } => err(
+            ErrorKind::ServerGone,
+            format!("the connection to the MongoDB server was lost (did it stop?): {message}"),
+        ),
+        K::Command(ref c) => {
+            let kind = match c.code {
+                13 | 18 => ErrorKind::Permission,
+                59 | 115 => ErrorKind::Unsupported,
+                _ => ErrorKind::Protocol,
+            };
+            err(
+                kind,
+                format!(
+                    "MongoDB refused a command: {} ({}): {}",
+                    c.code_name, c.code, c.message
+                ),
+            )
+        }
+        K::InvalidArgument { ref message, .. } => {
+            err(ErrorKind::Unsupported, format!("MongoDB: {message}"))
+        }
+        ref k => err(ErrorKind::Protocol, format!("MongoDB: {k}")),
+    }
 }
 
 /// Connects (a short server-selection timeout: a wrong address fails fast).
@@ -231,6 +269,41 @@ fn number(v: Option<&Bson>) -> Option<u64> {
     }
 }
 
+/// A transfer-rate limit shared by the dump threads: each sleeps while the
+/// bytes read so far are ahead of `rate` since the start (spares a busy
+/// production server, as PostgreSQL's MAX_RATE does).
+struct RateLimit {
+    start: std::time::Instant,
+    bytes: AtomicU64,
+    /// Bytes per second; 0: no limit.
+    rate: u64,
+}
+
+impl RateLimit {
+    fn new(kbps: Option<u32>) -> RateLimit {
+        RateLimit {
+            start: std::time::Instant::now(),
+            bytes: AtomicU64::new(0),
+            rate: kbps.map_or(0, |k| k as u64 * 1024),
+        }
+    }
+
+    fn consume(&self, n: u64, live: &LiveTask) {
+        if self.rate == 0 {
+            return;
+        }
+        let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        let due = Duration::from_secs_f64(total as f64 / self.rate as f64);
+        // In short sleeps, so a cancel is seen promptly.
+        while let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            if live.is_cancelled() || wait.is_zero() {
+                break;
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(100)));
+        }
+    }
+}
+
 /// Writes one collection: documents as read, then its metadata.
 fn dump_collection(
     c: &Client,
@@ -238,6 +311,7 @@ fn dump_collection(
     w: &mut ArchiveWriter,
     live: &LiveTask,
     docs: &AtomicU64,
+    limit: &RateLimit,
 ) -> Result<(), EngineError> {
     let base = format!("{}/{}", escape(&coll.db), escape(&coll.name));
     let d = c.database(&coll.db);
@@ -257,6 +331,7 @@ fn dump_collection(
             live.bytes_done
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             docs.fetch_add(1, Ordering::Relaxed);
+            limit.consume(bytes.len() as u64, live);
             if live.is_cancelled() {
                 return Err(err(ErrorKind::Cancelled, "cancelled"));
             }
@@ -295,6 +370,7 @@ pub fn backup_replica_set(
     uri: &str,
     archive: Option<&str>,
     threads: usize,
+    max_rate_kbps: Option<u32>,
     writer: &mut BackupWriter,
     live: &LiveTask,
 ) -> Result<MongoBackup, EngineError> {
@@ -328,6 +404,7 @@ pub fn backup_replica_set(
     // files land in the same archive.
     let queue = Mutex::new(colls.clone());
     let docs = AtomicU64::new(0);
+    let limit = RateLimit::new(max_rate_kbps);
     let threads = threads.clamp(1, 16).min(colls.len().max(1));
     let mut writers: Vec<ArchiveWriter> = (0..threads)
         .map(|_| writer.archive_writer(archive, None))
@@ -335,6 +412,7 @@ pub fn backup_replica_set(
     let mut dbs: Vec<&str> = colls.iter().map(|c| c.db.as_str()).collect();
     dbs.sort();
     dbs.dedup();
+    let databases: Vec<String> = dbs.iter().map(|d| d.to_string()).collect();
     for db in dbs {
         writers[0].add_entry(dir(escape(db)))?;
     }
@@ -342,14 +420,14 @@ pub fn backup_replica_set(
         let handles: Vec<_> = writers
             .drain(..)
             .map(|mut w| {
-                let (c, queue, docs) = (&c, &queue, &docs);
+                let (c, queue, docs, limit) = (&c, &queue, &docs, &limit);
                 s.spawn(move || -> Result<ArchiveWriter, EngineError> {
                     loop {
                         let next = queue.lock().expect("queue").pop();
                         let Some(coll) = next else {
                             return Ok(w);
                         };
-                        dump_collection(c, &coll, &mut w, live, docs)?;
+                        dump_collection(c, &coll, &mut w, live, docs, limit)?;
                     }
                 })
             })
@@ -389,6 +467,7 @@ pub fn backup_replica_set(
         end,
         start,
         collections: colls.len() as u64,
+        databases,
         documents: docs.load(Ordering::Relaxed),
         oplog_entries,
     })
@@ -528,22 +607,34 @@ impl crate::Engine for MongoLogical {
     fn backup(
         &self,
         conn: &crate::ConnSpec,
-        _opts: &crate::BackupOptions,
+        opts: &crate::BackupOptions,
         writer: &mut BackupWriter,
         live: &LiveTask,
     ) -> Result<crate::BackupOutcome, EngineError> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         // The archive is named after the replica set (a shard's id later).
-        let out = backup_replica_set(uri_of(conn)?, None, threads, writer, live)?;
+        let out = backup_replica_set(
+            uri_of(conn)?,
+            None,
+            threads,
+            opts.max_rate_kbps,
+            writer,
+            live,
+        )?;
         Ok(crate::BackupOutcome {
-            consistent_point: serde_json::json!({
-                "oplog_ts": {"t": out.end.time, "i": out.end.increment},
-                "replica_set": out.facts.set_name,
-            }),
+            consistent_point: stowage_core::ConsistentPoint::Oplog {
+                oplog_ts: stowage_core::OplogTs {
+                    t: out.end.time,
+                    i: out.end.increment,
+                },
+                replica_set: out.facts.set_name.clone(),
+            },
+            engine_version: out.facts.version.clone(),
             meta: serde_json::json!({
                 "server_version": out.facts.version,
                 "start_ts": {"t": out.start.time, "i": out.start.increment},
                 "collections": out.collections,
+                "databases": out.databases,
                 "documents": out.documents,
                 "oplog_entries": out.oplog_entries,
                 "layout": "mongodump",

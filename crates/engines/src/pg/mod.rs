@@ -345,13 +345,17 @@ impl Engine for PostgresPhysical {
         }
         c.close();
         let stop_lsn = end.first().cloned().flatten().unwrap_or_default();
-        let consistent_point = serde_json::json!({
-            "start_lsn": start.first().cloned().flatten(),
-            "stop_lsn": stop_lsn,
-            "timeline": number(&end.get(1).cloned().flatten()),
-        });
+        let consistent_point = stowage_core::ConsistentPoint::Wal {
+            start_lsn: start.first().cloned().flatten().unwrap_or_default(),
+            stop_lsn: stop_lsn.clone(),
+            timeline: number(&end.get(1).cloned().flatten())
+                .as_u64()
+                .or_else(|| id.timeline.trim().parse().ok())
+                .unwrap_or(0) as u32,
+        };
         Ok(BackupOutcome {
             consistent_point,
+            engine_version: id.version.clone(),
             meta: serde_json::json!({
                 "system_identifier": id.system_identifier,
                 "server_version": id.version,

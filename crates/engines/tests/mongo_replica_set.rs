@@ -240,6 +240,7 @@ fn a_dump_restores_into_another_server_byte_for_byte() {
     let opts = mongo::restore::RestoreInto {
         rename: [("shop".to_string(), "shop2".to_string())].into(),
         drop: false,
+        threads: 2,
     };
     let live = LiveTask::default();
     let st = mongo::restore::restore_dump(&dst.uri(), &r, &man, 0, &opts, &live).unwrap();

@@ -146,24 +146,73 @@ pub fn facts(c: &Client) -> Result<MongoFacts, EngineError> {
 
 /// The newest oplog entry's timestamp (`sort {ts: -1}`: some servers ignore
 /// a reverse `$natural` on the oplog).
-fn newest_ts(c: &Client) -> Result<Option<Timestamp>, EngineError> {
+/// The oplog entry at one end of `$natural` (insertion) order: O(1) on
+/// mongod, which keeps the oplog in insertion order.
+fn oplog_end(c: &Client, natural: i32) -> Result<Option<Timestamp>, EngineError> {
     let oplog = c.database("local").collection::<Document>("oplog.rs");
     let d = oplog
         .find_one(doc! {})
-        .sort(doc! {"ts": -1})
+        .projection(doc! {"ts": 1})
+        .sort(doc! {"$natural": natural})
         .run()
         .map_err(driver)?;
     Ok(d.and_then(|d| d.get_timestamp("ts").ok()))
 }
 
-fn oldest_ts(c: &Client) -> Result<Option<Timestamp>, EngineError> {
+/// The oplog entry at one end of `ts` order, by sorting: what a server that
+/// ignores `$natural` order (SecantusDB) needs; a full scan.
+fn oplog_end_sorted(c: &Client, dir: i32) -> Result<Option<Timestamp>, EngineError> {
     let oplog = c.database("local").collection::<Document>("oplog.rs");
     let d = oplog
         .find_one(doc! {})
-        .sort(doc! {"ts": 1})
+        .projection(doc! {"ts": 1})
+        .sort(doc! {"ts": dir})
         .run()
         .map_err(driver)?;
     Ok(d.and_then(|d| d.get_timestamp("ts").ok()))
+}
+
+/// How to find the ends of a server's oplog: by `$natural` order where the
+/// server keeps it (mongod: O(1) however large the oplog), else by sorting.
+#[derive(Clone, Copy, Debug)]
+struct OplogEnds {
+    natural: bool,
+}
+
+impl OplogEnds {
+    /// Probes whether the server honours `$natural` order on the oplog:
+    /// its `$natural` last entry must not be older than its first.
+    fn probe(c: &Client) -> Result<OplogEnds, EngineError> {
+        let natural = match (oplog_end(c, 1)?, oplog_end(c, -1)?) {
+            (Some(first), Some(last)) => {
+                !ts_gt(first, last) && {
+                    // Equal ends and a sorted newest beyond them: ignored.
+                    first != last || oplog_end_sorted(c, -1)? == Some(last)
+                }
+            }
+            _ => true,
+        };
+        if !natural {
+            tracing::debug!("the server ignores $natural order on the oplog; sorting by ts");
+        }
+        Ok(OplogEnds { natural })
+    }
+
+    fn newest(self, c: &Client) -> Result<Option<Timestamp>, EngineError> {
+        if self.natural {
+            oplog_end(c, -1)
+        } else {
+            oplog_end_sorted(c, -1)
+        }
+    }
+
+    fn oldest(self, c: &Client) -> Result<Option<Timestamp>, EngineError> {
+        if self.natural {
+            oplog_end(c, 1)
+        } else {
+            oplog_end_sorted(c, 1)
+        }
+    }
 }
 
 /// Escapes one path component: letters, digits, `-`, `_` and `.` stay
@@ -389,7 +438,8 @@ pub fn backup_replica_set(
     let live = &*part;
     live.set_state(TaskState::Checking);
     live.set_state(TaskState::Preparing);
-    let start = newest_ts(&c)?.ok_or_else(|| {
+    let ends = OplogEnds::probe(&c)?;
+    let start = ends.newest(&c)?.ok_or_else(|| {
         err(
             ErrorKind::Unsupported,
             "the server's oplog (local.oplog.rs) is empty or missing",
@@ -450,11 +500,11 @@ pub fn backup_replica_set(
 
     // The oplog from start to an end after the dump, never splitting a
     // transaction, and still holding start.
-    let mut end = newest_ts(&c)?.unwrap_or(start);
+    let mut end = ends.newest(&c)?.unwrap_or(start);
     let mut w = writer.archive_writer(archive, None);
     let oplog_entries = copy_oplog(&c, start, &mut end, &mut w)?;
     writer.add_archive(w)?;
-    if oldest_ts(&c)?.is_none_or(|o| ts_gt(o, start)) {
+    if ends.oldest(&c)?.is_none_or(|o| ts_gt(o, start)) {
         return Err(err(
             ErrorKind::Capacity,
             "oplog window overrun: the oplog no longer holds the entry the dump started at; raise the oplog size or back up at a less busy time",
@@ -667,6 +717,7 @@ impl crate::Engine for MongoLogical {
         let o = restore::RestoreInto {
             rename: opts.rename.clone(),
             drop: opts.drop,
+            threads: 0,
         };
         // One part per archive (a replica set, a shard), each with its own
         // progress; the task's is their sum.

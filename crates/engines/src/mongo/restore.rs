@@ -25,6 +25,8 @@ pub struct RestoreInto {
     pub rename: BTreeMap<String, String>,
     /// Drop target databases that exist already (otherwise refused).
     pub drop: bool,
+    /// Collections loaded at once; 0: one per CPU.
+    pub threads: usize,
 }
 
 /// What a restore did.
@@ -125,6 +127,99 @@ fn next_doc(r: &mut impl Read) -> Result<Option<RawDocumentBuf>, EngineError> {
         .map_err(|e| err(ErrorKind::Protocol, format!("a damaged document: {e}")))
 }
 
+/// Loads the documents of `loads` (target db, collection, file), `threads`
+/// collections at a time (the largest first, so one big collection does not
+/// start last); returns how many documents were inserted.
+fn load_parallel(
+    c: &mongodb::sync::Client,
+    repo: &Arc<Repository>,
+    mut loads: Vec<(String, String, &stowage_core::manifest::FileEntry)>,
+    threads: usize,
+    live: &LiveTask,
+) -> Result<u64, EngineError> {
+    loads.sort_by_key(|(_, _, f)| std::cmp::Reverse(f.size));
+    loads.reverse(); // popped from the end: largest first
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let threads = threads.clamp(1, 16).min(loads.len().max(1));
+    let queue = std::sync::Mutex::new(loads);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let docs = std::sync::atomic::AtomicU64::new(0);
+    let results: Vec<Result<(), EngineError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (queue, failed, docs) = (&queue, &failed, &docs);
+                s.spawn(move || -> Result<(), EngineError> {
+                    loop {
+                        if failed.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let Some((db, coll, f)) = queue.lock().expect("queue").pop() else {
+                            return Ok(());
+                        };
+                        let r = load_one(c, repo, &db, &coll, f, live, docs);
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                            return r;
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, "a load thread panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(docs.load(Ordering::Relaxed))
+}
+
+/// Inserts one collection's documents in raw-BSON batches (≤ 1000
+/// documents or 8 MiB).
+fn load_one(
+    c: &mongodb::sync::Client,
+    repo: &Arc<Repository>,
+    db: &str,
+    coll: &str,
+    f: &stowage_core::manifest::FileEntry,
+    live: &LiveTask,
+    docs: &std::sync::atomic::AtomicU64,
+) -> Result<(), EngineError> {
+    let coll = c.database(db).collection::<RawDocumentBuf>(coll);
+    let mut r = repo.file_reader(f);
+    let mut batch = Vec::with_capacity(1000);
+    let mut bytes = 0usize;
+    loop {
+        let d = next_doc(&mut r)?;
+        let end = d.is_none();
+        if let Some(d) = d {
+            bytes += d.as_bytes().len();
+            batch.push(d);
+        }
+        if !batch.is_empty() && (end || batch.len() >= 1000 || bytes >= 8 << 20) {
+            coll.insert_many(&batch).run().map_err(driver)?;
+            docs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            live.bytes_done.fetch_add(bytes as u64, Ordering::Relaxed);
+            batch.clear();
+            bytes = 0;
+        }
+        if end {
+            return Ok(());
+        }
+        if live.is_cancelled() {
+            return Err(err(ErrorKind::Cancelled, "cancelled"));
+        }
+    }
+}
+
 /// Restores archive `archive` of manifest `m` into the server at `uri`.
 pub fn restore_dump(
     uri: &str,
@@ -191,6 +286,9 @@ pub fn restore_dump(
     metas.sort_by_key(|(_, m)| m.get_str("type").ok() == Some("view"));
     // Secondary indexes are built after the data and the oplog replay.
     let mut pending: Vec<(String, String, Vec<Bson>)> = Vec::new();
+    // Documents are loaded once every collection exists, several
+    // collections at once.
+    let mut loads: Vec<(String, String, &stowage_core::manifest::FileEntry)> = Vec::new();
     for (e, meta) in &metas {
         let db = c.database(&target(&e.db));
         let options = meta
@@ -209,31 +307,7 @@ pub fn restore_dump(
         }
         st.collections += 1;
         if let Some(f) = e.docs {
-            let coll = db.collection::<RawDocumentBuf>(&e.coll);
-            let mut r = repo.file_reader(f);
-            let mut batch = Vec::with_capacity(1000);
-            let mut bytes = 0usize;
-            loop {
-                let d = next_doc(&mut r)?;
-                let end = d.is_none();
-                if let Some(d) = d {
-                    bytes += d.as_bytes().len();
-                    batch.push(d);
-                }
-                if !batch.is_empty() && (end || batch.len() >= 1000 || bytes >= 8 << 20) {
-                    coll.insert_many(&batch).run().map_err(driver)?;
-                    st.documents += batch.len() as u64;
-                    live.bytes_done.fetch_add(bytes as u64, Ordering::Relaxed);
-                    batch.clear();
-                    bytes = 0;
-                }
-                if end {
-                    break;
-                }
-                if live.is_cancelled() {
-                    return Err(err(ErrorKind::Cancelled, "cancelled"));
-                }
-            }
+            loads.push((target(&e.db), e.coll.clone(), f));
         }
         let indexes: Vec<Bson> = meta
             .get_array("indexes")
@@ -253,6 +327,8 @@ pub fn restore_dump(
             pending.push((target(&e.db), e.coll.clone(), indexes));
         }
     }
+
+    st.documents = load_parallel(&c, repo, loads, opts.threads, live)?;
 
     // The oplog slice, from the dump's start to the set's consistent point.
     if let Some(f) = a.files.iter().find(|f| f.path == "oplog.bson") {

@@ -380,6 +380,10 @@ enum InstanceCmd {
         /// CA certificate (PEM) on the server's machine, or "system".
         #[arg(long)]
         sslrootcert: Option<String>,
+        /// MongoDB: a new connection string, without credentials
+        /// (mongodb://h1:27017,h2:27017/?replicaSet=rs0).
+        #[arg(long)]
+        uri: Option<String>,
     },
     /// Unregister an instance (its backup sets stay).
     Remove {
@@ -601,6 +605,19 @@ fn client_for(g: &Global, data_dir: &std::path::Path) -> Result<Client, CallErro
 }
 
 fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
+    // Relative to where the server starts: made absolute once, so the
+    // restore roots, repository and lock derived from it are too.
+    let data_dir = if data_dir.is_relative() {
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(&data_dir),
+            Err(e) => {
+                eprintln!("error: the current folder: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        data_dir
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -1122,6 +1139,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 max_rate_kbps,
                 sslmode,
                 sslrootcert,
+                uri,
             } => {
                 let password = read_password(password_file, password_env, true)?;
                 let mut b = serde_json::Map::new();
@@ -1138,6 +1156,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                     ),
                     ("sslmode", sslmode.map(Value::from)),
                     ("sslrootcert", sslrootcert.map(Value::from)),
+                    ("uri", uri.map(Value::from)),
                 ] {
                     if let Some(v) = v {
                         b.insert(k.into(), v);

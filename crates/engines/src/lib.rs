@@ -9,6 +9,7 @@
 pub mod mongo;
 pub mod pg;
 pub mod tar;
+pub mod tls;
 
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -17,22 +18,31 @@ use stowage_core::manifest::Manifest;
 use stowage_core::{LiveTask, Secret};
 use stowage_repo::{BackupWriter, RepoError};
 
-/// How to reach a database.
+/// How to reach a database, for every engine: where (a host and port, and
+/// for engines that take one a connection string naming several members),
+/// who (user, password: the engine adds them to its connection itself, so
+/// a connection string never carries them), TLS, and the engine's own
+/// options, which the engine validates (`Engine::check_options`).
 #[derive(Debug, Clone)]
 pub struct ConnSpec {
+    /// The (first) server's host; the name TLS verifies.
     pub host: String,
     pub port: u16,
     pub user: String,
     pub password: Option<Secret>,
+    /// PostgreSQL: the database to connect to; MongoDB: the authentication
+    /// database (default `admin`).
     pub dbname: Option<String>,
     pub connect_timeout: Duration,
-    /// TLS, as libpq's `sslmode` (default `prefer`).
-    pub ssl_mode: pg::tls::SslMode,
-    /// CA certificate(s), PEM, for `verify-ca` / `verify-full`.
-    pub ssl_root_cert: Option<std::path::PathBuf>,
-    /// The full connection string with credentials, for engines that take
-    /// one (MongoDB); `None` for PostgreSQL.
-    pub uri: Option<Secret>,
+    /// TLS mode (libpq's names; default `prefer`).
+    pub tls_mode: tls::TlsMode,
+    /// CA certificate(s), PEM, or `system`, for `verify-ca` / `verify-full`.
+    pub tls_root_cert: Option<std::path::PathBuf>,
+    /// A connection string without credentials, for engines that take one
+    /// (MongoDB: `mongodb://h1,h2/?replicaSet=rs0`); `None` for PostgreSQL.
+    pub uri: Option<String>,
+    /// Engine-specific options as stored with the instance.
+    pub options: serde_json::Value,
     /// When not empty: connect only to these addresses (already resolved
     /// and checked by the caller), never resolving `host` again; `host`
     /// still names the server for TLS.
@@ -129,6 +139,13 @@ pub struct BackupOutcome {
 pub trait Engine: Send + Sync {
     fn name(&self) -> &'static str;
     fn method(&self) -> &'static str;
+
+    /// Checks an instance's engine-specific connection settings (a
+    /// connection string, options) before anything connects; the message
+    /// says what is wrong. Default: nothing to check.
+    fn check_options(&self, _conn: &ConnSpec) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Connects and checks privileges and settings, without side effects.
     fn check(&self, conn: &ConnSpec) -> Result<ServerInfo, EngineError>;

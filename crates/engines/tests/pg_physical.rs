@@ -18,9 +18,10 @@ fn conn(port: u16, user: &str, password: Option<&str>) -> ConnSpec {
         password: password.map(Secret::from),
         dbname: None,
         connect_timeout: Duration::from_secs(5),
-        ssl_mode: Default::default(),
-        ssl_root_cert: None,
+        tls_mode: Default::default(),
+        tls_root_cert: None,
         uri: None,
+        options: serde_json::Value::Null,
         addrs: Vec::new(),
     }
 }
@@ -223,27 +224,27 @@ fn tablespaces_are_backed_up_and_relinked_on_restore() {
 /// whole backup runs encrypted.
 #[test]
 fn tls_modes() {
-    use stowage_engines::pg::tls::SslMode;
     use stowage_engines::pg::wire::PgConn;
+    use stowage_engines::tls::TlsMode;
     let pg = PgServer::start(PgOptions {
         tls: true,
         ..Default::default()
     });
     let work = tempfile::tempdir().unwrap();
     let (other_ca, _, _) = stowage_testkit::test_ca_and_cert(work.path(), "other");
-    let spec = |mode: SslMode, root: Option<&std::path::Path>, host: &str| ConnSpec {
+    let spec = |mode: TlsMode, root: Option<&std::path::Path>, host: &str| ConnSpec {
         host: host.into(),
-        ssl_mode: mode,
-        ssl_root_cert: root.map(|p| p.to_path_buf()),
+        tls_mode: mode,
+        tls_root_cert: root.map(|p| p.to_path_buf()),
         ..conn(pg.port, "postgres", None)
     };
     let ca = pg.tls_ca();
     for (mode, root, host) in [
-        (SslMode::Prefer, None, "127.0.0.1"),
-        (SslMode::Require, None, "127.0.0.1"),
-        (SslMode::VerifyCa, Some(ca.as_path()), "127.0.0.1"),
-        (SslMode::VerifyFull, Some(ca.as_path()), "127.0.0.1"),
-        (SslMode::VerifyFull, Some(ca.as_path()), "localhost"),
+        (TlsMode::Prefer, None, "127.0.0.1"),
+        (TlsMode::Require, None, "127.0.0.1"),
+        (TlsMode::VerifyCa, Some(ca.as_path()), "127.0.0.1"),
+        (TlsMode::VerifyFull, Some(ca.as_path()), "127.0.0.1"),
+        (TlsMode::VerifyFull, Some(ca.as_path()), "localhost"),
     ] {
         let mut c = PgConn::connect(&spec(mode, root, host), false)
             .unwrap_or_else(|e| panic!("{mode:?} {host}: {e}"));
@@ -254,12 +255,12 @@ fn tls_modes() {
         assert_eq!(r[0].rows[0][0].as_deref(), Some("t"), "{mode:?}");
     }
     // No TLS: the server's own refusal, which names the missing encryption.
-    let e = PgConn::connect(&spec(SslMode::Disable, None, "127.0.0.1"), false)
+    let e = PgConn::connect(&spec(TlsMode::Disable, None, "127.0.0.1"), false)
         .err()
         .unwrap();
     assert!(e.message.contains("no encryption"), "{e}");
     // A certificate from another CA.
-    for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+    for mode in [TlsMode::VerifyCa, TlsMode::VerifyFull] {
         let e = PgConn::connect(&spec(mode, Some(&other_ca), "127.0.0.1"), false)
             .err()
             .unwrap();
@@ -267,7 +268,7 @@ fn tls_modes() {
         assert!(e.message.contains("certificate"), "{e}");
     }
     // verify-* without a CA file.
-    let e = PgConn::connect(&spec(SslMode::VerifyFull, None, "127.0.0.1"), false)
+    let e = PgConn::connect(&spec(TlsMode::VerifyFull, None, "127.0.0.1"), false)
         .err()
         .unwrap();
     assert!(e.message.contains("sslrootcert"), "{e}");
@@ -282,7 +283,7 @@ fn tls_modes() {
     };
     let out = PostgresPhysical
         .backup(
-            &spec(SslMode::VerifyFull, Some(&ca), "localhost"),
+            &spec(TlsMode::VerifyFull, Some(&ca), "localhost"),
             &opts,
             &mut w,
             &live,
@@ -295,7 +296,7 @@ fn tls_modes() {
     let plain = PgServer::start(PgOptions::default());
     let mut c = PgConn::connect(
         &ConnSpec {
-            ssl_mode: SslMode::Prefer,
+            tls_mode: TlsMode::Prefer,
             ..conn(plain.port, "postgres", None)
         },
         false,
@@ -305,7 +306,7 @@ fn tls_modes() {
     c.simple_query("SELECT 1").unwrap();
     let e = PgConn::connect(
         &ConnSpec {
-            ssl_mode: SslMode::Require,
+            tls_mode: TlsMode::Require,
             ..conn(plain.port, "postgres", None)
         },
         false,
@@ -321,8 +322,8 @@ fn tls_modes() {
 /// not fall back.
 #[test]
 fn prefer_falls_back_when_the_tls_handshake_fails() {
-    use stowage_engines::pg::tls::SslMode;
     use stowage_engines::pg::wire::PgConn;
+    use stowage_engines::tls::TlsMode;
     let pg = PgServer::start(PgOptions {
         tls: true,
         extra: vec![
@@ -332,14 +333,14 @@ fn prefer_falls_back_when_the_tls_handshake_fails() {
         ..Default::default()
     });
     let spec = |mode| ConnSpec {
-        ssl_mode: mode,
+        tls_mode: mode,
         ..conn(pg.port, "postgres", None)
     };
-    let e = PgConn::connect(&spec(SslMode::Prefer), false)
+    let e = PgConn::connect(&spec(TlsMode::Prefer), false)
         .err()
         .unwrap();
     assert!(e.message.contains("no encryption"), "{e}");
-    let e = PgConn::connect(&spec(SslMode::Require), false)
+    let e = PgConn::connect(&spec(TlsMode::Require), false)
         .err()
         .unwrap();
     assert!(e.message.contains("TLS"), "{e}");

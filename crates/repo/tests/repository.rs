@@ -152,7 +152,7 @@ fn reopen_with_password_and_wrong_password() {
         "{err}"
     );
     let repo = Repository::open(st, "pw").unwrap();
-    assert!(repo.index().len() > 0);
+    assert!(!repo.index().is_empty());
     let t = tempfile::tempdir().unwrap();
     restore_to(&repo, &s, t.path());
     assert_eq!(

@@ -160,6 +160,8 @@ pub struct InstanceUpdate {
     pub max_rate_kbps: Option<Option<u32>>,
     pub sslmode: Option<String>,
     pub sslrootcert: Option<String>,
+    /// MongoDB: a new connection string (without credentials).
+    pub uri: Option<String>,
 }
 
 /// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
@@ -735,6 +737,11 @@ impl Service {
             },
             created_ms: now_ms(),
         };
+        let engine = stowage_engines::engine_for(&inst.engine)
+            .ok_or_else(|| ServiceError::internal("engine gone"))?;
+        engine
+            .check_options(&self.conn_spec(&inst)?)
+            .map_err(ServiceError::invalid)?;
         if check {
             let mut spec = self.conn_spec(&inst)?;
             spec.addrs = addrs;
@@ -762,7 +769,7 @@ impl Service {
     }
 
     /// Checks how to reach an instance; returns its TLS mode.
-    fn check_connection(n: &NewInstance) -> ServiceResult<stowage_engines::pg::tls::SslMode> {
+    fn check_connection(n: &NewInstance) -> ServiceResult<stowage_engines::tls::TlsMode> {
         if n.host.trim().is_empty() || n.host.len() > 255 || n.host.contains(char::is_whitespace) {
             return Err(ServiceError::invalid("host: a host name or IP address"));
         }
@@ -774,7 +781,7 @@ impl Service {
         }
         check_rate(n.max_rate_kbps)?;
         let ssl_mode = match n.sslmode.as_deref() {
-            None => stowage_engines::pg::tls::SslMode::default(),
+            None => stowage_engines::tls::TlsMode::default(),
             Some(m) => m.parse().map_err(ServiceError::invalid)?,
         };
         if let Some(c) = &n.sslrootcert {
@@ -806,9 +813,11 @@ impl Service {
     ) -> ServiceResult<Instance> {
         let mut i = self.instance(p, id).await?;
         if i.engine == "mongodb" {
-            return Err(ServiceError::new(
-                ErrorKind::InvalidState,
-                "changing a MongoDB instance's settings is not supported yet; remove it and add it again",
+            return self.update_mongo_instance(i, u).await;
+        }
+        if u.uri.is_some() {
+            return Err(ServiceError::invalid(
+                "uri: only for MongoDB instances; PostgreSQL takes host, port and user",
             ));
         }
         let opt = |k: &str| i.options.get(k).cloned().unwrap_or(serde_json::Value::Null);
@@ -855,6 +864,58 @@ impl Service {
         Ok(i)
     }
 
+    /// A MongoDB instance's connection string, user, password and throttle.
+    async fn update_mongo_instance(
+        &self,
+        mut i: Instance,
+        u: InstanceUpdate,
+    ) -> ServiceResult<Instance> {
+        if u.host.is_some()
+            || u.port.is_some()
+            || u.dbname.is_some()
+            || u.sslmode.is_some()
+            || u.sslrootcert.is_some()
+        {
+            return Err(ServiceError::invalid(
+                "a MongoDB instance is reached through its connection string: change uri (hosts, replicaSet, authSource, tls options), user, password or max_rate_kbps",
+            ));
+        }
+        if let Some(uri) = u.uri {
+            let (uri, hosts) = check_mongo_uri(Some(&uri))?;
+            for (h, port) in &hosts {
+                self.check_tenant_host(&i.account_id, h, *port).await?;
+            }
+            (i.host, i.port) = hosts[0].clone();
+            if let serde_json::Value::Object(m) = &mut i.options {
+                m.insert("uri".into(), uri.into());
+            }
+        }
+        if let Some(user) = u.user {
+            if user.len() > 256 {
+                return Err(ServiceError::invalid("user: at most 256 characters"));
+            }
+            i.username = user;
+        }
+        if let Some(pw) = u.password {
+            i.password_enc = Some(pw)
+                .filter(|s| !s.is_empty())
+                .map(|s| self.secrets.seal(&s));
+        }
+        if let Some(r) = u.max_rate_kbps {
+            check_rate(r)?;
+            if let serde_json::Value::Object(m) = &mut i.options {
+                m.insert("max_rate_kbps".into(), r.into());
+            }
+        }
+        let engine = stowage_engines::engine_for(&i.engine)
+            .ok_or_else(|| ServiceError::internal("engine gone"))?;
+        engine
+            .check_options(&self.conn_spec(&i)?)
+            .map_err(ServiceError::invalid)?;
+        self.catalog.update_instance(&i).await?;
+        Ok(i)
+    }
+
     /// By id or by name.
     pub async fn instance(&self, p: &Principal, id: &str) -> ServiceResult<Instance> {
         if id.is_empty() || id.len() > 64 {
@@ -875,42 +936,6 @@ impl Service {
         Ok(self.catalog.delete_instance(&p.account_id, &i.id).await?)
     }
 
-    /// The connection string with credentials, for engines that take one.
-    fn engine_uri(&self, i: &Instance) -> ServiceResult<Option<Secret>> {
-        if i.engine != "mongodb" {
-            return Ok(None);
-        }
-        let uri = i
-            .options
-            .get("uri")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| ServiceError::internal("a MongoDB instance without its uri"))?;
-        let password = i
-            .password_enc
-            .as_deref()
-            .map(|p| self.secrets.open(p))
-            .transpose()?;
-        let rest = uri.strip_prefix("mongodb://").unwrap_or(uri);
-        let enc = |s: &str| {
-            let mut o = String::new();
-            for b in s.bytes() {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    o.push(b as char);
-                } else {
-                    o.push_str(&format!("%{b:02X}"));
-                }
-            }
-            o
-        };
-        Ok(Some(Secret::new(match password {
-            Some(pw) if !i.username.is_empty() => {
-                format!("mongodb://{}:{}@{rest}", enc(&i.username), enc(pw.expose()))
-            }
-            _ if !i.username.is_empty() => format!("mongodb://{}@{rest}", enc(&i.username)),
-            _ => uri.to_string(),
-        })))
-    }
-
     fn conn_spec(&self, i: &Instance) -> ServiceResult<stowage_engines::ConnSpec> {
         Ok(stowage_engines::ConnSpec {
             host: i.host.clone(),
@@ -924,18 +949,25 @@ impl Service {
             dbname: i.dbname.clone(),
             connect_timeout: std::time::Duration::from_secs(10),
             // Instances registered before TLS support: prefer.
-            ssl_mode: i
+            tls_mode: i
                 .options
                 .get("sslmode")
                 .and_then(|v| v.as_str())
                 .and_then(|m| m.parse().ok())
                 .unwrap_or_default(),
-            ssl_root_cert: i
+            tls_root_cert: i
                 .options
                 .get("sslrootcert")
                 .and_then(|v| v.as_str())
                 .map(std::path::PathBuf::from),
-            uri: self.engine_uri(i)?,
+            // MongoDB: the stored string (never with credentials; the
+            // engine adds them when it connects).
+            uri: i
+                .options
+                .get("uri")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            options: i.options.clone(),
             addrs: Vec::new(),
         })
     }

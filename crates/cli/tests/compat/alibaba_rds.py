@@ -146,7 +146,14 @@ for v2 in (False, True):
     assert (pol.preferred_backup_time, pol.preferred_backup_period, pol.backup_retention_period) == (
         "19:00Z-20:00Z", "Monday,Thursday", 9), pol.to_map()
     assert pol.compress_type == "4" and pol.local_log_retention_hours == 24, pol.to_map()
-    assert pol.preferred_next_backup_time.endswith("T19:00Z"), pol.to_map()
+    # The next window's start; while the window is open (a Monday or
+    # Thursday between 19:00 and 20:00 UTC) the backup is due now.
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if now.strftime("%A") in ("Monday", "Thursday") and now.hour == 19:
+        assert pol.preferred_next_backup_time.startswith(now.strftime("%Y-%m-%dT19:")), pol.to_map()
+    else:
+        assert pol.preferred_next_backup_time.endswith("T19:00Z"), pol.to_map()
     for bad in (dict(preferred_backup_time="7pm"), dict(preferred_backup_period="Someday"),
                 dict(backup_retention_period="3"), dict(backup_priority=None, inc_backup_interval=None,
                                                         backup_policy_mode="Sometimes")):

@@ -314,3 +314,49 @@ fn default_restore_root_is_in_the_data_dir() {
     assert!(stderr(&o).contains("TargetNotAllowed"), "{}", stderr(&o));
     assert!(stderr(&o).contains("restores/"), "{}", stderr(&o));
 }
+
+/// `serve --data-dir` relative to the folder it starts in works (the
+/// restore roots derived from it are absolute), and the client finds the
+/// credentials under the same relative path.
+#[test]
+fn a_relative_data_dir_works() {
+    let work = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--no-scheduler",
+            "--listen",
+            &listen,
+            "--data-dir",
+            "rel",
+        ])
+        .current_dir(work.path())
+        .env("STOWAGE_INSECURE_FAST_KDF", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}");
+    let mut out = None;
+    for _ in 0..300 {
+        let o = Command::new(bin())
+            .args(["instance", "list", "--data-dir", "rel", "--server", &url])
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        if o.status.success() {
+            out = Some(o);
+            break;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut e = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut e).unwrap();
+            panic!("serve exited {st}: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.is_some(), "the server never answered");
+    assert!(work.path().join("rel/restores").is_dir());
+}

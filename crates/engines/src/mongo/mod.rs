@@ -78,7 +78,13 @@ fn driver(e: mongodb::error::Error) -> EngineError {
             ErrorKind::Unreachable,
             format!(
                 "MongoDB server unreachable: no member answered in time ({})",
-                message.lines().next().unwrap_or("")
+                // The driver's topology dump follows; the first words say it.
+                message
+                    .split(" Topology:")
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_end_matches('.')
             ),
         ),
         K::DnsResolve { ref message, .. } => err(
@@ -87,11 +93,15 @@ fn driver(e: mongodb::error::Error) -> EngineError {
         ),
         K::Io(ref io) => err(
             ErrorKind::ServerGone,
-            format!("the connection to the MongoDB server was lost (did it stop?): {io}"),
+            format!(
+                "the connection to the MongoDB server was lost during the backup (did it stop?): {io}"
+            ),
         ),
         K::ConnectionPoolCleared { ref message, .. } => err(
             ErrorKind::ServerGone,
-            format!("the connection to the MongoDB server was lost (did it stop?): {message}"),
+            format!(
+                "the connection to the MongoDB server was lost during the backup (did it stop?): {message}"
+            ),
         ),
         K::Command(ref c) => {
             let kind = match c.code {
@@ -492,7 +502,7 @@ pub fn backup_replica_set(
     });
     let mut done = Vec::new();
     for r in results {
-        done.push(r?);
+        done.push(r.map_err(mid_backup)?);
     }
     for w in done {
         writer.add_archive(w)?;
@@ -500,11 +510,15 @@ pub fn backup_replica_set(
 
     // The oplog from start to an end after the dump, never splitting a
     // transaction, and still holding start.
-    let mut end = ends.newest(&c)?.unwrap_or(start);
+    let mut end = ends.newest(&c).map_err(mid_backup)?.unwrap_or(start);
     let mut w = writer.archive_writer(archive, None);
-    let oplog_entries = copy_oplog(&c, start, &mut end, &mut w)?;
+    let oplog_entries = copy_oplog(&c, start, &mut end, &mut w).map_err(mid_backup)?;
     writer.add_archive(w)?;
-    if ends.oldest(&c)?.is_none_or(|o| ts_gt(o, start)) {
+    if ends
+        .oldest(&c)
+        .map_err(mid_backup)?
+        .is_none_or(|o| ts_gt(o, start))
+    {
         return Err(err(
             ErrorKind::Capacity,
             "oplog window overrun: the oplog no longer holds the entry the dump started at; raise the oplog size or back up at a less busy time",
@@ -521,6 +535,21 @@ pub fn backup_replica_set(
         documents: docs.load(Ordering::Relaxed),
         oplog_entries,
     })
+}
+
+/// A server that stops answering once the backup has started went away:
+/// say so, rather than that it cannot be reached.
+fn mid_backup(e: EngineError) -> EngineError {
+    match e.kind {
+        ErrorKind::Unreachable => err(
+            ErrorKind::ServerGone,
+            format!(
+                "the connection to the MongoDB server was lost during the backup (did it stop?): {}",
+                e.message
+            ),
+        ),
+        _ => e,
+    }
 }
 
 fn ts_gt(a: Timestamp, b: Timestamp) -> bool {
@@ -593,37 +622,55 @@ pub fn check(uri: &str) -> Result<MongoFacts, EngineError> {
     facts(&c)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::escape;
-
-    #[test]
-    fn escaped_names_are_safe_path_components() {
-        assert_eq!(escape("orders"), "orders");
-        assert_eq!(escape("system.views"), "system.views");
-        assert_eq!(escape("a/b"), "a%2Fb");
-        assert_eq!(escape(".."), "%2E%2E");
-        assert_eq!(escape(""), "%00");
-        assert_eq!(escape("é"), "%C3%A9");
-        for n in ["a/b", "..", ".", "", "x y", "ü/.."] {
-            assert!(
-                stowage_core::manifest::is_safe_relative_path(&escape(n)),
-                "{n}"
-            );
-        }
-    }
-}
-
 /// MongoDB replica sets, logically: the engine behind `--engine mongodb`.
 pub struct MongoLogical;
 
-fn uri_of(conn: &crate::ConnSpec) -> Result<&str, EngineError> {
-    conn.uri.as_ref().map(|u| u.expose()).ok_or_else(|| {
+/// The instance's connection string with its user and password added
+/// (percent-encoded), and its authentication database when one is set.
+/// The stored string never holds credentials; this one lives only as long
+/// as the connection is made.
+fn uri_of(conn: &crate::ConnSpec) -> Result<stowage_core::Secret, EngineError> {
+    let uri = conn.uri.as_deref().ok_or_else(|| {
         err(
             ErrorKind::Unsupported,
             "a MongoDB instance needs a connection string",
         )
-    })
+    })?;
+    let rest = uri.strip_prefix("mongodb://").ok_or_else(|| {
+        err(
+            ErrorKind::Unsupported,
+            "a MongoDB connection string starts with mongodb://",
+        )
+    })?;
+    if rest.split(['/', '?']).next().unwrap_or("").contains('@') {
+        return Err(err(
+            ErrorKind::Unsupported,
+            "the connection string must not hold credentials",
+        ));
+    }
+    let enc = |s: &str| {
+        let mut o = String::new();
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                o.push(b as char);
+            } else {
+                o.push_str(&format!("%{b:02X}"));
+            }
+        }
+        o
+    };
+    let mut full = match (&conn.password, conn.user.is_empty()) {
+        (Some(pw), false) => format!("mongodb://{}:{}@{rest}", enc(&conn.user), enc(pw.expose())),
+        (None, false) => format!("mongodb://{}@{rest}", enc(&conn.user)),
+        _ => uri.to_string(),
+    };
+    if let Some(db) = conn.dbname.as_deref().filter(|d| !d.is_empty())
+        && !full.contains("authSource=")
+    {
+        full.push(if full.contains('?') { '&' } else { '?' });
+        full.push_str(&format!("authSource={}", enc(db)));
+    }
+    Ok(stowage_core::Secret::new(full))
 }
 
 impl crate::Engine for MongoLogical {
@@ -635,8 +682,17 @@ impl crate::Engine for MongoLogical {
         "logical"
     }
 
+    fn check_options(&self, conn: &crate::ConnSpec) -> Result<(), String> {
+        // Adding the credentials checks the string's shape; the driver's
+        // parser checks the rest (options, hosts).
+        let full = uri_of(conn).map_err(|e| e.message)?;
+        mongodb::options::ConnectionString::parse(full.expose())
+            .map(|_| ())
+            .map_err(|e| format!("uri: not a usable MongoDB connection string: {e}"))
+    }
+
     fn check(&self, conn: &crate::ConnSpec) -> Result<crate::ServerInfo, EngineError> {
-        let f = check(uri_of(conn)?)?;
+        let f = check(uri_of(conn)?.expose())?;
         if f.set_name.is_none() {
             return Err(err(
                 ErrorKind::Unsupported,
@@ -664,7 +720,7 @@ impl crate::Engine for MongoLogical {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         // The archive is named after the replica set (a shard's id later).
         let out = backup_replica_set(
-            uri_of(conn)?,
+            uri_of(conn)?.expose(),
             None,
             threads,
             opts.max_rate_kbps,
@@ -712,6 +768,7 @@ impl crate::Engine for MongoLogical {
         live: &LiveTask,
     ) -> Result<serde_json::Value, EngineError> {
         let uri = uri_of(conn)?;
+        let uri = uri.expose();
         live.set_state(TaskState::Running);
         let mut total = restore::RestoreStats::default();
         let o = restore::RestoreInto {
@@ -754,5 +811,26 @@ impl crate::Engine for MongoLogical {
         _set_owner: bool,
     ) -> Result<(), EngineError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escaped_names_are_safe_path_components() {
+        assert_eq!(escape("orders"), "orders");
+        assert_eq!(escape("system.views"), "system.views");
+        assert_eq!(escape("a/b"), "a%2Fb");
+        assert_eq!(escape(".."), "%2E%2E");
+        assert_eq!(escape(""), "%00");
+        assert_eq!(escape("é"), "%C3%A9");
+        for n in ["a/b", "..", ".", "", "x y", "ü/.."] {
+            assert!(
+                stowage_core::manifest::is_safe_relative_path(&escape(n)),
+                "{n}"
+            );
+        }
     }
 }

@@ -19,7 +19,8 @@
 //! Requires PostgreSQL 15 or newer (the typed COPY stream and the
 //! parenthesised option syntax).
 
-pub mod tls;
+/// TLS is engine-neutral (`crate::tls`); kept here under its old path.
+pub use crate::tls;
 pub mod wal;
 pub mod wire;
 
@@ -123,7 +124,7 @@ impl Engine for PostgresPhysical {
                 "max_wal_senders": senders,
                 "wal_level": wal_level,
                 "tls": tls,
-                "sslmode": conn.ssl_mode.as_str(),
+                "sslmode": conn.tls_mode.as_str(),
             }),
         })
     }

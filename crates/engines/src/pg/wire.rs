@@ -127,8 +127,8 @@ fn timed_out(e: &io::Error) -> bool {
 /// Asks for TLS (SSLRequest) and, if the server agrees, does the handshake.
 /// `prefer` falls back to plain TCP when the server says no.
 fn negotiate_tls(mut sock: TcpStream, spec: &ConnSpec) -> Result<Stream, EngineError> {
-    use super::tls::SslMode;
-    if spec.ssl_mode == SslMode::Disable {
+    use super::tls::TlsMode;
+    if spec.tls_mode == TlsMode::Disable {
         return Ok(Stream::Plain(sock));
     }
     let mut req = BytesMut::new();
@@ -151,13 +151,13 @@ fn negotiate_tls(mut sock: TcpStream, spec: &ConnSpec) -> Result<Stream, EngineE
     }
     match answer[0] {
         b'S' => {}
-        b'N' if spec.ssl_mode == SslMode::Prefer => return Ok(Stream::Plain(sock)),
+        b'N' if spec.tls_mode == TlsMode::Prefer => return Ok(Stream::Plain(sock)),
         b'N' => {
             return Err(EngineError::new(
                 ErrorKind::Unsupported,
                 format!(
                     "the server does not accept TLS connections, which sslmode={} requires (set ssl = on in postgresql.conf, or lower sslmode)",
-                    spec.ssl_mode.as_str()
+                    spec.tls_mode.as_str()
                 ),
             ));
         }
@@ -168,7 +168,7 @@ fn negotiate_tls(mut sock: TcpStream, spec: &ConnSpec) -> Result<Stream, EngineE
             ));
         }
     }
-    let cfg = super::tls::client_config(spec.ssl_mode, spec.ssl_root_cert.as_deref())?;
+    let cfg = super::tls::client_config(spec.tls_mode, spec.tls_root_cert.as_deref())?;
     let name = super::tls::server_name(&spec.host)?;
     let mut conn = rustls::ClientConnection::new(cfg, name)
         .map_err(|e| EngineError::new(ErrorKind::Protocol, format!("TLS setup failed: {e}")))?;
@@ -186,7 +186,7 @@ fn negotiate_tls(mut sock: TcpStream, spec: &ConnSpec) -> Result<Stream, EngineE
                         ErrorKind::Authentication,
                         format!(
                             "the server's TLS certificate was not accepted (sslmode={}): {e}",
-                            spec.ssl_mode.as_str()
+                            spec.tls_mode.as_str()
                         ),
                     )
                 } else {
@@ -280,7 +280,7 @@ impl PgConn {
             Ok(s) => s,
             // As libpq: `prefer` goes on without TLS when the handshake fails.
             Err(e)
-                if spec.ssl_mode == super::tls::SslMode::Prefer
+                if spec.tls_mode == super::tls::TlsMode::Prefer
                     && matches!(e.kind, ErrorKind::Protocol | ErrorKind::Authentication) =>
             {
                 tracing::warn!(host = %spec.host, error = %e, "TLS failed; sslmode=prefer: connecting without TLS");

@@ -1,4 +1,6 @@
-//! TLS to PostgreSQL, with libpq's `sslmode` semantics (rustls, ring):
+//! TLS to a database server, engine-neutral, with libpq's `sslmode`
+//! semantics (rustls, ring); PostgreSQL negotiates it in `pg::wire`, other
+//! engines use the same modes and roots:
 //!
 //! | mode | TLS | certificate checked |
 //! |---|---|---|
@@ -29,7 +31,7 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum SslMode {
+pub enum TlsMode {
     Disable,
     #[default]
     Prefer,
@@ -38,14 +40,14 @@ pub enum SslMode {
     VerifyFull,
 }
 
-impl SslMode {
+impl TlsMode {
     pub fn as_str(self) -> &'static str {
         match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
+            TlsMode::Disable => "disable",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
         }
     }
 
@@ -53,24 +55,24 @@ impl SslMode {
     pub fn required(self) -> bool {
         matches!(
             self,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull
         )
     }
 
     pub fn verifies(self) -> bool {
-        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+        matches!(self, TlsMode::VerifyCa | TlsMode::VerifyFull)
     }
 }
 
-impl FromStr for SslMode {
+impl FromStr for TlsMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
+            "disable" => TlsMode::Disable,
+            "prefer" => TlsMode::Prefer,
+            "require" => TlsMode::Require,
+            "verify-ca" => TlsMode::VerifyCa,
+            "verify-full" => TlsMode::VerifyFull,
             _ => {
                 return Err(format!(
                     "sslmode {s:?}: expected disable, prefer, require, verify-ca or verify-full"
@@ -209,7 +211,7 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, EngineError> {
 
 /// The client configuration for `mode` (not for `disable`).
 pub fn client_config(
-    mode: SslMode,
+    mode: TlsMode,
     root_cert: Option<&Path>,
 ) -> Result<Arc<ClientConfig>, EngineError> {
     let p = provider();
@@ -227,7 +229,7 @@ pub fn client_config(
         let webpki = WebPkiServerVerifier::builder_with_provider(roots, p)
             .build()
             .map_err(|e| config_err(format!("TLS setup: {e}")))?;
-        let verifier: Arc<dyn ServerCertVerifier> = if mode == SslMode::VerifyFull {
+        let verifier: Arc<dyn ServerCertVerifier> = if mode == TlsMode::VerifyFull {
             webpki
         } else {
             Arc::new(ChainOnly(webpki))
@@ -259,19 +261,19 @@ mod tests {
     #[test]
     fn modes() {
         for m in [
-            SslMode::Disable,
-            SslMode::Prefer,
-            SslMode::Require,
-            SslMode::VerifyCa,
-            SslMode::VerifyFull,
+            TlsMode::Disable,
+            TlsMode::Prefer,
+            TlsMode::Require,
+            TlsMode::VerifyCa,
+            TlsMode::VerifyFull,
         ] {
-            assert_eq!(m.as_str().parse::<SslMode>(), Ok(m));
+            assert_eq!(m.as_str().parse::<TlsMode>(), Ok(m));
         }
-        assert!("allow".parse::<SslMode>().is_err());
-        assert_eq!(SslMode::default(), SslMode::Prefer);
-        assert!(client_config(SslMode::VerifyFull, None).is_err());
-        assert!(client_config(SslMode::Require, None).is_ok());
-        assert!(client_config(SslMode::VerifyCa, Some(Path::new("/nonexistent.pem"))).is_err());
+        assert!("allow".parse::<TlsMode>().is_err());
+        assert_eq!(TlsMode::default(), TlsMode::Prefer);
+        assert!(client_config(TlsMode::VerifyFull, None).is_err());
+        assert!(client_config(TlsMode::Require, None).is_ok());
+        assert!(client_config(TlsMode::VerifyCa, Some(Path::new("/nonexistent.pem"))).is_err());
         // The system store (Debian: ca-certificates, installed with PostgreSQL).
         if Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
             assert!(load_roots(Path::new(SYSTEM_ROOTS)).unwrap().len() > 10);

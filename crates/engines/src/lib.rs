@@ -5,6 +5,7 @@
 //! through a [`LiveTask`] (state, byte counters, cancel flag) and a
 //! [`BackupWriter`]. Engines know nothing of the catalog or the HTTP API.
 
+pub mod export;
 #[cfg(feature = "mongo")]
 pub mod mongo;
 pub mod pg;
@@ -184,6 +185,20 @@ pub trait Engine: Send + Sync {
                 self.name()
             ),
         ))
+    }
+
+    /// Writes one part (archive) of a set to `out` as a byte stream in a
+    /// standard format, read straight from the repository. Default: a tar
+    /// of the part's files (`export::export_tar`), which is what both
+    /// engines' tools read; an engine with a better-suited format overrides it.
+    fn export_part(
+        &self,
+        repo: &std::sync::Arc<stowage_repo::Repository>,
+        m: &Manifest,
+        part: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<export::ExportInfo, EngineError> {
+        export::export_tar(repo, m, part, out)
     }
 
     /// Fix-ups after the files are in place (links, permissions).

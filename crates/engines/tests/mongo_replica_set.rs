@@ -276,7 +276,7 @@ fn a_dump_restores_into_another_server_byte_for_byte() {
            {'_id': 3, 'b0': Binary(b'\\x00\\x01', 0), 'uuid': Binary(uuid.UUID(int=5).bytes, 4), 'md5': Binary(b'x' * 16, 5), 'user': Binary(b'u', 128)},\n\
            {'_id': 4, 're': Regex('^a.*z$', 'imx'), 'code': Code('function(){}'), 'min': MinKey(), 'max': MaxKey(), 'oid': ObjectId('0123456789ab0123456789ab')},\n\
            {'_id': 5, 'nested': [[1, [2, [3, {'x': [None, True, False]}]]], {'a': {'b': {'c': []}}}], 'ключ': 'значение', '鍵': '値', 'emoji 🎉': '✓'},\n\
-           {'_id': 6, 'big': 'x' * (4 * 1024 * 1024)},\n\
+           {'_id': 6, 'big': 'x' * (16 * 1024 * 1024 - 200)},\n\
          ])\n\
          client.torture.create_collection('capped', capped=True, size=1 << 20)\n\
          client.torture.capped.insert_many([{'_id': i} for i in range(10)])\n\

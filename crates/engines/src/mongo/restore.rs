@@ -127,9 +127,20 @@ fn next_doc(r: &mut impl Read) -> Result<Option<RawDocumentBuf>, EngineError> {
         .map_err(|e| err(ErrorKind::Protocol, format!("a damaged document: {e}")))
 }
 
-/// Loads the documents of `loads` (target db, collection, file), `threads`
-/// collections at a time (the largest first, so one big collection does not
-/// start last); returns how many documents were inserted.
+/// One batch of documents for one collection.
+struct Batch {
+    db: String,
+    coll: String,
+    docs: Vec<RawDocumentBuf>,
+    bytes: u64,
+}
+
+/// Loads the documents of `loads` (target db, collection, file): up to
+/// `threads` readers take collections (largest first) and read them from
+/// the repository into batches of ≤ 1000 documents or 8 MiB; `threads`
+/// inserters send the batches with `insertMany`. Several collections load at
+/// once, and a single large collection loads in parallel too. Returns how
+/// many documents were inserted.
 fn load_parallel(
     c: &mongodb::sync::Client,
     repo: &Arc<Repository>,
@@ -137,87 +148,125 @@ fn load_parallel(
     threads: usize,
     live: &LiveTask,
 ) -> Result<u64, EngineError> {
-    loads.sort_by_key(|(_, _, f)| std::cmp::Reverse(f.size));
-    loads.reverse(); // popped from the end: largest first
+    loads.sort_by_key(|(_, _, f)| f.size); // popped from the end: largest first
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
-    };
-    let threads = threads.clamp(1, 16).min(loads.len().max(1));
-    let queue = std::sync::Mutex::new(loads);
+    }
+    .clamp(1, 16);
     let failed = std::sync::atomic::AtomicBool::new(false);
     let docs = std::sync::atomic::AtomicU64::new(0);
-    let results: Vec<Result<(), EngineError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(threads * 2);
+    let rx = std::sync::Mutex::new(rx);
+    let readers = threads.min(loads.len()).max(1);
+    let queue = std::sync::Mutex::new(loads);
+    let stop = || failed.load(Ordering::Relaxed) || live.is_cancelled();
+    let read_one = |tx: std::sync::mpsc::SyncSender<Batch>| -> Result<(), EngineError> {
+        loop {
+            let Some((db, coll, f)) = queue.lock().expect("queue").pop() else {
+                return Ok(());
+            };
+            let mut r = repo.file_reader(f);
+            let mut batch = Vec::with_capacity(1000);
+            let mut bytes = 0u64;
+            loop {
+                if stop() {
+                    return if live.is_cancelled() {
+                        Err(err(ErrorKind::Cancelled, "cancelled"))
+                    } else {
+                        Ok(())
+                    };
+                }
+                let d = next_doc(&mut r)?;
+                let end = d.is_none();
+                if let Some(d) = d {
+                    bytes += d.as_bytes().len() as u64;
+                    batch.push(d);
+                }
+                if !batch.is_empty() && (end || batch.len() >= 1000 || bytes >= 8 << 20) {
+                    let b = Batch {
+                        db: db.clone(),
+                        coll: coll.clone(),
+                        docs: std::mem::replace(&mut batch, Vec::with_capacity(1000)),
+                        bytes: std::mem::take(&mut bytes),
+                    };
+                    if tx.send(b).is_err() {
+                        return Ok(()); // every inserter ended: they say why
+                    }
+                }
+                if end {
+                    break;
+                }
+            }
+        }
+    };
+    type Ends = Vec<Result<(), EngineError>>;
+    let (read, inserted): (Ends, Ends) = std::thread::scope(|s| {
+        let inserters: Vec<_> = (0..threads)
             .map(|_| {
-                let (queue, failed, docs) = (&queue, &failed, &docs);
+                let (rx, failed, docs) = (&rx, &failed, &docs);
                 s.spawn(move || -> Result<(), EngineError> {
                     loop {
-                        if failed.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let Some((db, coll, f)) = queue.lock().expect("queue").pop() else {
+                        let next = rx.lock().expect("batches").recv();
+                        let Ok(b) = next else {
                             return Ok(());
                         };
-                        let r = load_one(c, repo, &db, &coll, f, live, docs);
-                        if r.is_err() {
-                            failed.store(true, Ordering::Relaxed);
-                            return r;
+                        if failed.load(Ordering::Relaxed) {
+                            continue; // drain, so the reader never blocks
                         }
+                        let n = b.docs.len() as u64;
+                        let r = c
+                            .database(&b.db)
+                            .collection::<RawDocumentBuf>(&b.coll)
+                            .insert_many(b.docs)
+                            .run()
+                            .map_err(driver);
+                        if let Err(e) = r {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                        docs.fetch_add(n, Ordering::Relaxed);
+                        live.bytes_done.fetch_add(b.bytes, Ordering::Relaxed);
                     }
                 })
             })
             .collect();
-        handles
+        let reader_handles: Vec<_> = (0..readers)
+            .map(|_| {
+                let (tx, read_one, failed) = (tx.clone(), &read_one, &failed);
+                s.spawn(move || {
+                    let r = read_one(tx);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        drop(tx);
+        let read = reader_handles
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, "a load thread panicked")))
+                    .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, "a read thread panicked")))
             })
-            .collect()
+            .collect();
+        let inserted = inserters
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, "an insert thread panicked")))
+            })
+            .collect();
+        (read, inserted)
     });
-    for r in results {
+    for r in read.into_iter().chain(inserted) {
         r?;
     }
-    Ok(docs.load(Ordering::Relaxed))
-}
-
-/// Inserts one collection's documents in raw-BSON batches (≤ 1000
-/// documents or 8 MiB).
-fn load_one(
-    c: &mongodb::sync::Client,
-    repo: &Arc<Repository>,
-    db: &str,
-    coll: &str,
-    f: &stowage_core::manifest::FileEntry,
-    live: &LiveTask,
-    docs: &std::sync::atomic::AtomicU64,
-) -> Result<(), EngineError> {
-    let coll = c.database(db).collection::<RawDocumentBuf>(coll);
-    let mut r = repo.file_reader(f);
-    let mut batch = Vec::with_capacity(1000);
-    let mut bytes = 0usize;
-    loop {
-        let d = next_doc(&mut r)?;
-        let end = d.is_none();
-        if let Some(d) = d {
-            bytes += d.as_bytes().len();
-            batch.push(d);
-        }
-        if !batch.is_empty() && (end || batch.len() >= 1000 || bytes >= 8 << 20) {
-            coll.insert_many(&batch).run().map_err(driver)?;
-            docs.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            live.bytes_done.fetch_add(bytes as u64, Ordering::Relaxed);
-            batch.clear();
-            bytes = 0;
-        }
-        if end {
-            return Ok(());
-        }
-        if live.is_cancelled() {
-            return Err(err(ErrorKind::Cancelled, "cancelled"));
-        }
+    if live.is_cancelled() {
+        return Err(err(ErrorKind::Cancelled, "cancelled"));
     }
+    Ok(docs.load(Ordering::Relaxed))
 }
 
 /// Restores archive `archive` of manifest `m` into the server at `uri`.

@@ -525,3 +525,72 @@ fn the_dump_keeps_to_its_rate_limit() {
     // ~3.1 MB at 1 MiB/s: at least ~2.9 s; unthrottled it takes well under 1 s.
     assert!(took.as_secs_f64() > 2.5, "took {took:?}");
 }
+
+/// `collMod` and `dropDatabase` during the backup are replayed: the restore
+/// has the new validator and not the dropped database.
+#[test]
+fn collmod_and_dropdatabase_during_the_backup_are_replayed() {
+    let src = MongoServer::start(MongoOptions::default());
+    src.pymongo(
+        "client.shop.orders.insert_many([{'_id': i, 'pad': 'x' * 700} for i in range(1500)])\n\
+         client.gone.x.insert_many([{'_id': i} for i in range(10)])",
+    );
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    let live = Arc::new(LiveTask::default());
+    // ~1 MB at 256 kB/s: the DDL lands while the dump runs.
+    let (out, ddl) = std::thread::scope(|s| {
+        let l = live.clone();
+        let src = &src;
+        let ddl = s.spawn(move || {
+            for _ in 0..200 {
+                if l.parts()
+                    .first()
+                    .is_some_and(|(_, p)| p.progress().bytes_done > 0)
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            src.pymongo(
+                "client.shop.command('collMod', 'orders', validator={'pad': {'$type': 'string'}})\n\
+                 client.drop_database('gone')\n\
+                 client.shop.orders.insert_one({'_id': 'after', 'pad': 'y'})",
+            );
+        });
+        let out =
+            mongo::backup_replica_set(&src.uri(), None, 2, Some(256), &mut bw, &live).unwrap();
+        (out, ddl.join())
+    });
+    ddl.unwrap();
+    let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
+    assert!(out.oplog_entries >= 3, "{out:?}");
+    let dst = MongoServer::start(MongoOptions::default());
+    let st = mongo::restore::restore_dump(
+        &dst.uri(),
+        &r,
+        &man,
+        0,
+        &Default::default(),
+        &LiveTask::default(),
+    )
+    .unwrap();
+    assert!(st.oplog_applied >= 3, "{st:?}");
+    assert_eq!(
+        dst.pymongo(
+            "print(sorted(d for d in client.list_database_names() if d not in ('admin', 'local', 'config')))"
+        ),
+        "['shop']"
+    );
+    assert_eq!(
+        dst.pymongo("print(client.shop.orders.count_documents({}))"),
+        "1501"
+    );
+    assert_eq!(
+        dst.pymongo(
+            "print([c['options'].get('validator') for c in client.shop.list_collections() if c['name'] == 'orders'])"
+        ),
+        "[{'pad': {'$type': 'string'}}]"
+    );
+}

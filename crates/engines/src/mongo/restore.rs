@@ -394,6 +394,7 @@ pub fn restore_dump(
             dropped_indexes: Default::default(),
             renamed: Default::default(),
             dropped: Vec::new(),
+            dropped_databases: Vec::new(),
             applied: 0,
         };
         let mut r = repo.file_reader(f);
@@ -414,7 +415,7 @@ pub fn restore_dump(
         let mut kept = Vec::new();
         for (db, coll, indexes) in pending {
             let mut ns = format!("{db}.{coll}");
-            if rp.dropped.contains(&ns) {
+            if rp.dropped.contains(&ns) || rp.dropped_databases.contains(&db) {
                 continue;
             }
             while let Some(to) = rp.renamed.get(&ns) {

@@ -66,7 +66,7 @@ fn header(name: &[u8], typeflag: u8, size: u64, mode: u32, mtime: i64, link: &[u
     octal(&mut h[108..116], 0);
     octal(&mut h[116..124], 0);
     octal(&mut h[124..136], size);
-    octal(&mut h[136..148], mtime.max(0) as u64);
+    octal(&mut h[136..148], (mtime.max(0) as u64).min(USTAR_MAX));
     h[156] = typeflag;
     h[157..157 + link.len().min(100)].copy_from_slice(&link[..link.len().min(100)]);
     h[257..263].copy_from_slice(b"ustar\0");

@@ -66,12 +66,13 @@ async fn persist_state(
 }
 
 /// Brings a persisted state up to `want` along the success path (never
-/// past `Finishing`: how a task ends is recorded by its runner).
+/// past `Finishing`: how a task ends is recorded by its runner; a failed or
+/// cancelled `want` moves nothing).
 async fn sync(svc: &Service, id: i64, want: TaskState, p: Progress, persisted: &mut TaskState) {
-    let want = if want.is_terminal() {
-        TaskState::Finishing
-    } else {
-        want
+    let want = match want {
+        TaskState::Finished => TaskState::Finishing,
+        TaskState::Failed | TaskState::Cancelled => return,
+        w => w,
     };
     while persisted.rank() < want.rank() {
         let Some(next) = next_forward(*persisted) else {
@@ -136,12 +137,19 @@ impl Mirror {
         let mut p = stowage_core::parts::converge_progress(&progress);
         p.bytes_stored = p.bytes_stored.max(own.bytes_stored);
         let parts = stowage_core::parts::converge_state(&states);
-        // The task itself moves on after its parts (writing the set).
-        let own_state = self.live.state();
-        let st = if !own_state.is_terminal() && own_state.rank() > parts.rank() {
-            own_state
+        // Parts move the task at most to running (more parts may still
+        // open; a failed part fails the task through the engine's error);
+        // finishing is the task's own step (writing the set).
+        let own = self.live.state();
+        let from_parts = match parts {
+            TaskState::Failed | TaskState::Cancelled => TaskState::Pending,
+            s if s.rank() > TaskState::Running.rank() => TaskState::Running,
+            s => s,
+        };
+        let st = if own.rank() >= from_parts.rank() && !own.is_terminal() {
+            own
         } else {
-            parts
+            from_parts
         };
         (st, p)
     }
@@ -149,11 +157,13 @@ impl Mirror {
     async fn poll(&mut self, svc: &Service) {
         // Parts opened since the last poll become sub-tasks.
         for (name, live) in self.live.parts().into_iter().skip(self.parts.len()) {
-            match svc
-                .catalog
-                .create_task(&NewTask::part_of(&self.task, &name), now_ms())
-                .await
-            {
+            let part = NewTask {
+                // This node runs it (an automated task may have been
+                // created by another).
+                node: Some(svc.node.clone()),
+                ..NewTask::part_of(&self.task, &name)
+            };
+            match svc.catalog.create_task(&part, now_ms()).await {
                 Ok(t) => {
                     svc.live_tasks
                         .lock()
@@ -198,6 +208,15 @@ impl Mirror {
         }
     }
 
+    /// The first part that did not finish, if any: a task whose parts did
+    /// not all finish is not finished (`stowage_core::parts`).
+    fn unfinished_part(&self) -> Option<&str> {
+        self.parts
+            .iter()
+            .find(|p| p.persisted != TaskState::Finished)
+            .map(|p| p.name.as_str())
+    }
+
     /// The task's progress now (its parts' sum when it has parts).
     fn progress(&self) -> Progress {
         self.wanted().1
@@ -232,6 +251,8 @@ impl Mirror {
             }
             if part.live.state() == TaskState::Finished {
                 // The part did its work, even if the task as a whole failed.
+                let p = part.live.progress();
+                sync(svc, part.id, TaskState::Finishing, p, &mut part.persisted).await;
                 let u = StateUpdate {
                     progress: Some(part.live.progress()),
                     ..Default::default()
@@ -426,6 +447,13 @@ pub(crate) async fn run_backup(
         .and_then(|r| r);
     mirror.end_parts(&svc, res.as_ref().err()).await;
     let persisted = mirror.persisted;
+    let res = res.and_then(|r| match mirror.unfinished_part() {
+        Some(part) => Err(EngineError::new(
+            ErrorKind::Protocol,
+            format!("part {part} did not finish; no set is recorded"),
+        )),
+        None => Ok(r),
+    });
     match res {
         Ok((snap, m, out)) => {
             // The retention in force now; a later policy change updates the set.
@@ -676,6 +704,13 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Task, work: JobWork, live: A
         .and_then(|r| r);
     mirror.end_parts(&svc, res.as_ref().err()).await;
     let persisted = mirror.persisted;
+    let res = res.and_then(|r| match mirror.unfinished_part() {
+        Some(part) => Err(EngineError::new(
+            ErrorKind::Protocol,
+            format!("part {part} did not finish"),
+        )),
+        None => Ok(r),
+    });
     match res {
         Ok(result) => {
             let u = StateUpdate {

@@ -99,7 +99,12 @@ async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response,
     // a dump plus the oplog); asking for another is refused, not ignored.
     if let Some(m) = req.get("BackupMethod") {
         let engine = svc.instance(&req.principal, &inst).await?.engine;
-        let method = stowage_service::engine_method(&engine).unwrap_or("");
+        let Some(method) = stowage_service::engine_method(&engine) else {
+            return Err(RpcError::invalid(
+                "BackupMethod",
+                &format!("this build has no {engine} engine"),
+            ));
+        };
         let asked = match m {
             "Logical" => "logical",
             "Physical" | "Snapshot" => "physical",

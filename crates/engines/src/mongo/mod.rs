@@ -105,7 +105,8 @@ fn driver(e: mongodb::error::Error) -> EngineError {
         ),
         K::Command(ref c) => {
             let kind = match c.code {
-                13 | 18 => ErrorKind::Permission,
+                18 => ErrorKind::Authentication,
+                13 => ErrorKind::Permission,
                 59 | 115 => ErrorKind::Unsupported,
                 _ => ErrorKind::Protocol,
             };
@@ -194,12 +195,9 @@ impl OplogEnds {
     /// its `$natural` last entry must not be older than its first.
     fn probe(c: &Client) -> Result<OplogEnds, EngineError> {
         let natural = match (oplog_end(c, 1)?, oplog_end(c, -1)?) {
-            (Some(first), Some(last)) => {
-                !ts_gt(first, last) && {
-                    // Equal ends and a sorted newest beyond them: ignored.
-                    first != last || oplog_end_sorted(c, -1)? == Some(last)
-                }
-            }
+            // Equal ends prove nothing (one entry, or the order ignored):
+            // then sort, which is right on every server.
+            (Some(first), Some(last)) => ts_gt(last, first),
             _ => true,
         };
         if !natural {
@@ -665,7 +663,7 @@ fn uri_of(conn: &crate::ConnSpec) -> Result<stowage_core::Secret, EngineError> {
         _ => uri.to_string(),
     };
     if let Some(db) = conn.dbname.as_deref().filter(|d| !d.is_empty())
-        && !full.contains("authSource=")
+        && !full.to_ascii_lowercase().contains("authsource=")
     {
         full.push(if full.contains('?') { '&' } else { '?' });
         full.push_str(&format!("authSource={}", enc(db)));

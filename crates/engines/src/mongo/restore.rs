@@ -163,7 +163,7 @@ fn load_parallel(
     let stop = || failed.load(Ordering::Relaxed) || live.is_cancelled();
     let read_one = |tx: std::sync::mpsc::SyncSender<Batch>| -> Result<(), EngineError> {
         loop {
-            let Some((db, coll, f)) = queue.lock().expect("queue").pop() else {
+            let Some((db, coll, f)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
                 return Ok(());
             };
             let mut r = repo.file_reader(f);
@@ -206,13 +206,18 @@ fn load_parallel(
             .map(|_| {
                 let (rx, failed, docs) = (&rx, &failed, &docs);
                 s.spawn(move || -> Result<(), EngineError> {
+                    // An inserter never leaves before the channel closes: after
+                    // a failure (its own, another's, a cancel) it drains, so no
+                    // reader ever blocks on a full channel.
+                    let mut first_err = None;
                     loop {
-                        let next = rx.lock().expect("batches").recv();
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         let Ok(b) = next else {
-                            return Ok(());
+                            return first_err.map_or(Ok(()), Err);
                         };
-                        if failed.load(Ordering::Relaxed) {
-                            continue; // drain, so the reader never blocks
+                        if failed.load(Ordering::Relaxed) || live.is_cancelled() {
+                            failed.store(true, Ordering::Relaxed);
+                            continue;
                         }
                         let n = b.docs.len() as u64;
                         let r = c
@@ -221,12 +226,16 @@ fn load_parallel(
                             .insert_many(b.docs)
                             .run()
                             .map_err(driver);
-                        if let Err(e) = r {
-                            failed.store(true, Ordering::Relaxed);
-                            return Err(e);
+                        match r {
+                            Ok(_) => {
+                                docs.fetch_add(n, Ordering::Relaxed);
+                                live.bytes_done.fetch_add(b.bytes, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                first_err.get_or_insert(e);
+                            }
                         }
-                        docs.fetch_add(n, Ordering::Relaxed);
-                        live.bytes_done.fetch_add(b.bytes, Ordering::Relaxed);
                     }
                 })
             })

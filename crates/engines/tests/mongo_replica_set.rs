@@ -594,3 +594,44 @@ fn collmod_and_dropdatabase_during_the_backup_are_replayed() {
         "[{'pad': {'$type': 'string'}}]"
     );
 }
+
+/// The target server killed in the middle of a restore: the restore ends
+/// with an error (it used to hang once every inserter had failed and the
+/// readers waited on a full queue).
+#[test]
+fn a_restore_whose_target_dies_ends_with_an_error() {
+    let src = MongoServer::start(MongoOptions::rust());
+    src.pymongo(
+        "for b in range(20):\n    client.shop.small.insert_many([{'_id': b * 10000 + i, 'pad': 'x' * 100} for i in range(10000)])",
+    );
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    mongo::backup_replica_set(&src.uri(), None, 2, None, &mut bw, &LiveTask::default()).unwrap();
+    let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
+    drop(src);
+
+    let mut dst = MongoServer::start(MongoOptions::rust());
+    let live = Arc::new(LiveTask::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (uri, r2, man2, l2) = (dst.uri(), r.clone(), man.clone(), live.clone());
+    std::thread::spawn(move || {
+        let res = mongo::restore::restore_dump(&uri, &r2, &man2, 0, &Default::default(), &l2);
+        let _ = tx.send(res.map(|_| ()));
+    });
+    for _ in 0..600 {
+        if live.bytes_done.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    dst.kill9();
+    let res = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the restore must end, not hang, when its target dies");
+    let e = res.expect_err("a restore into a dead server cannot succeed");
+    assert!(
+        matches!(e.kind, ErrorKind::ServerGone | ErrorKind::Unreachable),
+        "{e:?}"
+    );
+}

@@ -183,6 +183,9 @@ impl Mirror {
                 }
             }
         }
+        if fault("panic-with-parts") && !self.parts.is_empty() {
+            panic!("injected fault: panic-with-parts");
+        }
         let progress_due = self.throttle.due(now_ms() as u64);
         for part in &mut self.parts {
             let p = part.live.progress();
@@ -304,17 +307,25 @@ impl SlotGuard {
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
+        // The parts' ids are the live map's keys of their handles.
+        let mut part_ids = Vec::new();
         if let Ok(mut m) = self.svc.live_tasks.lock() {
             m.remove(&self.id);
             let parts = self.live.parts();
-            m.retain(|_, l| !parts.iter().any(|(_, p)| Arc::ptr_eq(p, l)));
+            m.retain(|id, l| {
+                let part = parts.iter().any(|(_, p)| Arc::ptr_eq(p, l));
+                if part {
+                    part_ids.push(*id);
+                }
+                !part
+            });
         }
         if !self.armed {
             return;
         }
         tracing::error!(
             task = self.id,
-            "a task runner stopped unexpectedly; marking the task failed"
+            "a task runner stopped unexpectedly; marking the task and its parts failed"
         );
         let (svc, id) = (self.svc.clone(), self.id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -323,6 +334,11 @@ impl Drop for SlotGuard {
                     error: Some("internal error: the task's runner stopped unexpectedly (see the server log)".into()),
                     ..Default::default()
                 };
+                // Parts that already ended keep their end (the transition
+                // is refused); the others fail with the task.
+                for part in part_ids {
+                    let _ = persist_state(&svc, part, TaskState::Failed, u.clone()).await;
+                }
                 if let Err(e) = persist_state(&svc, id, TaskState::Failed, u).await {
                     tracing::error!(error = %e, "could not record a task whose runner stopped");
                 }

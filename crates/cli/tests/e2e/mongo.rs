@@ -370,3 +370,41 @@ fn mongodb_failures_are_clear_and_leave_the_repository_sound() {
     assert!(set["bytes_logical"].as_u64().unwrap() > 8_000_000, "{set}");
     s.ok(&["verify"]);
 }
+
+/// A runner that panics while its task has parts fails the task and its
+/// parts and frees the instance (a test-only fault of debug builds).
+#[test]
+fn a_panicking_runner_fails_the_task_and_its_parts() {
+    let m = MongoServer::start(MongoOptions {
+        replica_set: "rs-panic".into(),
+        ..Default::default()
+    });
+    m.pymongo("client.shop.orders.insert_many([{'n': i} for i in range(100)])");
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start_with_env(
+        &work.path().join("stowage"),
+        &[],
+        &[("STOWAGE_FAULT", "panic-with-parts")],
+    );
+    s.ok(&[
+        "instance",
+        "add",
+        "--name",
+        "m",
+        "--engine",
+        "mongodb",
+        "--uri",
+        &m.uri(),
+    ]);
+    for _ in 0..2 {
+        let o = s.cli(&["backup", "m"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("internal error"), "{}", stderr(&o));
+    }
+    let t = &s.json(&["task", "list"])["tasks"][0];
+    let t = s.json(&["task", "show", &t["id"].to_string()]);
+    assert_eq!(t["state"], "failed", "{t}");
+    let parts = t["parts"].as_array().unwrap();
+    assert!(!parts.is_empty(), "{t}");
+    assert!(parts.iter().all(|p| p["state"] == "failed"), "{t}");
+}

@@ -247,6 +247,20 @@ impl LiveTask {
         p
     }
 
+    /// The task's progress as every API shows it: its own, or with parts,
+    /// their sum (`crate::parts`), and the bytes the task itself stored.
+    pub fn overall_progress(&self) -> Progress {
+        let own = self.progress();
+        let parts = self.parts();
+        if parts.is_empty() {
+            return own;
+        }
+        let ps: Vec<Progress> = parts.iter().map(|(_, p)| p.progress()).collect();
+        let mut p = crate::parts::converge_progress(&ps);
+        p.bytes_stored = p.bytes_stored.max(own.bytes_stored);
+        p
+    }
+
     /// The parts opened so far, in order.
     pub fn parts(&self) -> Vec<(String, std::sync::Arc<LiveTask>)> {
         self.parts.lock().expect("parts lock").clone()

@@ -49,6 +49,21 @@ fn read(repo: &Arc<Repository>, m: &stowage_core::manifest::Manifest, path: &str
     out
 }
 
+/// Waits until `count` (a pymongo expression on `client`) reaches 20: what
+/// a test started (`who`) is running before its backup begins.
+fn wait_for_count(m: &MongoServer, count: &str, who: &str) {
+    let t0 = std::time::Instant::now();
+    while m
+        .pymongo(&format!("print({count})"))
+        .parse::<u64>()
+        .unwrap()
+        < 20
+    {
+        assert!(t0.elapsed().as_secs() < 60, "{who} does not run");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A writer inserting one document at a time until killed.
 fn writer(m: &MongoServer, coll: &str) -> std::process::Child {
     Command::new(mongo_venv().join("bin/python"))
@@ -79,16 +94,7 @@ fn replica_set_backup_is_a_dump_plus_an_oplog_slice() {
     );
     let mut w = writer(&m, "events");
     // The writer is running before the backup starts.
-    let t0 = std::time::Instant::now();
-    while m
-        .pymongo("print(client.shop.events.count_documents({}))")
-        .parse::<u64>()
-        .unwrap()
-        < 20
-    {
-        assert!(t0.elapsed().as_secs() < 60, "the writer does not run");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_count(&m, "client.shop.events.count_documents({})", "the writer");
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
@@ -371,16 +377,11 @@ fn restore_replays_the_oplog_to_the_consistent_point() {
         .spawn()
         .unwrap();
     // The load is running (its inserts show) before the backup starts.
-    let t0 = std::time::Instant::now();
-    while src
-        .pymongo("print(client.bank.log.count_documents({'_id': {'$gte': 1000}}))")
-        .parse::<u64>()
-        .unwrap()
-        < 20
-    {
-        assert!(t0.elapsed().as_secs() < 60, "the load does not run");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_count(
+        &src,
+        "client.bank.log.count_documents({'_id': {'$gte': 1000}})",
+        "the load",
+    );
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();

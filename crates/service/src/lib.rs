@@ -663,13 +663,10 @@ impl Service {
         let mut n = n;
         let mongo = n.engine == "mongodb";
         let (ssl_mode, addrs) = if mongo {
-            let (uri, hosts) = check_mongo_uri(n.uri.as_deref())?;
-            // Every member must be one the account may reach; the driver
-            // connects by name (no pinned addresses for MongoDB).
-            for (h, port) in &hosts {
-                self.check_tenant_host(&p.account_id, h, *port).await?;
-            }
-            (n.host, n.port) = hosts[0].clone();
+            let (uri, first) = self
+                .checked_mongo_uri(&p.account_id, n.uri.as_deref())
+                .await?;
+            (n.host, n.port) = first;
             if n.user.len() > 256 {
                 return Err(ServiceError::invalid("user: at most 256 characters"));
             }
@@ -739,14 +736,10 @@ impl Service {
         };
         let engine = stowage_engines::engine_for(&inst.engine)
             .ok_or_else(|| ServiceError::internal("engine gone"))?;
-        engine
-            .check_options(&self.conn_spec(&inst)?)
-            .map_err(ServiceError::invalid)?;
+        let mut spec = self.conn_spec(&inst)?;
+        engine.check_options(&spec).map_err(ServiceError::invalid)?;
         if check {
-            let mut spec = self.conn_spec(&inst)?;
             spec.addrs = addrs;
-            let engine = stowage_engines::engine_for(&inst.engine)
-                .ok_or_else(|| ServiceError::internal("engine gone"))?;
             let info = tokio::task::spawn_blocking(move || engine.check(&spec))
                 .await
                 .map_err(|e| ServiceError::internal(e.to_string()))?
@@ -864,6 +857,22 @@ impl Service {
         Ok(i)
     }
 
+    /// A MongoDB connection string checked (`check_mongo_uri`) with every
+    /// host one the account may reach (the driver connects by name: no
+    /// pinned addresses for MongoDB); returns it and its first host.
+    async fn checked_mongo_uri(
+        &self,
+        account_id: &str,
+        uri: Option<&str>,
+    ) -> ServiceResult<(String, (String, u16))> {
+        let (uri, hosts) = check_mongo_uri(uri)?;
+        for (h, port) in &hosts {
+            self.check_tenant_host(account_id, h, *port).await?;
+        }
+        let first = hosts[0].clone();
+        Ok((uri, first))
+    }
+
     /// A MongoDB instance's connection string, user, password and throttle.
     async fn update_mongo_instance(
         &self,
@@ -881,11 +890,8 @@ impl Service {
             ));
         }
         if let Some(uri) = u.uri {
-            let (uri, hosts) = check_mongo_uri(Some(&uri))?;
-            for (h, port) in &hosts {
-                self.check_tenant_host(&i.account_id, h, *port).await?;
-            }
-            (i.host, i.port) = hosts[0].clone();
+            let (uri, first) = self.checked_mongo_uri(&i.account_id, Some(&uri)).await?;
+            (i.host, i.port) = first;
             if let serde_json::Value::Object(m) = &mut i.options {
                 m.insert("uri".into(), uri.into());
             }
@@ -1147,15 +1153,7 @@ impl Service {
             && !t.state.is_terminal()
         {
             // A task with parts shows their sum, as the runner records it.
-            let parts = l.parts();
-            let p = if parts.is_empty() {
-                l.progress()
-            } else {
-                let ps: Vec<Progress> = parts.iter().map(|(_, p)| p.progress()).collect();
-                let mut p = stowage_core::parts::converge_progress(&ps);
-                p.bytes_stored = p.bytes_stored.max(l.progress().bytes_stored);
-                p
-            };
+            let p = l.overall_progress();
             t.bytes_done = p.bytes_done.max(t.bytes_done);
             t.bytes_total = p.bytes_total.max(t.bytes_total);
             t.bytes_stored = p.bytes_stored.max(t.bytes_stored);

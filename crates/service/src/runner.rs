@@ -128,14 +128,11 @@ impl Mirror {
 
     /// The task's state and progress as its parts (or itself) say.
     fn wanted(&self) -> (TaskState, Progress) {
-        let own = self.live.progress();
+        let p = self.live.overall_progress();
         if self.parts.is_empty() {
-            return (self.live.state(), own);
+            return (self.live.state(), p);
         }
         let states: Vec<TaskState> = self.parts.iter().map(|p| p.live.state()).collect();
-        let progress: Vec<Progress> = self.parts.iter().map(|p| p.live.progress()).collect();
-        let mut p = stowage_core::parts::converge_progress(&progress);
-        p.bytes_stored = p.bytes_stored.max(own.bytes_stored);
         let parts = stowage_core::parts::converge_state(&states);
         // Parts move the task at most to running (more parts may still
         // open; a failed part fails the task through the engine's error);
@@ -211,18 +208,31 @@ impl Mirror {
         }
     }
 
-    /// The first part that did not finish, if any: a task whose parts did
-    /// not all finish is not finished (`stowage_core::parts`).
-    fn unfinished_part(&self) -> Option<&str> {
-        self.parts
+    /// Runs `work` to its end (`run`), records how the parts ended, and
+    /// turns a success whose parts did not all finish into an error: such a
+    /// task is not finished (`stowage_core::parts`).
+    async fn complete<T>(
+        &mut self,
+        svc: &Service,
+        work: tokio::task::JoinHandle<Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
+        let res = self
+            .run(svc, work)
+            .await
+            .map_err(|m| EngineError::new(ErrorKind::Repository, m))
+            .and_then(|r| r);
+        self.end_parts(svc, res.as_ref().err()).await;
+        let unfinished = self
+            .parts
             .iter()
-            .find(|p| p.persisted != TaskState::Finished)
-            .map(|p| p.name.as_str())
-    }
-
-    /// The task's progress now (its parts' sum when it has parts).
-    fn progress(&self) -> Progress {
-        self.wanted().1
+            .find(|p| p.persisted != TaskState::Finished);
+        match (res, unfinished) {
+            (Ok(_), Some(part)) => Err(EngineError::new(
+                ErrorKind::Protocol,
+                format!("part {} did not finish", part.name),
+            )),
+            (res, _) => res,
+        }
     }
 
     /// Waits for `work`, mirroring the task meanwhile.
@@ -457,19 +467,8 @@ pub(crate) async fn run_backup(
         Ok::<_, EngineError>((snap, m, out))
     });
     let mut mirror = Mirror::new(task.clone(), live.clone());
-    let res = mirror.run(&svc, work).await;
-    let res = res
-        .map_err(|m| EngineError::new(ErrorKind::Repository, m))
-        .and_then(|r| r);
-    mirror.end_parts(&svc, res.as_ref().err()).await;
+    let res = mirror.complete(&svc, work).await;
     let persisted = mirror.persisted;
-    let res = res.and_then(|r| match mirror.unfinished_part() {
-        Some(part) => Err(EngineError::new(
-            ErrorKind::Protocol,
-            format!("part {part} did not finish; no set is recorded"),
-        )),
-        None => Ok(r),
-    });
     match res {
         Ok((snap, m, out)) => {
             // The retention in force now; a later policy change updates the set.
@@ -714,23 +713,12 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Task, work: JobWork, live: A
         }
     });
     let mut mirror = Mirror::new(job.clone(), live.clone());
-    let res = mirror.run(&svc, handle).await;
-    let res = res
-        .map_err(|m| EngineError::new(ErrorKind::Repository, m))
-        .and_then(|r| r);
-    mirror.end_parts(&svc, res.as_ref().err()).await;
+    let res = mirror.complete(&svc, handle).await;
     let persisted = mirror.persisted;
-    let res = res.and_then(|r| match mirror.unfinished_part() {
-        Some(part) => Err(EngineError::new(
-            ErrorKind::Protocol,
-            format!("part {part} did not finish"),
-        )),
-        None => Ok(r),
-    });
     match res {
         Ok(result) => {
             let u = StateUpdate {
-                progress: Some(mirror.progress()),
+                progress: Some(live.overall_progress()),
                 result: Some(result),
                 ..Default::default()
             };

@@ -203,25 +203,6 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
     assert!(s.ok(&["verify"]).contains("repository OK"));
 }
 
-/// A task's JSON once `done` says so (polled every 100 ms, up to 60 s).
-fn wait_task(
-    s: &Stowage,
-    id: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    for _ in 0..600 {
-        let t = s.json(&["task", "show", id]);
-        if done(&t) {
-            return t;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!(
-        "task {id} never reached the expected state: {}",
-        s.ok(&["task", "show", id])
-    );
-}
-
 /// Errors a user must see clearly, each leaving nothing broken: a wrong
 /// password, the server killed mid-backup (task and part failed, the
 /// repository verifies), the server down at start, and the next backup
@@ -325,7 +306,7 @@ fn mongodb_failures_are_clear_and_leave_the_repository_sound() {
     m.pymongo(&format!("exec({load:?})"));
     let t = s.json(&["backup", "mongo", "--no-wait"]);
     let id = t["id"].to_string();
-    wait_task(&s, &id, |t| {
+    s.wait_task(t["id"].as_i64().unwrap(), "copying data", |t| {
         t["parts"][0]["progress"]["bytes_done"]
             .as_u64()
             .unwrap_or(0)

@@ -125,6 +125,21 @@ fn driver(e: mongodb::error::Error) -> EngineError {
     }
 }
 
+/// Joins scoped worker threads; a panicked one counts as an error naming
+/// `what` ("a dump thread").
+pub(crate) fn join_all<T>(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<T, EngineError>>>,
+    what: &str,
+) -> Vec<Result<T, EngineError>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, format!("{what} panicked"))))
+        })
+        .collect()
+}
+
 /// Connects (a short server-selection timeout: a wrong address fails fast).
 pub fn connect(uri: &str, timeout: Duration) -> Result<Client, EngineError> {
     let mut o = ClientOptions::parse(uri).run().map_err(|e| {
@@ -155,29 +170,16 @@ pub fn facts(c: &Client) -> Result<MongoFacts, EngineError> {
     })
 }
 
-/// The newest oplog entry's timestamp (`sort {ts: -1}`: some servers ignore
-/// a reverse `$natural` on the oplog).
-/// The oplog entry at one end of `$natural` (insertion) order: O(1) on
-/// mongod, which keeps the oplog in insertion order.
-fn oplog_end(c: &Client, natural: i32) -> Result<Option<Timestamp>, EngineError> {
+/// The oplog entry at one end (`dir` 1: oldest, -1: newest) of `key`'s
+/// order: `$natural` (insertion order; O(1) on mongod, which keeps the
+/// oplog in that order) or `ts` (a sort: a full scan, for servers that
+/// ignore `$natural` on the oplog, as SecantusDB does).
+fn oplog_end(c: &Client, key: &str, dir: i32) -> Result<Option<Timestamp>, EngineError> {
     let oplog = c.database("local").collection::<Document>("oplog.rs");
     let d = oplog
         .find_one(doc! {})
         .projection(doc! {"ts": 1})
-        .sort(doc! {"$natural": natural})
-        .run()
-        .map_err(driver)?;
-    Ok(d.and_then(|d| d.get_timestamp("ts").ok()))
-}
-
-/// The oplog entry at one end of `ts` order, by sorting: what a server that
-/// ignores `$natural` order (SecantusDB) needs; a full scan.
-fn oplog_end_sorted(c: &Client, dir: i32) -> Result<Option<Timestamp>, EngineError> {
-    let oplog = c.database("local").collection::<Document>("oplog.rs");
-    let d = oplog
-        .find_one(doc! {})
-        .projection(doc! {"ts": 1})
-        .sort(doc! {"ts": dir})
+        .sort(doc! {key: dir})
         .run()
         .map_err(driver)?;
     Ok(d.and_then(|d| d.get_timestamp("ts").ok()))
@@ -194,7 +196,7 @@ impl OplogEnds {
     /// Probes whether the server honours `$natural` order on the oplog:
     /// its `$natural` last entry must not be older than its first.
     fn probe(c: &Client) -> Result<OplogEnds, EngineError> {
-        let natural = match (oplog_end(c, 1)?, oplog_end(c, -1)?) {
+        let natural = match (oplog_end(c, "$natural", 1)?, oplog_end(c, "$natural", -1)?) {
             // Equal ends prove nothing (one entry, or the order ignored):
             // then sort, which is right on every server.
             (Some(first), Some(last)) => ts_gt(last, first),
@@ -206,20 +208,16 @@ impl OplogEnds {
         Ok(OplogEnds { natural })
     }
 
+    fn end(self, c: &Client, dir: i32) -> Result<Option<Timestamp>, EngineError> {
+        oplog_end(c, if self.natural { "$natural" } else { "ts" }, dir)
+    }
+
     fn newest(self, c: &Client) -> Result<Option<Timestamp>, EngineError> {
-        if self.natural {
-            oplog_end(c, -1)
-        } else {
-            oplog_end_sorted(c, -1)
-        }
+        self.end(c, -1)
     }
 
     fn oldest(self, c: &Client) -> Result<Option<Timestamp>, EngineError> {
-        if self.natural {
-            oplog_end(c, 1)
-        } else {
-            oplog_end_sorted(c, 1)
-        }
+        self.end(c, 1)
     }
 }
 
@@ -490,13 +488,7 @@ pub fn backup_replica_set(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, "a dump thread panicked")))
-            })
-            .collect()
+        join_all(handles, "a dump thread")
     });
     let mut done = Vec::new();
     for r in results {

@@ -6,7 +6,7 @@
 //! replayed (`oplog.rs`), so the result is the source's state at the set's
 //! consistent point.
 
-use super::{connect, driver, err};
+use super::{connect, driver, err, join_all};
 use crate::{EngineError, ErrorKind};
 use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
 use std::collections::{BTreeMap, HashMap};
@@ -253,21 +253,10 @@ fn load_parallel(
             })
             .collect();
         drop(tx);
-        let read = reader_handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, "a read thread panicked")))
-            })
-            .collect();
-        let inserted = inserters
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, "an insert thread panicked")))
-            })
-            .collect();
-        (read, inserted)
+        (
+            join_all(reader_handles, "a read thread"),
+            join_all(inserters, "an insert thread"),
+        )
     });
     for r in read.into_iter().chain(inserted) {
         r?;

@@ -556,6 +556,9 @@ struct BackupBody {
     retention_days: Option<u32>,
     #[serde(default)]
     comment: Option<String>,
+    /// Take everything again rather than build on the newest set.
+    #[serde(default)]
+    full: bool,
 }
 
 async fn create_backup(
@@ -576,6 +579,7 @@ async fn create_backup(
                 client_token: b.client_token,
                 retention_days: b.retention_days,
                 comment: b.comment,
+                full: b.full,
             },
         )
         .await?;

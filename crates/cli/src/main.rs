@@ -112,6 +112,12 @@ enum Cmd {
         /// Keep this backup's set this many days instead of the policy's retention (1 to 7300).
         #[arg(long)]
         retention_days: Option<u32>,
+        /// Read everything again. By default a MongoDB backup reuses the dump of the
+        /// instance's newest set and captures only the oplog since (still a complete
+        /// set); it takes a new dump anyway when that one is 7 days old or its oplog
+        /// outgrew a quarter of it. No effect on PostgreSQL (always a full base backup).
+        #[arg(long)]
+        full: bool,
     },
     /// Inspect and control backup tasks.
     #[command(subcommand)]
@@ -921,7 +927,7 @@ fn compact(v: &Value) -> String {
 }
 
 fn show_set(v: &Value) {
-    fields(&[
+    let mut rows = vec![
         ("set", s(&v["id"])),
         ("instance", s(&v["instance_id"])),
         ("task", s(&v["task_id"])),
@@ -939,7 +945,21 @@ fn show_set(v: &Value) {
             v["expires_at"].as_str().unwrap_or("never").to_string(),
         ),
         ("comment", s(&v["meta"]["comment"])),
-    ]);
+    ];
+    // A logical set's dump: taken by its backup, or reused from an earlier
+    // set with only the oplog since stored.
+    let d = &v["meta"]["dump"];
+    if d.is_object() {
+        let line = match (&d["reused_from_set"], &d["why_new"]) {
+            (Value::Number(n), _) => {
+                format!("reused from set {n}, with the oplog since (a complete set)")
+            }
+            (_, Value::String(why)) => format!("new ({why})"),
+            _ => "new".into(),
+        };
+        rows.insert(8, ("dump", line));
+    }
+    fields(&rows);
 }
 
 /// A consistent point for people: the engine's position fields.
@@ -1187,8 +1207,12 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             client_token,
             comment,
             retention_days,
+            full,
         } => {
-            let body = json!({"client_token": client_token, "comment": comment, "retention_days": retention_days});
+            let mut body = json!({"client_token": client_token, "comment": comment, "retention_days": retention_days});
+            if full {
+                body["full"] = json!(true);
+            }
             let t = c.post(
                 &format!("/v1/instances/{}/backups", enc(&instance)),
                 Some(&body),

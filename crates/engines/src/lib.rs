@@ -115,6 +115,18 @@ pub struct BackupOptions {
     pub label: String,
     /// Limit the transfer rate, in kB/s (spares a busy production server).
     pub max_rate_kbps: Option<u32>,
+    /// The instance's newest set, for engines that can build on it
+    /// ([`Engine::builds_on_earlier_sets`]); `None` for a full backup.
+    pub base: Option<BaseSet>,
+}
+
+/// A finished set of the same instance a backup may build on: a logical
+/// engine reuses its dump (by reference, in the repository) and captures
+/// only what changed since. The result is still a complete set.
+#[derive(Debug, Clone)]
+pub struct BaseSet {
+    pub id: i64,
+    pub manifest: std::sync::Arc<Manifest>,
 }
 
 /// How to restore into a running server.
@@ -146,6 +158,12 @@ pub trait Engine: Send + Sync {
     /// says what is wrong. Default: nothing to check.
     fn check_options(&self, _conn: &ConnSpec) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Whether a backup can build on the instance's newest set
+    /// (`BackupOptions::base`); the service then loads it. Default: no.
+    fn builds_on_earlier_sets(&self) -> bool {
+        false
     }
 
     /// Connects and checks privileges and settings, without side effects.

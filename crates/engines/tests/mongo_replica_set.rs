@@ -26,6 +26,23 @@ fn repo(dir: &std::path::Path) -> Arc<Repository> {
     )
 }
 
+/// A backup of the replica set at `uri` with 2 threads (no base set).
+fn dump(
+    uri: &str,
+    archive: Option<&str>,
+    max_rate_kbps: Option<u32>,
+    bw: &mut stowage_repo::BackupWriter,
+    live: &LiveTask,
+) -> Result<mongo::MongoBackup, stowage_engines::EngineError> {
+    let o = mongo::DumpOptions {
+        archive,
+        threads: 2,
+        max_rate_kbps,
+        base: None,
+    };
+    mongo::backup_replica_set(uri, &o, bw, live)
+}
+
 /// Splits concatenated BSON into documents (each starts with its length).
 fn bson_docs(mut b: &[u8]) -> Vec<bson::Document> {
     let mut out = Vec::new();
@@ -99,7 +116,7 @@ fn replica_set_backup_is_a_dump_plus_an_oplog_slice() {
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
     let live = LiveTask::default();
-    let out = mongo::backup_replica_set(&m.uri(), Some("rs0"), 2, None, &mut bw, &live).unwrap();
+    let out = dump(&m.uri(), Some("rs0"), None, &mut bw, &live).unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
     let _ = w.kill();
     let _ = w.wait();
@@ -296,15 +313,7 @@ fn a_dump_restores_into_another_server_byte_for_byte() {
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
-    mongo::backup_replica_set(
-        &src.uri(),
-        Some("rs0"),
-        2,
-        None,
-        &mut bw,
-        &LiveTask::default(),
-    )
-    .unwrap();
+    dump(&src.uri(), Some("rs0"), None, &mut bw, &LiveTask::default()).unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
 
     let dst = MongoServer::start(MongoOptions::default());
@@ -385,15 +394,7 @@ fn restore_replays_the_oplog_to_the_consistent_point() {
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
-    let out = mongo::backup_replica_set(
-        &src.uri(),
-        Some("rs0"),
-        2,
-        None,
-        &mut bw,
-        &LiveTask::default(),
-    )
-    .unwrap();
+    let out = dump(&src.uri(), Some("rs0"), None, &mut bw, &LiveTask::default()).unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = load.kill();
@@ -490,7 +491,7 @@ fn an_oplog_window_overrun_fails_the_backup_and_writes_no_set() {
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
     let live = LiveTask::default();
-    let res = mongo::backup_replica_set(&m.uri(), None, 2, Some(2048), &mut bw, &live);
+    let res = dump(&m.uri(), None, Some(2048), &mut bw, &live);
     let _ = w.kill();
     let _ = w.wait();
     let e = res.expect_err("a backup whose oplog window was overrun must fail");
@@ -518,9 +519,7 @@ fn the_dump_keeps_to_its_rate_limit() {
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
     let t0 = std::time::Instant::now();
-    let out =
-        mongo::backup_replica_set(&m.uri(), None, 2, Some(1024), &mut bw, &LiveTask::default())
-            .unwrap();
+    let out = dump(&m.uri(), None, Some(1024), &mut bw, &LiveTask::default()).unwrap();
     let took = t0.elapsed();
     assert_eq!(out.facts.set_name.as_deref(), Some("secantus"));
     // ~3.1 MB at 1 MiB/s: at least ~2.9 s; unthrottled it takes well under 1 s.
@@ -560,8 +559,7 @@ fn collmod_and_dropdatabase_during_the_backup_are_replayed() {
                  client.shop.orders.insert_one({'_id': 'after', 'pad': 'y'})",
             );
         });
-        let out =
-            mongo::backup_replica_set(&src.uri(), None, 2, Some(256), &mut bw, &live).unwrap();
+        let out = dump(&src.uri(), None, Some(256), &mut bw, &live).unwrap();
         (out, ddl.join())
     });
     ddl.unwrap();
@@ -608,7 +606,7 @@ fn a_restore_whose_target_dies_ends_with_an_error() {
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
-    mongo::backup_replica_set(&src.uri(), None, 2, None, &mut bw, &LiveTask::default()).unwrap();
+    dump(&src.uri(), None, None, &mut bw, &LiveTask::default()).unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
     drop(src);
 
@@ -634,5 +632,140 @@ fn a_restore_whose_target_dies_ends_with_an_error() {
     assert!(
         matches!(e.kind, ErrorKind::ServerGone | ErrorKind::Unreachable),
         "{e:?}"
+    );
+}
+
+/// A backup builds on the previous set: its dump is reused by reference and
+/// only the oplog since is captured, yet the set restores on its own to the
+/// source's state (a chain of two such sets too). A base the oplog no longer
+/// matches, or of another replica set, gets a new dump and says why.
+#[test]
+fn a_backup_builds_on_the_previous_sets_dump() {
+    let src = MongoServer::start(MongoOptions::default());
+    src.pymongo(
+        "import random\n\
+         random.seed(1)\n\
+         words = ['alpha', 'beta', 'gamma', 'delta', 'omega', 'sigma']\n\
+         for c in ['a', 'b']:\n    client.shop[c].insert_many([{'_id': i, 'n': i, 's': ' '.join(random.choice(words) for _ in range(150))} for i in range(1500)])\n\
+         client.shop.a.create_index('n', name='n_1')",
+    );
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let backup = |base: Option<&stowage_engines::BaseSet>| {
+        let mut bw = r.start_backup(2).unwrap();
+        let o = mongo::DumpOptions {
+            archive: None,
+            threads: 2,
+            max_rate_kbps: None,
+            base,
+        };
+        let out = mongo::backup_replica_set(&src.uri(), &o, &mut bw, &LiveTask::default()).unwrap();
+        let (_, m) = bw.finish(BTreeMap::new(), mongo::meta_of(&out)).unwrap();
+        (out, Arc::new(m))
+    };
+    let (first, m1) = backup(None);
+    assert!(first.dump.reused_from.is_none() && first.dump.why_new.is_none());
+    assert!(!first.end_hash.is_empty());
+
+    // 1 % of the documents changed, some inserted and deleted, a collection
+    // and a database created, an index dropped.
+    src.pymongo(
+        "for i in range(0, 1500, 100):\n    client.shop.a.update_one({'_id': i}, {'$set': {'n': -i}})\n\
+         client.shop.b.insert_many([{'_id': 10000 + i} for i in range(5)])\n\
+         client.shop.b.delete_many({'_id': {'$lt': 3}})\n\
+         client.shop.c.insert_one({'_id': 1, 'new': True})\n\
+         client.later.x.insert_one({'_id': 'x'})\n\
+         client.shop.a.drop_index('n_1')",
+    );
+    let base1 = stowage_engines::BaseSet {
+        id: 1,
+        manifest: m1.clone(),
+    };
+    let (second, m2) = backup(Some(&base1));
+    assert_eq!(second.dump.reused_from, Some(1), "{:?}", second.dump);
+    assert_eq!(second.start, first.start, "the dump's start is kept");
+    assert!(
+        second.databases.contains(&"later".to_string()),
+        "{:?}",
+        second.databases
+    );
+    // The documents were referenced, not read or stored again.
+    let chunks = |m: &stowage_core::manifest::Manifest, p: &str| {
+        m.archives[0]
+            .files
+            .iter()
+            .find(|f| f.path == p)
+            .unwrap()
+            .chunks
+            .clone()
+    };
+    assert_eq!(chunks(&m1, "shop/a.bson"), chunks(&m2, "shop/a.bson"));
+    assert!(
+        m2.summary.bytes_stored_new * 20 < m1.summary.bytes_stored_new,
+        "second set stored {} bytes, the first {}",
+        m2.summary.bytes_stored_new,
+        m1.summary.bytes_stored_new
+    );
+    // The oplog slice runs on from the first set's.
+    let (o1, o2) = (read(&r, &m1, "oplog.bson"), read(&r, &m2, "oplog.bson"));
+    assert!(o2.len() > o1.len() && o2.starts_with(&o1));
+
+    // A third set on the second: a chain, each set complete on its own.
+    src.pymongo("client.shop.b.update_many({}, {'$inc': {'n': 1}})");
+    let base2 = stowage_engines::BaseSet {
+        id: 2,
+        manifest: m2.clone(),
+    };
+    let (third, m3) = backup(Some(&base2));
+    assert_eq!(third.dump.reused_from, Some(2));
+    let source = content(&src, &["shop", "later"], &[]);
+    let dst = MongoServer::start(MongoOptions::default());
+    let o = mongo::restore::RestoreInto {
+        rename: Default::default(),
+        drop: false,
+        threads: 2,
+    };
+    mongo::restore::restore_dump(&dst.uri(), &r, &m3, 0, &o, &LiveTask::default()).unwrap();
+    assert_eq!(content(&dst, &["shop", "later"], &[]), source);
+    assert!(source.contains("later.x collection 1 "), "{source}");
+    assert!(!source.contains("n_1"), "{source}");
+
+    // A base whose end entry is not in the oplog as recorded: a new dump.
+    let mut forged = (*m3).clone();
+    forged.engine_meta["end_hash"] = "00".repeat(32).into();
+    let base = stowage_engines::BaseSet {
+        id: 3,
+        manifest: Arc::new(forged),
+    };
+    let (fourth, _) = backup(Some(&base));
+    assert_eq!(fourth.dump.reused_from, None);
+    let why = fourth.dump.why_new.unwrap();
+    assert!(
+        why.contains("set 3") && why.contains("not the same"),
+        "{why}"
+    );
+    // A base of another replica set: a new dump.
+    let mut other = (*m3).clone();
+    other.engine_meta["replica_set"] = "elsewhere".into();
+    let base = stowage_engines::BaseSet {
+        id: 3,
+        manifest: Arc::new(other),
+    };
+    let (fifth, _) = backup(Some(&base));
+    assert!(fifth.dump.why_new.unwrap().contains("not of replica set"));
+    // A set that records no oplog end (taken before this): a new dump.
+    let mut old = (*m3).clone();
+    old.engine_meta.as_object_mut().unwrap().remove("end_ts");
+    let base = stowage_engines::BaseSet {
+        id: 3,
+        manifest: Arc::new(old),
+    };
+    assert!(
+        backup(Some(&base))
+            .0
+            .dump
+            .why_new
+            .unwrap()
+            .contains("does not record")
     );
 }

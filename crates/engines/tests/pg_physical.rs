@@ -50,6 +50,7 @@ fn backup_and_restore_a_live_server() {
     let opts = BackupOptions {
         label: "test 1".into(),
         max_rate_kbps: None,
+        ..Default::default()
     };
     let out = PostgresPhysical
         .backup(&conn(pg.port, "postgres", None), &opts, &mut w, &live)
@@ -170,6 +171,7 @@ fn tablespaces_are_backed_up_and_relinked_on_restore() {
     let opts = BackupOptions {
         label: "ts".into(),
         max_rate_kbps: None,
+        ..Default::default()
     };
     let out = PostgresPhysical
         .backup(&conn(pg.port, "postgres", None), &opts, &mut w, &live)
@@ -280,6 +282,7 @@ fn tls_modes() {
     let opts = BackupOptions {
         label: "tls".into(),
         max_rate_kbps: None,
+        ..Default::default()
     };
     let out = PostgresPhysical
         .backup(

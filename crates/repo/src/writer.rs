@@ -215,6 +215,37 @@ impl Stream {
         Ok(())
     }
 
+    /// Begins a file whose content starts with `prefix`'s (a file of a
+    /// committed set: its chunks are referenced, not read again); what is
+    /// written next follows it.
+    fn begin_file_after(
+        &mut self,
+        meta: FileMeta,
+        prefix: &FileEntry,
+        failure: &Mutex<Option<String>>,
+    ) -> Result<(), RepoError> {
+        if let Some(missing) = prefix
+            .chunks
+            .iter()
+            .find(|c| !self.dedup.committed.contains(c))
+        {
+            return Err(RepoError::Invalid(format!(
+                "{}: chunk {} of the set built on is not in the repository",
+                prefix.path,
+                missing.to_hex()
+            )));
+        }
+        self.begin_file(meta, failure)?;
+        let cur = self.current.as_mut().expect("open file");
+        cur.size = prefix.size;
+        cur.chunks = prefix.chunks.clone();
+        self.dedup
+            .stats
+            .chunks_total
+            .fetch_add(prefix.chunks.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn write(&mut self, data: &[u8], failure: &Mutex<Option<String>>) -> Result<(), RepoError> {
         let Some(cur) = self.current.as_mut() else {
             return Err(RepoError::Invalid("write without an open file".into()));
@@ -603,6 +634,31 @@ impl ArchiveWriter {
 
     pub fn end_file(&mut self) -> Result<(), RepoError> {
         self.stream.end_file(&self.failure)
+    }
+
+    /// Takes a file of a committed set into this archive as it is: its
+    /// chunks are referenced, not read or stored again (a logical engine
+    /// building on the dump of an earlier set). Refused if a chunk is not
+    /// in the repository's index.
+    pub fn reuse_file(&mut self, f: &FileEntry) -> Result<(), RepoError> {
+        self.continue_file(f)?;
+        self.end_file()
+    }
+
+    /// Begins a file that starts with the content of `f` (a file of a
+    /// committed set, by reference) under the same path and metadata;
+    /// [`ArchiveWriter::write`] appends to it.
+    pub fn continue_file(&mut self, f: &FileEntry) -> Result<(), RepoError> {
+        let meta = FileMeta {
+            path: f.path.clone(),
+            kind: f.kind,
+            mode: f.mode,
+            uid: f.uid,
+            gid: f.gid,
+            mtime: f.mtime,
+            link_target: f.link_target.clone(),
+        };
+        self.stream.begin_file_after(meta, f, &self.failure)
     }
 }
 

@@ -519,3 +519,62 @@ fn a_file_streams_back_byte_for_byte() {
     let mut out = Vec::new();
     assert!(repo.file_reader(f).read_to_end(&mut out).is_err());
 }
+
+/// A set can take files of an earlier set by reference (nothing read or
+/// stored again) and continue one of them with new content; a file whose
+/// chunks the repository lacks is refused.
+#[test]
+fn files_of_an_earlier_set_are_reused_and_continued() {
+    use std::io::Read;
+    let d = tempfile::tempdir().unwrap();
+    let repo = new_repo(d.path());
+    let (docs, log) = (pseudo_random(900_000, 7), pseudo_random(50_000, 8));
+    let first = repo
+        .read_snapshot(&backup(
+            &repo,
+            &[("docs", docs.clone()), ("log", log.clone())],
+        ))
+        .unwrap();
+    let file = |m: &stowage_core::manifest::Manifest, p: &str| {
+        m.archives[0]
+            .files
+            .iter()
+            .find(|f| f.path == p)
+            .unwrap()
+            .clone()
+    };
+    let more = pseudo_random(30_000, 9);
+    let mut w = repo.start_backup(2).unwrap();
+    let mut a = w.archive_writer("base", None);
+    a.reuse_file(&file(&first, "docs")).unwrap();
+    a.continue_file(&file(&first, "log")).unwrap();
+    a.write(&more).unwrap();
+    a.end_file().unwrap();
+    // A file naming a chunk the repository does not hold is refused.
+    let mut bogus = file(&first, "docs");
+    bogus.path = "bogus".into();
+    bogus.chunks[3] = stowage_core::manifest::ChunkId([0xAB; 32]);
+    assert!(a.reuse_file(&bogus).is_err());
+    w.add_archive(a).unwrap();
+    let (snap, m) = w.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
+    // Only the appended bytes were new.
+    assert!(
+        m.summary.bytes_stored_new < 60_000,
+        "stored {} new bytes",
+        m.summary.bytes_stored_new
+    );
+    assert_eq!(
+        m.summary.bytes_logical,
+        (docs.len() + log.len() + more.len()) as u64
+    );
+    let read = |p: &str| {
+        let mut out = Vec::new();
+        repo.file_reader(&file(&m, p))
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    assert_eq!(read("docs"), docs);
+    assert_eq!(read("log"), [log, more].concat());
+    assert!(repo.verify_snapshot(&snap, 2, &|_, _| {}).unwrap().ok());
+}

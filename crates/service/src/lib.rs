@@ -143,6 +143,9 @@ pub struct BackupRequest {
     pub retention_days: Option<u32>,
     /// A note kept with the task and its set (`meta.comment`).
     pub comment: Option<String>,
+    /// Take everything again: an engine that builds on the instance's
+    /// newest set (MongoDB reuses its dump) takes a new one.
+    pub full: bool,
 }
 
 /// A change to an instance's connection settings; `None` keeps a field.
@@ -1012,6 +1015,7 @@ impl Service {
             client_token,
             retention_days,
             comment,
+            full,
         } = r;
         if let Some(d) = retention_days {
             stowage_core::BackupPolicy::check_retention(d)
@@ -1046,6 +1050,11 @@ impl Service {
                     node: Some(self.node.clone()),
                     retention_days,
                     comment,
+                    params: if full {
+                        serde_json::json!({"full": true})
+                    } else {
+                        serde_json::json!({})
+                    },
                     ..NewTask::backup(
                         &p.account_id,
                         &i.id,

@@ -413,13 +413,34 @@ pub(crate) async fn run_backup(
         guard.disarm();
         return;
     };
-    let opts = stowage_engines::BackupOptions {
+    let mut opts = stowage_engines::BackupOptions {
         label: format!("stowage task {}", task.id),
         max_rate_kbps: inst
             .options
             .get("max_rate_kbps")
             .and_then(|v| v.as_u64())
             .map(|v| v as u32),
+        base: None,
+    };
+    // The newest set of the instance, for an engine that can build on it
+    // (unless a full backup was asked for); its manifest is read once the
+    // repository is held, so gc cannot take its chunks meanwhile.
+    let full = task.params.get("full").and_then(|v| v.as_bool()) == Some(true);
+    let base_set = if engine.builds_on_earlier_sets() && !full {
+        let f = stowage_catalog::SetFilter {
+            instance_id: Some(inst.id.clone()),
+            limit: Some(1),
+            ..Default::default()
+        };
+        match svc.catalog.list_backup_sets(&inst.account_id, &f).await {
+            Ok(v) => v.into_iter().find(|s| s.engine == inst.engine),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the instance's sets; taking a full backup");
+                None
+            }
+        }
+    } else {
+        None
     };
     let labels: BTreeMap<String, String> = [
         ("instance_id", inst.id.clone()),
@@ -453,6 +474,19 @@ pub(crate) async fn run_backup(
                 other => break other?,
             }
         };
+        if let Some(b) = &base_set {
+            match repo.read_snapshot(&b.snapshot_id) {
+                Ok(m) => {
+                    opts.base = Some(stowage_engines::BaseSet {
+                        id: b.id,
+                        manifest: Arc::new(m),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(set = b.id, error = %e, "could not read the newest set; taking a full backup")
+                }
+            }
+        }
         let out = engine.backup(&spec, &opts, &mut w, &l)?;
         if l.is_cancelled() {
             return Err(EngineError::new(ErrorKind::Cancelled, "cancelled"));

@@ -269,6 +269,7 @@ pub async fn start_manual_backup(
                 client_token: token,
                 retention_days: retention,
                 comment: req.get("Comment").map(str::to_string),
+                full: false,
             },
         )
         .await

@@ -11,7 +11,7 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
         replica_set: "rs-e2e".into(),
         ..Default::default()
     });
-    m.pymongo("client.shop.orders.insert_many([{'n': i} for i in range(1000)])");
+    m.pymongo("import os\nclient.shop.orders.insert_many([{'n': i, 'p': os.urandom(300)} for i in range(1000)])");
     let work = tempfile::tempdir().unwrap();
     let s = Stowage::start(&work.path().join("stowage"));
 
@@ -200,6 +200,52 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
         Some(r#"{"target": "x", "into": "mongo2"}"#),
     );
     assert_eq!(st, 400, "{v}");
+
+    // The next backup builds on this set: its dump by reference, only the
+    // oplog since stored; it restores on its own, changes included.
+    m.pymongo(
+        "for i in range(0, 1000, 100):\n    client.shop.orders.update_one({'n': i}, {'$set': {'n': -i}})\n\
+         client.audit.log.insert_one({'_id': 1})",
+    );
+    s.ok(&["backup", "mongo", "--comment", "on the first"]);
+    let sets = s.json(&["set", "list"]);
+    let (second, first) = (&sets["sets"][0], &sets["sets"][1]);
+    assert_eq!(
+        second["meta"]["dump"]["reused_from_set"], first["id"],
+        "{second}"
+    );
+    assert!(
+        second["bytes_stored"].as_u64().unwrap() * 10 < first["bytes_stored"].as_u64().unwrap(),
+        "{sets}"
+    );
+    let shown = s.ok(&["set", "show", &second["id"].to_string()]);
+    assert!(
+        shown.contains(&format!("reused from set {}", first["id"])),
+        "{shown}"
+    );
+    s.ok(&[
+        "restore",
+        &second["id"].to_string(),
+        "--into",
+        "mongo2",
+        "--rename-db",
+        "shop=shop3",
+    ]);
+    assert_eq!(
+        m2.pymongo("print(client.shop3.orders.count_documents({'n': {'$lt': 0}}), client.audit.log.count_documents({}))"),
+        "9 1"
+    );
+    // --full takes a new dump.
+    s.ok(&["backup", "mongo", "--full"]);
+    let third = s.json(&["set", "list"])["sets"][0].clone();
+    assert!(
+        third["meta"]["dump"]["reused_from_set"].is_null(),
+        "{third}"
+    );
+    assert!(
+        third["meta"]["dump"]["started_ms"].as_i64().unwrap() > 0,
+        "{third}"
+    );
     assert!(s.ok(&["verify"]).contains("repository OK"));
 }
 

@@ -28,6 +28,7 @@ pub mod restore;
 use mongodb::bson::{Bson, Document, RawDocument, Timestamp, doc};
 use mongodb::options::ClientOptions;
 use mongodb::sync::Client;
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -57,7 +58,67 @@ pub struct MongoBackup {
     /// The databases dumped, sorted.
     pub databases: Vec<String>,
     pub documents: u64,
+    /// Entries in the set's oplog slice (from the dump's start).
     pub oplog_entries: u64,
+    /// BLAKE3 of the raw oplog entry at `end`: a later backup builds on
+    /// this set only while the oplog still holds this very entry.
+    pub end_hash: String,
+    /// Where the set's dump comes from.
+    pub dump: DumpSource,
+}
+
+/// Where a set's dump comes from: taken by this backup, or reused from an
+/// earlier set (the oplog since then captured on top of it).
+#[derive(Debug, Clone, Default)]
+pub struct DumpSource {
+    /// When the dump began (ms since the epoch).
+    pub started_ms: i64,
+    /// The set whose dump was reused.
+    pub reused_from: Option<i64>,
+    /// Why a base set offered was not built on.
+    pub why_new: Option<String>,
+}
+
+/// How to back up a replica set.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions<'a> {
+    /// The archive's name (default: the replica set's name, escaped).
+    pub archive: Option<&'a str>,
+    /// Collections dumped at once (at least 1).
+    pub threads: usize,
+    /// Transfer-rate limit of the dump, kB/s.
+    pub max_rate_kbps: Option<u32>,
+    /// An earlier set of the same replica set whose dump may be reused.
+    pub base: Option<&'a crate::BaseSet>,
+}
+
+/// A new dump is taken rather than reusing one older than this.
+pub const REDUMP_AFTER_DAYS: i64 = 7;
+/// ... or once the oplog captured since the dump exceeds this share of the
+/// dump (1/4): replaying it on restore would cost more than loading a new
+/// dump. Small dumps may carry up to [`REDUMP_OPLOG_FLOOR`] of oplog.
+pub const REDUMP_OPLOG_SHARE: u64 = 4;
+pub const REDUMP_OPLOG_FLOOR: u64 = 64 << 20;
+
+/// Why a backup must take a new dump rather than reuse one taken
+/// `age_ms` ago, of `dump_bytes`, with `oplog_bytes` of oplog since;
+/// `None`: reuse it.
+pub fn redump_reason(age_ms: i64, dump_bytes: u64, oplog_bytes: u64) -> Option<String> {
+    let mb = |b: u64| b as f64 / 1e6;
+    if age_ms > REDUMP_AFTER_DAYS * 86_400_000 {
+        Some(format!(
+            "its dump is {} days old (a new dump at least every {REDUMP_AFTER_DAYS} days)",
+            age_ms / 86_400_000
+        ))
+    } else if oplog_bytes > (dump_bytes / REDUMP_OPLOG_SHARE).max(REDUMP_OPLOG_FLOOR) {
+        Some(format!(
+            "the oplog since its dump ({:.1} MB) is over a quarter of the dump ({:.1} MB): a restore would replay more than it loads",
+            mb(oplog_bytes),
+            mb(dump_bytes)
+        ))
+    } else {
+        None
+    }
 }
 
 fn err(kind: ErrorKind, m: impl Into<String>) -> EngineError {
@@ -416,16 +477,19 @@ fn dump_collection(
     Ok(())
 }
 
-/// Backs up a replica set into `archive` of `writer` (default: the
-/// replica set's name) with `threads` collections dumped at once. Moves
-/// `live` to checking, then opens a part of it named after the replica set
-/// (the sharded engine opens one per shard) and moves that through
-/// preparing and running to finished; the caller finishes the set.
+/// Backs up a replica set into one archive of `writer` (see
+/// [`DumpOptions`]). Moves `live` to checking, then opens a part of it
+/// named after the replica set (the sharded engine opens one per shard) and
+/// moves that through preparing and running to finished; the caller
+/// finishes the set.
+///
+/// With a base set whose dump can be reused ([`redump_reason`], the oplog
+/// still holding the very entry the base ended at), the new set takes the
+/// base's dump by reference and its oplog slice continued to now: a
+/// complete set that stores only the changes. Otherwise a new dump.
 pub fn backup_replica_set(
     uri: &str,
-    archive: Option<&str>,
-    threads: usize,
-    max_rate_kbps: Option<u32>,
+    o: &DumpOptions,
     writer: &mut BackupWriter,
     live: &LiveTask,
 ) -> Result<MongoBackup, EngineError> {
@@ -438,13 +502,24 @@ pub fn backup_replica_set(
             "this MongoDB server is standalone (no replica set, no oplog): a consistent online backup needs a replica set",
         ));
     };
-    let archive = archive.map_or_else(|| escape(set_name), str::to_string);
+    let archive = o.archive.map_or_else(|| escape(set_name), str::to_string);
     let archive = archive.as_str();
     let part = live.add_part(set_name);
     let live = &*part;
     live.set_state(TaskState::Checking);
     live.set_state(TaskState::Preparing);
     let ends = OplogEnds::probe(&c)?;
+    let mut why_new = None;
+    if let Some(b) = o.base {
+        match plan_reuse(&c, b, set_name, archive)? {
+            Ok(r) => return backup_on_base(&c, f, ends, r, archive, writer, live),
+            Err(why) => {
+                tracing::info!(base = b.id, reason = %why, "taking a new dump");
+                why_new = Some(format!("set {} not built on: {why}", b.id));
+            }
+        }
+    }
+    let dump_ms = stowage_repo::lock::now_ms();
     let start = ends.newest(&c)?.ok_or_else(|| {
         err(
             ErrorKind::Unsupported,
@@ -460,16 +535,13 @@ pub fn backup_replica_set(
     // files land in the same archive.
     let queue = Mutex::new(colls.clone());
     let docs = AtomicU64::new(0);
-    let limit = RateLimit::new(max_rate_kbps);
-    let threads = threads.clamp(1, 16).min(colls.len().max(1));
+    let limit = RateLimit::new(o.max_rate_kbps);
+    let threads = o.threads.clamp(1, 16).min(colls.len().max(1));
     let mut writers: Vec<ArchiveWriter> = (0..threads)
         .map(|_| writer.archive_writer(archive, None))
         .collect();
-    let mut dbs: Vec<&str> = colls.iter().map(|c| c.db.as_str()).collect();
-    dbs.sort();
-    dbs.dedup();
-    let databases: Vec<String> = dbs.iter().map(|d| d.to_string()).collect();
-    for db in dbs {
+    let mut databases: BTreeSet<String> = colls.iter().map(|c| c.db.clone()).collect();
+    for db in &databases {
         writers[0].add_entry(dir(escape(db)))?;
     }
     let results: Vec<Result<ArchiveWriter, EngineError>> = std::thread::scope(|s| {
@@ -502,18 +574,13 @@ pub fn backup_replica_set(
     // transaction, and still holding start.
     let mut end = ends.newest(&c).map_err(mid_backup)?.unwrap_or(start);
     let mut w = writer.archive_writer(archive, None);
-    let oplog_entries = copy_oplog(&c, start, &mut end, &mut w).map_err(mid_backup)?;
+    w.begin_file(file("oplog.bson".into()))?;
+    let copied = copy_oplog(&c, start, &mut end, &mut w).map_err(mid_backup)?;
+    w.end_file()?;
     writer.add_archive(w)?;
-    if ends
-        .oldest(&c)
-        .map_err(mid_backup)?
-        .is_none_or(|o| ts_gt(o, start))
-    {
-        return Err(err(
-            ErrorKind::Capacity,
-            "oplog window overrun: the oplog no longer holds the entry the dump started at; raise the oplog size or back up at a less busy time",
-        ));
-    }
+    check_window(&c, ends, start, "the entry the dump started at")?;
+    let end_hash = entry_hash(&c, end).map_err(mid_backup)?.unwrap_or_default();
+    databases.extend(copied.databases);
     live.set_state(TaskState::Finishing);
     live.set_state(TaskState::Finished);
     Ok(MongoBackup {
@@ -521,9 +588,184 @@ pub fn backup_replica_set(
         end,
         start,
         collections: colls.len() as u64,
-        databases,
+        databases: databases.into_iter().collect(),
         documents: docs.load(Ordering::Relaxed),
-        oplog_entries,
+        oplog_entries: copied.entries,
+        end_hash,
+        dump: DumpSource {
+            started_ms: dump_ms,
+            reused_from: None,
+            why_new,
+        },
+    })
+}
+
+/// Fails if the oplog no longer holds `from` (its oldest entry is newer):
+/// entries after it may have been lost before they were copied.
+fn check_window(
+    c: &Client,
+    ends: OplogEnds,
+    from: Timestamp,
+    what: &str,
+) -> Result<(), EngineError> {
+    if ends
+        .oldest(c)
+        .map_err(mid_backup)?
+        .is_none_or(|o| ts_gt(o, from))
+    {
+        return Err(err(
+            ErrorKind::Capacity,
+            format!(
+                "oplog window overrun: the oplog no longer holds {what}; raise the oplog size or back up at a less busy time"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// BLAKE3 (hex) of the raw oplog entry at `ts`, if the oplog holds it.
+fn entry_hash(c: &Client, ts: Timestamp) -> Result<Option<String>, EngineError> {
+    let oplog = c
+        .database("local")
+        .collection::<mongodb::bson::RawDocumentBuf>("oplog.rs");
+    let e = oplog.find_one(doc! {"ts": ts}).run().map_err(driver)?;
+    Ok(e.map(|e| blake3::hash(e.as_bytes()).to_hex().to_string()))
+}
+
+/// What a backup reuses from its base set.
+struct Reuse<'a> {
+    base: i64,
+    archive: &'a stowage_core::manifest::Archive,
+    oplog: &'a stowage_core::manifest::FileEntry,
+    /// The dump's start and the base set's end.
+    start: Timestamp,
+    base_end: Timestamp,
+    meta: &'a serde_json::Value,
+    dump_ms: i64,
+}
+
+/// Whether `b`'s dump can be reused for this backup of `set_name`: the
+/// reuse, or (inner `Err`) why not.
+fn plan_reuse<'a>(
+    c: &Client,
+    b: &'a crate::BaseSet,
+    set_name: &str,
+    archive: &str,
+) -> Result<Result<Reuse<'a>, String>, EngineError> {
+    let m = &b.manifest.engine_meta;
+    let ts = |k: &str| {
+        let v = m.get(k)?;
+        Some(Timestamp {
+            time: u32::try_from(v.get("t")?.as_u64()?).ok()?,
+            increment: u32::try_from(v.get("i")?.as_u64()?).ok()?,
+        })
+    };
+    let hash = m.get("end_hash").and_then(|v| v.as_str()).unwrap_or("");
+    let (Some(start), Some(base_end)) = (ts("start_ts"), ts("end_ts")) else {
+        return Ok(Err("it does not record its oplog end".into()));
+    };
+    if hash.is_empty() {
+        return Ok(Err("it does not record its oplog end".into()));
+    }
+    if m.get("replica_set").and_then(|v| v.as_str()) != Some(set_name) {
+        return Ok(Err(format!("it is not of replica set {set_name}")));
+    }
+    let Some(a) = b.manifest.archives.iter().find(|a| a.name == archive) else {
+        return Ok(Err(format!("it has no part {archive}")));
+    };
+    let Some(oplog) = a.files.iter().find(|f| f.path == "oplog.bson") else {
+        return Ok(Err("it has no oplog slice".into()));
+    };
+    let dump_ms = m
+        .pointer("/dump/started_ms")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(b.manifest.started_ms);
+    let dump_bytes = a
+        .files
+        .iter()
+        .filter(|f| f.path.ends_with(".bson") && f.path != "oplog.bson")
+        .map(|f| f.size)
+        .sum();
+    let age = stowage_repo::lock::now_ms() - dump_ms;
+    if let Some(why) = redump_reason(age, dump_bytes, oplog.size) {
+        return Ok(Err(why));
+    }
+    match entry_hash(c, base_end)? {
+        Some(h) if h == hash => {}
+        Some(_) => {
+            return Ok(Err(
+                "the oplog entry it ended at is not the same any more (a rollback?)".into(),
+            ));
+        }
+        None => {
+            return Ok(Err(
+                "the oplog no longer holds the entry it ended at (rolled over since)".into(),
+            ));
+        }
+    }
+    Ok(Ok(Reuse {
+        base: b.id,
+        archive: a,
+        oplog,
+        start,
+        base_end,
+        meta: m,
+        dump_ms,
+    }))
+}
+
+/// A backup on a base set: its dump by reference, its oplog slice
+/// continued from where it ended to now (never splitting a transaction).
+fn backup_on_base(
+    c: &Client,
+    f: MongoFacts,
+    ends: OplogEnds,
+    r: Reuse,
+    archive: &str,
+    writer: &mut BackupWriter,
+    live: &LiveTask,
+) -> Result<MongoBackup, EngineError> {
+    let reused: u64 = r.archive.files.iter().map(|f| f.size).sum();
+    live.bytes_total.store(reused, Ordering::Relaxed);
+    live.bytes_done.store(reused, Ordering::Relaxed);
+    live.set_state(TaskState::Running);
+    let mut w = writer.archive_writer(archive, None);
+    for f in r.archive.files.iter().filter(|f| f.path != "oplog.bson") {
+        w.reuse_file(f)?;
+    }
+    let mut end = ends.newest(c).map_err(mid_backup)?.unwrap_or(r.base_end);
+    w.continue_file(r.oplog)?;
+    let copied = copy_oplog(c, r.base_end, &mut end, &mut w).map_err(mid_backup)?;
+    w.end_file()?;
+    writer.add_archive(w)?;
+    check_window(c, ends, r.base_end, &format!("the end of set {}", r.base))?;
+    let end_hash = entry_hash(c, end).map_err(mid_backup)?.unwrap_or_default();
+    let n = |k: &str| r.meta.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let mut databases: BTreeSet<String> = r
+        .meta
+        .get("databases")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(str::to_string))
+        .collect();
+    databases.extend(copied.databases);
+    live.set_state(TaskState::Finishing);
+    live.set_state(TaskState::Finished);
+    Ok(MongoBackup {
+        facts: f,
+        end,
+        start: r.start,
+        collections: n("collections"),
+        databases: databases.into_iter().collect(),
+        documents: n("documents"),
+        oplog_entries: n("oplog_entries") + copied.entries,
+        end_hash,
+        dump: DumpSource {
+            started_ms: r.dump_ms,
+            reused_from: Some(r.base),
+            why_new: None,
+        },
     })
 }
 
@@ -561,20 +803,29 @@ fn txn_of(d: &Document) -> Option<(Vec<u8>, i64)> {
     Some((id, n))
 }
 
-/// Copies the oplog entries in (`start`, `end`] into `oplog.bson`; moves
-/// `end` forward while the entries just after it belong to a transaction
-/// that has entries at or before it. Returns the number of entries.
+/// What [`copy_oplog`] copied.
+struct OplogCopy {
+    entries: u64,
+    /// Databases the entries touch (not `admin`, `local`, `config`).
+    databases: BTreeSet<String>,
+}
+
+/// Appends the oplog entries in (`start`, `end`] to the open file of `w`;
+/// moves `end` forward while the entries just after it belong to a
+/// transaction that has entries at or before it.
 fn copy_oplog(
     c: &Client,
     start: Timestamp,
     end: &mut Timestamp,
     w: &mut ArchiveWriter,
-) -> Result<u64, EngineError> {
+) -> Result<OplogCopy, EngineError> {
     let oplog = c.database("local").collection::<Document>("oplog.rs");
     // Entries after end that continue a transaction cut by end.
     let mut open: std::collections::HashSet<(Vec<u8>, i64)> = Default::default();
-    let mut n = 0u64;
-    w.begin_file(file("oplog.bson".into()))?;
+    let mut out = OplogCopy {
+        entries: 0,
+        databases: BTreeSet::new(),
+    };
     let mut cur = oplog
         .find(doc! {"ts": {"$gt": start}})
         .sort(doc! {"ts": 1})
@@ -599,11 +850,43 @@ fn copy_oplog(
         } else if let Some(t) = txn {
             open.insert(t);
         }
+        if let Some(db) = d.get_str("ns").ok().and_then(|ns| ns.split('.').next())
+            && !["", "admin", "local", "config"].contains(&db)
+            && !out.databases.contains(db)
+        {
+            out.databases.insert(db.to_string());
+        }
         w.write(raw.as_bytes())?;
-        n += 1;
+        out.entries += 1;
     }
-    w.end_file()?;
-    Ok(n)
+    Ok(out)
+}
+
+/// What a set records of its backup (`engine_meta`): what a later backup
+/// needs to build on it (`start_ts`, `end_ts`, `end_hash`, `replica_set`,
+/// `dump`) and what it holds.
+pub fn meta_of(out: &MongoBackup) -> serde_json::Value {
+    let ts = |t: Timestamp| serde_json::json!({"t": t.time, "i": t.increment});
+    let mut dump = serde_json::json!({"started_ms": out.dump.started_ms});
+    if let Some(id) = out.dump.reused_from {
+        dump["reused_from_set"] = id.into();
+    }
+    if let Some(why) = &out.dump.why_new {
+        dump["why_new"] = why.clone().into();
+    }
+    serde_json::json!({
+        "server_version": out.facts.version,
+        "replica_set": out.facts.set_name,
+        "start_ts": ts(out.start),
+        "end_ts": ts(out.end),
+        "end_hash": out.end_hash,
+        "dump": dump,
+        "collections": out.collections,
+        "databases": out.databases,
+        "documents": out.documents,
+        "oplog_entries": out.oplog_entries,
+        "layout": "mongodump",
+    })
 }
 
 /// A quick check: connects and reports the server's facts.
@@ -672,6 +955,10 @@ impl crate::Engine for MongoLogical {
         "logical"
     }
 
+    fn builds_on_earlier_sets(&self) -> bool {
+        true
+    }
+
     fn check_options(&self, conn: &crate::ConnSpec) -> Result<(), String> {
         // Adding the credentials checks the string's shape; the driver's
         // parser checks the rest (options, hosts).
@@ -711,9 +998,12 @@ impl crate::Engine for MongoLogical {
         // The archive is named after the replica set (a shard's id later).
         let out = backup_replica_set(
             uri_of(conn)?.expose(),
-            None,
-            threads,
-            opts.max_rate_kbps,
+            &DumpOptions {
+                archive: None,
+                threads,
+                max_rate_kbps: opts.max_rate_kbps,
+                base: opts.base.as_ref(),
+            },
             writer,
             live,
         )?;
@@ -726,15 +1016,7 @@ impl crate::Engine for MongoLogical {
                 replica_set: out.facts.set_name.clone(),
             },
             engine_version: out.facts.version.clone(),
-            meta: serde_json::json!({
-                "server_version": out.facts.version,
-                "start_ts": {"t": out.start.time, "i": out.start.increment},
-                "collections": out.collections,
-                "databases": out.databases,
-                "documents": out.documents,
-                "oplog_entries": out.oplog_entries,
-                "layout": "mongodump",
-            }),
+            meta: meta_of(&out),
         })
     }
 
@@ -807,6 +1089,27 @@ impl crate::Engine for MongoLogical {
 #[cfg(test)]
 mod tests {
     use super::escape;
+
+    #[test]
+    fn a_dump_is_taken_again_when_old_or_outweighed_by_its_oplog() {
+        use super::redump_reason;
+        let day = 86_400_000;
+        assert_eq!(redump_reason(day, 1 << 30, 1 << 20), None);
+        assert!(
+            redump_reason(8 * day, 1 << 30, 0)
+                .unwrap()
+                .contains("8 days old")
+        );
+        // A quarter of the dump, or 64 MiB for a small one.
+        assert_eq!(redump_reason(0, 1 << 30, 1 << 28), None);
+        assert!(
+            redump_reason(0, 1 << 30, (1 << 28) + 1)
+                .unwrap()
+                .contains("quarter")
+        );
+        assert_eq!(redump_reason(0, 1 << 20, 64 << 20), None);
+        assert!(redump_reason(0, 1 << 20, (64 << 20) + 1).is_some());
+    }
 
     #[test]
     fn escaped_names_are_safe_path_components() {

@@ -288,9 +288,35 @@ pub fn restore_dump(
             .cloned()
             .unwrap_or_else(|| db.to_string())
     };
-    let mut dbs: Vec<String> = list.iter().map(|e| target(&e.db)).collect();
+    // The databases of the dump, and those the set records its oplog slice
+    // created (a database that appeared after the dump began).
+    let source_dbs: Vec<String> = {
+        let mut v: Vec<String> = list.iter().map(|e| e.db.clone()).collect();
+        let noted = m.engine_meta.get("databases").and_then(|d| d.as_array());
+        v.extend(
+            noted
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str())
+                .filter(|d| !["admin", "local", "config"].contains(d))
+                .map(str::to_string),
+        );
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut dbs: Vec<String> = source_dbs.iter().map(|d| target(d)).collect();
     dbs.sort();
     dbs.dedup();
+    if let Some(d) = source_dbs
+        .iter()
+        .find(|d| d.is_empty() || d.contains(['/', '\\', '.', ' ', '"', '$', '\0']))
+    {
+        return Err(err(
+            ErrorKind::Protocol,
+            format!("the set names an invalid database {d:?}"),
+        ));
+    }
     let existing = c.list_database_names().run().map_err(driver)?;
     for db in &dbs {
         if existing.contains(db) {
@@ -379,16 +405,11 @@ pub fn restore_dump(
 
     // The oplog slice, from the dump's start to the set's consistent point.
     if let Some(f) = a.files.iter().find(|f| f.path == "oplog.bson") {
-        let restored: Vec<String> = {
-            let mut v: Vec<String> = list.iter().map(|e| e.db.clone()).collect();
-            v.sort();
-            v.dedup();
-            v
-        };
+        let restored = &source_dbs;
         let mut rp = super::oplog::Replayer {
             client: &c,
             rename: &opts.rename,
-            databases: &restored,
+            databases: restored,
             dropped_indexes: Default::default(),
             renamed: Default::default(),
             dropped: Vec::new(),

@@ -8,6 +8,8 @@
 //!   every user database once, THREADS collections at a time, as raw BSON
 //!   (never decoded), into nothing or into OUT: the backup's limit.
 //! * `touch URI EVERY`: changes one field of every EVERY-th document.
+//! * `sum URI`: per collection, its documents and a hash of their raw BSON
+//!   in `_id` order (to check a restore against its source).
 //!
 //! Prints one line: what it did, documents, bytes, seconds.
 
@@ -218,6 +220,37 @@ fn touch(uri: &str, every: i64) {
     println!("touch docs={n} secs={:.3}", t0.elapsed().as_secs_f64());
 }
 
+/// Per collection of `bench`: documents and a BLAKE3 of their raw BSON in
+/// `_id` order, so two servers' contents can be compared.
+fn sum(uri: &str) {
+    let c = client(uri);
+    let mut colls = c
+        .database("bench")
+        .list_collection_names()
+        .run()
+        .expect("list collections");
+    colls.sort();
+    let mut out = Vec::new();
+    for coll in colls {
+        let mut h = blake3::Hasher::new();
+        let mut n = 0u64;
+        let mut cur = c
+            .database("bench")
+            .collection::<mongodb::bson::Document>(&coll)
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .batch_size(1000)
+            .run()
+            .expect("find");
+        while cur.advance().expect("cursor") {
+            h.update(cur.current().as_bytes());
+            n += 1;
+        }
+        out.push(format!("{coll}:{n}:{}", &h.finalize().to_hex()[..16]));
+    }
+    println!("{}", out.join(" "));
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let arg = |i: usize| a.get(i).map(String::as_str);
@@ -230,9 +263,10 @@ fn main() {
         ),
         Some("read") => read(&a[2], a[3].parse().unwrap(), arg(4)),
         Some("touch") => touch(&a[2], a[3].parse().unwrap()),
+        Some("sum") => sum(&a[2]),
         _ => {
             eprintln!(
-                "usage: mongo_bench load URI N COLLS THREADS | read URI THREADS [OUT] | touch URI EVERY"
+                "usage: mongo_bench load URI N COLLS THREADS | read URI THREADS [OUT] | touch URI EVERY | sum URI"
             );
             std::process::exit(2);
         }

@@ -48,6 +48,30 @@ pub struct ConnSpec {
     /// and checked by the caller), never resolving `host` again; `host`
     /// still names the server for TLS.
     pub addrs: Vec<std::net::SocketAddr>,
+    /// For engines that learn more servers after connecting (a replica
+    /// set's members): each must pass this check before any data moves.
+    /// `None`: every server may be reached.
+    pub host_check: Option<HostCheck>,
+}
+
+/// Whether the caller may reach a server (`host`, `port`): the operator's
+/// `--tenant-allow` rules for a tenant's instance. `Err` says why not.
+#[derive(Clone)]
+pub struct HostCheck(pub std::sync::Arc<HostCheckFn>);
+
+/// See [`HostCheck`].
+pub type HostCheckFn = dyn Fn(&str, u16) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for HostCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostCheck")
+    }
+}
+
+impl HostCheck {
+    pub fn check(&self, host: &str, port: u16) -> Result<(), String> {
+        (self.0)(host, port)
+    }
 }
 
 /// What kind of failure, so the service and the API can answer precisely.

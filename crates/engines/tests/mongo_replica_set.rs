@@ -39,6 +39,8 @@ fn dump(
         threads: 2,
         max_rate_kbps,
         base: None,
+        host_check: None,
+        snapshot_at_for_tests: None,
     };
     mongo::backup_replica_set(uri, &o, bw, live)
 }
@@ -321,6 +323,7 @@ fn a_dump_restores_into_another_server_byte_for_byte() {
         rename: [("shop".to_string(), "shop2".to_string())].into(),
         drop: false,
         threads: 2,
+        ..Default::default()
     };
     let live = LiveTask::default();
     let st = mongo::restore::restore_dump(&dst.uri(), &r, &man, 0, &opts, &live).unwrap();
@@ -658,6 +661,8 @@ fn a_backup_builds_on_the_previous_sets_dump() {
             threads: 2,
             max_rate_kbps: None,
             base,
+            host_check: None,
+            snapshot_at_for_tests: None,
         };
         let out = mongo::backup_replica_set(&src.uri(), &o, &mut bw, &LiveTask::default()).unwrap();
         let (_, m) = bw.finish(BTreeMap::new(), mongo::meta_of(&out)).unwrap();
@@ -665,6 +670,9 @@ fn a_backup_builds_on_the_previous_sets_dump() {
     };
     let (first, m1) = backup(None);
     assert!(first.dump.reused_from.is_none() && first.dump.why_new.is_none());
+    // SecantusDB takes snapshot reads: the dump reads at its start.
+    assert!(first.dump.snapshot_reads, "{:?}", first.dump);
+    assert_eq!(first.dump.why_no_snapshot, None);
     assert!(!first.end_hash.is_empty());
 
     // 1 % of the documents changed, some inserted and deleted, a collection
@@ -724,6 +732,7 @@ fn a_backup_builds_on_the_previous_sets_dump() {
         rename: Default::default(),
         drop: false,
         threads: 2,
+        ..Default::default()
     };
     mongo::restore::restore_dump(&dst.uri(), &r, &m3, 0, &o, &LiveTask::default()).unwrap();
     assert_eq!(content(&dst, &["shop", "later"], &[]), source);
@@ -768,4 +777,87 @@ fn a_backup_builds_on_the_previous_sets_dump() {
             .unwrap()
             .contains("does not record")
     );
+}
+
+/// A snapshot the server no longer keeps (SnapshotTooOld, as after a read
+/// longer than mongod's history window) is not a failed backup: the
+/// collection is read again without one, every document once, and the set
+/// says why snapshot reads were given up. A replica set advertising a
+/// member the caller may not reach is refused before any data moves.
+#[test]
+fn an_expired_snapshot_is_read_again_and_members_are_checked() {
+    let m = MongoServer::start(MongoOptions::rust());
+    m.pymongo("client.shop.a.insert_many([{'_id': i, 'v': 'x' * 100} for i in range(3000)])\nclient.shop.b.insert_one({'_id': 1})");
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    let o = mongo::DumpOptions {
+        threads: 2,
+        snapshot_at_for_tests: Some(bson::Timestamp {
+            time: 1,
+            increment: 1,
+        }),
+        ..Default::default()
+    };
+    let live = LiveTask::default();
+    let out = mongo::backup_replica_set(&m.uri(), &o, &mut bw, &live).unwrap();
+    let (_, man) = bw.finish(BTreeMap::new(), mongo::meta_of(&out)).unwrap();
+    assert!(!out.dump.snapshot_reads);
+    let why = out.dump.why_no_snapshot.clone().unwrap();
+    assert!(
+        why.contains("SnapshotTooOld") && why.contains("read again without"),
+        "{why}"
+    );
+    assert_eq!(out.documents, 3001);
+    assert_eq!(bson_docs(&read(&r, &man, "shop/a.bson")).len(), 3000);
+    assert_eq!(
+        live.parts()[0].1.progress().bytes_done,
+        man.archives[0]
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with("shop/") && f.path.ends_with(".bson"))
+            .map(|f| f.size)
+            .sum::<u64>()
+    );
+
+    // Members: every one the server advertises goes through the check.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let deny = stowage_engines::HostCheck(Arc::new(move |h: &str, p: u16| {
+        s2.lock().unwrap().push(format!("{h}:{p}"));
+        Err("not on the list".to_string())
+    }));
+    let mut bw = r.start_backup(2).unwrap();
+    let o = mongo::DumpOptions {
+        threads: 2,
+        host_check: Some(&deny),
+        ..Default::default()
+    };
+    let e = mongo::backup_replica_set(&m.uri(), &o, &mut bw, &LiveTask::default()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permission, "{e:?}");
+    assert!(
+        e.message.contains("advertises member") && e.message.contains("not on the list"),
+        "{e}"
+    );
+    assert!(!seen.lock().unwrap().is_empty());
+    drop(bw);
+    let allow = stowage_engines::HostCheck(Arc::new(|_: &str, _: u16| Ok(())));
+    let mut bw = r.start_backup(2).unwrap();
+    let o = mongo::DumpOptions {
+        threads: 2,
+        host_check: Some(&allow),
+        ..Default::default()
+    };
+    mongo::backup_replica_set(&m.uri(), &o, &mut bw, &LiveTask::default()).unwrap();
+    // A restore checks the target's members before writing anything.
+    let dst = MongoServer::start(MongoOptions::rust());
+    let ro = mongo::restore::RestoreInto {
+        host_check: Some(deny.clone()),
+        ..Default::default()
+    };
+    let e = mongo::restore::restore_dump(&dst.uri(), &r, &man, 0, &ro, &LiveTask::default())
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permission, "{e:?}");
+    let dbs = dst.pymongo("print(client.list_database_names())");
+    assert!(!dbs.contains("shop"), "{dbs}");
 }

@@ -23,6 +23,7 @@ fn conn(port: u16, user: &str, password: Option<&str>) -> ConnSpec {
         uri: None,
         options: serde_json::Value::Null,
         addrs: Vec::new(),
+        host_check: None,
     }
 }
 
@@ -360,6 +361,7 @@ fn checked_addresses_are_used_instead_of_resolving_again() {
     let spec = ConnSpec {
         host: "no-such-host.invalid".into(),
         addrs: vec![std::net::SocketAddr::from(([127, 0, 0, 1], pg.port))],
+        host_check: None,
         ..conn(pg.port, "postgres", None)
     };
     let mut c = PgConn::connect(&spec, false).expect("connects to the given address");
@@ -367,6 +369,7 @@ fn checked_addresses_are_used_instead_of_resolving_again() {
     let e = PgConn::connect(
         &ConnSpec {
             addrs: Vec::new(),
+            host_check: None,
             ..spec
         },
         false,

@@ -88,6 +88,11 @@ impl Chunker {
         n.max(1).min(data.len())
     }
 
+    /// Forgets what is buffered (the stream it belonged to is abandoned).
+    pub fn reset(&mut self) {
+        self.buf.clear();
+    }
+
     /// Feeds data; calls `emit` for every chunk that is complete.
     pub fn push(&mut self, mut data: &[u8], emit: &mut dyn FnMut(&[u8])) {
         let max = self.p.max as usize;

@@ -636,6 +636,15 @@ impl ArchiveWriter {
         self.stream.end_file(&self.failure)
     }
 
+    /// Abandons the open file: it is not part of the archive. What it had
+    /// sent is stored but named by no snapshot (gc reclaims it). For a
+    /// read that must start over (a MongoDB snapshot read the server gave up).
+    pub fn discard_file(&mut self) {
+        self.stream.chunker.reset();
+        self.stream.dedup.ids.clear();
+        self.stream.current = None;
+    }
+
     /// Takes a file of a committed set into this archive as it is: its
     /// chunks are referenced, not read or stored again (a logical engine
     /// building on the dump of an earlier set). Refused if a chunk is not

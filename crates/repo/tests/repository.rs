@@ -546,6 +546,10 @@ fn files_of_an_earlier_set_are_reused_and_continued() {
     let more = pseudo_random(30_000, 9);
     let mut w = repo.start_backup(2).unwrap();
     let mut a = w.archive_writer("base", None);
+    // A file abandoned halfway is not part of the archive.
+    a.begin_file(meta("partial", FileKind::File)).unwrap();
+    a.write(&pseudo_random(100_000, 10)).unwrap();
+    a.discard_file();
     a.reuse_file(&file(&first, "docs")).unwrap();
     a.continue_file(&file(&first, "log")).unwrap();
     a.write(&more).unwrap();
@@ -557,9 +561,15 @@ fn files_of_an_earlier_set_are_reused_and_continued() {
     assert!(a.reuse_file(&bogus).is_err());
     w.add_archive(a).unwrap();
     let (snap, m) = w.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
-    // Only the appended bytes were new.
+    let paths: Vec<&str> = m.archives[0]
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(paths, ["docs", "log"]);
+    // Only the appended bytes (and the abandoned file's) were new.
     assert!(
-        m.summary.bytes_stored_new < 60_000,
+        m.summary.bytes_stored_new < 60_000 + 110_000,
         "stored {} new bytes",
         m.summary.bytes_stored_new
     );

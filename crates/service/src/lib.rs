@@ -978,7 +978,37 @@ impl Service {
                 .map(str::to_string),
             options: i.options.clone(),
             addrs: Vec::new(),
+            host_check: self.host_check(&i.account_id),
         })
+    }
+
+    /// The `--tenant-allow` rules as a check an engine runs on servers it
+    /// learns after connecting (a replica set's members); `None` when the
+    /// account may reach any server (no rules, or the admin account).
+    fn host_check(&self, account_id: &str) -> Option<stowage_engines::HostCheck> {
+        if self.tenant_allow.is_empty() || self.admin_account.get().is_some_and(|a| a == account_id)
+        {
+            return None;
+        }
+        let rules = self.tenant_allow.clone();
+        Some(stowage_engines::HostCheck(Arc::new(
+            move |host: &str, port: u16| {
+                if netpolicy::host_allowed(&rules, host) {
+                    return Ok(());
+                }
+                let ips: Vec<std::net::IpAddr> =
+                    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+                        .map(|it| it.map(|a| a.ip()).collect())
+                        .unwrap_or_default();
+                if netpolicy::addrs_allowed(&rules, &ips) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "host {host} is not one this server lets accounts reach; the operator allows hosts and networks with `serve --tenant-allow`"
+                    ))
+                }
+            },
+        )))
     }
 
     /// Connects to the instance and reports what it finds.

@@ -435,3 +435,60 @@ fn a_panicking_runner_fails_the_task_and_its_parts() {
     assert!(!parts.is_empty(), "{t}");
     assert!(parts.iter().all(|p| p["state"] == "failed"), "{t}");
 }
+
+/// `--tenant-allow` covers every member a replica set advertises, not only
+/// the hosts of the connection string: the driver follows the members. Here
+/// the operator allows the name `localhost`; the server advertises itself
+/// as 127.0.0.1, which the rules do not name, so a tenant's instance is
+/// refused before any data moves, at registration and at backup. The admin
+/// account is not bound by the rules.
+#[test]
+fn a_tenant_reaches_only_the_replica_set_members_the_operator_allows() {
+    let m = MongoServer::start(MongoOptions::default());
+    m.pymongo("client.shop.a.insert_one({'_id': 1})");
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start_with(
+        &work.path().join("stowage"),
+        &["--tenant-allow", "localhost"],
+    );
+    s.ok(&["account", "add", "team-b"]);
+    let k = s.json(&["key", "create", "--account", "team-b"]);
+    let (kid, ksec) = (
+        k["access_key_id"].as_str().unwrap().to_string(),
+        k["access_key_secret"].as_str().unwrap().to_string(),
+    );
+    let tenant = |args: &[&str]| s.cli_as(&kid, &ksec, args);
+    let uri = format!(
+        "mongodb://localhost:{}/?replicaSet={}",
+        m.port, m.replica_set
+    );
+    let add = |name: &str, extra: &[&str]| {
+        let mut a = vec![
+            "instance", "add", "--name", name, "--engine", "mongodb", "--uri", &uri,
+        ];
+        a.extend_from_slice(extra);
+        tenant(&a)
+    };
+    let o = add("m", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("advertises member 127.0.0.1:{}", m.port))
+            && e.contains("--tenant-allow"),
+        "{e}"
+    );
+    // Registered unchecked, its backup fails the same way, reading nothing.
+    let o = add("m", &["--no-check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tenant(&["backup", "m"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("advertises member"), "{}", stderr(&o));
+    let sets: serde_json::Value =
+        serde_json::from_slice(&tenant(&["set", "list", "--json"]).stdout).unwrap();
+    assert_eq!(sets["sets"].as_array().unwrap().len(), 0, "{sets}");
+    // The admin account is not bound by the rules.
+    s.ok(&[
+        "instance", "add", "--name", "a", "--engine", "mongodb", "--uri", &uri,
+    ]);
+    assert!(s.ok(&["backup", "a"]).contains("backup set"));
+}

@@ -44,6 +44,36 @@ pub struct MongoFacts {
     /// Replica-set name (`hello.setName`); `None` for a standalone server.
     pub set_name: Option<String>,
     pub is_primary: bool,
+    /// Every member the server advertises (`hello.hosts`, `passives`,
+    /// `arbiters`), as `host:port`: the driver may connect to any of them.
+    pub members: Vec<String>,
+}
+
+/// Checks every member a replica set advertises against `check` (the
+/// operator's `--tenant-allow`), before any data moves: the driver follows
+/// the members, which need not be the hosts of the connection string.
+pub fn check_members(f: &MongoFacts, check: Option<&crate::HostCheck>) -> Result<(), EngineError> {
+    let Some(check) = check else {
+        return Ok(());
+    };
+    for m in &f.members {
+        let (host, port) = match m.rsplit_once(':') {
+            Some((h, p)) => (
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse().unwrap_or(27017),
+            ),
+            None => (m.as_str(), 27017),
+        };
+        check.check(host, port).map_err(|why| {
+            err(
+                ErrorKind::Permission,
+                format!(
+                    "the replica set advertises member {m}, which this account may not reach: {why}"
+                ),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// What a finished replica-set backup established.
@@ -77,6 +107,10 @@ pub struct DumpSource {
     pub reused_from: Option<i64>,
     /// Why a base set offered was not built on.
     pub why_new: Option<String>,
+    /// Whether every collection was read at the dump's start (snapshot reads).
+    pub snapshot_reads: bool,
+    /// Why not, if the server refused or gave them up.
+    pub why_no_snapshot: Option<String>,
 }
 
 /// How to back up a replica set.
@@ -90,6 +124,13 @@ pub struct DumpOptions<'a> {
     pub max_rate_kbps: Option<u32>,
     /// An earlier set of the same replica set whose dump may be reused.
     pub base: Option<&'a crate::BaseSet>,
+    /// Every member the replica set advertises must pass it.
+    pub host_check: Option<&'a crate::HostCheck>,
+    /// Fault injection for tests: once snapshot reads are found to work,
+    /// read at this time instead of the dump's start (one the server no
+    /// longer keeps, as after a read longer than its history window).
+    #[doc(hidden)]
+    pub snapshot_at_for_tests: Option<Timestamp>,
 }
 
 /// A new dump is taken rather than reusing one older than this.
@@ -224,10 +265,17 @@ pub fn facts(c: &Client) -> Result<MongoFacts, EngineError> {
         .run_command(doc! {"buildInfo": 1})
         .run()
         .map_err(driver)?;
+    let members = ["hosts", "passives", "arbiters"]
+        .iter()
+        .filter_map(|k| hello.get_array(*k).ok())
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_string))
+        .collect();
     Ok(MongoFacts {
         version: build.get_str("version").unwrap_or("unknown").to_string(),
         set_name: hello.get_str("setName").ok().map(str::to_string),
         is_primary: hello.get_bool("isWritablePrimary").unwrap_or(false),
+        members,
     })
 }
 
@@ -420,7 +468,139 @@ impl RateLimit {
     }
 }
 
-/// Writes one collection: documents as read, then its metadata.
+/// Snapshot reads at the dump's start, where the server has them: every
+/// collection is then read as it was when the dump began. Without them
+/// (an older server, or one that refuses them) the dump is still correct:
+/// the oplog replay from the start is idempotent, as mongodump's is.
+struct SnapshotReads {
+    at: Mutex<Option<Timestamp>>,
+    why_not: Mutex<Option<String>>,
+}
+
+impl SnapshotReads {
+    /// Tries a snapshot read at `start` on the first collection: the
+    /// server's refusal (any command error) turns them off, with its reason.
+    fn probe(c: &Client, start: Timestamp, colls: &[Coll]) -> Result<SnapshotReads, EngineError> {
+        let s = SnapshotReads {
+            at: Mutex::new(None),
+            why_not: Mutex::new(None),
+        };
+        let Some(coll) = colls.iter().find(|c| c.kind == "collection") else {
+            return Ok(s);
+        };
+        let tried = c
+            .start_session()
+            .snapshot(true)
+            .snapshot_time(start)
+            .run()
+            .and_then(|mut ses| {
+                c.database(&coll.db)
+                    .collection::<mongodb::bson::RawDocumentBuf>(&coll.name)
+                    .find_one(doc! {})
+                    .session(&mut ses)
+                    .run()
+            });
+        match tried {
+            Ok(_) => *s.at.lock().expect("snapshot") = Some(start),
+            Err(e) => {
+                let e = driver(e);
+                if matches!(e.kind, ErrorKind::Unreachable | ErrorKind::ServerGone) {
+                    return Err(e);
+                }
+                s.turn_off(format!("the server refused a snapshot read: {}", e.message));
+            }
+        }
+        Ok(s)
+    }
+
+    fn at(&self) -> Option<Timestamp> {
+        *self.at.lock().expect("snapshot")
+    }
+
+    fn turn_off(&self, why: String) {
+        tracing::info!(reason = %why, "dumping without snapshot reads");
+        *self.at.lock().expect("snapshot") = None;
+        self.why_not.lock().expect("snapshot").get_or_insert(why);
+    }
+}
+
+/// Whether a failed snapshot read means the server no longer keeps (or
+/// never had) the snapshot: SnapshotTooOld (239), SnapshotUnavailable (246).
+/// A longer read than its history window (mongod's
+/// `minSnapshotHistoryWindowInSeconds`, 5 minutes by default) ends so.
+pub fn snapshot_gone(code: i32) -> bool {
+    matches!(code, 239 | 246)
+}
+
+/// A failed read of a collection: the server's error, or one of ours.
+enum ReadFail {
+    Driver(mongodb::error::Error),
+    Other(EngineError),
+}
+
+impl From<EngineError> for ReadFail {
+    fn from(e: EngineError) -> Self {
+        ReadFail::Other(e)
+    }
+}
+
+impl ReadFail {
+    fn snapshot_gone(&self) -> bool {
+        matches!(self, ReadFail::Driver(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if snapshot_gone(c.code)))
+    }
+
+    fn into_engine(self) -> EngineError {
+        match self {
+            ReadFail::Driver(e) => driver(e),
+            ReadFail::Other(e) => e,
+        }
+    }
+}
+
+/// Reads every document of a collection (at `at` with a snapshot session,
+/// else plainly), handing each to `each` as the raw bytes the server sent.
+fn read_docs(
+    c: &Client,
+    coll: &Coll,
+    at: Option<Timestamp>,
+    each: &mut dyn FnMut(&RawDocument) -> Result<(), EngineError>,
+) -> Result<(), ReadFail> {
+    let col = c.database(&coll.db).collection::<Document>(&coll.name);
+    match at {
+        None => {
+            let mut cur = col
+                .find(doc! {})
+                .batch_size(1000)
+                .run()
+                .map_err(ReadFail::Driver)?;
+            while cur.advance().map_err(ReadFail::Driver)? {
+                each(cur.current())?;
+            }
+        }
+        Some(ts) => {
+            let mut ses = c
+                .start_session()
+                .snapshot(true)
+                .snapshot_time(ts)
+                .run()
+                .map_err(ReadFail::Driver)?;
+            let mut cur = col
+                .find(doc! {})
+                .batch_size(1000)
+                .session(&mut ses)
+                .run()
+                .map_err(ReadFail::Driver)?;
+            while cur.advance(&mut ses).map_err(ReadFail::Driver)? {
+                each(cur.current())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes one collection: documents as read, then its metadata. A snapshot
+/// read the server gives up on is started over without one (and snapshot
+/// reads are off for the rest of the dump).
 fn dump_collection(
     c: &Client,
     coll: &Coll,
@@ -428,28 +608,43 @@ fn dump_collection(
     live: &LiveTask,
     docs: &AtomicU64,
     limit: &RateLimit,
+    snap: &SnapshotReads,
 ) -> Result<(), EngineError> {
     let base = format!("{}/{}", escape(&coll.db), escape(&coll.name));
     let d = c.database(&coll.db);
     let mut indexes = Vec::new();
     if coll.kind != "view" {
-        w.begin_file(file(format!("{base}.bson")))?;
-        let mut cur = d
-            .collection::<Document>(&coll.name)
-            .find(doc! {})
-            .batch_size(1000)
-            .run()
-            .map_err(driver)?;
-        while cur.advance().map_err(driver)? {
-            let raw: &RawDocument = cur.current();
-            let bytes = raw.as_bytes();
-            w.write(bytes)?;
-            live.bytes_done
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            docs.fetch_add(1, Ordering::Relaxed);
-            limit.consume(bytes.len() as u64, live);
-            if live.is_cancelled() {
-                return Err(err(ErrorKind::Cancelled, "cancelled"));
+        loop {
+            let at = snap.at();
+            w.begin_file(file(format!("{base}.bson")))?;
+            let (mut n, mut bytes_read) = (0u64, 0u64);
+            let res = read_docs(c, coll, at, &mut |raw| {
+                let bytes = raw.as_bytes();
+                w.write(bytes)?;
+                live.bytes_done
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                docs.fetch_add(1, Ordering::Relaxed);
+                (n, bytes_read) = (n + 1, bytes_read + bytes.len() as u64);
+                limit.consume(bytes.len() as u64, live);
+                if live.is_cancelled() {
+                    return Err(err(ErrorKind::Cancelled, "cancelled"));
+                }
+                Ok(())
+            });
+            match res {
+                Ok(()) => break,
+                Err(e) if at.is_some() && e.snapshot_gone() => {
+                    w.discard_file();
+                    live.bytes_done.fetch_sub(bytes_read, Ordering::Relaxed);
+                    docs.fetch_sub(n, Ordering::Relaxed);
+                    snap.turn_off(format!(
+                        "the server gave up the snapshot while {}.{} was read ({}); it was read again without",
+                        coll.db,
+                        coll.name,
+                        e.into_engine().message
+                    ));
+                }
+                Err(e) => return Err(e.into_engine()),
             }
         }
         w.end_file()?;
@@ -496,6 +691,7 @@ pub fn backup_replica_set(
     live.set_state(TaskState::Checking);
     let c = connect(uri, Duration::from_secs(10))?;
     let f = facts(&c)?;
+    check_members(&f, o.host_check)?;
     let Some(set_name) = &f.set_name else {
         return Err(err(
             ErrorKind::Unsupported,
@@ -527,6 +723,10 @@ pub fn backup_replica_set(
         )
     })?;
     let colls = collections(&c)?;
+    let snap = SnapshotReads::probe(&c, start, &colls)?;
+    if let (Some(t), Some(_)) = (o.snapshot_at_for_tests, snap.at()) {
+        *snap.at.lock().expect("snapshot") = Some(t);
+    }
     live.bytes_total
         .store(colls.iter().map(|c| c.size).sum(), Ordering::Relaxed);
     live.set_state(TaskState::Running);
@@ -548,14 +748,14 @@ pub fn backup_replica_set(
         let handles: Vec<_> = writers
             .drain(..)
             .map(|mut w| {
-                let (c, queue, docs, limit) = (&c, &queue, &docs, &limit);
+                let (c, queue, docs, limit, snap) = (&c, &queue, &docs, &limit, &snap);
                 s.spawn(move || -> Result<ArchiveWriter, EngineError> {
                     loop {
                         let next = queue.lock().expect("queue").pop();
                         let Some(coll) = next else {
                             return Ok(w);
                         };
-                        dump_collection(c, &coll, &mut w, live, docs, limit)?;
+                        dump_collection(c, &coll, &mut w, live, docs, limit, snap)?;
                     }
                 })
             })
@@ -596,6 +796,8 @@ pub fn backup_replica_set(
             started_ms: dump_ms,
             reused_from: None,
             why_new,
+            snapshot_reads: snap.at().is_some(),
+            why_no_snapshot: snap.why_not.into_inner().expect("snapshot"),
         },
     })
 }
@@ -765,6 +967,16 @@ fn backup_on_base(
             started_ms: r.dump_ms,
             reused_from: Some(r.base),
             why_new: None,
+            snapshot_reads: r
+                .meta
+                .pointer("/dump/snapshot_reads")
+                .and_then(|v| v.as_bool())
+                == Some(true),
+            why_no_snapshot: r
+                .meta
+                .pointer("/dump/why_no_snapshot")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
         },
     })
 }
@@ -867,7 +1079,13 @@ fn copy_oplog(
 /// `dump`) and what it holds.
 pub fn meta_of(out: &MongoBackup) -> serde_json::Value {
     let ts = |t: Timestamp| serde_json::json!({"t": t.time, "i": t.increment});
-    let mut dump = serde_json::json!({"started_ms": out.dump.started_ms});
+    let mut dump = serde_json::json!({
+        "started_ms": out.dump.started_ms,
+        "snapshot_reads": out.dump.snapshot_reads,
+    });
+    if let Some(why) = &out.dump.why_no_snapshot {
+        dump["why_no_snapshot"] = why.clone().into();
+    }
     if let Some(id) = out.dump.reused_from {
         dump["reused_from_set"] = id.into();
     }
@@ -970,6 +1188,7 @@ impl crate::Engine for MongoLogical {
 
     fn check(&self, conn: &crate::ConnSpec) -> Result<crate::ServerInfo, EngineError> {
         let f = check(uri_of(conn)?.expose())?;
+        check_members(&f, conn.host_check.as_ref())?;
         if f.set_name.is_none() {
             return Err(err(
                 ErrorKind::Unsupported,
@@ -1003,6 +1222,8 @@ impl crate::Engine for MongoLogical {
                 threads,
                 max_rate_kbps: opts.max_rate_kbps,
                 base: opts.base.as_ref(),
+                host_check: conn.host_check.as_ref(),
+                snapshot_at_for_tests: None,
             },
             writer,
             live,
@@ -1047,6 +1268,7 @@ impl crate::Engine for MongoLogical {
             rename: opts.rename.clone(),
             drop: opts.drop,
             threads: 0,
+            host_check: conn.host_check.clone(),
         };
         // One part per archive (a replica set, a shard), each with its own
         // progress; the task's is their sum.

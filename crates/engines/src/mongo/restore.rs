@@ -27,6 +27,9 @@ pub struct RestoreInto {
     pub drop: bool,
     /// Collections loaded at once; 0: one per CPU.
     pub threads: usize,
+    /// Every member of the target replica set must pass it before
+    /// anything is written (`--tenant-allow`).
+    pub host_check: Option<crate::HostCheck>,
 }
 
 /// What a restore did.
@@ -282,6 +285,7 @@ pub fn restore_dump(
         .ok_or_else(|| err(ErrorKind::Protocol, "no such archive in the set"))?;
     let list = entries(a)?;
     let c = connect(uri, Duration::from_secs(10))?;
+    super::check_members(&super::facts(&c)?, opts.host_check.as_ref())?;
     let target = |db: &str| {
         opts.rename
             .get(db)
@@ -373,8 +377,30 @@ pub fn restore_dump(
         for (k, v) in options {
             create.insert(k, v);
         }
-        db.run_command(create).run().map_err(driver)?;
-        if meta.get_str("type").ok() == Some("view") {
+        let kind = meta.get_str("type").unwrap_or("collection");
+        db.run_command(create).run().map_err(|x| {
+            let x = driver(x);
+            if matches!(x.kind, ErrorKind::Unreachable | ErrorKind::ServerGone | ErrorKind::Authentication | ErrorKind::Permission) {
+                return x;
+            }
+            // A feature the target lacks (views, time series, an option):
+            // say which collection and why, not just the server's code.
+            err(
+                ErrorKind::Unsupported,
+                format!(
+                    "the target server could not create {kind} {}.{} as the source had it (does it support {}?): {}",
+                    e.db,
+                    e.coll,
+                    match kind {
+                        "view" => "views",
+                        "timeseries" => "time-series collections",
+                        _ => "the collection's options",
+                    },
+                    x.message
+                ),
+            )
+        })?;
+        if kind == "view" {
             st.views += 1;
             continue;
         }

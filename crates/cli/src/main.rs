@@ -114,8 +114,9 @@ enum Cmd {
         retention_days: Option<u32>,
         /// Read everything again. By default a MongoDB backup reuses the dump of the
         /// instance's newest set and captures only the oplog since (still a complete
-        /// set); it takes a new dump anyway when that one is 7 days old or its oplog
-        /// outgrew a quarter of it. No effect on PostgreSQL (always a full base backup).
+        /// set); it takes a new dump anyway when that one is 7 days old or the oplog
+        /// since it outgrew it (more than 1 entry per 20 documents, or a quarter of its
+        /// bytes). No effect on PostgreSQL (always a full base backup).
         #[arg(long)]
         full: bool,
     },
@@ -321,7 +322,8 @@ enum InstanceCmd {
         /// Read the password from this environment variable.
         #[arg(long, default_value = "STOWAGE_DB_PASSWORD")]
         password_env: Option<String>,
-        /// Database to connect to for checks (default: the user's).
+        /// PostgreSQL: database to connect to for checks (default: the user's).
+        /// MongoDB: the authentication database (default admin; or authSource in --uri).
         #[arg(long)]
         dbname: Option<String>,
         /// Id format: rds (rm-…), polardb (pc-…), dds (dds-…), tencent_mongo (cmgo-…).
@@ -1044,7 +1046,9 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             } => {
                 let password = read_password(password_file, password_env, false)?;
                 let body = if engine == "mongodb" {
-                    json!({"name": name, "engine": engine, "uri": uri, "user": user, "password": password, "dialect": dialect, "check": !no_check})
+                    // The server judges the rest: TLS settings are PostgreSQL's
+                    // (refused), dbname is the authentication database.
+                    json!({"name": name, "engine": engine, "uri": uri, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert, "check": !no_check})
                 } else {
                     let user = user.unwrap_or_else(|| "postgres".into());
                     json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert, "check": !no_check, "uri": uri})

@@ -255,9 +255,9 @@ fn replica_set_backup_is_a_dump_plus_an_oplog_slice() {
 #[test]
 fn failures_are_reported_clearly() {
     // Nothing listens there.
-    let e = mongo::check("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500").unwrap_err();
+    let e = mongo::check("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500", None).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
-    let e = mongo::check("postgres://x").unwrap_err();
+    let e = mongo::check("postgres://x", None).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
 
     // Oplog window overrun is detected (`oldest entry > start`), but the
@@ -719,14 +719,24 @@ fn a_backup_builds_on_the_previous_sets_dump() {
     assert!(o2.len() > o1.len() && o2.starts_with(&o1));
 
     // A third set on the second: a chain, each set complete on its own.
-    src.pymongo("client.shop.b.update_many({}, {'$inc': {'n': 1}})");
+    // A database that appears only as a rename's target (as `$out` to a
+    // new database writes it) after the base set.
+    src.pymongo(
+        "client.shop.b.update_many({}, {'$inc': {'n': 1}})\n\
+         client.admin.command('renameCollection', 'shop.c', to='moved.c')",
+    );
     let base2 = stowage_engines::BaseSet {
         id: 2,
         manifest: m2.clone(),
     };
     let (third, m3) = backup(Some(&base2));
     assert_eq!(third.dump.reused_from, Some(2));
-    let source = content(&src, &["shop", "later"], &[]);
+    assert!(
+        third.databases.contains(&"moved".to_string()),
+        "{:?}",
+        third.databases
+    );
+    let source = content(&src, &["shop", "later", "moved"], &[]);
     let dst = MongoServer::start(MongoOptions::default());
     let o = mongo::restore::RestoreInto {
         rename: Default::default(),
@@ -735,7 +745,8 @@ fn a_backup_builds_on_the_previous_sets_dump() {
         ..Default::default()
     };
     mongo::restore::restore_dump(&dst.uri(), &r, &m3, 0, &o, &LiveTask::default()).unwrap();
-    assert_eq!(content(&dst, &["shop", "later"], &[]), source);
+    assert_eq!(content(&dst, &["shop", "later", "moved"], &[]), source);
+    assert!(source.contains("moved.c collection 1 "), "{source}");
     assert!(source.contains("later.x collection 1 "), "{source}");
     assert!(!source.contains("n_1"), "{source}");
 
@@ -820,26 +831,53 @@ fn an_expired_snapshot_is_read_again_and_members_are_checked() {
             .sum::<u64>()
     );
 
-    // Members: every one the server advertises goes through the check.
+    // The hosts of the connection string and every member the server
+    // advertises go through the check, before the replica-set client
+    // connects: here the string names localhost, which the check allows,
+    // and the server advertises itself as 127.0.0.1, which it does not.
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s2 = seen.clone();
-    let deny = stowage_engines::HostCheck(Arc::new(move |h: &str, p: u16| {
+    let only_localhost = stowage_engines::HostCheck(Arc::new(move |h: &str, p: u16| {
         s2.lock().unwrap().push(format!("{h}:{p}"));
+        if h == "localhost" {
+            Ok(())
+        } else {
+            Err("not on the list".to_string())
+        }
+    }));
+    let by_name = format!("mongodb://localhost:{}/?replicaSet=secantus", m.port);
+    let mut bw = r.start_backup(2).unwrap();
+    let o = mongo::DumpOptions {
+        threads: 2,
+        host_check: Some(&only_localhost),
+        ..Default::default()
+    };
+    let e = mongo::backup_replica_set(&by_name, &o, &mut bw, &LiveTask::default()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permission, "{e:?}");
+    assert!(
+        e.message
+            .contains(&format!("advertises member 127.0.0.1:{}", m.port))
+            && e.message.contains("not on the list"),
+        "{e}"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            format!("localhost:{}", m.port),
+            format!("127.0.0.1:{}", m.port)
+        ]
+    );
+    // A host of the string itself is refused before anything connects.
+    let deny = stowage_engines::HostCheck(Arc::new(|_: &str, _: u16| {
         Err("not on the list".to_string())
     }));
-    let mut bw = r.start_backup(2).unwrap();
     let o = mongo::DumpOptions {
         threads: 2,
         host_check: Some(&deny),
         ..Default::default()
     };
     let e = mongo::backup_replica_set(&m.uri(), &o, &mut bw, &LiveTask::default()).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Permission, "{e:?}");
-    assert!(
-        e.message.contains("advertises member") && e.message.contains("not on the list"),
-        "{e}"
-    );
-    assert!(!seen.lock().unwrap().is_empty());
+    assert!(e.message.contains("the connection string names"), "{e}");
     drop(bw);
     let allow = stowage_engines::HostCheck(Arc::new(|_: &str, _: u16| Ok(())));
     let mut bw = r.start_backup(2).unwrap();
@@ -860,4 +898,54 @@ fn an_expired_snapshot_is_read_again_and_members_are_checked() {
     assert_eq!(e.kind, ErrorKind::Permission, "{e:?}");
     let dbs = dst.pymongo("print(client.list_database_names())");
     assert!(!dbs.contains("shop"), "{dbs}");
+}
+
+/// Once the oplog has rolled past the end of the set a backup would build
+/// on, the changes since cannot be captured: the backup takes a new dump,
+/// says why, and is complete.
+#[test]
+fn a_base_whose_end_left_the_oplog_gets_a_new_dump() {
+    let m = MongoServer::start(MongoOptions {
+        oplog_max_entries: Some(200),
+        ..MongoOptions::rust()
+    });
+    m.pymongo("client.shop.a.insert_many([{'_id': i} for i in range(100)])");
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let backup = |base: Option<&stowage_engines::BaseSet>| {
+        let mut bw = r.start_backup(2).unwrap();
+        let o = mongo::DumpOptions {
+            threads: 2,
+            base,
+            ..Default::default()
+        };
+        let out = mongo::backup_replica_set(&m.uri(), &o, &mut bw, &LiveTask::default()).unwrap();
+        let (_, man) = bw.finish(BTreeMap::new(), mongo::meta_of(&out)).unwrap();
+        (out, Arc::new(man))
+    };
+    let (first, m1) = backup(None);
+    m.pymongo("client.shop.a.insert_many([{'_id': 1000 + i} for i in range(2000)])");
+    // The server prunes its oplog in the background: wait until the first
+    // set's end is gone.
+    let t0 = std::time::Instant::now();
+    while m.pymongo(&format!(
+        "import bson\nprint(client.local.oplog.rs.count_documents({{'ts': bson.Timestamp({}, {})}}))",
+        first.end.time, first.end.increment
+    )) != "0"
+    {
+        assert!(t0.elapsed().as_secs() < 60, "the oplog was not pruned");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let base = stowage_engines::BaseSet {
+        id: 1,
+        manifest: m1,
+    };
+    let (second, _) = backup(Some(&base));
+    assert_eq!(second.dump.reused_from, None);
+    let why = second.dump.why_new.unwrap();
+    assert!(
+        why.contains("set 1") && why.contains("rolled over"),
+        "{why}"
+    );
+    assert_eq!(second.documents, 2100);
 }

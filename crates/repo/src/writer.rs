@@ -397,6 +397,15 @@ impl BackupWriter {
         self.stats.clone()
     }
 
+    /// Whether every chunk of `f` (a file of a committed set) is in the
+    /// index this backup deduplicates against: it can then be reused
+    /// ([`ArchiveWriter::reuse_file`]).
+    pub fn holds_file(&self, f: &FileEntry) -> bool {
+        f.chunks
+            .iter()
+            .all(|c| self.stream.dedup.committed.contains(c))
+    }
+
     /// Starts a new archive (a data directory, a tablespace, a shard …).
     pub fn begin_archive(
         &mut self,

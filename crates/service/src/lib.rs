@@ -666,6 +666,11 @@ impl Service {
         let mut n = n;
         let mongo = n.engine == "mongodb";
         let (ssl_mode, addrs) = if mongo {
+            if n.sslmode.is_some() || n.sslrootcert.is_some() {
+                return Err(ServiceError::invalid(
+                    "sslmode/sslrootcert: PostgreSQL settings; a MongoDB instance takes TLS in its connection string (tls=true, tlsCAFile=…)",
+                ));
+            }
             let (uri, first) = self
                 .checked_mongo_uri(&p.account_id, n.uri.as_deref())
                 .await?;

@@ -157,6 +157,16 @@ impl Stowage {
             .unwrap()
     }
 
+    /// Creates account `name` and a key for it: (key id, secret).
+    pub fn new_account_key(&self, name: &str) -> (String, String) {
+        self.ok(&["account", "add", name]);
+        let k = self.json(&["key", "create", "--account", name]);
+        (
+            k["access_key_id"].as_str().unwrap().to_string(),
+            k["access_key_secret"].as_str().unwrap().to_string(),
+        )
+    }
+
     /// Runs a CLI command with the given key instead of the admin key.
     pub fn cli_as(&self, id: &str, secret: &str, args: &[&str]) -> Output {
         Command::new(bin())

@@ -30,6 +30,26 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
     assert!(stderr(&o).contains("no credentials"), "{}", stderr(&o));
     let o = s.cli(&["instance", "add", "--name", "none", "--engine", "mongodb"]);
     assert!(stderr(&o).contains("--uri"), "{}", stderr(&o));
+    // PostgreSQL's TLS settings are refused, not silently ignored.
+    let uri = m.uri();
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "tls",
+        "--engine",
+        "mongodb",
+        "--uri",
+        &uri,
+        "--sslmode",
+        "verify-full",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("TLS in its connection string"),
+        "{}",
+        stderr(&o)
+    );
     // Unreachable: refused at registration with the database's reason.
     let o = s.cli(&[
         "instance",
@@ -451,12 +471,7 @@ fn a_tenant_reaches_only_the_replica_set_members_the_operator_allows() {
         &work.path().join("stowage"),
         &["--tenant-allow", "localhost"],
     );
-    s.ok(&["account", "add", "team-b"]);
-    let k = s.json(&["key", "create", "--account", "team-b"]);
-    let (kid, ksec) = (
-        k["access_key_id"].as_str().unwrap().to_string(),
-        k["access_key_secret"].as_str().unwrap().to_string(),
-    );
+    let (kid, ksec) = s.new_account_key("team-b");
     let tenant = |args: &[&str]| s.cli_as(&kid, &ksec, args);
     let uri = format!(
         "mongodb://localhost:{}/?replicaSet={}",

@@ -169,12 +169,7 @@ fn a_tenant_cannot_touch_the_servers_filesystem_or_the_shared_repository() {
             "127.0.0.0/8",
         ],
     );
-    s.ok(&["account", "add", "team-b"]);
-    let k = s.json(&["key", "create", "--account", "team-b"]);
-    let (kid, ksec) = (
-        k["access_key_id"].as_str().unwrap().to_string(),
-        k["access_key_secret"].as_str().unwrap().to_string(),
-    );
+    let (kid, ksec) = s.new_account_key("team-b");
     let tenant = |args: &[&str]| s.cli_as(&kid, &ksec, args);
     let port = pg.port.to_string();
     let o = tenant(&["instance", "add", "--name", "b", "--port", &port]);

@@ -52,11 +52,14 @@ pub struct MongoFacts {
 /// Checks every member a replica set advertises against `check` (the
 /// operator's `--tenant-allow`), before any data moves: the driver follows
 /// the members, which need not be the hosts of the connection string.
-pub fn check_members(f: &MongoFacts, check: Option<&crate::HostCheck>) -> Result<(), EngineError> {
+pub fn check_members(
+    members: &[String],
+    check: Option<&crate::HostCheck>,
+) -> Result<(), EngineError> {
     let Some(check) = check else {
         return Ok(());
     };
-    for m in &f.members {
+    for m in members {
         let (host, port) = match m.rsplit_once(':') {
             Some((h, p)) => (
                 h.trim_start_matches('[').trim_end_matches(']'),
@@ -135,27 +138,47 @@ pub struct DumpOptions<'a> {
 
 /// A new dump is taken rather than reusing one older than this.
 pub const REDUMP_AFTER_DAYS: i64 = 7;
-/// ... or once the oplog captured since the dump exceeds this share of the
-/// dump (1/4): replaying it on restore would cost more than loading a new
-/// dump. Small dumps may carry up to [`REDUMP_OPLOG_FLOOR`] of oplog.
+/// ... or once the oplog since the dump holds more entries than the dump's
+/// documents / 20 (at least 10,000): a restore replays entries one at a
+/// time, ~20× slower than it loads documents in batches (bench/README.md),
+/// so beyond that it would spend longer replaying than loading.
+pub const REDUMP_DOCS_PER_ENTRY: u64 = 20;
+pub const REDUMP_ENTRIES_FLOOR: u64 = 10_000;
+/// ... or once the oplog's bytes exceed a quarter of the dump's (at least
+/// 64 MiB).
 pub const REDUMP_OPLOG_SHARE: u64 = 4;
 pub const REDUMP_OPLOG_FLOOR: u64 = 64 << 20;
 
-/// Why a backup must take a new dump rather than reuse one taken
-/// `age_ms` ago, of `dump_bytes`, with `oplog_bytes` of oplog since;
-/// `None`: reuse it.
-pub fn redump_reason(age_ms: i64, dump_bytes: u64, oplog_bytes: u64) -> Option<String> {
+/// A dump a backup might reuse, and the oplog captured since it began.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DumpAge {
+    pub age_ms: i64,
+    pub dump_bytes: u64,
+    pub documents: u64,
+    pub oplog_bytes: u64,
+    pub oplog_entries: u64,
+}
+
+/// Why a backup must take a new dump rather than reuse `d`; `None`: reuse
+/// it. (The oplog counted is the base set's: the slice a backup adds is
+/// judged by the next one.)
+pub fn redump_reason(d: DumpAge) -> Option<String> {
     let mb = |b: u64| b as f64 / 1e6;
-    if age_ms > REDUMP_AFTER_DAYS * 86_400_000 {
+    if d.age_ms > REDUMP_AFTER_DAYS * 86_400_000 {
         Some(format!(
             "its dump is {} days old (a new dump at least every {REDUMP_AFTER_DAYS} days)",
-            age_ms / 86_400_000
+            d.age_ms / 86_400_000
         ))
-    } else if oplog_bytes > (dump_bytes / REDUMP_OPLOG_SHARE).max(REDUMP_OPLOG_FLOOR) {
+    } else if d.oplog_entries > (d.documents / REDUMP_DOCS_PER_ENTRY).max(REDUMP_ENTRIES_FLOOR) {
         Some(format!(
-            "the oplog since its dump ({:.1} MB) is over a quarter of the dump ({:.1} MB): a restore would replay more than it loads",
-            mb(oplog_bytes),
-            mb(dump_bytes)
+            "the oplog since its dump holds {} entries for {} documents: a restore would spend longer replaying them one by one than loading a new dump",
+            d.oplog_entries, d.documents
+        ))
+    } else if d.oplog_bytes > (d.dump_bytes / REDUMP_OPLOG_SHARE).max(REDUMP_OPLOG_FLOOR) {
+        Some(format!(
+            "the oplog since its dump ({:.1} MB) is over a quarter of the dump ({:.1} MB)",
+            mb(d.oplog_bytes),
+            mb(d.dump_bytes)
         ))
     } else {
         None
@@ -244,6 +267,10 @@ pub(crate) fn join_all<T>(
 
 /// Connects (a short server-selection timeout: a wrong address fails fast).
 pub fn connect(uri: &str, timeout: Duration) -> Result<Client, EngineError> {
+    Client::with_options(options(uri, timeout)?).map_err(driver)
+}
+
+fn options(uri: &str, timeout: Duration) -> Result<ClientOptions, EngineError> {
     let mut o = ClientOptions::parse(uri).run().map_err(|e| {
         err(
             ErrorKind::Unsupported,
@@ -254,7 +281,73 @@ pub fn connect(uri: &str, timeout: Duration) -> Result<Client, EngineError> {
     o.server_selection_timeout.get_or_insert(timeout);
     o.connect_timeout.get_or_insert(timeout);
     o.app_name = Some("stowage".into());
-    Client::with_options(o).map_err(driver)
+    Ok(o)
+}
+
+/// Connects only where `check` allows (the operator's `--tenant-allow` for
+/// a tenant's instance) and reports the server's facts. The driver follows
+/// the members a replica set advertises, which need not be the hosts of the
+/// connection string: so first each host of the string is checked and
+/// asked, on a direct connection without credentials, which members it
+/// advertises (`hello` needs no login); every one must pass before the
+/// replica-set client connects anywhere. The members the connected set
+/// advertises are checked again. (The driver resolves names itself: a name
+/// that resolves differently between the check and the connection is not
+/// caught.)
+pub fn connect_checked(
+    uri: &str,
+    check: Option<&crate::HostCheck>,
+) -> Result<(Client, MongoFacts), EngineError> {
+    let timeout = Duration::from_secs(10);
+    if let Some(hc) = check {
+        let o = options(uri, timeout)?;
+        for seed in &o.hosts {
+            let mongodb::options::ServerAddress::Tcp { host, port } = seed else {
+                return Err(err(
+                    ErrorKind::Permission,
+                    format!("{seed}: only TCP hosts may be reached by this account"),
+                ));
+            };
+            let port = port.unwrap_or(27017);
+            hc.check(host, port).map_err(|why| {
+                err(
+                    ErrorKind::Permission,
+                    format!("the connection string names {seed}, which this account may not reach: {why}"),
+                )
+            })?;
+            let mut direct = o.clone();
+            direct.hosts = vec![seed.clone()];
+            direct.direct_connection = Some(true);
+            direct.repl_set_name = None;
+            direct.credential = None;
+            let Ok(hello) = Client::with_options(direct)
+                .map_err(driver)?
+                .database("admin")
+                .run_command(doc! {"hello": 1})
+                .run()
+            else {
+                // Unreachable now: the replica-set client will say so, or
+                // reach another host of the string (checked too).
+                continue;
+            };
+            check_members(&members_of(&hello), Some(hc))?;
+        }
+    }
+    let c = connect(uri, timeout)?;
+    let f = facts(&c)?;
+    check_members(&f.members, check)?;
+    Ok((c, f))
+}
+
+/// Every member a `hello` reply advertises (`hosts`, `passives`,
+/// `arbiters`), as `host:port`.
+fn members_of(hello: &Document) -> Vec<String> {
+    ["hosts", "passives", "arbiters"]
+        .iter()
+        .filter_map(|k| hello.get_array(*k).ok())
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_string))
+        .collect()
 }
 
 /// Server version, replica-set name and role.
@@ -265,12 +358,7 @@ pub fn facts(c: &Client) -> Result<MongoFacts, EngineError> {
         .run_command(doc! {"buildInfo": 1})
         .run()
         .map_err(driver)?;
-    let members = ["hosts", "passives", "arbiters"]
-        .iter()
-        .filter_map(|k| hello.get_array(*k).ok())
-        .flatten()
-        .filter_map(|h| h.as_str().map(str::to_string))
-        .collect();
+    let members = members_of(&hello);
     Ok(MongoFacts {
         version: build.get_str("version").unwrap_or("unknown").to_string(),
         set_name: hello.get_str("setName").ok().map(str::to_string),
@@ -689,9 +777,7 @@ pub fn backup_replica_set(
     live: &LiveTask,
 ) -> Result<MongoBackup, EngineError> {
     live.set_state(TaskState::Checking);
-    let c = connect(uri, Duration::from_secs(10))?;
-    let f = facts(&c)?;
-    check_members(&f, o.host_check)?;
+    let (c, f) = connect_checked(uri, o.host_check)?;
     let Some(set_name) = &f.set_name else {
         return Err(err(
             ErrorKind::Unsupported,
@@ -707,7 +793,7 @@ pub fn backup_replica_set(
     let ends = OplogEnds::probe(&c)?;
     let mut why_new = None;
     if let Some(b) = o.base {
-        match plan_reuse(&c, b, set_name, archive)? {
+        match plan_reuse(&c, b, set_name, archive, writer)? {
             Ok(r) => return backup_on_base(&c, f, ends, r, archive, writer, live),
             Err(why) => {
                 tracing::info!(base = b.id, reason = %why, "taking a new dump");
@@ -778,11 +864,8 @@ pub fn backup_replica_set(
     let copied = copy_oplog(&c, start, &mut end, &mut w).map_err(mid_backup)?;
     w.end_file()?;
     writer.add_archive(w)?;
-    check_window(&c, ends, start, "the entry the dump started at")?;
-    let end_hash = entry_hash(&c, end).map_err(mid_backup)?.unwrap_or_default();
+    let end_hash = close_slice(&c, ends, start, "the entry the dump started at", end, live)?;
     databases.extend(copied.databases);
-    live.set_state(TaskState::Finishing);
-    live.set_state(TaskState::Finished);
     Ok(MongoBackup {
         facts: f,
         end,
@@ -800,6 +883,24 @@ pub fn backup_replica_set(
             why_no_snapshot: snap.why_not.into_inner().expect("snapshot"),
         },
     })
+}
+
+/// Ends a part once its oplog slice from `from` to `end` is copied: checks
+/// the oplog still holds `from` (`what` names it), fingerprints the entry
+/// at `end` (what a later backup builds on) and finishes the part.
+fn close_slice(
+    c: &Client,
+    ends: OplogEnds,
+    from: Timestamp,
+    what: &str,
+    end: Timestamp,
+    live: &LiveTask,
+) -> Result<String, EngineError> {
+    check_window(c, ends, from, what)?;
+    let end_hash = entry_hash(c, end).map_err(mid_backup)?.unwrap_or_default();
+    live.set_state(TaskState::Finishing);
+    live.set_state(TaskState::Finished);
+    Ok(end_hash)
 }
 
 /// Fails if the oplog no longer holds `from` (its oldest entry is newer):
@@ -853,6 +954,7 @@ fn plan_reuse<'a>(
     b: &'a crate::BaseSet,
     set_name: &str,
     archive: &str,
+    writer: &BackupWriter,
 ) -> Result<Result<Reuse<'a>, String>, EngineError> {
     let m = &b.manifest.engine_meta;
     let ts = |k: &str| {
@@ -888,11 +990,36 @@ fn plan_reuse<'a>(
         .filter(|f| f.path.ends_with(".bson") && f.path != "oplog.bson")
         .map(|f| f.size)
         .sum();
-    let age = stowage_repo::lock::now_ms() - dump_ms;
-    if let Some(why) = redump_reason(age, dump_bytes, oplog.size) {
+    let n = |k: &str| m.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let age = DumpAge {
+        age_ms: stowage_repo::lock::now_ms() - dump_ms,
+        dump_bytes,
+        documents: n("documents"),
+        oplog_bytes: oplog.size,
+        oplog_entries: n("oplog_entries"),
+    };
+    if let Some(why) = redump_reason(age) {
         return Ok(Err(why));
     }
-    match entry_hash(c, base_end)? {
+    if let Some(f) = a.files.iter().find(|f| !writer.holds_file(f)) {
+        return Ok(Err(format!(
+            "the repository no longer holds all of its {}",
+            f.path
+        )));
+    }
+    let found = match entry_hash(c, base_end) {
+        Ok(h) => h,
+        Err(e) if matches!(e.kind, ErrorKind::Unreachable | ErrorKind::ServerGone) => {
+            return Err(e);
+        }
+        Err(e) => {
+            return Ok(Err(format!(
+                "its end entry could not be read back: {}",
+                e.message
+            )));
+        }
+    };
+    match found {
         Some(h) if h == hash => {}
         Some(_) => {
             return Ok(Err(
@@ -940,8 +1067,14 @@ fn backup_on_base(
     let copied = copy_oplog(c, r.base_end, &mut end, &mut w).map_err(mid_backup)?;
     w.end_file()?;
     writer.add_archive(w)?;
-    check_window(c, ends, r.base_end, &format!("the end of set {}", r.base))?;
-    let end_hash = entry_hash(c, end).map_err(mid_backup)?.unwrap_or_default();
+    let end_hash = close_slice(
+        c,
+        ends,
+        r.base_end,
+        &format!("the end of set {}", r.base),
+        end,
+        live,
+    )?;
     let n = |k: &str| r.meta.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     let mut databases: BTreeSet<String> = r
         .meta
@@ -952,8 +1085,6 @@ fn backup_on_base(
         .filter_map(|d| d.as_str().map(str::to_string))
         .collect();
     databases.extend(copied.databases);
-    live.set_state(TaskState::Finishing);
-    live.set_state(TaskState::Finished);
     Ok(MongoBackup {
         facts: f,
         end,
@@ -1022,9 +1153,43 @@ struct OplogCopy {
     databases: BTreeSet<String>,
 }
 
-/// Appends the oplog entries in (`start`, `end`] to the open file of `w`;
+/// The databases an oplog entry writes to (not `admin`, `local`,
+/// `config`): its namespace, the target of a rename (across databases, as
+/// `$out` does), and the entries inside mongod's `applyOps` (transactions
+/// are logged under `admin.$cmd`).
+fn note_databases(d: &Document, out: &mut BTreeSet<String>) {
+    let mut add = |ns: &str| {
+        let db = ns.split('.').next().unwrap_or("");
+        if !["", "admin", "local", "config"].contains(&db) && !out.contains(db) {
+            out.insert(db.to_string());
+        }
+    };
+    if let Ok(ns) = d.get_str("ns") {
+        add(ns);
+    }
+    let Ok(o) = d.get_document("o") else {
+        return;
+    };
+    if let Ok(to) = o.get_str("to") {
+        add(to);
+    }
+    if let Ok(ops) = o.get_array("applyOps") {
+        for op in ops.iter().filter_map(|b| b.as_document()) {
+            note_databases(op, out);
+        }
+    }
+}
+
+/// How long the oplog's newest entries may take to become readable in
+/// order (a forward scan sees an entry only once every earlier one is
+/// committed).
+const OPLOG_VISIBILITY_WAIT: Duration = Duration::from_secs(30);
+
+/// Appends the oplog entries in (`start`, `end`] to the open file of `w`,
+/// waiting for entries up to `end` that a forward scan does not see yet;
 /// moves `end` forward while the entries just after it belong to a
-/// transaction that has entries at or before it.
+/// transaction that has entries at or before it. On return `end` is the
+/// last entry copied (or `start`): the set never claims an entry it lacks.
 fn copy_oplog(
     c: &Client,
     start: Timestamp,
@@ -1038,39 +1203,62 @@ fn copy_oplog(
         entries: 0,
         databases: BTreeSet::new(),
     };
-    let mut cur = oplog
-        .find(doc! {"ts": {"$gt": start}})
-        .sort(doc! {"ts": 1})
-        .batch_size(1000)
-        .run()
-        .map_err(driver)?;
-    while cur.advance().map_err(driver)? {
-        let raw = cur.current();
-        let d: Document = raw.try_into().map_err(|e: mongodb::bson::error::Error| {
-            err(ErrorKind::Protocol, format!("oplog entry: {e}"))
-        })?;
-        let Ok(ts) = d.get_timestamp("ts") else {
-            continue;
-        };
-        let txn = txn_of(&d);
-        if ts_gt(ts, *end) {
-            // Past end: only the rest of a transaction end would split.
-            match txn {
-                Some(t) if open.contains(&t) => *end = ts,
-                _ => break,
-            }
-        } else if let Some(t) = txn {
-            open.insert(t);
-        }
-        if let Some(db) = d.get_str("ns").ok().and_then(|ns| ns.split('.').next())
-            && !["", "admin", "local", "config"].contains(&db)
-            && !out.databases.contains(db)
-        {
-            out.databases.insert(db.to_string());
-        }
-        w.write(raw.as_bytes())?;
-        out.entries += 1;
+    // A newest entry older than start (another member answered): nothing
+    // to copy, and the set stays at start.
+    if ts_gt(start, *end) {
+        *end = start;
     }
+    let mut last = start;
+    let deadline = std::time::Instant::now() + OPLOG_VISIBILITY_WAIT;
+    'scan: loop {
+        let mut cur = oplog
+            .find(doc! {"ts": {"$gt": last}})
+            .sort(doc! {"ts": 1})
+            .batch_size(1000)
+            .run()
+            .map_err(driver)?;
+        while cur.advance().map_err(driver)? {
+            let raw = cur.current();
+            let d: Document = raw.try_into().map_err(|e: mongodb::bson::error::Error| {
+                err(ErrorKind::Protocol, format!("oplog entry: {e}"))
+            })?;
+            let Ok(ts) = d.get_timestamp("ts") else {
+                continue;
+            };
+            let txn = txn_of(&d);
+            if ts_gt(ts, *end) {
+                // Past end: only the rest of a transaction end would split.
+                match txn {
+                    Some(t) if open.contains(&t) => *end = ts,
+                    _ => break 'scan,
+                }
+            } else if let Some(t) = txn {
+                open.insert(t);
+            }
+            note_databases(&d, &mut out.databases);
+            w.write(raw.as_bytes())?;
+            out.entries += 1;
+            last = ts;
+        }
+        if !ts_gt(*end, last) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(err(
+                ErrorKind::Protocol,
+                format!(
+                    "the oplog's entries up to {}:{} did not become readable within {} s (read up to {}:{})",
+                    end.time,
+                    end.increment,
+                    OPLOG_VISIBILITY_WAIT.as_secs(),
+                    last.time,
+                    last.increment
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    *end = last;
     Ok(out)
 }
 
@@ -1108,9 +1296,8 @@ pub fn meta_of(out: &MongoBackup) -> serde_json::Value {
 }
 
 /// A quick check: connects and reports the server's facts.
-pub fn check(uri: &str) -> Result<MongoFacts, EngineError> {
-    let c = connect(uri, Duration::from_secs(10))?;
-    facts(&c)
+pub fn check(uri: &str, host_check: Option<&crate::HostCheck>) -> Result<MongoFacts, EngineError> {
+    connect_checked(uri, host_check).map(|(_, f)| f)
 }
 
 /// MongoDB replica sets, logically: the engine behind `--engine mongodb`.
@@ -1187,8 +1374,7 @@ impl crate::Engine for MongoLogical {
     }
 
     fn check(&self, conn: &crate::ConnSpec) -> Result<crate::ServerInfo, EngineError> {
-        let f = check(uri_of(conn)?.expose())?;
-        check_members(&f, conn.host_check.as_ref())?;
+        let f = check(uri_of(conn)?.expose(), conn.host_check.as_ref())?;
         if f.set_name.is_none() {
             return Err(err(
                 ErrorKind::Unsupported,
@@ -1314,23 +1500,73 @@ mod tests {
 
     #[test]
     fn a_dump_is_taken_again_when_old_or_outweighed_by_its_oplog() {
-        use super::redump_reason;
+        use super::{DumpAge, redump_reason};
         let day = 86_400_000;
-        assert_eq!(redump_reason(day, 1 << 30, 1 << 20), None);
-        assert!(
-            redump_reason(8 * day, 1 << 30, 0)
-                .unwrap()
-                .contains("8 days old")
+        let d = DumpAge {
+            age_ms: day,
+            dump_bytes: 1 << 30,
+            documents: 1_000_000,
+            oplog_bytes: 1 << 20,
+            oplog_entries: 10_000,
+        };
+        assert_eq!(redump_reason(d), None);
+        let old = DumpAge {
+            age_ms: 8 * day,
+            ..d
+        };
+        assert!(redump_reason(old).unwrap().contains("8 days old"));
+        // Entries: 1 per 20 documents, or 10,000 for a small dump.
+        assert_eq!(
+            redump_reason(DumpAge {
+                oplog_entries: 50_000,
+                ..d
+            }),
+            None
         );
-        // A quarter of the dump, or 64 MiB for a small one.
-        assert_eq!(redump_reason(0, 1 << 30, 1 << 28), None);
+        let many = DumpAge {
+            oplog_entries: 50_001,
+            ..d
+        };
+        assert!(redump_reason(many).unwrap().contains("replaying"));
+        let small = DumpAge {
+            documents: 100,
+            oplog_entries: 10_000,
+            ..d
+        };
+        assert_eq!(redump_reason(small), None);
         assert!(
-            redump_reason(0, 1 << 30, (1 << 28) + 1)
-                .unwrap()
-                .contains("quarter")
+            redump_reason(DumpAge {
+                oplog_entries: 10_001,
+                ..small
+            })
+            .is_some()
         );
-        assert_eq!(redump_reason(0, 1 << 20, 64 << 20), None);
-        assert!(redump_reason(0, 1 << 20, (64 << 20) + 1).is_some());
+        // Bytes: a quarter of the dump, or 64 MiB for a small one.
+        assert_eq!(
+            redump_reason(DumpAge {
+                oplog_bytes: 1 << 28,
+                ..d
+            }),
+            None
+        );
+        let big = DumpAge {
+            oplog_bytes: (1 << 28) + 1,
+            ..d
+        };
+        assert!(redump_reason(big).unwrap().contains("quarter"));
+        let tiny = DumpAge {
+            dump_bytes: 1 << 20,
+            oplog_bytes: 64 << 20,
+            ..d
+        };
+        assert_eq!(redump_reason(tiny), None);
+        assert!(
+            redump_reason(DumpAge {
+                oplog_bytes: (64 << 20) + 1,
+                ..tiny
+            })
+            .is_some()
+        );
     }
 
     #[test]

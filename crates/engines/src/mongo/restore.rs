@@ -6,14 +6,13 @@
 //! replayed (`oplog.rs`), so the result is the source's state at the set's
 //! consistent point.
 
-use super::{connect, driver, err, join_all};
+use super::{driver, err, join_all};
 use crate::{EngineError, ErrorKind};
 use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use stowage_core::LiveTask;
 use stowage_core::manifest::{Archive, FileEntry};
 use stowage_repo::Repository;
@@ -284,8 +283,7 @@ pub fn restore_dump(
         .get(archive)
         .ok_or_else(|| err(ErrorKind::Protocol, "no such archive in the set"))?;
     let list = entries(a)?;
-    let c = connect(uri, Duration::from_secs(10))?;
-    super::check_members(&super::facts(&c)?, opts.host_check.as_ref())?;
+    let (c, _) = super::connect_checked(uri, opts.host_check.as_ref())?;
     let target = |db: &str| {
         opts.rename
             .get(db)

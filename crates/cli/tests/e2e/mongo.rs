@@ -266,7 +266,29 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
         third["meta"]["dump"]["started_ms"].as_i64().unwrap() > 0,
         "{third}"
     );
+    // The set built on the first outlives it: with the first deleted and
+    // its space reclaimed, the second still verifies and restores whole.
+    s.ok(&["set", "delete", &first["id"].to_string()]);
+    s.ok(&["gc"]);
     assert!(s.ok(&["verify"]).contains("repository OK"));
+    assert!(
+        s.ok(&["verify", "--set", &second["id"].to_string()])
+            .contains("OK")
+    );
+    s.ok(&[
+        "restore",
+        &second["id"].to_string(),
+        "--into",
+        "mongo2",
+        "--rename-db",
+        "shop=shop4",
+        "--rename-db",
+        "audit=audit4",
+    ]);
+    assert_eq!(
+        m2.pymongo("print(client.shop4.orders.count_documents({}), client.shop4.orders.count_documents({'n': {'$lt': 0}}))"),
+        "1000 9"
+    );
 }
 
 /// Errors a user must see clearly, each leaving nothing broken: a wrong

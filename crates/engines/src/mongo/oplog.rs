@@ -13,11 +13,15 @@
 //!   its operations in order); anything else is refused by name.
 //!
 //! Databases may be renamed on the way (`rename`).
+//!
+//! Consecutive writes to one collection go in one `update` (inserts as
+//! upserting replacements, updates) or `delete` command of up to
+//! [`BATCH_OPS`] statements, ordered: the same operations in the same order
+//! as one by one, in far fewer round trips. Commands (`c`) end a batch.
 
 use super::{driver, err};
 use crate::{EngineError, ErrorKind};
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::options::ReplaceOptions;
 use mongodb::sync::Client;
 use std::collections::BTreeMap;
 
@@ -141,9 +145,114 @@ pub struct Replayer<'a> {
     /// Target databases dropped by the replay.
     pub dropped_databases: Vec<String>,
     pub applied: u64,
+    /// Writes not sent yet: consecutive ones to one collection.
+    batch: Option<Batch>,
 }
 
-impl Replayer<'_> {
+/// Statements of one `update` or `delete` command, not sent yet.
+struct Batch {
+    db: String,
+    coll: String,
+    /// `update` or `delete`.
+    cmd: &'static str,
+    stmts: Vec<Document>,
+    bytes: usize,
+}
+
+/// At most this many statements, or [`BATCH_BYTES`], per command.
+pub const BATCH_OPS: usize = 1000;
+const BATCH_BYTES: usize = 4 << 20;
+
+impl<'a> Replayer<'a> {
+    pub fn new(
+        client: &'a Client,
+        rename: &'a BTreeMap<String, String>,
+        databases: &'a [String],
+    ) -> Replayer<'a> {
+        Replayer {
+            client,
+            rename,
+            databases,
+            dropped_indexes: Default::default(),
+            renamed: Default::default(),
+            dropped: Vec::new(),
+            dropped_databases: Vec::new(),
+            applied: 0,
+            batch: None,
+        }
+    }
+
+    /// Queues one statement for `db.coll`; sends what was queued first if
+    /// it was for another collection or command, or is full.
+    fn queue(
+        &mut self,
+        db: String,
+        coll: String,
+        cmd: &'static str,
+        stmt: Document,
+    ) -> Result<(), EngineError> {
+        let size = stmt.to_vec().map(|v| v.len()).unwrap_or(BATCH_BYTES);
+        let same = self
+            .batch
+            .as_ref()
+            .is_some_and(|b| b.db == db && b.coll == coll && b.cmd == cmd);
+        if !same
+            || self
+                .batch
+                .as_ref()
+                .is_some_and(|b| b.stmts.len() >= BATCH_OPS || b.bytes + size > BATCH_BYTES)
+        {
+            self.flush()?;
+        }
+        let b = self.batch.get_or_insert_with(|| Batch {
+            db,
+            coll,
+            cmd,
+            stmts: Vec::new(),
+            bytes: 0,
+        });
+        b.stmts.push(stmt);
+        b.bytes += size;
+        self.applied += 1;
+        Ok(())
+    }
+
+    /// Sends the queued writes (call once after the last entry too).
+    pub fn flush(&mut self) -> Result<(), EngineError> {
+        let Some(b) = self.batch.take() else {
+            return Ok(());
+        };
+        let field = if b.cmd == "update" {
+            "updates"
+        } else {
+            "deletes"
+        };
+        let n = b.stmts.len();
+        let reply = self
+            .client
+            .database(&b.db)
+            .run_command(doc! {b.cmd: &b.coll, field: b.stmts, "ordered": true})
+            .run()
+            .map_err(driver)?;
+        // A command that ran can still have failed statements.
+        if let Ok(errs) = reply.get_array("writeErrors")
+            && let Some(first) = errs.first().and_then(|e| e.as_document())
+        {
+            return Err(err(
+                ErrorKind::Protocol,
+                format!(
+                    "replaying the oplog into {}.{}: statement {} of {n} failed: {} ({})",
+                    b.db,
+                    b.coll,
+                    first.get_i32("index").unwrap_or(-1),
+                    first.get_str("errmsg").unwrap_or("?"),
+                    first.get_i32("code").unwrap_or(0)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn target_db(&self, db: &str) -> String {
         self.rename
             .get(db)
@@ -173,15 +282,12 @@ impl Replayer<'_> {
                 let Some((db, coll)) = self.ns(ns) else {
                     return Ok(());
                 };
-                let c = self.client.database(&db).collection::<Document>(&coll);
                 let o = e.get_document("o").map_err(|_| bad("no o"))?;
                 match op {
                     "i" => {
                         let id = o.get("_id").ok_or_else(|| bad("insert without _id"))?;
-                        c.replace_one(doc! {"_id": id.clone()}, o.clone())
-                            .with_options(ReplaceOptions::builder().upsert(true).build())
-                            .run()
-                            .map_err(driver)?;
+                        let stmt = doc! {"q": {"_id": id.clone()}, "u": o.clone(), "upsert": true};
+                        self.queue(db, coll, "update", stmt)
                     }
                     "u" => {
                         let id = e
@@ -189,31 +295,29 @@ impl Replayer<'_> {
                             .ok()
                             .and_then(|d| d.get("_id"))
                             .ok_or_else(|| bad("update without o2._id"))?;
-                        let filter = doc! {"_id": id.clone()};
-                        if let Ok(diff) = o.get_document("diff") {
-                            if let Some(u) = diff_to_update(diff).map_err(|m| bad(&m))? {
-                                c.update_one(filter, u).run().map_err(driver)?;
-                            }
+                        let q = doc! {"_id": id.clone()};
+                        let u = if let Ok(diff) = o.get_document("diff") {
+                            diff_to_update(diff).map_err(|m| bad(&m))?
                         } else if o.keys().any(|k| k.starts_with('$')) {
                             // Old-style update operators ($set/$unset).
                             let mut u = o.clone();
                             u.remove("$v");
-                            if !u.is_empty() {
-                                c.update_one(filter, u).run().map_err(driver)?;
-                            }
+                            (!u.is_empty()).then_some(u)
                         } else {
-                            c.replace_one(filter, o.clone()).run().map_err(driver)?;
+                            // A full replacement.
+                            Some(o.clone())
+                        };
+                        match u {
+                            Some(u) => self.queue(db, coll, "update", doc! {"q": q, "u": u}),
+                            None => Ok(()),
                         }
                     }
                     _ => {
                         let id = o.get("_id").ok_or_else(|| bad("delete without _id"))?;
-                        c.delete_one(doc! {"_id": id.clone()})
-                            .run()
-                            .map_err(driver)?;
+                        let stmt = doc! {"q": {"_id": id.clone()}, "limit": 1};
+                        self.queue(db, coll, "delete", stmt)
                     }
                 }
-                self.applied += 1;
-                Ok(())
             }
             "c" => self.command(e, ns),
             other => Err(bad(&format!("unknown op {other:?}"))),
@@ -226,6 +330,10 @@ impl Replayer<'_> {
         let Some((name, _)) = o.iter().next() else {
             return Err(bad("empty command"));
         };
+        // The writes before a command land before it (a drop, a rename).
+        if name != "applyOps" {
+            self.flush()?;
+        }
         let db_src = ns.split('.').next().unwrap_or("");
         if name == "applyOps" {
             let ops = o

@@ -430,16 +430,7 @@ pub fn restore_dump(
     // The oplog slice, from the dump's start to the set's consistent point.
     if let Some(f) = a.files.iter().find(|f| f.path == "oplog.bson") {
         let restored = &source_dbs;
-        let mut rp = super::oplog::Replayer {
-            client: &c,
-            rename: &opts.rename,
-            databases: restored,
-            dropped_indexes: Default::default(),
-            renamed: Default::default(),
-            dropped: Vec::new(),
-            dropped_databases: Vec::new(),
-            applied: 0,
-        };
+        let mut rp = super::oplog::Replayer::new(&c, &opts.rename, restored);
         let mut r = repo.file_reader(f);
         while let Some(raw) = next_doc(&mut r)? {
             let e: Document =
@@ -453,6 +444,7 @@ pub fn restore_dump(
                 return Err(err(ErrorKind::Cancelled, "cancelled"));
             }
         }
+        rp.flush()?;
         st.oplog_applied = rp.applied;
         // The dump's indexes follow what the replay did to their collections.
         let mut kept = Vec::new();

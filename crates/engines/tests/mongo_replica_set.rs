@@ -949,3 +949,37 @@ fn a_base_whose_end_left_the_oplog_gets_a_new_dump() {
     );
     assert_eq!(second.documents, 2100);
 }
+
+/// A restore target that lacks a feature the source has is reported, by
+/// collection, rather than crashed on: here the source (the Python
+/// SecantusDB) took a view whose pipeline has a stage the target (the Rust
+/// SecantusDB) does not know, as an older server would not know a newer
+/// one's stage.
+#[test]
+fn a_target_lacking_a_feature_of_the_source_is_reported_by_name() {
+    let src = MongoServer::start(MongoOptions::default());
+    src.pymongo(
+        "client.shop.orders.insert_many([{'_id': i} for i in range(10)])\n\
+         client.shop.create_collection('odd', viewOn='orders', pipeline=[{'$fooStage': 1}])",
+    );
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    dump(&src.uri(), None, None, &mut bw, &LiveTask::default()).unwrap();
+    let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
+    let dst = MongoServer::start(MongoOptions::rust());
+    let e = mongo::restore::restore_dump(
+        &dst.uri(),
+        &r,
+        &man,
+        0,
+        &mongo::restore::RestoreInto::default(),
+        &LiveTask::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unsupported, "{e:?}");
+    assert!(
+        e.message.contains("view shop.odd") && e.message.contains("$fooStage"),
+        "{e}"
+    );
+}

@@ -386,13 +386,13 @@ pub fn restore_dump(
             err(
                 ErrorKind::Unsupported,
                 format!(
-                    "the target server could not create {kind} {}.{} as the source had it (does it support {}?): {}",
+                    "the target server refused to create {kind} {}.{} as the source defined it; it may lack a feature the source has ({}): {}",
                     e.db,
                     e.coll,
                     match kind {
-                        "view" => "views",
-                        "timeseries" => "time-series collections",
-                        _ => "the collection's options",
+                        "view" => "views, or a stage of the view's pipeline",
+                        "timeseries" => "time-series collections, or one of their options",
+                        _ => "one of the collection's options",
                     },
                     x.message
                 ),

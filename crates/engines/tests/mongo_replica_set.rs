@@ -41,7 +41,6 @@ fn dump(
         base: None,
         host_check: None,
         snapshot_at_for_tests: None,
-        split_bytes: None,
     };
     mongo::backup_replica_set(uri, &o, bw, live)
 }
@@ -664,7 +663,6 @@ fn a_backup_builds_on_the_previous_sets_dump() {
             base,
             host_check: None,
             snapshot_at_for_tests: None,
-            split_bytes: None,
         };
         let out = mongo::backup_replica_set(&src.uri(), &o, &mut bw, &LiveTask::default()).unwrap();
         let (_, m) = bw.finish(BTreeMap::new(), mongo::meta_of(&out)).unwrap();
@@ -984,67 +982,4 @@ fn a_target_lacking_a_feature_of_the_source_is_reported_by_name() {
         e.message.contains("view shop.odd") && e.message.contains("$fooStage"),
         "{e}"
     );
-}
-
-/// A large collection is read in `_id` ranges by several threads, bounded
-/// in index order so that `_id`s of every BSON type land in exactly one
-/// range; the pieces become one file in `_id` order, and the restore equals
-/// the source.
-#[test]
-fn a_large_collection_is_read_in_id_ranges_every_document_once() {
-    let src = MongoServer::start(MongoOptions::rust());
-    src.pymongo(
-        "import bson, datetime\n\
-         ids = list(range(3000)) + [str(i) for i in range(500)] + [i + 0.5 for i in range(300)]\n\
-         ids += [bson.ObjectId() for _ in range(300)] + [{'k': i} for i in range(100)] + [datetime.datetime(2020, 1, 1 + i % 28) + datetime.timedelta(seconds=i) for i in range(200)]\n\
-         ids += [None, True, False, bson.MinKey(), bson.MaxKey(), bson.Int64(2**40), bson.Decimal128('7.25')]\n\
-         client.shop.mixed.insert_many([{'_id': i, 'pad': 'x' * 200} for i in ids])\n\
-         client.shop.small.insert_one({'_id': 1})",
-    );
-    let total: usize = src
-        .pymongo("print(client.shop.mixed.count_documents({}))")
-        .parse()
-        .unwrap();
-    let d = tempfile::tempdir().unwrap();
-    let r = repo(d.path());
-    let mut bw = r.start_backup(2).unwrap();
-    let o = mongo::DumpOptions {
-        threads: 2,
-        split_bytes: Some(100_000),
-        ..Default::default()
-    };
-    let out = mongo::backup_replica_set(&src.uri(), &o, &mut bw, &LiveTask::default()).unwrap();
-    let (_, man) = bw.finish(BTreeMap::new(), mongo::meta_of(&out)).unwrap();
-    assert_eq!(out.split_collections, 1, "{out:?}");
-    let paths: Vec<&str> = man.archives[0]
-        .files
-        .iter()
-        .map(|f| f.path.as_str())
-        .collect();
-    assert!(paths.iter().all(|p| !p.contains("piece")), "{paths:?}");
-    assert!(
-        paths.contains(&"shop/mixed.bson") && paths.contains(&"shop/mixed.metadata.json"),
-        "{paths:?}"
-    );
-    let dumped = bson_docs(&read(&r, &man, "shop/mixed.bson"));
-    assert_eq!(dumped.len(), total);
-    let mut seen = std::collections::HashSet::new();
-    for doc in &dumped {
-        assert!(
-            seen.insert(format!("{:?}", doc.get("_id"))),
-            "read twice: {:?}",
-            doc.get("_id")
-        );
-    }
-    let dst = MongoServer::start(MongoOptions::rust());
-    mongo::restore::restore_dump(
-        &dst.uri(),
-        &r,
-        &man,
-        0,
-        &mongo::restore::RestoreInto::default(),
-        &LiveTask::default(),
-    )
-    .unwrap();
-    assert_eq!(content(&dst, &["shop"], &[]), content(&src, &["shop"], &[]));
 }

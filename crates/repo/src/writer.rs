@@ -471,47 +471,6 @@ impl BackupWriter {
         self.end_file()
     }
 
-    /// Joins files of an added archive into one: `into` gets the content
-    /// of `pieces`, in that order (their chunks, nothing copied), and the
-    /// pieces leave the archive. For one file written in pieces by several
-    /// threads at once (a large collection read in `_id` ranges).
-    pub fn join_files(
-        &mut self,
-        archive: &str,
-        pieces: &[String],
-        into: FileMeta,
-    ) -> Result<(), RepoError> {
-        let Some(a) = self.archives.iter_mut().find(|a| a.name == archive) else {
-            return Err(RepoError::Invalid(format!(
-                "no archive {archive:?} to join files in"
-            )));
-        };
-        if !stowage_core::manifest::is_safe_relative_path(&into.path) {
-            return Err(RepoError::Invalid(format!("unsafe path {:?}", into.path)));
-        }
-        let mut joined = FileEntry {
-            path: into.path,
-            kind: into.kind,
-            mode: into.mode,
-            uid: into.uid,
-            gid: into.gid,
-            mtime: into.mtime,
-            size: 0,
-            link_target: None,
-            chunks: Vec::new(),
-        };
-        for p in pieces {
-            let Some(i) = a.files.iter().position(|f| &f.path == p) else {
-                return Err(RepoError::Invalid(format!("no file {p:?} to join")));
-            };
-            let f = a.files.remove(i);
-            joined.size += f.size;
-            joined.chunks.extend(f.chunks);
-        }
-        a.files.push(joined);
-        Ok(())
-    }
-
     pub fn begin_file(&mut self, meta: FileMeta) -> Result<(), RepoError> {
         self.stream.begin_file(meta, &self.failure)
     }

@@ -93,8 +93,6 @@ pub struct MongoBackup {
     pub documents: u64,
     /// Entries in the set's oplog slice (from the dump's start).
     pub oplog_entries: u64,
-    /// Collections read in `_id` ranges by several threads.
-    pub split_collections: u64,
     /// BLAKE3 of the raw oplog entry at `end`: a later backup builds on
     /// this set only while the oplog still holds this very entry.
     pub end_hash: String,
@@ -131,9 +129,6 @@ pub struct DumpOptions<'a> {
     pub base: Option<&'a crate::BaseSet>,
     /// Every member the replica set advertises must pass it.
     pub host_check: Option<&'a crate::HostCheck>,
-    /// Collections at least this large are read in `_id` ranges by several
-    /// threads (default [`SPLIT_BYTES`]).
-    pub split_bytes: Option<u64>,
     /// Fault injection for tests: once snapshot reads are found to work,
     /// read at this time instead of the dump's start (one the server no
     /// longer keeps, as after a read longer than its history window).
@@ -650,40 +645,20 @@ impl ReadFail {
     }
 }
 
-/// An `_id` range of a collection in index order, across every BSON type
-/// (the index's own bounds, not a `$gte`/`$lt` filter, which would see only
-/// one type): from `min` (inclusive; `None`: the start) to `max`
-/// (exclusive; `None`: the end).
-#[derive(Debug, Clone, Default)]
-struct IdRange {
-    min: Option<Bson>,
-    max: Option<Bson>,
-}
-
-/// Reads every document of a collection, or of one `_id` range of it (at
-/// `at` with a snapshot session, else plainly), handing each to `each` as
-/// the raw bytes the server sent.
+/// Reads every document of a collection (at `at` with a snapshot session,
+/// else plainly), handing each to `each` as the raw bytes the server sent.
 fn read_docs(
     c: &Client,
     coll: &Coll,
-    range: Option<&IdRange>,
     at: Option<Timestamp>,
     each: &mut dyn FnMut(&RawDocument) -> Result<(), EngineError>,
 ) -> Result<(), ReadFail> {
     let col = c.database(&coll.db).collection::<Document>(&coll.name);
-    let mut opts = mongodb::options::FindOptions::builder()
-        .batch_size(1000)
-        .build();
-    if let Some(r) = range {
-        opts.hint = Some(mongodb::options::Hint::Keys(doc! {"_id": 1}));
-        opts.min = r.min.clone().map(|v| doc! {"_id": v});
-        opts.max = r.max.clone().map(|v| doc! {"_id": v});
-    }
     match at {
         None => {
             let mut cur = col
                 .find(doc! {})
-                .with_options(opts)
+                .batch_size(1000)
                 .run()
                 .map_err(ReadFail::Driver)?;
             while cur.advance().map_err(ReadFail::Driver)? {
@@ -699,7 +674,7 @@ fn read_docs(
                 .map_err(ReadFail::Driver)?;
             let mut cur = col
                 .find(doc! {})
-                .with_options(opts)
+                .batch_size(1000)
                 .session(&mut ses)
                 .run()
                 .map_err(ReadFail::Driver)?;
@@ -711,115 +686,57 @@ fn read_docs(
     Ok(())
 }
 
-/// A collection at least this large is read in `_id` ranges by several
-/// threads at once (each range its own piece, joined into one file).
-pub const SPLIT_BYTES: u64 = 64 << 20;
-
-/// Boundaries splitting a collection into about `pieces` `_id` ranges of
-/// similar size: a sorted random sample of its `_id`s (`$sample`, cheap on
-/// mongod), sorted by the server in index order. Empty: do not split.
-fn split_points(c: &Client, coll: &Coll, pieces: usize) -> Result<Vec<Bson>, EngineError> {
-    let cur = c
-        .database(&coll.db)
-        .collection::<Document>(&coll.name)
-        .aggregate(vec![
-            doc! {"$sample": {"size": (pieces * 20) as i64}},
-            doc! {"$project": {"_id": 1}},
-            doc! {"$sort": {"_id": 1}},
-        ])
-        .run()
-        .map_err(driver)?;
-    let mut ids = Vec::new();
-    for d in cur {
-        if let Some(id) = d.map_err(driver)?.get("_id") {
-            ids.push(id.clone());
-        }
-    }
-    let mut out: Vec<Bson> = Vec::new();
-    for i in 1..pieces {
-        let Some(b) = ids.get(i * ids.len() / pieces) else {
-            break;
-        };
-        if out.last() != Some(b) && ids.first() != Some(b) {
-            out.push(b.clone());
-        }
-    }
-    Ok(out)
-}
-
-/// One unit of the dump: a collection, or one `_id` range of a large one.
-struct Work {
-    coll: usize,
-    /// The range and the piece's file; `None`: the whole collection and
-    /// its metadata.
-    piece: Option<(IdRange, String)>,
-    size: u64,
-}
-
-/// Writes a collection's documents (or one `_id` range of them) as read
-/// into the file `path`. A snapshot read the server gives up on is
-/// started over without one (and snapshot reads are off for the rest of
-/// the dump).
-#[allow(clippy::too_many_arguments)]
-fn dump_docs(
+/// Writes one collection: documents as read, then its metadata. A snapshot
+/// read the server gives up on is started over without one (and snapshot
+/// reads are off for the rest of the dump).
+fn dump_collection(
     c: &Client,
     coll: &Coll,
-    range: Option<&IdRange>,
-    path: String,
     w: &mut ArchiveWriter,
     live: &LiveTask,
     docs: &AtomicU64,
     limit: &RateLimit,
     snap: &SnapshotReads,
 ) -> Result<(), EngineError> {
-    loop {
-        let at = snap.at();
-        w.begin_file(file(path.clone()))?;
-        let (mut n, mut bytes_read) = (0u64, 0u64);
-        let res = read_docs(c, coll, range, at, &mut |raw| {
-            let bytes = raw.as_bytes();
-            w.write(bytes)?;
-            live.bytes_done
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            docs.fetch_add(1, Ordering::Relaxed);
-            (n, bytes_read) = (n + 1, bytes_read + bytes.len() as u64);
-            limit.consume(bytes.len() as u64, live);
-            if live.is_cancelled() {
-                return Err(err(ErrorKind::Cancelled, "cancelled"));
-            }
-            Ok(())
-        });
-        match res {
-            Ok(()) => break,
-            Err(e) if at.is_some() && e.snapshot_gone() => {
-                w.discard_file();
-                live.bytes_done.fetch_sub(bytes_read, Ordering::Relaxed);
-                docs.fetch_sub(n, Ordering::Relaxed);
-                snap.turn_off(format!(
-                    "the server gave up the snapshot while {}.{} was read ({}); it was read again without",
-                    coll.db,
-                    coll.name,
-                    e.into_engine().message
-                ));
-            }
-            Err(e) => return Err(e.into_engine()),
-        }
-    }
-    w.end_file()?;
-    Ok(())
-}
-
-/// The path of a collection's files in the archive, without extension.
-fn coll_path(coll: &Coll) -> String {
-    format!("{}/{}", escape(&coll.db), escape(&coll.name))
-}
-
-/// Writes a collection's (or view's) metadata: its options and indexes.
-fn dump_meta(c: &Client, coll: &Coll, w: &mut ArchiveWriter) -> Result<(), EngineError> {
+    let base = format!("{}/{}", escape(&coll.db), escape(&coll.name));
+    let d = c.database(&coll.db);
     let mut indexes = Vec::new();
     if coll.kind != "view" {
-        let ic = c
-            .database(&coll.db)
+        loop {
+            let at = snap.at();
+            w.begin_file(file(format!("{base}.bson")))?;
+            let (mut n, mut bytes_read) = (0u64, 0u64);
+            let res = read_docs(c, coll, at, &mut |raw| {
+                let bytes = raw.as_bytes();
+                w.write(bytes)?;
+                live.bytes_done
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                docs.fetch_add(1, Ordering::Relaxed);
+                (n, bytes_read) = (n + 1, bytes_read + bytes.len() as u64);
+                limit.consume(bytes.len() as u64, live);
+                if live.is_cancelled() {
+                    return Err(err(ErrorKind::Cancelled, "cancelled"));
+                }
+                Ok(())
+            });
+            match res {
+                Ok(()) => break,
+                Err(e) if at.is_some() && e.snapshot_gone() => {
+                    w.discard_file();
+                    live.bytes_done.fetch_sub(bytes_read, Ordering::Relaxed);
+                    docs.fetch_sub(n, Ordering::Relaxed);
+                    snap.turn_off(format!(
+                        "the server gave up the snapshot while {}.{} was read ({}); it was read again without",
+                        coll.db,
+                        coll.name,
+                        e.into_engine().message
+                    ));
+                }
+                Err(e) => return Err(e.into_engine()),
+            }
+        }
+        w.end_file()?;
+        let ic = d
             .collection::<Document>(&coll.name)
             .list_indexes()
             .run()
@@ -837,7 +754,7 @@ fn dump_meta(c: &Client, coll: &Coll, w: &mut ArchiveWriter) -> Result<(), Engin
     // Canonical extended JSON keeps every BSON type of options and indexes
     // (mongodump's metadata.json is the same).
     let json = Bson::Document(meta).into_canonical_extjson().to_string();
-    w.begin_file(file(format!("{}.metadata.json", coll_path(coll))))?;
+    w.begin_file(file(format!("{base}.metadata.json")))?;
     w.write(json.as_bytes())?;
     w.end_file()?;
     Ok(())
@@ -900,60 +817,12 @@ pub fn backup_replica_set(
         .store(colls.iter().map(|c| c.size).sum(), Ordering::Relaxed);
     live.set_state(TaskState::Running);
 
-    // Collections from a shared queue, largest first, one archive writer
-    // per thread; their files land in the same archive. A large collection
-    // is read in `_id` ranges by several threads, each range its own piece,
-    // joined into one file afterwards.
+    // Collections from a shared queue, one archive writer per thread; their
+    // files land in the same archive.
+    let queue = Mutex::new(colls.clone());
     let docs = AtomicU64::new(0);
     let limit = RateLimit::new(o.max_rate_kbps);
-    let threads = o.threads.clamp(1, 16);
-    let split_at = o.split_bytes.unwrap_or(SPLIT_BYTES).max(1);
-    let mut work = Vec::new();
-    let mut joins: Vec<(usize, Vec<String>)> = Vec::new();
-    for (i, coll) in colls.iter().enumerate() {
-        if threads > 1 && coll.kind == "collection" && coll.size >= split_at {
-            let want = ((coll.size / split_at) as usize + 1).clamp(2, threads * 4);
-            match split_points(&c, coll, want) {
-                Ok(points) if !points.is_empty() => {
-                    let mut bounds: Vec<Option<Bson>> = vec![None];
-                    bounds.extend(points.into_iter().map(Some));
-                    bounds.push(None);
-                    let n = bounds.len() - 1;
-                    let mut names = Vec::new();
-                    for (k, pair) in bounds.windows(2).enumerate() {
-                        let name = format!("{}.bson.piece-{k:05}", coll_path(coll));
-                        let range = IdRange {
-                            min: pair[0].clone(),
-                            max: pair[1].clone(),
-                        };
-                        work.push(Work {
-                            coll: i,
-                            piece: Some((range, name.clone())),
-                            size: coll.size / n as u64,
-                        });
-                        names.push(name);
-                    }
-                    joins.push((i, names));
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::info!(
-                    collection = %format!("{}.{}", coll.db, coll.name),
-                    error = %e.message,
-                    "not splitting a large collection: no sample of its _ids"
-                ),
-            }
-        }
-        work.push(Work {
-            coll: i,
-            piece: None,
-            size: coll.size,
-        });
-    }
-    // Popped from the end: the largest first, so the threads finish together.
-    work.sort_by_key(|w| w.size);
-    let threads = threads.min(work.len().max(1));
-    let queue = Mutex::new(work);
+    let threads = o.threads.clamp(1, 16).min(colls.len().max(1));
     let mut writers: Vec<ArchiveWriter> = (0..threads)
         .map(|_| writer.archive_writer(archive, None))
         .collect();
@@ -961,7 +830,6 @@ pub fn backup_replica_set(
     for db in &databases {
         writers[0].add_entry(dir(escape(db)))?;
     }
-    let colls_ref = &colls;
     let results: Vec<Result<ArchiveWriter, EngineError>> = std::thread::scope(|s| {
         let handles: Vec<_> = writers
             .drain(..)
@@ -970,32 +838,10 @@ pub fn backup_replica_set(
                 s.spawn(move || -> Result<ArchiveWriter, EngineError> {
                     loop {
                         let next = queue.lock().expect("queue").pop();
-                        let Some(job) = next else {
+                        let Some(coll) = next else {
                             return Ok(w);
                         };
-                        let coll = &colls_ref[job.coll];
-                        match &job.piece {
-                            Some((range, name)) => dump_docs(
-                                c,
-                                coll,
-                                Some(range),
-                                name.clone(),
-                                &mut w,
-                                live,
-                                docs,
-                                limit,
-                                snap,
-                            )?,
-                            None => {
-                                if coll.kind != "view" {
-                                    let path = format!("{}.bson", coll_path(coll));
-                                    dump_docs(
-                                        c, coll, None, path, &mut w, live, docs, limit, snap,
-                                    )?;
-                                }
-                                dump_meta(c, coll, &mut w)?;
-                            }
-                        }
+                        dump_collection(c, &coll, &mut w, live, docs, limit, snap)?;
                     }
                 })
             })
@@ -1008,22 +854,6 @@ pub fn backup_replica_set(
     }
     for w in done {
         writer.add_archive(w)?;
-    }
-    // The pieces of each split collection become its one file, in `_id`
-    // order; then its metadata.
-    if !joins.is_empty() {
-        let mut w = writer.archive_writer(archive, None);
-        for (i, _) in &joins {
-            dump_meta(&c, &colls[*i], &mut w).map_err(mid_backup)?;
-        }
-        writer.add_archive(w)?;
-        for (i, names) in &joins {
-            writer.join_files(
-                archive,
-                names,
-                file(format!("{}.bson", coll_path(&colls[*i]))),
-            )?;
-        }
     }
 
     // The oplog from start to an end after the dump, never splitting a
@@ -1044,7 +874,6 @@ pub fn backup_replica_set(
         databases: databases.into_iter().collect(),
         documents: docs.load(Ordering::Relaxed),
         oplog_entries: copied.entries,
-        split_collections: joins.len() as u64,
         end_hash,
         dump: DumpSource {
             started_ms: dump_ms,
@@ -1264,7 +1093,6 @@ fn backup_on_base(
         databases: databases.into_iter().collect(),
         documents: n("documents"),
         oplog_entries: n("oplog_entries") + copied.entries,
-        split_collections: 0,
         end_hash,
         dump: DumpSource {
             started_ms: r.dump_ms,
@@ -1463,7 +1291,6 @@ pub fn meta_of(out: &MongoBackup) -> serde_json::Value {
         "databases": out.databases,
         "documents": out.documents,
         "oplog_entries": out.oplog_entries,
-        "split_collections": out.split_collections,
         "layout": "mongodump",
     })
 }
@@ -1583,7 +1410,6 @@ impl crate::Engine for MongoLogical {
                 base: opts.base.as_ref(),
                 host_check: conn.host_check.as_ref(),
                 snapshot_at_for_tests: None,
-                split_bytes: None,
             },
             writer,
             live,

@@ -887,6 +887,29 @@ fn an_expired_snapshot_is_read_again_and_members_are_checked() {
         ..Default::default()
     };
     mongo::backup_replica_set(&m.uri(), &o, &mut bw, &LiveTask::default()).unwrap();
+    drop(bw);
+    // Members are checked again when the dump ends (a reconfiguration may
+    // have added one): here the rules change under the backup, after the
+    // three checks before it connects (seed, advertised, connected).
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c2 = calls.clone();
+    let later = stowage_engines::HostCheck(Arc::new(move |_: &str, _: u16| {
+        if c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
+            Ok(())
+        } else {
+            Err("not on the list any more".to_string())
+        }
+    }));
+    let mut bw = r.start_backup(2).unwrap();
+    let o = mongo::DumpOptions {
+        threads: 2,
+        host_check: Some(&later),
+        ..Default::default()
+    };
+    let e = mongo::backup_replica_set(&m.uri(), &o, &mut bw, &LiveTask::default()).unwrap_err();
+    assert!(e.message.contains("not on the list any more"), "{e}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+    drop(bw);
     // A restore checks the target's members before writing anything.
     let dst = MongoServer::start(MongoOptions::rust());
     let ro = mongo::restore::RestoreInto {

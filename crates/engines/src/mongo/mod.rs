@@ -794,7 +794,9 @@ pub fn backup_replica_set(
     let mut why_new = None;
     if let Some(b) = o.base {
         match plan_reuse(&c, b, set_name, archive, writer)? {
-            Ok(r) => return backup_on_base(&c, f, ends, r, archive, writer, live),
+            Ok(r) => {
+                return backup_on_base(&c, f, ends, r, archive, writer, live, o.host_check);
+            }
             Err(why) => {
                 tracing::info!(base = b.id, reason = %why, "taking a new dump");
                 why_new = Some(format!("set {} not built on: {why}", b.id));
@@ -864,7 +866,15 @@ pub fn backup_replica_set(
     let copied = copy_oplog(&c, start, &mut end, &mut w).map_err(mid_backup)?;
     w.end_file()?;
     writer.add_archive(w)?;
-    let end_hash = close_slice(&c, ends, start, "the entry the dump started at", end, live)?;
+    let end_hash = close_slice(
+        &c,
+        ends,
+        start,
+        "the entry the dump started at",
+        end,
+        live,
+        o.host_check,
+    )?;
     databases.extend(copied.databases);
     Ok(MongoBackup {
         facts: f,
@@ -895,8 +905,14 @@ fn close_slice(
     what: &str,
     end: Timestamp,
     live: &LiveTask,
+    host_check: Option<&crate::HostCheck>,
 ) -> Result<String, EngineError> {
     check_window(c, ends, from, what)?;
+    // A member added by a reconfiguration while the backup ran must pass
+    // too, or no set is made of what was read.
+    if host_check.is_some() {
+        check_members(&facts(c).map_err(mid_backup)?.members, host_check)?;
+    }
     let end_hash = entry_hash(c, end).map_err(mid_backup)?.unwrap_or_default();
     live.set_state(TaskState::Finishing);
     live.set_state(TaskState::Finished);
@@ -1045,6 +1061,7 @@ fn plan_reuse<'a>(
 
 /// A backup on a base set: its dump by reference, its oplog slice
 /// continued from where it ended to now (never splitting a transaction).
+#[allow(clippy::too_many_arguments)]
 fn backup_on_base(
     c: &Client,
     f: MongoFacts,
@@ -1053,6 +1070,7 @@ fn backup_on_base(
     archive: &str,
     writer: &mut BackupWriter,
     live: &LiveTask,
+    host_check: Option<&crate::HostCheck>,
 ) -> Result<MongoBackup, EngineError> {
     let reused: u64 = r.archive.files.iter().map(|f| f.size).sum();
     live.bytes_total.store(reused, Ordering::Relaxed);
@@ -1074,6 +1092,7 @@ fn backup_on_base(
         &format!("the end of set {}", r.base),
         end,
         live,
+        host_check,
     )?;
     let n = |k: &str| r.meta.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     let mut databases: BTreeSet<String> = r

@@ -289,3 +289,10 @@ impl Drop for Stowage {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A command that must end with exit `code`, saying `needle` on stderr.
+pub fn assert_fails(o: &Output, code: i32, needle: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{e}");
+    assert!(e.contains(needle), "expected {needle:?} in: {e}");
+}

@@ -2,7 +2,7 @@
 //! string (never a password in it), checked, backed up into a set whose
 //! consistent point is an oplog timestamp.
 
-use crate::harness::{Stowage, stderr};
+use crate::harness::{Stowage, assert_fails, stderr};
 use stowage_testkit::{MongoOptions, MongoServer};
 
 #[test]
@@ -44,12 +44,7 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
         "--sslmode",
         "verify-full",
     ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("TLS in its connection string"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails(&o, 2, "TLS in its connection string");
     // Unreachable: refused at registration with the database's reason.
     let o = s.cli(&[
         "instance",
@@ -183,12 +178,7 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
         "--rename-db",
         "shop=shop2",
     ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("already holds database"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails(&o, 1, "already holds database");
     s.ok(&[
         "restore",
         &set_id,

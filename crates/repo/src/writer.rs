@@ -650,6 +650,15 @@ impl ArchiveWriter {
     /// read that must start over (a MongoDB snapshot read the server gave up).
     pub fn discard_file(&mut self) {
         self.stream.chunker.reset();
+        // Its chunks are not part of the set (those it stored stay counted
+        // as stored).
+        let named = self.stream.dedup.ids.len()
+            + self.stream.current.as_ref().map_or(0, |f| f.chunks.len());
+        self.stream
+            .dedup
+            .stats
+            .chunks_total
+            .fetch_sub(named as u64, Ordering::Relaxed);
         self.stream.dedup.ids.clear();
         self.stream.current = None;
     }

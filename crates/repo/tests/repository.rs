@@ -567,6 +567,8 @@ fn files_of_an_earlier_set_are_reused_and_continued() {
         .map(|f| f.path.as_str())
         .collect();
     assert_eq!(paths, ["docs", "log"]);
+    // The summary counts the chunks the set names, not the discarded ones.
+    assert_eq!(m.summary.chunks_total, m.chunk_ids().count() as u64);
     // Only the appended bytes (and the abandoned file's) were new.
     assert!(
         m.summary.bytes_stored_new < 60_000 + 110_000,

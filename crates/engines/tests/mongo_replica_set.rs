@@ -45,6 +45,21 @@ fn dump(
     mongo::backup_replica_set(uri, &o, bw, live)
 }
 
+/// A fresh server (`server`) and the restore of the set's archive into it.
+fn restore_fresh(
+    r: &Arc<Repository>,
+    man: &stowage_core::manifest::Manifest,
+    server: MongoOptions,
+    o: &mongo::restore::RestoreInto,
+) -> (
+    MongoServer,
+    Result<mongo::restore::RestoreStats, stowage_engines::EngineError>,
+) {
+    let dst = MongoServer::start(server);
+    let res = mongo::restore::restore_dump(&dst.uri(), r, man, 0, o, &LiveTask::default());
+    (dst, res)
+}
+
 /// Splits concatenated BSON into documents (each starts with its length).
 fn bson_docs(mut b: &[u8]) -> Vec<bson::Document> {
     let mut out = Vec::new();
@@ -442,16 +457,8 @@ fn restore_replays_the_oplog_to_the_consistent_point() {
             "{digest}print(digest({{c: {{d['_id']: d for d in client.bank[c].find()}} for c in ['accounts', 'log']}}))"
         ))
     };
-    let dst = MongoServer::start(MongoOptions::default());
-    let st = mongo::restore::restore_dump(
-        &dst.uri(),
-        &r,
-        &man,
-        0,
-        &Default::default(),
-        &LiveTask::default(),
-    )
-    .unwrap();
+    let (dst, st) = restore_fresh(&r, &man, MongoOptions::default(), &Default::default());
+    let st = st.unwrap();
     assert!(st.oplog_applied > 0, "{st:?}");
     assert_eq!(
         dst.pymongo("print(sum(a['balance'] for a in client.bank.accounts.find()))"),
@@ -568,16 +575,8 @@ fn collmod_and_dropdatabase_during_the_backup_are_replayed() {
     ddl.unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
     assert!(out.oplog_entries >= 3, "{out:?}");
-    let dst = MongoServer::start(MongoOptions::default());
-    let st = mongo::restore::restore_dump(
-        &dst.uri(),
-        &r,
-        &man,
-        0,
-        &Default::default(),
-        &LiveTask::default(),
-    )
-    .unwrap();
+    let (dst, st) = restore_fresh(&r, &man, MongoOptions::default(), &Default::default());
+    let st = st.unwrap();
     assert!(st.oplog_applied >= 3, "{st:?}");
     assert_eq!(
         dst.pymongo(
@@ -737,14 +736,12 @@ fn a_backup_builds_on_the_previous_sets_dump() {
         third.databases
     );
     let source = content(&src, &["shop", "later", "moved"], &[]);
-    let dst = MongoServer::start(MongoOptions::default());
     let o = mongo::restore::RestoreInto {
-        rename: Default::default(),
-        drop: false,
         threads: 2,
         ..Default::default()
     };
-    mongo::restore::restore_dump(&dst.uri(), &r, &m3, 0, &o, &LiveTask::default()).unwrap();
+    let (dst, res) = restore_fresh(&r, &m3, MongoOptions::default(), &o);
+    res.unwrap();
     assert_eq!(content(&dst, &["shop", "later", "moved"], &[]), source);
     assert!(source.contains("moved.c collection 1 "), "{source}");
     assert!(source.contains("later.x collection 1 "), "{source}");
@@ -911,13 +908,12 @@ fn an_expired_snapshot_is_read_again_and_members_are_checked() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
     drop(bw);
     // A restore checks the target's members before writing anything.
-    let dst = MongoServer::start(MongoOptions::rust());
     let ro = mongo::restore::RestoreInto {
         host_check: Some(deny.clone()),
         ..Default::default()
     };
-    let e = mongo::restore::restore_dump(&dst.uri(), &r, &man, 0, &ro, &LiveTask::default())
-        .unwrap_err();
+    let (dst, res) = restore_fresh(&r, &man, MongoOptions::rust(), &ro);
+    let e = res.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Permission, "{e:?}");
     let dbs = dst.pymongo("print(client.list_database_names())");
     assert!(!dbs.contains("shop"), "{dbs}");
@@ -990,16 +986,8 @@ fn a_target_lacking_a_feature_of_the_source_is_reported_by_name() {
     let mut bw = r.start_backup(2).unwrap();
     dump(&src.uri(), None, None, &mut bw, &LiveTask::default()).unwrap();
     let (_, man) = bw.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
-    let dst = MongoServer::start(MongoOptions::rust());
-    let e = mongo::restore::restore_dump(
-        &dst.uri(),
-        &r,
-        &man,
-        0,
-        &mongo::restore::RestoreInto::default(),
-        &LiveTask::default(),
-    )
-    .unwrap_err();
+    let (_dst, res) = restore_fresh(&r, &man, MongoOptions::rust(), &Default::default());
+    let e = res.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported, "{e:?}");
     assert!(
         e.message.contains("view shop.odd") && e.message.contains("$fooStage"),

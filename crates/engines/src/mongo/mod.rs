@@ -951,6 +951,11 @@ fn entry_hash(c: &Client, ts: Timestamp) -> Result<Option<String>, EngineError> 
     Ok(e.map(|e| blake3::hash(e.as_bytes()).to_hex().to_string()))
 }
 
+/// A count a set's `engine_meta` records (0 when absent).
+fn meta_u64(m: &serde_json::Value, k: &str) -> u64 {
+    m.get(k).and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
 /// What a backup reuses from its base set.
 struct Reuse<'a> {
     base: i64,
@@ -1006,7 +1011,7 @@ fn plan_reuse<'a>(
         .filter(|f| f.path.ends_with(".bson") && f.path != "oplog.bson")
         .map(|f| f.size)
         .sum();
-    let n = |k: &str| m.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let n = |k: &str| meta_u64(m, k);
     let age = DumpAge {
         age_ms: stowage_repo::lock::now_ms() - dump_ms,
         dump_bytes,
@@ -1094,7 +1099,7 @@ fn backup_on_base(
         live,
         host_check,
     )?;
-    let n = |k: &str| r.meta.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let n = |k: &str| meta_u64(r.meta, k);
     let mut databases: BTreeSet<String> = r
         .meta
         .get("databases")

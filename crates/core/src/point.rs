@@ -27,6 +27,13 @@ pub enum ConsistentPoint {
         #[serde(default)]
         replica_set: Option<String>,
     },
+    /// MongoDB sharded cluster: every shard (and the config servers) as of
+    /// one cluster time.
+    ClusterTime {
+        cluster_time: OplogTs,
+        /// The replica sets restored to it, shards first.
+        parts: Vec<String>,
+    },
 }
 
 impl ConsistentPoint {
@@ -56,6 +63,18 @@ impl std::fmt::Display for ConsistentPoint {
                 }
                 Ok(())
             }
+            ConsistentPoint::ClusterTime {
+                cluster_time,
+                parts,
+            } => {
+                write!(
+                    f,
+                    "cluster time {}:{} of {} replica sets",
+                    cluster_time.t,
+                    cluster_time.i,
+                    parts.len()
+                )
+            }
         }
     }
 }
@@ -76,5 +95,10 @@ mod tests {
         assert_eq!(p.to_json(), op);
         assert_eq!(p.to_string(), "oplog 1764500000:3 of rs0");
         assert!(ConsistentPoint::from_json(&json!({"gtid": "x"})).is_none());
+        let ct = json!({"cluster_time": {"t": 5, "i": 2}, "parts": ["dds-a_0", "dds-a_config"]});
+        let p = ConsistentPoint::from_json(&ct).unwrap();
+        assert!(matches!(p, ConsistentPoint::ClusterTime { .. }));
+        assert_eq!(p.to_json(), ct);
+        assert_eq!(p.to_string(), "cluster time 5:2 of 2 replica sets");
     }
 }

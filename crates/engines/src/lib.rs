@@ -160,6 +160,9 @@ pub struct RestoreIntoOptions {
     pub rename: std::collections::BTreeMap<String, String>,
     /// Drop target databases that exist already (otherwise refused).
     pub drop: bool,
+    /// Restore only this part of the set (a shard's id): into a replica
+    /// set, or the same part of a cluster.
+    pub part: Option<String>,
 }
 
 /// What a finished backup stream established.

@@ -1500,7 +1500,11 @@ impl Service {
             runner::JobWork::RestoreInto {
                 set: Box::new(set),
                 spec: Box::new(spec),
-                opts: stowage_engines::RestoreIntoOptions { rename, drop },
+                opts: stowage_engines::RestoreIntoOptions {
+                    rename,
+                    drop,
+                    part: None,
+                },
             },
         );
         Ok(job)

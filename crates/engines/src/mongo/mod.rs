@@ -25,6 +25,7 @@ use crate::{EngineError, ErrorKind};
 
 pub mod oplog;
 pub mod restore;
+pub mod sharded;
 use mongodb::bson::{Bson, Document, RawDocument, Timestamp, doc};
 use mongodb::options::ClientOptions;
 use mongodb::sync::Client;
@@ -467,17 +468,35 @@ fn dir(path: String) -> FileMeta {
     }
 }
 
-fn collections(c: &Client) -> Result<Vec<Coll>, EngineError> {
+/// Whether a collection is the server's own state, never backed up or
+/// replayed: users and roles (`admin.system.*`), sessions, transactions and
+/// caches of `config`, anything of `local`.
+pub fn internal_collection(db: &str, coll: &str) -> bool {
+    match db {
+        "local" => true,
+        "admin" => coll.starts_with("system."),
+        "config" => {
+            coll.starts_with("system.")
+                || coll.starts_with("cache.")
+                || ["transactions", "image_collection"].contains(&coll)
+        }
+        _ => false,
+    }
+}
+
+/// The collections to dump: every database but `local`, and `config` only
+/// where it holds a cluster's metadata (`config_db`: the config servers).
+fn collections(c: &Client, config_db: bool) -> Result<Vec<Coll>, EngineError> {
     let mut out = Vec::new();
     for db in c.list_database_names().run().map_err(driver)? {
-        if db == "local" || db == "config" {
+        if db == "local" || (db == "config" && !config_db) {
             continue;
         }
         let d = c.database(&db);
         let cur = d.list_collections().run().map_err(driver)?;
         for spec in cur {
             let spec = spec.map_err(driver)?;
-            if db == "admin" && spec.name.starts_with("system.") {
+            if internal_collection(&db, &spec.name) {
                 continue;
             }
             let kind = match spec.collection_type {
@@ -762,9 +781,9 @@ fn dump_collection(
 
 /// Backs up a replica set into one archive of `writer` (see
 /// [`DumpOptions`]). Moves `live` to checking, then opens a part of it
-/// named after the replica set (the sharded engine opens one per shard) and
-/// moves that through preparing and running to finished; the caller
-/// finishes the set.
+/// named after the replica set and moves that through preparing and
+/// running to finished; the caller finishes the set. (A sharded cluster
+/// runs the same phases per shard: `sharded.rs`.)
 ///
 /// With a base set whose dump can be reused ([`redump_reason`], the oplog
 /// still holding the very entry the base ended at), the new set takes the
@@ -778,145 +797,230 @@ pub fn backup_replica_set(
 ) -> Result<MongoBackup, EngineError> {
     live.set_state(TaskState::Checking);
     let (c, f) = connect_checked(uri, o.host_check)?;
-    let Some(set_name) = &f.set_name else {
-        return Err(err(
-            ErrorKind::Unsupported,
-            "this MongoDB server is standalone (no replica set, no oplog): a consistent online backup needs a replica set",
-        ));
+    let set_name = replica_set_name(&f)?;
+    let archive = o.archive.map_or_else(|| escape(&set_name), str::to_string);
+    let part = live.add_part(&set_name);
+    part.set_state(TaskState::Checking);
+    let rs = ReplicaSet {
+        c,
+        f,
+        archive,
+        part,
+        config_db: false,
     };
-    let archive = o.archive.map_or_else(|| escape(set_name), str::to_string);
-    let archive = archive.as_str();
-    let part = live.add_part(set_name);
-    let live = &*part;
-    live.set_state(TaskState::Checking);
-    live.set_state(TaskState::Preparing);
-    let ends = OplogEnds::probe(&c)?;
-    let mut why_new = None;
-    if let Some(b) = o.base {
-        match plan_reuse(&c, b, set_name, archive, writer)? {
-            Ok(r) => {
-                return backup_on_base(&c, f, ends, r, archive, writer, live, o.host_check);
-            }
-            Err(why) => {
-                tracing::info!(base = b.id, reason = %why, "taking a new dump");
-                why_new = Some(format!("set {} not built on: {why}", b.id));
-            }
-        }
-    }
-    let dump_ms = stowage_repo::lock::now_ms();
-    let start = ends.newest(&c)?.ok_or_else(|| {
-        err(
-            ErrorKind::Unsupported,
-            "the server's oplog (local.oplog.rs) is empty or missing",
-        )
-    })?;
-    let colls = collections(&c)?;
-    let snap = SnapshotReads::probe(&c, start, &colls)?;
-    if let (Some(t), Some(_)) = (o.snapshot_at_for_tests, snap.at()) {
-        *snap.at.lock().expect("snapshot") = Some(t);
-    }
-    live.bytes_total
-        .store(colls.iter().map(|c| c.size).sum(), Ordering::Relaxed);
-    live.set_state(TaskState::Running);
-
-    // Collections from a shared queue, one archive writer per thread; their
-    // files land in the same archive.
-    let queue = Mutex::new(colls.clone());
-    let docs = AtomicU64::new(0);
-    let limit = RateLimit::new(o.max_rate_kbps);
-    let threads = o.threads.clamp(1, 16).min(colls.len().max(1));
-    let mut writers: Vec<ArchiveWriter> = (0..threads)
-        .map(|_| writer.archive_writer(archive, None))
-        .collect();
-    let mut databases: BTreeSet<String> = colls.iter().map(|c| c.db.clone()).collect();
-    for db in &databases {
-        writers[0].add_entry(dir(escape(db)))?;
-    }
-    let results: Vec<Result<ArchiveWriter, EngineError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = writers
-            .drain(..)
-            .map(|mut w| {
-                let (c, queue, docs, limit, snap) = (&c, &queue, &docs, &limit, &snap);
-                s.spawn(move || -> Result<ArchiveWriter, EngineError> {
-                    loop {
-                        let next = queue.lock().expect("queue").pop();
-                        let Some(coll) = next else {
-                            return Ok(w);
-                        };
-                        dump_collection(c, &coll, &mut w, live, docs, limit, snap)?;
-                    }
-                })
-            })
-            .collect();
-        join_all(handles, "a dump thread")
-    });
-    let mut done = Vec::new();
-    for r in results {
-        done.push(r.map_err(mid_backup)?);
-    }
-    for w in done {
+    let d = rs.dump(o, writer)?;
+    let end = d.dump_end;
+    let (out, writers) = rs.capture(d, end, o.host_check, writer)?;
+    for w in writers {
         writer.add_archive(w)?;
     }
+    rs.part.set_state(TaskState::Finishing);
+    rs.part.set_state(TaskState::Finished);
+    Ok(out.backup)
+}
 
-    // The oplog from start to an end after the dump, never splitting a
-    // transaction, and still holding start.
-    let mut end = ends.newest(&c).map_err(mid_backup)?.unwrap_or(start);
-    let mut w = writer.archive_writer(archive, None);
-    w.begin_file(file("oplog.bson".into()))?;
-    let copied = copy_oplog(&c, start, &mut end, &mut w).map_err(mid_backup)?;
-    w.end_file()?;
-    writer.add_archive(w)?;
-    let end_hash = close_slice(
-        &c,
-        ends,
-        start,
-        "the entry the dump started at",
-        end,
-        live,
-        o.host_check,
-    )?;
-    databases.extend(copied.databases);
-    Ok(MongoBackup {
-        facts: f,
-        end,
-        start,
-        collections: colls.len() as u64,
-        databases: databases.into_iter().collect(),
-        documents: docs.load(Ordering::Relaxed),
-        oplog_entries: copied.entries,
-        end_hash,
-        dump: DumpSource {
-            started_ms: dump_ms,
-            reused_from: None,
-            why_new,
-            snapshot_reads: snap.at().is_some(),
-            why_no_snapshot: snap.why_not.into_inner().expect("snapshot"),
-        },
+/// The replica-set name a consistent backup needs (a standalone server
+/// has no oplog).
+pub(crate) fn replica_set_name(f: &MongoFacts) -> Result<String, EngineError> {
+    f.set_name.clone().ok_or_else(|| {
+        err(
+            ErrorKind::Unsupported,
+            "this MongoDB server is standalone (no replica set, no oplog): a consistent online backup needs a replica set",
+        )
     })
 }
 
-/// Ends a part once its oplog slice from `from` to `end` is copied: checks
-/// the oplog still holds `from` (`what` names it), fingerprints the entry
-/// at `end` (what a later backup builds on) and finishes the part.
-fn close_slice(
-    c: &Client,
+/// One replica set being backed up (a whole instance, or a shard or the
+/// config servers of a cluster): its client, facts, archive and part.
+pub(crate) struct ReplicaSet {
+    pub(crate) c: Client,
+    pub(crate) f: MongoFacts,
+    /// The archive its files go in.
+    pub(crate) archive: String,
+    pub(crate) part: std::sync::Arc<LiveTask>,
+    /// A cluster's config servers: their `config` database is dumped too.
+    pub(crate) config_db: bool,
+}
+
+/// A replica set's dump, taken or reused, before its oplog slice is
+/// captured ([`ReplicaSet::capture`]).
+pub(crate) struct Dumped {
     ends: OplogEnds,
+    /// The newest oplog entry when the dump began.
+    start: Timestamp,
+    /// The slice is captured from here: `start`, or the base set's end.
     from: Timestamp,
-    what: &str,
-    end: Timestamp,
-    live: &LiveTask,
-    host_check: Option<&crate::HostCheck>,
-) -> Result<String, EngineError> {
-    check_window(c, ends, from, what)?;
-    // A member added by a reconfiguration while the backup ran must pass
-    // too, or no set is made of what was read.
-    if host_check.is_some() {
-        check_members(&facts(c).map_err(mid_backup)?.members, host_check)?;
+    /// What `from` is, for the overrun message.
+    from_what: String,
+    /// The newest oplog entry once the dump was read.
+    pub(crate) dump_end: Timestamp,
+    collections: u64,
+    databases: BTreeSet<String>,
+    documents: u64,
+    /// Oplog entries already in the slice continued (a reused base's).
+    oplog_entries: u64,
+    /// The base set's oplog slice, continued rather than begun.
+    continued: Option<stowage_core::manifest::FileEntry>,
+    dump: DumpSource,
+    /// Writers holding the dump's files, added to the set after the slice.
+    writers: Vec<ArchiveWriter>,
+}
+
+/// A replica set's finished backup and its slice's details.
+pub(crate) struct Captured {
+    pub(crate) backup: MongoBackup,
+    /// Transactions the slice holds past the `end` it was asked for (an
+    /// `end` would have split them): a restore to that `end` leaves them out.
+    pub(crate) txns_after: Vec<String>,
+}
+
+impl ReplicaSet {
+    /// Takes the dump (or reuses the base set's), moving the part to
+    /// running.
+    pub(crate) fn dump(
+        &self,
+        o: &DumpOptions,
+        writer: &BackupWriter,
+    ) -> Result<Dumped, EngineError> {
+        let (c, live, archive) = (&self.c, &*self.part, self.archive.as_str());
+        let set_name = replica_set_name(&self.f)?;
+        live.set_state(TaskState::Preparing);
+        let ends = OplogEnds::probe(c)?;
+        let mut why_new = None;
+        if let Some(b) = o.base {
+            match plan_reuse(c, b, &set_name, archive, writer)? {
+                Ok(r) => return reuse_dump(c, ends, r, archive, writer, live),
+                Err(why) => {
+                    tracing::info!(base = b.id, part = archive, reason = %why, "taking a new dump");
+                    why_new = Some(format!("set {} not built on: {why}", b.id));
+                }
+            }
+        }
+        let dump_ms = stowage_repo::lock::now_ms();
+        let start = ends.newest(c)?.ok_or_else(|| {
+            err(
+                ErrorKind::Unsupported,
+                "the server's oplog (local.oplog.rs) is empty or missing",
+            )
+        })?;
+        let colls = collections(c, self.config_db)?;
+        let snap = SnapshotReads::probe(c, start, &colls)?;
+        if let (Some(t), Some(_)) = (o.snapshot_at_for_tests, snap.at()) {
+            *snap.at.lock().expect("snapshot") = Some(t);
+        }
+        live.bytes_total
+            .store(colls.iter().map(|c| c.size).sum(), Ordering::Relaxed);
+        live.set_state(TaskState::Running);
+
+        // Collections from a shared queue, one archive writer per thread;
+        // their files land in the same archive.
+        let queue = Mutex::new(colls.clone());
+        let docs = AtomicU64::new(0);
+        let limit = RateLimit::new(o.max_rate_kbps);
+        let threads = o.threads.clamp(1, 16).min(colls.len().max(1));
+        let mut writers: Vec<ArchiveWriter> = (0..threads)
+            .map(|_| writer.archive_writer(archive, None))
+            .collect();
+        let databases: BTreeSet<String> = colls.iter().map(|c| c.db.clone()).collect();
+        for db in &databases {
+            writers[0].add_entry(dir(escape(db)))?;
+        }
+        let results: Vec<Result<ArchiveWriter, EngineError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = writers
+                .drain(..)
+                .map(|mut w| {
+                    let (queue, docs, limit, snap) = (&queue, &docs, &limit, &snap);
+                    s.spawn(move || -> Result<ArchiveWriter, EngineError> {
+                        loop {
+                            let next = queue.lock().expect("queue").pop();
+                            let Some(coll) = next else {
+                                return Ok(w);
+                            };
+                            dump_collection(c, &coll, &mut w, live, docs, limit, snap)?;
+                        }
+                    })
+                })
+                .collect();
+            join_all(handles, "a dump thread")
+        });
+        let mut done = Vec::new();
+        for r in results {
+            done.push(r.map_err(mid_backup)?);
+        }
+        let dump_end = ends.newest(c).map_err(mid_backup)?.unwrap_or(start);
+        Ok(Dumped {
+            ends,
+            start,
+            from: start,
+            from_what: "the entry the dump started at".into(),
+            dump_end,
+            collections: colls.len() as u64,
+            databases,
+            documents: docs.load(Ordering::Relaxed),
+            oplog_entries: 0,
+            continued: None,
+            dump: DumpSource {
+                started_ms: dump_ms,
+                reused_from: None,
+                why_new,
+                snapshot_reads: snap.at().is_some(),
+                why_no_snapshot: snap.why_not.into_inner().expect("snapshot"),
+            },
+            writers: done,
+        })
     }
-    let end_hash = entry_hash(c, end).map_err(mid_backup)?.unwrap_or_default();
-    live.set_state(TaskState::Finishing);
-    live.set_state(TaskState::Finished);
-    Ok(end_hash)
+
+    /// Captures the oplog slice from the dump's `from` to `end` (never
+    /// splitting a transaction), checks the oplog still holds `from` and
+    /// the members still pass `host_check`. Returns the backup and the
+    /// writers to add to the set; the part stays running (the caller
+    /// finishes it once every part is done).
+    pub(crate) fn capture(
+        &self,
+        d: Dumped,
+        end: Timestamp,
+        host_check: Option<&crate::HostCheck>,
+        writer: &BackupWriter,
+    ) -> Result<(Captured, Vec<ArchiveWriter>), EngineError> {
+        let c = &self.c;
+        let mut writers = d.writers;
+        let mut w = writer.archive_writer(&self.archive, None);
+        match &d.continued {
+            Some(f) => w.continue_file(f)?,
+            None => w.begin_file(file("oplog.bson".into()))?,
+        }
+        let mut end = end;
+        let copied = copy_oplog(c, d.from, &mut end, &mut w).map_err(mid_backup)?;
+        w.end_file()?;
+        writers.push(w);
+        check_window(c, d.ends, d.from, &d.from_what)?;
+        // A member added by a reconfiguration while the backup ran must
+        // pass too, or no set is made of what was read.
+        if host_check.is_some() {
+            check_members(&facts(c).map_err(mid_backup)?.members, host_check)?;
+        }
+        let end_hash = entry_hash(c, end).map_err(mid_backup)?.unwrap_or_default();
+        let mut databases = d.databases;
+        databases.extend(copied.databases);
+        let backup = MongoBackup {
+            facts: self.f.clone(),
+            end,
+            start: d.start,
+            collections: d.collections,
+            databases: databases.into_iter().collect(),
+            documents: d.documents,
+            oplog_entries: d.oplog_entries + copied.entries,
+            end_hash,
+            dump: d.dump,
+        };
+        Ok((
+            Captured {
+                backup,
+                txns_after: copied.txns_after,
+            },
+            writers,
+        ))
+    }
 }
 
 /// Fails if the oplog no longer holds `from` (its oldest entry is newer):
@@ -956,6 +1060,18 @@ fn meta_u64(m: &serde_json::Value, k: &str) -> u64 {
     m.get(k).and_then(|v| v.as_u64()).unwrap_or(0)
 }
 
+/// What a set's `engine_meta` records of the replica set behind archive
+/// `archive`: a sharded set's entry in `parts`, else the whole meta.
+pub fn part_meta<'a>(m: &'a serde_json::Value, archive: &str) -> &'a serde_json::Value {
+    match m.get("parts").and_then(|p| p.as_array()) {
+        Some(parts) => parts
+            .iter()
+            .find(|p| p.get("archive").and_then(|a| a.as_str()) == Some(archive))
+            .unwrap_or(&serde_json::Value::Null),
+        None => m,
+    }
+}
+
 /// What a backup reuses from its base set.
 struct Reuse<'a> {
     base: i64,
@@ -968,8 +1084,8 @@ struct Reuse<'a> {
     dump_ms: i64,
 }
 
-/// Whether `b`'s dump can be reused for this backup of `set_name`: the
-/// reuse, or (inner `Err`) why not.
+/// Whether `b`'s dump of archive `archive` can be reused for this backup of
+/// `set_name`: the reuse, or (inner `Err`) why not.
 fn plan_reuse<'a>(
     c: &Client,
     b: &'a crate::BaseSet,
@@ -977,7 +1093,7 @@ fn plan_reuse<'a>(
     archive: &str,
     writer: &BackupWriter,
 ) -> Result<Result<Reuse<'a>, String>, EngineError> {
-    let m = &b.manifest.engine_meta;
+    let m = part_meta(&b.manifest.engine_meta, archive);
     let ts = |k: &str| {
         let v = m.get(k)?;
         Some(Timestamp {
@@ -1064,19 +1180,16 @@ fn plan_reuse<'a>(
     }))
 }
 
-/// A backup on a base set: its dump by reference, its oplog slice
-/// continued from where it ended to now (never splitting a transaction).
-#[allow(clippy::too_many_arguments)]
-fn backup_on_base(
+/// A dump reused from a base set: its files by reference; the capture
+/// continues its oplog slice from where it ended.
+fn reuse_dump(
     c: &Client,
-    f: MongoFacts,
     ends: OplogEnds,
     r: Reuse,
     archive: &str,
-    writer: &mut BackupWriter,
+    writer: &BackupWriter,
     live: &LiveTask,
-    host_check: Option<&crate::HostCheck>,
-) -> Result<MongoBackup, EngineError> {
+) -> Result<Dumped, EngineError> {
     let reused: u64 = r.archive.files.iter().map(|f| f.size).sum();
     live.bytes_total.store(reused, Ordering::Relaxed);
     live.bytes_done.store(reused, Ordering::Relaxed);
@@ -1085,22 +1198,9 @@ fn backup_on_base(
     for f in r.archive.files.iter().filter(|f| f.path != "oplog.bson") {
         w.reuse_file(f)?;
     }
-    let mut end = ends.newest(c).map_err(mid_backup)?.unwrap_or(r.base_end);
-    w.continue_file(r.oplog)?;
-    let copied = copy_oplog(c, r.base_end, &mut end, &mut w).map_err(mid_backup)?;
-    w.end_file()?;
-    writer.add_archive(w)?;
-    let end_hash = close_slice(
-        c,
-        ends,
-        r.base_end,
-        &format!("the end of set {}", r.base),
-        end,
-        live,
-        host_check,
-    )?;
+    let dump_end = ends.newest(c).map_err(mid_backup)?.unwrap_or(r.base_end);
     let n = |k: &str| meta_u64(r.meta, k);
-    let mut databases: BTreeSet<String> = r
+    let databases: BTreeSet<String> = r
         .meta
         .get("databases")
         .and_then(|v| v.as_array())
@@ -1108,16 +1208,17 @@ fn backup_on_base(
         .flatten()
         .filter_map(|d| d.as_str().map(str::to_string))
         .collect();
-    databases.extend(copied.databases);
-    Ok(MongoBackup {
-        facts: f,
-        end,
+    Ok(Dumped {
+        ends,
         start: r.start,
+        from: r.base_end,
+        from_what: format!("the end of set {}", r.base),
+        dump_end,
         collections: n("collections"),
-        databases: databases.into_iter().collect(),
+        databases,
         documents: n("documents"),
-        oplog_entries: n("oplog_entries") + copied.entries,
-        end_hash,
+        oplog_entries: n("oplog_entries"),
+        continued: Some(r.oplog.clone()),
         dump: DumpSource {
             started_ms: r.dump_ms,
             reused_from: Some(r.base),
@@ -1133,6 +1234,7 @@ fn backup_on_base(
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
         },
+        writers: vec![w],
     })
 }
 
@@ -1175,6 +1277,20 @@ struct OplogCopy {
     entries: u64,
     /// Databases the entries touch (not `admin`, `local`, `config`).
     databases: BTreeSet<String>,
+    /// Transactions copied past the `end` asked for ([`txn_key`]).
+    txns_after: Vec<String>,
+}
+
+/// A transaction's identity as a set's meta records it: its session id
+/// (hex) and number.
+pub fn txn_key(t: &(Vec<u8>, i64)) -> String {
+    let hex: String = t.0.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}:{}", t.1)
+}
+
+/// The transaction an oplog entry belongs to, as [`txn_key`] names it.
+pub fn entry_txn(d: &Document) -> Option<String> {
+    txn_of(d).as_ref().map(txn_key)
 }
 
 /// The databases an oplog entry writes to (not `admin`, `local`,
@@ -1226,6 +1342,7 @@ fn copy_oplog(
     let mut out = OplogCopy {
         entries: 0,
         databases: BTreeSet::new(),
+        txns_after: Vec::new(),
     };
     // A newest entry older than start (another member answered): nothing
     // to copy, and the set stays at start.
@@ -1253,7 +1370,13 @@ fn copy_oplog(
             if ts_gt(ts, *end) {
                 // Past end: only the rest of a transaction end would split.
                 match txn {
-                    Some(t) if open.contains(&t) => *end = ts,
+                    Some(t) if open.contains(&t) => {
+                        *end = ts;
+                        let k = txn_key(&t);
+                        if !out.txns_after.contains(&k) {
+                            out.txns_after.push(k);
+                        }
+                    }
                     _ => break 'scan,
                 }
             } else if let Some(t) = txn {
@@ -1324,9 +1447,6 @@ pub fn check(uri: &str, host_check: Option<&crate::HostCheck>) -> Result<MongoFa
     connect_checked(uri, host_check).map(|(_, f)| f)
 }
 
-/// MongoDB replica sets, logically: the engine behind `--engine mongodb`.
-pub struct MongoLogical;
-
 /// The instance's connection string with its user and password added
 /// (percent-encoded), and its authentication database when one is set.
 /// The stored string never holds credentials; this one lives only as long
@@ -1338,6 +1458,15 @@ fn uri_of(conn: &crate::ConnSpec) -> Result<stowage_core::Secret, EngineError> {
             "a MongoDB instance needs a connection string",
         )
     })?;
+    with_credentials(uri, conn)
+}
+
+/// `uri` (one of the instance's connection strings) with the instance's
+/// user, password and authentication database added.
+fn with_credentials(
+    uri: &str,
+    conn: &crate::ConnSpec,
+) -> Result<stowage_core::Secret, EngineError> {
     let rest = uri.strip_prefix("mongodb://").ok_or_else(|| {
         err(
             ErrorKind::Unsupported,
@@ -1375,6 +1504,182 @@ fn uri_of(conn: &crate::ConnSpec) -> Result<stowage_core::Secret, EngineError> {
     Ok(stowage_core::Secret::new(full))
 }
 
+/// A cluster's replica sets as the instance's options list them
+/// (`shards`: `[{id, uri}]`, `config`: `{id, uri}`), shards first, with
+/// credentials; `None` for a replica set.
+fn cluster_parts(conn: &crate::ConnSpec) -> Result<Option<Vec<sharded::PartSpec>>, EngineError> {
+    let Some(shards) = conn.options.get("shards").and_then(|v| v.as_array()) else {
+        return Ok(None);
+    };
+    let bad = || {
+        err(
+            ErrorKind::Unsupported,
+            "the instance's shard list is damaged",
+        )
+    };
+    let mut out = Vec::new();
+    let one = |v: &serde_json::Value, role| -> Result<sharded::PartSpec, EngineError> {
+        let id = v.get("id").and_then(|x| x.as_str()).ok_or_else(bad)?;
+        let uri = v.get("uri").and_then(|x| x.as_str()).ok_or_else(bad)?;
+        Ok(sharded::PartSpec {
+            id: id.to_string(),
+            role,
+            uri: with_credentials(uri, conn)?.expose().to_string(),
+        })
+    };
+    for v in shards {
+        out.push(one(v, sharded::Role::Shard)?);
+    }
+    if let Some(cfg) = conn.options.get("config").filter(|v| !v.is_null()) {
+        out.push(one(cfg, sharded::Role::Config)?);
+    }
+    Ok(Some(out))
+}
+
+/// MongoDB replica sets and sharded clusters, logically: the engine behind
+/// `--engine mongodb`.
+pub struct MongoLogical;
+
+/// Checks every replica set of a cluster (all reachable, allowed, replica
+/// sets); reports the first shard's version.
+fn check_cluster(
+    parts: &[sharded::PartSpec],
+    host_check: Option<&crate::HostCheck>,
+) -> Result<crate::ServerInfo, EngineError> {
+    let mut sets = Vec::new();
+    let mut version = None;
+    for p in parts {
+        let f = check(&p.uri, host_check).map_err(|e| EngineError {
+            message: format!("{} {}: {}", p.role.as_str(), p.id, e.message),
+            ..e
+        })?;
+        let name = replica_set_name(&f).map_err(|e| EngineError {
+            message: format!("{} {}: {}", p.role.as_str(), p.id, e.message),
+            ..e
+        })?;
+        version.get_or_insert(f.version.clone());
+        sets.push(serde_json::json!({"id": p.id, "role": p.role.as_str(), "replica_set": name}));
+    }
+    Ok(crate::ServerInfo {
+        version: version.unwrap_or_default(),
+        system_identifier: None,
+        details: serde_json::json!({"engine": "mongodb", "topology": "sharded", "parts": sets}),
+    })
+}
+
+/// Which archive of `m` goes into which server of the target: a cluster's
+/// parts into the target cluster's (shard i into shard i, config into
+/// config), a replica set's into the target; with `part`, that one part
+/// alone (into a replica set, or the same part of a cluster).
+fn restore_plan(
+    conn: &crate::ConnSpec,
+    m: &stowage_core::manifest::Manifest,
+    part: Option<&str>,
+) -> Result<Vec<(usize, stowage_core::Secret)>, EngineError> {
+    let target = cluster_parts(conn)?;
+    let source: Vec<(usize, &str)> = m
+        .archives
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let role = part_meta(&m.engine_meta, &a.name)
+                .get("role")
+                .and_then(|r| r.as_str())
+                .unwrap_or("replica_set");
+            (i, role)
+        })
+        .collect();
+    if let Some(want) = part {
+        let Some(&(i, role)) = source.iter().find(|(i, _)| m.archives[*i].name == want) else {
+            let names: Vec<&str> = m.archives.iter().map(|a| a.name.as_str()).collect();
+            return Err(err(
+                ErrorKind::Unsupported,
+                format!(
+                    "the set has no part {want:?} (its parts: {})",
+                    names.join(", ")
+                ),
+            ));
+        };
+        return match target {
+            None => Ok(vec![(i, uri_of(conn)?)]),
+            Some(t) => {
+                let same_role: Vec<usize> = source
+                    .iter()
+                    .filter(|(_, r)| *r == role)
+                    .map(|(j, _)| *j)
+                    .collect();
+                let nth = same_role.iter().position(|j| *j == i).unwrap_or(0);
+                let dest = t
+                    .iter()
+                    .filter(|p| p.role.as_str() == role)
+                    .nth(nth)
+                    .ok_or_else(|| {
+                        err(
+                            ErrorKind::Unsupported,
+                            format!("the target cluster has no {role} for part {want}"),
+                        )
+                    })?;
+                Ok(vec![(i, stowage_core::Secret::new(dest.uri.clone()))])
+            }
+        };
+    }
+    let shards: Vec<usize> = source
+        .iter()
+        .filter(|(_, r)| *r == "shard")
+        .map(|(i, _)| *i)
+        .collect();
+    match target {
+        None if shards.is_empty() => Ok((0..m.archives.len())
+            .map(|i| uri_of(conn).map(|u| (i, u)))
+            .collect::<Result<_, _>>()?),
+        None => Err(err(
+            ErrorKind::Unsupported,
+            format!(
+                "the set is of a sharded cluster ({} shards): restore it into a sharded instance with as many shards, or one part (--part) into a replica set",
+                shards.len()
+            ),
+        )),
+        Some(_) if shards.is_empty() => Err(err(
+            ErrorKind::Unsupported,
+            "the set is of a replica set: restore it into a replica set, or into one shard of the cluster is not supported",
+        )),
+        Some(t) => {
+            let tshards: Vec<&sharded::PartSpec> = t
+                .iter()
+                .filter(|p| p.role == sharded::Role::Shard)
+                .collect();
+            if tshards.len() != shards.len() {
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the set has {} shards, the target cluster {}: restore into a cluster with as many shards, or part by part",
+                        shards.len(),
+                        tshards.len()
+                    ),
+                ));
+            }
+            let mut plan: Vec<(usize, stowage_core::Secret)> = shards
+                .iter()
+                .zip(&tshards)
+                .map(|(i, p)| (*i, stowage_core::Secret::new(p.uri.clone())))
+                .collect();
+            if let Some(&(i, _)) = source.iter().find(|(_, r)| *r == "config") {
+                let cfg = t
+                    .iter()
+                    .find(|p| p.role == sharded::Role::Config)
+                    .ok_or_else(|| {
+                        err(
+                            ErrorKind::Unsupported,
+                            "the target cluster has no config servers registered",
+                        )
+                    })?;
+                plan.push((i, stowage_core::Secret::new(cfg.uri.clone())));
+            }
+            Ok(plan)
+        }
+    }
+}
+
 impl crate::Engine for MongoLogical {
     fn name(&self) -> &'static str {
         "mongodb"
@@ -1398,6 +1703,9 @@ impl crate::Engine for MongoLogical {
     }
 
     fn check(&self, conn: &crate::ConnSpec) -> Result<crate::ServerInfo, EngineError> {
+        if let Some(parts) = cluster_parts(conn)? {
+            return check_cluster(&parts, conn.host_check.as_ref());
+        }
         let f = check(uri_of(conn)?.expose(), conn.host_check.as_ref())?;
         if f.set_name.is_none() {
             return Err(err(
@@ -1424,7 +1732,44 @@ impl crate::Engine for MongoLogical {
         live: &LiveTask,
     ) -> Result<crate::BackupOutcome, EngineError> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // The archive is named after the replica set (a shard's id later).
+        if let Some(parts) = cluster_parts(conn)? {
+            let mongos = conn
+                .options
+                .get("mongos")
+                .and_then(|v| v.as_str())
+                .map(|u| with_credentials(u, conn))
+                .transpose()?;
+            let out = sharded::backup_sharded(
+                &parts,
+                mongos.as_ref().map(|m| m.expose()),
+                &DumpOptions {
+                    archive: None,
+                    threads,
+                    max_rate_kbps: opts.max_rate_kbps,
+                    base: opts.base.as_ref(),
+                    host_check: conn.host_check.as_ref(),
+                    snapshot_at_for_tests: None,
+                },
+                writer,
+                live,
+            )?;
+            return Ok(crate::BackupOutcome {
+                consistent_point: stowage_core::ConsistentPoint::ClusterTime {
+                    cluster_time: stowage_core::OplogTs {
+                        t: out.cluster_time.time,
+                        i: out.cluster_time.increment,
+                    },
+                    parts: out.parts.iter().map(|(p, _, _)| p.id.clone()).collect(),
+                },
+                engine_version: out
+                    .parts
+                    .first()
+                    .map(|(_, b, _)| b.facts.version.clone())
+                    .unwrap_or_default(),
+                meta: sharded::meta_of(&out),
+            });
+        }
+        // The archive is named after the replica set.
         let out = backup_replica_set(
             uri_of(conn)?.expose(),
             &DumpOptions {
@@ -1470,32 +1815,77 @@ impl crate::Engine for MongoLogical {
         opts: &crate::RestoreIntoOptions,
         live: &LiveTask,
     ) -> Result<serde_json::Value, EngineError> {
-        let uri = uri_of(conn)?;
-        let uri = uri.expose();
-        live.set_state(TaskState::Running);
-        let mut total = restore::RestoreStats::default();
         let o = restore::RestoreInto {
             rename: opts.rename.clone(),
             drop: opts.drop,
             threads: 0,
             host_check: conn.host_check.clone(),
         };
+        let plan = restore_plan(conn, m, opts.part.as_deref())?;
+        live.set_state(TaskState::Running);
         // One part per archive (a replica set, a shard), each with its own
-        // progress; the task's is their sum.
-        for (i, a) in m.archives.iter().enumerate() {
-            let part = live.add_part(&a.name);
-            part.set_state(TaskState::Checking);
-            part.set_state(TaskState::Preparing);
-            part.set_state(TaskState::Running);
-            let st = restore::restore_dump(uri, repo, m, i, &o, &part)?;
+        // progress, all at once; the task's progress is their sum.
+        let lives: Vec<_> = plan
+            .iter()
+            .map(|(i, _)| {
+                let part = live.add_part(&m.archives[*i].name);
+                part.set_state(TaskState::Checking);
+                part
+            })
+            .collect();
+        let results: Vec<Result<restore::RestoreStats, EngineError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = plan
+                .iter()
+                .zip(&lives)
+                .map(|((i, uri), part)| {
+                    let (o, lives, n) = (&o, &lives, plan.len());
+                    s.spawn(move || {
+                        part.set_state(TaskState::Preparing);
+                        part.set_state(TaskState::Running);
+                        let r = restore::restore_dump(uri.expose(), repo, m, *i, o, part);
+                        if r.is_err() {
+                            for l in lives.iter() {
+                                l.cancel();
+                            }
+                        }
+                        r.map_err(|e| EngineError {
+                            message: if n > 1 {
+                                format!("part {}: {}", m.archives[*i].name, e.message)
+                            } else {
+                                e.message
+                            },
+                            ..e
+                        })
+                    })
+                })
+                .collect();
+            join_all(handles, "a part's restore")
+        });
+        let mut total = restore::RestoreStats::default();
+        let mut errs = Vec::new();
+        for r in results {
+            match r {
+                Ok(st) => {
+                    total.databases += st.databases;
+                    total.collections += st.collections;
+                    total.views += st.views;
+                    total.documents += st.documents;
+                    total.indexes += st.indexes;
+                    total.oplog_applied += st.oplog_applied;
+                }
+                Err(e) => errs.push(e),
+            }
+        }
+        if !errs.is_empty() {
+            let first = errs
+                .iter()
+                .position(|e| e.kind != ErrorKind::Cancelled)
+                .unwrap_or(0);
+            return Err(errs.swap_remove(first));
+        }
+        for part in &lives {
             part.set_state(TaskState::Finishing);
             part.set_state(TaskState::Finished);
-            total.databases += st.databases;
-            total.collections += st.collections;
-            total.views += st.views;
-            total.documents += st.documents;
-            total.indexes += st.indexes;
-            total.oplog_applied += st.oplog_applied;
         }
         Ok(serde_json::json!({
             "databases": total.databases,

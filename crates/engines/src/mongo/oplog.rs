@@ -266,7 +266,7 @@ impl<'a> Replayer<'a> {
         if !self.databases.iter().any(|d| d == db) {
             return None;
         }
-        if db == "admin" && coll.starts_with("system.") {
+        if super::internal_collection(db, coll) {
             return None;
         }
         Some((self.target_db(db), coll.to_string()))

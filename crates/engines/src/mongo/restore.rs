@@ -269,6 +269,16 @@ fn load_parallel(
     Ok(docs.load(Ordering::Relaxed))
 }
 
+/// The cluster time a sharded set is consistent at (every part is restored
+/// to exactly it); `None` for a replica set's.
+pub fn cluster_time(meta: &serde_json::Value) -> Option<mongodb::bson::Timestamp> {
+    let t = meta.get("cluster_time")?;
+    Some(mongodb::bson::Timestamp {
+        time: u32::try_from(t.get("t")?.as_u64()?).ok()?,
+        increment: u32::try_from(t.get("i")?.as_u64()?).ok()?,
+    })
+}
+
 /// Restores archive `archive` of manifest `m` into the server at `uri`.
 pub fn restore_dump(
     uri: &str,
@@ -294,7 +304,9 @@ pub fn restore_dump(
     // created (a database that appeared after the dump began).
     let source_dbs: Vec<String> = {
         let mut v: Vec<String> = list.iter().map(|e| e.db.clone()).collect();
-        let noted = m.engine_meta.get("databases").and_then(|d| d.as_array());
+        let noted = super::part_meta(&m.engine_meta, &a.name)
+            .get("databases")
+            .and_then(|d| d.as_array());
         v.extend(
             noted
                 .into_iter()
@@ -321,6 +333,31 @@ pub fn restore_dump(
     }
     let existing = c.list_database_names().run().map_err(driver)?;
     for db in &dbs {
+        // The server's own databases are never dropped: only the
+        // collections the set holds (a cluster's metadata in `config`).
+        if ["admin", "config"].contains(&db.as_str()) {
+            let d = c.database(db);
+            let have = d.list_collection_names().run().map_err(driver)?;
+            for e in list.iter().filter(|e| &target(&e.db) == db) {
+                if !have.contains(&e.coll) {
+                    continue;
+                }
+                if !opts.drop {
+                    return Err(err(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "the target already holds collection {db}.{}; let the restore drop it",
+                            e.coll
+                        ),
+                    ));
+                }
+                d.collection::<Document>(&e.coll)
+                    .drop()
+                    .run()
+                    .map_err(driver)?;
+            }
+            continue;
+        }
         if existing.contains(db) {
             if !opts.drop {
                 return Err(err(
@@ -427,7 +464,17 @@ pub fn restore_dump(
 
     st.documents = load_parallel(&c, repo, loads, opts.threads, live)?;
 
-    // The oplog slice, from the dump's start to the set's consistent point.
+    // The oplog slice, from the dump's start to the set's consistent point:
+    // for a cluster, to its cluster time exactly (leaving out transactions
+    // that time would split: the slice holds them past it).
+    let until = cluster_time(&m.engine_meta);
+    let skip: Vec<&str> = super::part_meta(&m.engine_meta, &a.name)
+        .get("txns_after_cluster_time")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
     if let Some(f) = a.files.iter().find(|f| f.path == "oplog.bson") {
         let restored = &source_dbs;
         let mut rp = super::oplog::Replayer::new(&c, &opts.rename, restored);
@@ -439,6 +486,14 @@ pub fn restore_dump(
                     .map_err(|x: mongodb::bson::error::Error| {
                         err(ErrorKind::Protocol, format!("an oplog entry: {x}"))
                     })?;
+            if let Some(t) = until {
+                let after = e.get_timestamp("ts").is_ok_and(|ts| super::ts_gt(ts, t));
+                let split = !skip.is_empty()
+                    && super::entry_txn(&e).is_some_and(|k| skip.contains(&k.as_str()));
+                if after || split {
+                    continue;
+                }
+            }
             rp.apply(&e)?;
             if live.is_cancelled() {
                 return Err(err(ErrorKind::Cancelled, "cancelled"));

@@ -1,0 +1,357 @@
+//! Sharded clusters against real servers: several SecantusDB replica sets
+//! play the shards and the config servers (there is no mongos in the
+//! reachable registries; the shard list is given). Each shard is written
+//! during the backup by a writer whose writes carry a sequence number; every
+//! restored shard must be its source at the set's one cluster time `T`,
+//! checked against the shard's own oplog.
+#![cfg(feature = "mongo")]
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use stowage_core::{LiveTask, TaskState};
+use stowage_engines::ErrorKind;
+use stowage_engines::mongo::{self, sharded};
+use stowage_repo::{ChunkerParams, KdfParams, LocalStorage, Repository, Storage};
+use stowage_testkit::{MongoOptions, MongoServer, mongo_venv};
+
+fn repo(dir: &std::path::Path) -> Arc<Repository> {
+    let s: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir).unwrap());
+    Arc::new(
+        Repository::init(
+            s,
+            "pw",
+            ChunkerParams::default(),
+            KdfParams::insecure_fast(),
+        )
+        .unwrap(),
+    )
+}
+
+/// Three shards and a config server (the Rust SecantusDB: fast enough to
+/// write while a throttled backup runs). Shard k holds `k + 1` × 1,500
+/// documents of ~1 KB, so their dumps end at different times.
+fn cluster() -> (Vec<MongoServer>, MongoServer) {
+    let shards: Vec<MongoServer> = (0..3)
+        .map(|k| {
+            let s = MongoServer::start(MongoOptions::rust());
+            s.pymongo(&format!(
+                "client.shop.items.insert_many([{{'k': {k}, 'i': i, 'pad': 'x' * 1000}} for i in range({})])",
+                (k + 1) * 1500
+            ));
+            s
+        })
+        .collect();
+    let config = MongoServer::start(MongoOptions::rust());
+    let mut code = String::from("client.config.shards.insert_many([");
+    for (k, s) in shards.iter().enumerate() {
+        code.push_str(&format!(
+            "{{'_id': 'c_{k}', 'host': 'secantus/127.0.0.1:{}'}},",
+            s.port
+        ));
+    }
+    code.push_str("])\nclient.config.databases.insert_one({'_id': 'shop', 'primary': 'c_0'})");
+    config.pymongo(&code);
+    (shards, config)
+}
+
+fn parts(shards: &[MongoServer], config: &MongoServer) -> Vec<sharded::PartSpec> {
+    let mut v: Vec<sharded::PartSpec> = shards
+        .iter()
+        .enumerate()
+        .map(|(k, s)| sharded::PartSpec {
+            id: format!("c_{k}"),
+            role: sharded::Role::Shard,
+            uri: s.uri(),
+        })
+        .collect();
+    v.push(sharded::PartSpec {
+        id: "c_config".into(),
+        role: sharded::Role::Config,
+        uri: config.uri(),
+    });
+    v
+}
+
+fn opts(max_rate_kbps: Option<u32>) -> mongo::DumpOptions<'static> {
+    mongo::DumpOptions {
+        archive: None,
+        threads: 2,
+        max_rate_kbps,
+        base: None,
+        host_check: None,
+        snapshot_at_for_tests: None,
+    }
+}
+
+/// A writer on shard `k`: insert `{_id: n, k, seq: n}` and set the counter
+/// document to `n`, for n = 0, 1, 2 … until killed. Prints nothing.
+fn writer(s: &MongoServer, k: usize) -> std::process::Child {
+    Command::new(mongo_venv().join("bin/python"))
+        .arg("-c")
+        .arg(format!(
+            "import pymongo, itertools\n\
+             c = pymongo.MongoClient({:?})\n\
+             for n in itertools.count():\n    \
+                 c.shop.seq.insert_one({{'_id': n, 'k': {k}, 'seq': n}})\n    \
+                 c.shop.counter.update_one({{'_id': 'last'}}, {{'$set': {{'seq': n}}}}, upsert=True)\n",
+            s.uri()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed().as_secs() < 60, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn key(t: bson::Timestamp) -> (u32, u32) {
+    (t.time, t.increment)
+}
+
+#[test]
+fn every_shard_is_restored_to_one_cluster_time() {
+    let (shards, config) = cluster();
+    let mut writers: Vec<_> = shards
+        .iter()
+        .enumerate()
+        .map(|(k, s)| writer(s, k))
+        .collect();
+    for s in &shards {
+        wait_until("a writer does not run", || {
+            s.pymongo("print(client.shop.seq.count_documents({}))")
+                .parse::<u64>()
+                .unwrap_or(0)
+                > 20
+        });
+    }
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    let live = LiveTask::default();
+    // Throttled, so the writers run through the whole backup.
+    let out = sharded::backup_sharded(
+        &parts(&shards, &config),
+        None,
+        &opts(Some(2000)),
+        &mut bw,
+        &live,
+    )
+    .unwrap();
+    let meta = sharded::meta_of(&out);
+    let (_, man) = bw.finish(BTreeMap::new(), meta.clone()).unwrap();
+    for w in &mut writers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let t = out.cluster_time;
+
+    // One part per shard and one for the config servers, each finished,
+    // each with its own progress; one archive each, named by the part.
+    let lp = live.parts();
+    let names: Vec<&str> = lp.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["c_0", "c_1", "c_2", "c_config"]);
+    for (n, p) in &lp {
+        assert_eq!(p.state(), TaskState::Finished, "{n}");
+        assert!(p.progress().bytes_done > 0, "{n}");
+    }
+    let archives: Vec<&str> = man.archives.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(archives, ["c_0", "c_1", "c_2", "c_config"]);
+    assert_eq!(meta["cluster_time"]["t"], t.time);
+    assert_eq!(meta["parts"][3]["role"], "config");
+    // T is the latest dump end: no part's dump ended after it, and every
+    // part's slice reaches it (ends at or after the last entry before it).
+    for (p, b, _) in &out.parts {
+        assert!(
+            key(b.end) <= key(t),
+            "{}: end {:?} after T {:?}",
+            p.id,
+            b.end,
+            t
+        );
+    }
+    // The config part holds the cluster's metadata.
+    assert!(
+        man.archives[3]
+            .files
+            .iter()
+            .any(|f| f.path == "config/shards.bson"),
+        "config.shards not backed up"
+    );
+
+    for (k, s) in shards.iter().enumerate() {
+        // The source shard's own oplog says what it held at T: the writer's
+        // inserts up to T are seq 0..=last, the counter's value at T is the
+        // last update at or before T.
+        let src = s.pymongo(&format!(
+            "import bson\n\
+             T = bson.Timestamp({}, {})\n\
+             ins = [e['o']['seq'] for e in client.local.oplog.rs.find({{'ns': 'shop.seq', 'op': 'i', 'ts': {{'$lte': T}}}})]\n\
+             ups = list(client.local.oplog.rs.find({{'ns': 'shop.counter', 'ts': {{'$lte': T}}}}).sort('ts', -1).limit(1))\n\
+             later = client.local.oplog.rs.count_documents({{'ns': 'shop.seq', 'ts': {{'$gt': T}}}})\n\
+             u = ups[0]['o'] if ups else {{}}\n\
+             diff = u.get('diff', {{}})\n\
+             last = u.get('seq', diff.get('updatedFields', diff.get('u', {{}})).get('seq', -1))\n\
+             print(len(ins), max(ins), last, later)",
+            t.time, t.increment
+        ));
+        let v: Vec<i64> = src.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let (n_at_t, max_at_t, counter_at_t, later) = (v[0], v[1], v[2], v[3]);
+        assert_eq!(
+            n_at_t,
+            max_at_t + 1,
+            "shard {k}: the writer's inserts are sequential"
+        );
+        assert!(later > 0, "shard {k}: the writer kept writing after T");
+
+        // That part alone, into a fresh server (what a per-shard download
+        // needs): exactly the writes at or before T, none after.
+        let dst = MongoServer::start(MongoOptions::rust());
+        let st = mongo::restore::restore_dump(
+            &dst.uri(),
+            &r,
+            &man,
+            k,
+            &mongo::restore::RestoreInto::default(),
+            &LiveTask::default(),
+        )
+        .unwrap();
+        assert!(st.documents > 0);
+        let got = dst.pymongo(
+            "seqs = sorted(d['seq'] for d in client.shop.seq.find())\n\
+             c = client.shop.counter.find_one({'_id': 'last'})\n\
+             print(len(seqs), seqs[-1], c['seq'] if c else -1, len(set(seqs)), client.shop.items.count_documents({}))",
+        );
+        let g: Vec<i64> = got.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(
+            (g[0], g[1], g[2], g[3]),
+            (n_at_t, max_at_t, counter_at_t, n_at_t),
+            "shard {k}: restored (count, max seq, counter, distinct) vs the source at T"
+        );
+        assert_eq!(g[4], (k as i64 + 1) * 1500, "shard {k}: items");
+    }
+
+    // The config part into a fresh server: the cluster's metadata.
+    let dst = MongoServer::start(MongoOptions::rust());
+    mongo::restore::restore_dump(
+        &dst.uri(),
+        &r,
+        &man,
+        3,
+        &mongo::restore::RestoreInto::default(),
+        &LiveTask::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        dst.pymongo("print(sorted(d['_id'] for d in client.config.shards.find()))"),
+        "['c_0', 'c_1', 'c_2']"
+    );
+    assert!(r.verify(0, &|_, _| {}).unwrap().ok());
+}
+
+#[test]
+fn an_unreachable_shard_fails_the_backup_before_anything_is_stored() {
+    let (shards, config) = cluster();
+    let mut ps = parts(&shards, &config);
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    ps[1].uri =
+        format!("mongodb://127.0.0.1:{port}/?replicaSet=secantus&serverSelectionTimeoutMS=1500");
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    let live = LiveTask::default();
+    let e = sharded::backup_sharded(&ps, None, &opts(None), &mut bw, &live).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unreachable, "{e:?}");
+    assert!(e.message.starts_with("shard c_1"), "{}", e.message);
+    assert!(
+        live.parts()
+            .iter()
+            .all(|(_, p)| p.state() == TaskState::Checking),
+        "no part went further than checking"
+    );
+    assert_eq!(
+        bw.stats()
+            .bytes_in
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing was read or stored"
+    );
+}
+
+#[test]
+fn a_shard_gone_mid_backup_fails_the_whole_backup() {
+    let (mut shards, config) = cluster();
+    let ps = parts(&shards, &config);
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let live = Arc::new(LiveTask::default());
+    let l2 = live.clone();
+    let run = std::thread::spawn(move || {
+        let mut bw = r.start_backup(2).unwrap();
+        // 1 MB/s: shard 2's 4.5 MB take several seconds.
+        let res = sharded::backup_sharded(&ps, None, &opts(Some(1000)), &mut bw, &l2);
+        (res, r)
+    });
+    wait_until("the backup does not start", || {
+        live.parts()
+            .get(2)
+            .is_some_and(|(_, p)| p.progress().bytes_done > 0)
+    });
+    shards[2].kill9();
+    let (res, r) = run.join().unwrap();
+    let e = res.unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::ServerGone | ErrorKind::Unreachable),
+        "{e:?}"
+    );
+    assert!(e.message.starts_with("shard c_2"), "{}", e.message);
+    // No part is finished: the others stopped when it failed.
+    for (n, p) in live.parts() {
+        assert_ne!(p.state(), TaskState::Finished, "{n}");
+    }
+    assert!(r.verify(0, &|_, _| {}).unwrap().ok());
+}
+
+#[test]
+fn one_shards_oplog_overrun_fails_the_backup() {
+    let (shards, _config) = cluster();
+    // Shard 1 keeps only 300 oplog entries and is written busily while
+    // the throttled dump runs: its window is overrun.
+    let small = MongoServer::start(MongoOptions {
+        oplog_max_entries: Some(300),
+        ..MongoOptions::rust()
+    });
+    small.pymongo("client.shop.items.insert_many([{'pad': 'x' * 1000} for i in range(3000)])");
+    let mut w = writer(&small, 1);
+    let ps = vec![
+        sharded::PartSpec {
+            id: "c_0".into(),
+            role: sharded::Role::Shard,
+            uri: shards[0].uri(),
+        },
+        sharded::PartSpec {
+            id: "c_1".into(),
+            role: sharded::Role::Shard,
+            uri: small.uri(),
+        },
+    ];
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    let live = LiveTask::default();
+    let e = sharded::backup_sharded(&ps, None, &opts(Some(1000)), &mut bw, &live).unwrap_err();
+    let _ = w.kill();
+    let _ = w.wait();
+    assert_eq!(e.kind, ErrorKind::Capacity, "{e:?}");
+    assert!(e.message.starts_with("shard c_1"), "{}", e.message);
+    assert!(e.message.contains("oplog window overrun"), "{}", e.message);
+}

@@ -263,7 +263,7 @@ fn ts(ms: Option<i64>) -> Value {
 }
 
 pub fn instance_json(i: &Instance) -> Value {
-    json!({
+    let mut v = json!({
         "id": i.id,
         "name": i.name,
         "engine": i.engine,
@@ -278,7 +278,17 @@ pub fn instance_json(i: &Instance) -> Value {
         "sslmode": i.options.get("sslmode").and_then(Value::as_str).unwrap_or("prefer"),
         "sslrootcert": i.options.get("sslrootcert"),
         "created_at": ts(Some(i.created_ms)),
-    })
+    });
+    // MongoDB: how it is reached (never with credentials: none are stored
+    // in the strings); a cluster's shards and config servers with their ids.
+    if i.engine == "mongodb" {
+        for k in ["uri", "shards", "config", "mongos"] {
+            if let Some(x) = i.options.get(k).filter(|x| !x.is_null()) {
+                v[k] = x.clone();
+            }
+        }
+    }
+    v
 }
 
 fn progress_json(done: u64, total: u64, stored: u64, finished: bool) -> Value {
@@ -427,6 +437,15 @@ struct NewInstanceBody {
     /// MongoDB: the connection string, without credentials.
     #[serde(default)]
     uri: Option<String>,
+    /// MongoDB sharded cluster: the shards' connection strings.
+    #[serde(default)]
+    shards: Vec<String>,
+    /// MongoDB sharded cluster: the config servers' connection string.
+    #[serde(default)]
+    config: Option<String>,
+    /// MongoDB sharded cluster: a mongos (balancer paused during backups).
+    #[serde(default)]
+    mongos: Option<String>,
     #[serde(default)]
     password: Option<stowage_core::Secret>,
     #[serde(default)]
@@ -471,6 +490,9 @@ async fn add_instance(
                     (None, _) => return Err(invalid("user: required")),
                 },
                 uri: b.uri,
+                shards: b.shards,
+                config: b.config,
+                mongos: b.mongos,
                 password: b.password,
                 dbname: b.dbname,
                 dialect: b.dialect,
@@ -873,6 +895,10 @@ struct RestoreBody {
     /// With `into`: drop target databases that exist already.
     #[serde(default)]
     drop: bool,
+    /// With `into`: restore only this part of a sharded cluster's set (a
+    /// shard's id, `dds-…_0`).
+    #[serde(default)]
+    part: Option<String>,
 }
 
 async fn restore_set(
@@ -884,8 +910,8 @@ async fn restore_set(
     let set = parse_id(&id, "set")?;
     let j = match (b.target, b.into) {
         (Some(t), None) => {
-            if !b.rename_db.is_empty() || b.drop {
-                return Err(invalid("rename_db and drop go with into, not target"));
+            if !b.rename_db.is_empty() || b.drop || b.part.is_some() {
+                return Err(invalid("rename_db, drop and part go with into, not target"));
             }
             svc.start_restore(&p, set, &t, b.force).await?
         }
@@ -893,7 +919,7 @@ async fn restore_set(
             if b.force {
                 return Err(invalid("force goes with target; into takes drop"));
             }
-            svc.start_restore_into(&p, set, &i, b.rename_db, b.drop)
+            svc.start_restore_into(&p, set, &i, b.rename_db, b.drop, b.part)
                 .await?
         }
         _ => {

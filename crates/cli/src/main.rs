@@ -156,6 +156,12 @@ enum Cmd {
         /// With --into: drop databases the target already holds instead of refusing.
         #[arg(long, requires = "into")]
         drop: bool,
+        /// With --into: restore only this part of a sharded cluster's set (a
+        /// shard's id, e.g. dds-…_1; see `stowage set show`), into a replica
+        /// set or the same part of another cluster. Without it a cluster's set
+        /// restores whole into a cluster with as many shards.
+        #[arg(long, requires = "into")]
+        part: Option<String>,
         /// Return at once instead of following the restore.
         #[arg(long)]
         no_wait: bool,
@@ -292,7 +298,7 @@ struct ServeArgs {
 enum InstanceCmd {
     /// Register a database. The password comes from STOWAGE_DB_PASSWORD or --password-file.
     #[command(
-        after_help = "Examples:\n  STOWAGE_DB_PASSWORD=... stowage instance add --name orders --host db1 --user backup\n  stowage instance add --name pg-tls --host db2 --sslmode verify-full --sslrootcert /etc/ssl/db-ca.pem\n  stowage instance add --name later --host 10.0.0.9 --no-check   # register without connecting"
+        after_help = "Examples:\n  STOWAGE_DB_PASSWORD=... stowage instance add --name orders --host db1 --user backup\n  stowage instance add --name shop --engine mongodb --uri 'mongodb://m1:27017,m2:27017/?replicaSet=rs0' --user backup\n  stowage instance add --name big --engine mongodb --shard 'mongodb://s0:27018/?replicaSet=sh0' --shard 'mongodb://s1:27018/?replicaSet=sh1' --config 'mongodb://c1:27019/?replicaSet=cfg'\n  stowage instance add --name pg-tls --host db2 --sslmode verify-full --sslrootcert /etc/ssl/db-ca.pem\n  stowage instance add --name later --host 10.0.0.9 --no-check   # register without connecting"
     )]
     Add {
         /// A name to refer to it by (1 to 64 letters, digits, '-', '_' or '.').
@@ -304,8 +310,22 @@ enum InstanceCmd {
         /// MongoDB: the replica set's connection string WITHOUT credentials
         /// (mongodb://h1:27017,h2:27017/?replicaSet=rs0); --user and the
         /// password (STOWAGE_DB_PASSWORD or --password-file) are added by the server.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["shard", "config"])]
         uri: Option<String>,
+        /// MongoDB sharded cluster: one shard's connection string (a replica
+        /// set), without credentials; repeat for every shard, in order (their
+        /// ids are <instance id>_0, _1, …). Leave out to read the shards from
+        /// the config servers (config.shards) or --mongos.
+        #[arg(long, value_name = "URI")]
+        shard: Vec<String>,
+        /// MongoDB sharded cluster: the config servers' connection string
+        /// (mongodb://cfg1:27019/?replicaSet=cfg), backed up as their own part.
+        #[arg(long, value_name = "URI")]
+        config: Option<String>,
+        /// MongoDB sharded cluster: a mongos; the balancer is stopped for each
+        /// backup and put back as it was afterwards.
+        #[arg(long, value_name = "URI", requires = "config")]
+        mongos: Option<String>,
         /// Host name or IP address the server connects to.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
@@ -966,6 +986,22 @@ fn show_set(v: &Value) {
 
 /// A consistent point for people: the engine's position fields.
 fn point(v: &Value) -> String {
+    let ts = |t: &Value| format!("{}:{}", s(&t["t"]), s(&t["i"]));
+    if v["cluster_time"].is_object() {
+        let parts: Vec<String> = v["parts"].as_array().into_iter().flatten().map(s).collect();
+        return format!(
+            "cluster time {} (every part: {})",
+            ts(&v["cluster_time"]),
+            parts.join(", ")
+        );
+    }
+    if v["oplog_ts"].is_object() {
+        return format!(
+            "oplog {} of replica set {}",
+            ts(&v["oplog_ts"]),
+            s(&v["replica_set"])
+        );
+    }
     match v {
         Value::Object(m) if !m.is_empty() => m
             .iter()
@@ -1043,12 +1079,25 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 sslrootcert,
                 no_check,
                 uri,
+                shard,
+                config,
+                mongos,
             } => {
                 let password = read_password(password_file, password_env, false)?;
                 let body = if engine == "mongodb" {
                     // The server judges the rest: TLS settings are PostgreSQL's
                     // (refused), dbname is the authentication database.
-                    json!({"name": name, "engine": engine, "uri": uri, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert, "check": !no_check})
+                    let mut b = json!({"name": name, "engine": engine, "uri": uri, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert, "check": !no_check});
+                    if !shard.is_empty() || config.is_some() || mongos.is_some() {
+                        b["shards"] = json!(shard);
+                        b["config"] = json!(config);
+                        b["mongos"] = json!(mongos);
+                    }
+                    b
+                } else if !shard.is_empty() || config.is_some() || mongos.is_some() {
+                    return Err(CallError::Setup(
+                        "--shard, --config and --mongos are for --engine mongodb".into(),
+                    ));
                 } else {
                     let user = user.unwrap_or_else(|| "postgres".into());
                     json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert, "check": !no_check, "uri": uri})
@@ -1092,33 +1141,56 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 if json {
                     print_json(&v);
                 } else {
-                    fields(&[
+                    let mongo = v["engine"] == "mongodb";
+                    let mut rows: Vec<(&str, String)> = vec![
                         ("id", s(&v["id"])),
                         ("name", s(&v["name"])),
                         ("engine", s(&v["engine"])),
-                        ("address", format!("{}:{}", s(&v["host"]), s(&v["port"]))),
-                        ("user", s(&v["user"])),
-                        (
-                            "password",
-                            if v["has_password"] == true {
-                                "set".into()
-                            } else {
-                                "none".into()
-                            },
-                        ),
-                        ("database", s(&v["dbname"])),
-                        ("tls", format!("sslmode={}", s(&v["sslmode"]))),
-                        ("CA certificate", s(&v["sslrootcert"])),
-                        (
-                            "throttle",
-                            v["max_rate_kbps"]
-                                .as_u64()
-                                .map(|r| format!("{r} kB/s"))
-                                .unwrap_or_else(|| "none".into()),
-                        ),
-                        ("id format", s(&v["dialect"])),
-                        ("registered", s(&v["created_at"])),
-                    ]);
+                        ("topology", s(&v["topology"])),
+                    ];
+                    if mongo && v["topology"] == "sharded" {
+                        for p in v["shards"].as_array().into_iter().flatten() {
+                            rows.push(("shard", format!("{}  {}", s(&p["id"]), s(&p["uri"]))));
+                        }
+                        let cfg = &v["config"];
+                        rows.push((
+                            "config servers",
+                            format!("{}  {}", s(&cfg["id"]), s(&cfg["uri"])),
+                        ));
+                        if !v["mongos"].is_null() {
+                            rows.push(("mongos", s(&v["mongos"])));
+                        }
+                    } else if mongo {
+                        rows.push(("connection", s(&v["uri"])));
+                    } else {
+                        rows.push(("address", format!("{}:{}", s(&v["host"]), s(&v["port"]))));
+                    }
+                    rows.push(("user", s(&v["user"])));
+                    rows.push((
+                        "password",
+                        if v["has_password"] == true {
+                            "set".into()
+                        } else {
+                            "none".into()
+                        },
+                    ));
+                    if mongo {
+                        rows.push(("auth database", s(&v["dbname"])));
+                    } else {
+                        rows.push(("database", s(&v["dbname"])));
+                        rows.push(("tls", format!("sslmode={}", s(&v["sslmode"]))));
+                        rows.push(("CA certificate", s(&v["sslrootcert"])));
+                    }
+                    rows.push((
+                        "throttle",
+                        v["max_rate_kbps"]
+                            .as_u64()
+                            .map(|r| format!("{r} kB/s"))
+                            .unwrap_or_else(|| "none".into()),
+                    ));
+                    rows.push(("id format", s(&v["dialect"])));
+                    rows.push(("registered", s(&v["created_at"])));
+                    fields(&rows);
                 }
             }
             InstanceCmd::Check { instance } => {
@@ -1127,6 +1199,21 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                     print_json(&v);
                 } else {
                     let d = &v["server"]["details"];
+                    if d["topology"] == "sharded" {
+                        out!(
+                            "ok: MongoDB {} sharded cluster, every replica set reachable:",
+                            s(&v["server"]["version"])
+                        );
+                        for p in d["parts"].as_array().into_iter().flatten() {
+                            out!(
+                                "  {:<8} {}  (replica set {})",
+                                s(&p["role"]),
+                                s(&p["id"]),
+                                s(&p["replica_set"])
+                            );
+                        }
+                        return Ok(0);
+                    }
                     if d["engine"] == "mongodb" {
                         out!(
                             "ok: MongoDB {} (replica set {}{})",
@@ -1432,6 +1519,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             into,
             rename_db,
             drop,
+            part,
             no_wait,
         } => {
             let body = match into {
@@ -1443,7 +1531,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                         })?;
                         rename.insert(a.to_string(), b.into());
                     }
-                    json!({"into": i, "rename_db": rename, "drop": drop})
+                    json!({"into": i, "rename_db": rename, "drop": drop, "part": part})
                 }
                 // Sent as given: the server decides what a relative path means.
                 None => json!({"target": target, "force": force}),

@@ -196,6 +196,16 @@ pub trait Engine: Send + Sync {
     /// Connects and checks privileges and settings, without side effects.
     fn check(&self, conn: &ConnSpec) -> Result<ServerInfo, EngineError>;
 
+    /// The shards of a cluster registered without its shard list, read from
+    /// its config servers or router (`conn.options`), as connection strings
+    /// without credentials. Engines without clusters refuse.
+    fn list_shards(&self, _conn: &ConnSpec) -> Result<Vec<String>, EngineError> {
+        Err(EngineError::new(
+            ErrorKind::Unsupported,
+            format!("a {} instance has no shards", self.name()),
+        ))
+    }
+
     /// Streams a consistent backup into `writer`. Moves `live` through
     /// `Checking → Preparing → Running`; the caller finishes the set.
     fn backup(

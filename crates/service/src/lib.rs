@@ -209,7 +209,22 @@ pub struct NewInstance {
     /// password come from `user` and `password`.
     #[serde(default)]
     pub uri: Option<String>,
+    /// MongoDB sharded cluster: each shard's connection string (a replica
+    /// set), without credentials. Empty with `config` or `mongos` given:
+    /// read from the cluster.
+    #[serde(default)]
+    pub shards: Vec<String>,
+    /// MongoDB sharded cluster: the config servers' connection string.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// MongoDB sharded cluster: a mongos, to pause the balancer during a
+    /// backup (and to read the shard list from).
+    #[serde(default)]
+    pub mongos: Option<String>,
 }
+
+/// At most this many shards per cluster.
+pub const MAX_SHARDS: usize = 64;
 
 fn yes() -> bool {
     true
@@ -665,21 +680,64 @@ impl Service {
         }
         let mut n = n;
         let mongo = n.engine == "mongodb";
+        let sharded = !n.shards.is_empty() || n.config.is_some() || n.mongos.is_some();
+        if sharded && !mongo {
+            return Err(ServiceError::invalid(
+                "shards/config/mongos: only for --engine mongodb",
+            ));
+        }
+        // A cluster's replica sets, checked like any connection string.
+        let mut cluster = None;
+        if sharded {
+            if n.uri.is_some() {
+                return Err(ServiceError::invalid(
+                    "uri: a sharded cluster is given by its shards (--shard, one per shard) and config servers (--config), not by --uri",
+                ));
+            }
+            if n.shards.len() > MAX_SHARDS {
+                return Err(ServiceError::invalid(format!(
+                    "shards: at most {MAX_SHARDS}"
+                )));
+            }
+            let Some(config) = n.config.as_deref() else {
+                return Err(ServiceError::invalid(
+                    "config: a sharded cluster needs its config servers' connection string (--config mongodb://…/?replicaSet=cfg)",
+                ));
+            };
+            let (config, first) = self.checked_mongo_uri(&p.account_id, Some(config)).await?;
+            let mut shards = Vec::new();
+            for u in &n.shards {
+                shards.push(self.checked_mongo_uri(&p.account_id, Some(u)).await?.0);
+            }
+            let mongos = match n.mongos.as_deref() {
+                Some(m) => Some(self.checked_mongo_uri(&p.account_id, Some(m)).await?.0),
+                None => None,
+            };
+            if shards.is_empty() && !n.check {
+                return Err(ServiceError::invalid(
+                    "shards: give them (--shard, one per shard), or let the server connect to read them from the config servers (no --no-check)",
+                ));
+            }
+            (n.host, n.port) = first;
+            cluster = Some((shards, config, mongos));
+        }
         let (ssl_mode, addrs) = if mongo {
             if n.sslmode.is_some() || n.sslrootcert.is_some() {
                 return Err(ServiceError::invalid(
                     "sslmode/sslrootcert: PostgreSQL settings; a MongoDB instance takes TLS in its connection string (tls=true, tlsCAFile=…)",
                 ));
             }
-            let (uri, first) = self
-                .checked_mongo_uri(&p.account_id, n.uri.as_deref())
-                .await?;
-            (n.host, n.port) = first;
+            if cluster.is_none() {
+                let (uri, first) = self
+                    .checked_mongo_uri(&p.account_id, n.uri.as_deref())
+                    .await?;
+                (n.host, n.port) = first;
+                n.uri = Some(uri);
+            }
             if n.user.len() > 256 {
                 return Err(ServiceError::invalid("user: at most 256 characters"));
             }
             check_rate(n.max_rate_kbps)?;
-            n.uri = Some(uri);
             (None, Vec::new())
         } else {
             if n.uri.is_some() {
@@ -715,9 +773,14 @@ impl Service {
             id: id.to_string(),
             account_id: p.account_id.clone(),
             name: n.name,
-            // A MongoDB instance must be a replica set (the check refuses
-            // a standalone server: no oplog); sharded clusters come later.
-            topology: if mongo { "replica_set" } else { "standalone" }.into(),
+            // A MongoDB instance is a replica set (the check refuses a
+            // standalone server: no oplog) or a sharded cluster.
+            topology: match (mongo, sharded) {
+                (true, true) => "sharded",
+                (true, false) => "replica_set",
+                _ => "standalone",
+            }
+            .into(),
             engine: n.engine,
             host: n.host,
             port: n.port,
@@ -744,6 +807,51 @@ impl Service {
         };
         let engine = stowage_engines::engine_for(&inst.engine)
             .ok_or_else(|| ServiceError::internal("engine gone"))?;
+        if let Some((mut shards, config, mongos)) = cluster {
+            if let serde_json::Value::Object(m) = &mut inst.options {
+                m.remove("uri");
+                m.insert(
+                    "config".into(),
+                    serde_json::json!({"id": format!("{id}_config"), "uri": config}),
+                );
+                m.insert("mongos".into(), mongos.into());
+                m.insert("shards".into(), serde_json::json!([]));
+            }
+            if shards.is_empty() {
+                // Read from the cluster; every host it names is checked too.
+                let spec = self.conn_spec(&inst)?;
+                let found = tokio::task::spawn_blocking(move || engine.list_shards(&spec))
+                    .await
+                    .map_err(|e| ServiceError::internal(e.to_string()))??;
+                if found.len() > MAX_SHARDS {
+                    return Err(ServiceError::invalid(format!(
+                        "the cluster lists {} shards; at most {MAX_SHARDS}",
+                        found.len()
+                    )));
+                }
+                for u in found {
+                    let checked = self.checked_mongo_uri(&p.account_id, Some(&u)).await;
+                    shards.push(
+                        checked
+                            .map_err(|e| {
+                                ServiceError::invalid(format!(
+                                    "a shard the cluster lists ({u}): {}",
+                                    e.message
+                                ))
+                            })?
+                            .0,
+                    );
+                }
+            }
+            let list: Vec<serde_json::Value> = shards
+                .iter()
+                .enumerate()
+                .map(|(k, u)| serde_json::json!({"id": format!("{id}_{k}"), "uri": u}))
+                .collect();
+            if let serde_json::Value::Object(m) = &mut inst.options {
+                m.insert("shards".into(), list.into());
+            }
+        }
         let mut spec = self.conn_spec(&inst)?;
         engine.check_options(&spec).map_err(ServiceError::invalid)?;
         if check {
@@ -833,6 +941,9 @@ impl Service {
             dialect: None,
             check: false,
             uri: None,
+            shards: Vec::new(),
+            config: None,
+            mongos: None,
             max_rate_kbps: match u.max_rate_kbps {
                 Some(v) => v,
                 None => opt("max_rate_kbps").as_u64().map(|v| v as u32),
@@ -898,6 +1009,11 @@ impl Service {
             ));
         }
         if let Some(uri) = u.uri {
+            if i.topology == "sharded" {
+                return Err(ServiceError::invalid(
+                    "uri: a sharded cluster's shards and config servers cannot be changed; register the cluster again",
+                ));
+            }
             let (uri, first) = self.checked_mongo_uri(&i.account_id, Some(&uri)).await?;
             (i.host, i.port) = first;
             if let serde_json::Value::Object(m) = &mut i.options {
@@ -1445,9 +1561,26 @@ impl Service {
         instance: &str,
         rename: std::collections::BTreeMap<String, String>,
         drop: bool,
+        part: Option<String>,
     ) -> ServiceResult<Task> {
         let set = self.set(p, set_id).await?;
         let i = self.instance(p, instance).await?;
+        if let Some(want) = &part {
+            let parts = match &set.consistent_point {
+                Some(stowage_core::ConsistentPoint::ClusterTime { parts, .. }) => parts.clone(),
+                _ => {
+                    return Err(ServiceError::invalid(format!(
+                        "part: set {set_id} is of a replica set (one part); parts are for sets of sharded clusters"
+                    )));
+                }
+            };
+            if !parts.contains(want) {
+                return Err(ServiceError::invalid(format!(
+                    "part: set {set_id} has no part {want:?} (its parts: {})",
+                    parts.join(", ")
+                )));
+            }
+        }
         if i.engine != set.engine {
             return Err(ServiceError::invalid(format!(
                 "set {set_id} is a {} backup; instance {} is {}",
@@ -1481,7 +1614,7 @@ impl Service {
             .create_task(
                 &NewTask {
                     instance_id: Some(i.id.clone()),
-                    params: serde_json::json!({"into": i.id, "rename": rename, "drop": drop}),
+                    params: serde_json::json!({"into": i.id, "rename": rename, "drop": drop, "part": part}),
                     node: Some(self.node.clone()),
                     ..NewTask::of_kind(&p.account_id, TaskKind::Restore, Some(set_id))
                 },
@@ -1500,11 +1633,7 @@ impl Service {
             runner::JobWork::RestoreInto {
                 set: Box::new(set),
                 spec: Box::new(spec),
-                opts: stowage_engines::RestoreIntoOptions {
-                    rename,
-                    drop,
-                    part: None,
-                },
+                opts: stowage_engines::RestoreIntoOptions { rename, drop, part },
             },
         );
         Ok(job)

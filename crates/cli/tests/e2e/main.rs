@@ -9,3 +9,4 @@ mod postgres;
 mod safety;
 mod schedule;
 mod sdk;
+mod sharded;

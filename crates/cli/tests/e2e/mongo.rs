@@ -76,7 +76,7 @@ fn a_mongodb_replica_set_is_registered_checked_and_backed_up() {
 
     let out = s.ok(&["backup", "mongo"]);
     assert!(
-        out.contains("backup set") && out.contains("oplog_ts"),
+        out.contains("backup set") && out.contains("oplog "),
         "{out}"
     );
     let set = s.json(&["set", "list"])["sets"][0].clone();

@@ -810,7 +810,7 @@ pub fn backup_replica_set(
     };
     let d = rs.dump(o, writer)?;
     let end = d.dump_end;
-    let (out, writers) = rs.capture(d, end, o.host_check, writer)?;
+    let (out, writers) = rs.capture(d, end, false, o.host_check, writer)?;
     for w in writers {
         writer.add_archive(w)?;
     }
@@ -971,7 +971,7 @@ impl ReplicaSet {
     }
 
     /// Captures the oplog slice from the dump's `from` to `end` (never
-    /// splitting a transaction), checks the oplog still holds `from` and
+    /// splitting a transaction; `complete` as [`copy_oplog`]), checks the oplog still holds `from` and
     /// the members still pass `host_check`. Returns the backup and the
     /// writers to add to the set; the part stays running (the caller
     /// finishes it once every part is done).
@@ -979,6 +979,7 @@ impl ReplicaSet {
         &self,
         d: Dumped,
         end: Timestamp,
+        complete: bool,
         host_check: Option<&crate::HostCheck>,
         writer: &BackupWriter,
     ) -> Result<(Captured, Vec<ArchiveWriter>), EngineError> {
@@ -990,7 +991,7 @@ impl ReplicaSet {
             None => w.begin_file(file("oplog.bson".into()))?,
         }
         let mut end = end;
-        let copied = copy_oplog(c, d.from, &mut end, &mut w).map_err(mid_backup)?;
+        let copied = copy_oplog(c, d.from, &mut end, complete, &mut w).map_err(mid_backup)?;
         w.end_file()?;
         writers.push(w);
         check_window(c, d.ends, d.from, &d.from_what)?;
@@ -1330,10 +1331,14 @@ const OPLOG_VISIBILITY_WAIT: Duration = Duration::from_secs(30);
 /// moves `end` forward while the entries just after it belong to a
 /// transaction that has entries at or before it. On return `end` is the
 /// last entry copied (or `start`): the set never claims an entry it lacks.
+/// `complete`: the server's clock is known to be past `end` with every
+/// entry up to it readable, so one pass reads them all (an idle shard may
+/// have no entry at or after `end` to wait for).
 fn copy_oplog(
     c: &Client,
     start: Timestamp,
     end: &mut Timestamp,
+    complete: bool,
     w: &mut ArchiveWriter,
 ) -> Result<OplogCopy, EngineError> {
     let oplog = c.database("local").collection::<Document>("oplog.rs");
@@ -1387,7 +1392,7 @@ fn copy_oplog(
             out.entries += 1;
             last = ts;
         }
-        if !ts_gt(*end, last) {
+        if !ts_gt(*end, last) || complete {
             break;
         }
         if std::time::Instant::now() > deadline {
@@ -1696,10 +1701,49 @@ impl crate::Engine for MongoLogical {
     fn check_options(&self, conn: &crate::ConnSpec) -> Result<(), String> {
         // Adding the credentials checks the string's shape; the driver's
         // parser checks the rest (options, hosts).
+        if let Some(parts) = cluster_parts(conn).map_err(|e| e.message)? {
+            for p in parts {
+                mongodb::options::ConnectionString::parse(&p.uri).map_err(|e| {
+                    format!(
+                        "{} {}: not a usable MongoDB connection string: {e}",
+                        p.role.as_str(),
+                        p.id
+                    )
+                })?;
+            }
+            return Ok(());
+        }
         let full = uri_of(conn).map_err(|e| e.message)?;
         mongodb::options::ConnectionString::parse(full.expose())
             .map(|_| ())
             .map_err(|e| format!("uri: not a usable MongoDB connection string: {e}"))
+    }
+
+    fn list_shards(&self, conn: &crate::ConnSpec) -> Result<Vec<String>, EngineError> {
+        let cfg = conn
+            .options
+            .get("config")
+            .and_then(|c| c.get("uri"))
+            .and_then(|u| u.as_str());
+        let mongos = conn.options.get("mongos").and_then(|u| u.as_str());
+        match (mongos, cfg) {
+            (Some(m), _) => sharded::shard_list(
+                with_credentials(m, conn)?.expose(),
+                m,
+                true,
+                conn.host_check.as_ref(),
+            ),
+            (None, Some(c)) => sharded::shard_list(
+                with_credentials(c, conn)?.expose(),
+                c,
+                false,
+                conn.host_check.as_ref(),
+            ),
+            (None, None) => Err(err(
+                ErrorKind::Unsupported,
+                "the shards are read from the config servers or a mongos: give one",
+            )),
+        }
     }
 
     fn check(&self, conn: &crate::ConnSpec) -> Result<crate::ServerInfo, EngineError> {

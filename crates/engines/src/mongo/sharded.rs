@@ -257,44 +257,65 @@ fn run_part(
     let Some(t) = barrier.arrive(d.dump_end, &rs.part) else {
         return Err(err(ErrorKind::Cancelled, "cancelled: another part failed"));
     };
-    reach(&rs.c, t, REACH_WAIT, &rs.part).map_err(mid_backup)?;
-    let (cap, writers) = rs.capture(d, t, o.host_check, writer)?;
+    let by_clock = reach(&rs.c, t, REACH_WAIT, &rs.part).map_err(mid_backup)?;
+    let (cap, writers) = rs.capture(d, t, by_clock, o.host_check, writer)?;
     Ok((cap, writers, t))
 }
 
-/// Makes the oplog of `c` hold an entry at or after `t`, so that its slice
-/// up to `t` is complete: no entry at or before `t` can be written later.
-/// mongod's documented way is `appendOplogNote` with `maxClusterTime`: it
-/// moves the node's clock to `t` and writes a no-op after it. A server that
-/// refuses it (privileges, no such command) still gets there through its
-/// own writes (mongod writes a no-op every 10 s in a replica set); waits
-/// at most `wait`.
-pub fn reach(c: &Client, t: Timestamp, wait: Duration, live: &LiveTask) -> Result<(), EngineError> {
+/// Waits until the oplog of `c` is complete up to `t`: no entry at or
+/// before `t` can be written any more. Either the oplog holds an entry at
+/// or after `t` (returns `false`), or the server's clock, as the
+/// `operationTime` of its replies says, has passed `t` (returns `true`: an
+/// idle server may have no such entry). mongod's documented way to get an
+/// entry is `appendOplogNote` with `maxClusterTime`: it moves the node's
+/// clock to `t` and writes a no-op after it; a server that refuses it gets
+/// there through its own writes (mongod writes a no-op every 10 s in a
+/// replica set) or its clock. Waits at most `wait`.
+pub fn reach(
+    c: &Client,
+    t: Timestamp,
+    wait: Duration,
+    live: &LiveTask,
+) -> Result<bool, EngineError> {
     let deadline = Instant::now() + wait;
     let ends = super::OplogEnds::probe(c)?;
     let admin = c.database("admin");
     let mut refused: Option<String> = None;
+    let mut noted: Option<Instant> = None;
     loop {
         if ends.newest(c)?.is_some_and(|n| !ts_gt(t, n)) {
-            return Ok(());
+            return Ok(false);
         }
         if live.is_cancelled() {
             return Err(err(ErrorKind::Cancelled, "cancelled"));
         }
-        if refused.is_none() {
+        // A note per second at most: a server whose clock is behind `t`
+        // (and ignores maxClusterTime) gets there by itself.
+        if refused.is_none() && noted.is_none_or(|n| n.elapsed() >= Duration::from_secs(1)) {
+            noted = Some(Instant::now());
             let note = doc! {
                 "appendOplogNote": 1,
                 "data": {"msg": "stowage: backup cluster time"},
                 "maxClusterTime": t,
             };
-            if let Err(e) = admin.run_command(note).run() {
-                let e = driver(e);
-                if matches!(e.kind, ErrorKind::Unreachable | ErrorKind::ServerGone) {
-                    return Err(e);
+            match admin.run_command(note).run() {
+                Ok(_) => continue,
+                Err(e) => {
+                    let e = driver(e);
+                    if matches!(e.kind, ErrorKind::Unreachable | ErrorKind::ServerGone) {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e.message, "appendOplogNote refused; waiting for the server's clock");
+                    refused = Some(e.message);
                 }
-                tracing::debug!(error = %e.message, "appendOplogNote refused; waiting for the server's own writes");
-                refused = Some(e.message);
             }
+        }
+        let reply = admin.run_command(doc! {"ping": 1}).run().map_err(driver)?;
+        if reply
+            .get_timestamp("operationTime")
+            .is_ok_and(|now| !ts_gt(t, now))
+        {
+            return Ok(true);
         }
         if Instant::now() > deadline {
             return Err(err(
@@ -428,4 +449,77 @@ pub fn meta_of(b: &ShardedBackup) -> serde_json::Value {
         m["balancer_was"] = was.clone().into();
     }
     m
+}
+
+/// The shards a cluster's config servers (`config.shards`) or a `mongos`
+/// (`listShards`) name, as connection strings without credentials: each
+/// shard's hosts and replica set, with the options of `base` (TLS,
+/// timeouts …) but its `replicaSet`. `uri` carries the credentials, `base`
+/// is the same string without.
+pub fn shard_list(
+    uri: &str,
+    base: &str,
+    via_mongos: bool,
+    host_check: Option<&crate::HostCheck>,
+) -> Result<Vec<String>, EngineError> {
+    let docs: Vec<mongodb::bson::Document> = if via_mongos {
+        let c = connect(uri, Duration::from_secs(10))?;
+        let r = c
+            .database("admin")
+            .run_command(doc! {"listShards": 1})
+            .run()
+            .map_err(driver)?;
+        r.get_array("shards")
+            .map(|a| a.iter().filter_map(|d| d.as_document().cloned()).collect())
+            .unwrap_or_default()
+    } else {
+        let (c, _) = connect_checked(uri, host_check)?;
+        c.database("config")
+            .collection::<mongodb::bson::Document>("shards")
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .run()
+            .map_err(driver)?
+            .collect::<Result<_, _>>()
+            .map_err(driver)?
+    };
+    let query: Vec<&str> = base
+        .split_once('?')
+        .map(|(_, q)| {
+            q.split('&')
+                .filter(|kv| !kv.to_ascii_lowercase().starts_with("replicaset="))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for d in docs {
+        let host = d
+            .get_str("host")
+            .map_err(|_| err(ErrorKind::Protocol, format!("a shard without a host: {d}")))?;
+        // "rs/h1:p,h2:p" (a replica set) or "h:p" (a standalone shard).
+        let (set, hosts) = match host.split_once('/') {
+            Some((set, hosts)) => (Some(set), hosts),
+            None => (None, host),
+        };
+        let mut q: Vec<String> = query.iter().map(|s| s.to_string()).collect();
+        if let Some(set) = set {
+            q.insert(0, format!("replicaSet={set}"));
+        }
+        out.push(if q.is_empty() {
+            format!("mongodb://{hosts}/")
+        } else {
+            format!("mongodb://{hosts}/?{}", q.join("&"))
+        });
+    }
+    if out.is_empty() {
+        return Err(err(
+            ErrorKind::Unsupported,
+            if via_mongos {
+                "the mongos lists no shards"
+            } else {
+                "the config servers list no shards (config.shards is empty): give the shards with --shard"
+            },
+        ));
+    }
+    Ok(out)
 }

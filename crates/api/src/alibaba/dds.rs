@@ -160,14 +160,79 @@ fn backup_json(s: &BackupSet) -> Value {
     })
 }
 
+/// The ids of a sharded instance's nodes that have backups: its shards
+/// (`dds-…_0` …) and config servers (`dds-…_config`), from its options.
+fn node_ids(i: &stowage_catalog::Instance) -> Vec<String> {
+    let shards = i.options.get("shards").and_then(Value::as_array);
+    let config = i.options.get("config").filter(|c| !c.is_null());
+    shards
+        .into_iter()
+        .flatten()
+        .chain(config)
+        .filter_map(|p| p.get("id").and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+/// One node's part of a sharded cluster's set, as DescribeBackups shows a
+/// node's backups: that part's size and databases.
+fn node_backup_json(s: &BackupSet, node: &str) -> Value {
+    let mut v = backup_json(s);
+    let part = s
+        .meta
+        .get("parts")
+        .and_then(Value::as_array)
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p.get("id").and_then(Value::as_str) == Some(node))
+        });
+    if let Some(p) = part {
+        if let Some(b) = p.get("bytes").and_then(Value::as_u64) {
+            v["BackupSize"] = b.into();
+        }
+        v["BackupDBNames"] = p
+            .get("databases")
+            .and_then(Value::as_array)
+            .map(|d| {
+                d.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+            .into();
+    }
+    v
+}
+
 async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let inst = instance_id(svc, req).await?;
-    if req.get("NodeId").is_some() {
-        return Err(RpcError::invalid(
-            "NodeId",
-            "shard-level backups are not supported",
-        ));
-    }
+    let i = svc.instance(&req.principal, &inst).await?;
+    // A sharded cluster's backups are listed per node (shard or config
+    // servers), as the product's API asks.
+    let node = if i.topology == "sharded" {
+        let nodes = node_ids(&i);
+        let n = req
+            .get("NodeId")
+            .ok_or_else(|| RpcError::missing("NodeId"))?;
+        if !nodes.iter().any(|x| x == n) {
+            return Err(RpcError::invalid(
+                "NodeId",
+                &format!(
+                    "instance {inst} has no node {n} (its nodes: {})",
+                    nodes.join(", ")
+                ),
+            ));
+        }
+        Some(n.to_string())
+    } else {
+        if req.get("NodeId").is_some() {
+            return Err(RpcError::invalid(
+                "NodeId",
+                "only for sharded cluster instances",
+            ));
+        }
+        None
+    };
     let job = req
         .get("BackupJobId")
         .map(|j| {
@@ -182,7 +247,19 @@ async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, R
     if let Some(j) = job {
         sets.retain(|s| s.task_id == j);
     }
-    let items: Vec<Value> = page.slice(&sets).iter().map(backup_json).collect();
+    if let Some(n) = &node {
+        sets.retain(|s| {
+            matches!(&s.consistent_point, Some(stowage_core::ConsistentPoint::ClusterTime { parts, .. }) if parts.contains(n))
+        });
+    }
+    let items: Vec<Value> = page
+        .slice(&sets)
+        .iter()
+        .map(|s| match &node {
+            Some(n) => node_backup_json(s, n),
+            None => backup_json(s),
+        })
+        .collect();
     Ok(ok_response(
         json!({
             "Backups": {"Backup": items},
@@ -213,7 +290,8 @@ async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Respon
     let region = req.get("RegionId").unwrap_or("local");
     let mut rows = Vec::new();
     for i in product_instances(svc, req, "dds-", "DBInstanceId").await? {
-        rows.push(json!({
+        let sharded = i.topology == "sharded";
+        let mut row = json!({
             "DBInstanceId": i.id,
             "DBInstanceDescription": i.name,
             "DBInstanceType": if i.topology == "sharded" { "sharding" } else { "replicate" },
@@ -228,7 +306,37 @@ async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Respon
             "NetworkType": "Classic",
             "LockMode": "Unlock",
             "Tags": {"Tag": []},
-        }));
+        });
+        if sharded {
+            // The shards as the model's ShardList carries them (the config
+            // servers have no place in this model; DescribeBackups takes
+            // their id as a NodeId).
+            let shards: Vec<Value> = i
+                .options
+                .get("shards")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    json!({
+                        "NodeId": p.get("id").cloned().unwrap_or(Value::Null),
+                        "NodeClass": "stowage.local",
+                        "NodeDescription": p.get("uri").cloned().unwrap_or(Value::Null),
+                        "ReadonlyReplicas": 0,
+                    })
+                })
+                .collect();
+            row["ShardList"] = json!({"ShardAttribute": shards});
+            let mongos: Vec<Value> = i
+                .options
+                .get("mongos")
+                .and_then(Value::as_str)
+                .map(|u| json!({"NodeId": format!("{}_mongos", i.id), "NodeClass": "stowage.local", "NodeDescription": u}))
+                .into_iter()
+                .collect();
+            row["MongosList"] = json!({"MongosAttribute": mongos});
+        }
+        rows.push(row);
     }
     let rows = RowFilters {
         equal: &[

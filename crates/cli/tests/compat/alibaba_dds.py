@@ -1,6 +1,7 @@
 """Alibaba's official ApsaraDB for MongoDB SDKs (Tea, both signatures; core SDK)
 against a running Stowage. ENDPOINT, AK, SK, INSTANCE (a dds- instance: a MongoDB replica set holding
-databases shop and crm)."""
+databases shop and crm), SHARDED (a dds- sharded cluster of two shards, each holding database shop, and
+config servers)."""
 
 import json
 import os
@@ -15,6 +16,7 @@ from aliyunsdkcore.client import AcsClient
 from aliyunsdkdds.request.v20151201.DescribeBackupTasksRequest import DescribeBackupTasksRequest
 
 ENDPOINT, AK, SK, INSTANCE = os.environ["ENDPOINT"], os.environ["AK"], os.environ["SK"], os.environ["INSTANCE"]
+SHARDED = os.environ["SHARDED"]
 RT = RuntimeOptions()
 
 for v2 in (False, True):
@@ -80,12 +82,52 @@ left = c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=
 assert [b.backup_id for b in left.backups.backup] == [sets[0].backup_id], left.to_map()
 
 insts = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(region_id="cn-hangzhou"), RT).body
-assert insts is not None and insts.total_count == 1, insts.to_map()
-i = insts.dbinstances.dbinstance[0]
-assert i.dbinstance_id == INSTANCE and i.dbinstance_type == "replicate" and i.dbinstance_status == "Running", i.to_map()
+assert insts is not None and insts.total_count == 2, insts.to_map()
+i = [x for x in insts.dbinstances.dbinstance if x.dbinstance_id == INSTANCE][0]
+assert i.dbinstance_type == "replicate" and i.dbinstance_status == "Running", i.to_map()
 assert i.engine == "MongoDB" and i.engine_version == "8.2", i.to_map()
-none = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(region_id="cn-hangzhou", dbinstance_type="sharding"), RT).body
-assert none.dbinstances.dbinstance == [], none.to_map()
+assert i.shard_list is None, i.to_map()
+rs = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(region_id="cn-hangzhou", dbinstance_type="replicate"), RT).body
+assert [x.dbinstance_id for x in rs.dbinstances.dbinstance] == [INSTANCE], rs.to_map()
+
+# The sharded cluster: its shards in ShardList; one backup of the whole
+# cluster, listed per node (a shard, or the config servers) as the API asks.
+sh = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(region_id="cn-hangzhou", dbinstance_type="sharding"), RT).body
+assert [x.dbinstance_id for x in sh.dbinstances.dbinstance] == [SHARDED], sh.to_map()
+x = sh.dbinstances.dbinstance[0]
+assert x.engine == "MongoDB" and x.dbinstance_type == "sharding", x.to_map()
+assert [a.node_id for a in x.shard_list.shard_attribute] == [f"{SHARDED}_0", f"{SHARDED}_1"], x.to_map()
+job = c.create_backup_with_options(dds.CreateBackupRequest(dbinstance_id=SHARDED), RT).body.backup_job_id
+while True:
+    j = c.describe_backup_tasks_with_options(dds.DescribeBackupTasksRequest(dbinstance_id=SHARDED, backup_job_id=str(job)), RT).body.backup_jobs[0]
+    if j.backup_set_status in ("Finished", "Failed"):
+        break
+    time.sleep(0.1)
+assert j.backup_set_status == "Finished", j.to_map()
+try:
+    c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=SHARDED), RT)
+    raise AssertionError("a sharded instance's backups listed without NodeId")
+except ClientException as e:
+    assert e.code == "MissingParameter" and "NodeId" in e.message, (e.code, e.message)
+try:
+    c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=SHARDED, node_id="d-nosuch"), RT)
+    raise AssertionError("an unknown node accepted")
+except ClientException as e:
+    assert e.code == "InvalidParameter" and "NodeId" in e.message, (e.code, e.message)
+for node, dbs in ((f"{SHARDED}_0", "shop"), (f"{SHARDED}_1", "shop"), (f"{SHARDED}_config", "config")):
+    b = c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=SHARDED, node_id=node), RT).body
+    assert b.total_count == 1 and str(b.backups.backup[0].backup_job_id) == str(job), b.to_map()
+    one = b.backups.backup[0]
+    assert one.backup_dbnames == dbs and one.backup_size > 0 and one.backup_method == "Logical", (node, one.to_map())
+sizes = [c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=SHARDED, node_id=f"{SHARDED}_{k}"), RT)
+         .body.backups.backup[0].backup_size for k in (0, 1)]
+assert sizes[0] > sizes[1], sizes  # shard 0 holds more
+try:
+    c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=INSTANCE, node_id=f"{SHARDED}_0"), RT)
+    raise AssertionError("NodeId accepted for a replica set")
+except ClientException as e:
+    assert e.code == "InvalidParameter", e.code
+print("dds tea: sharded cluster (ShardList, per-node DescribeBackups) ok")
 
 tagged = c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(
     region_id="cn-hangzhou", tag=[dds.DescribeDBInstancesRequestTag(key="env", value="prod")]), RT).body

@@ -127,6 +127,41 @@ fn alibaba_sdks_drive_real_backups() {
         .as_str()
         .unwrap()
         .to_string();
+    // A sharded cluster: two shards (shard 0 the larger) and config servers.
+    let cluster_servers: Vec<MongoServer> = ["sdk-sh0", "sdk-sh1", "sdk-cfg"]
+        .iter()
+        .map(|n| {
+            MongoServer::start(MongoOptions {
+                replica_set: n.to_string(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    cluster_servers[0]
+        .pymongo("client.shop.a.insert_many([{'_id': i, 'pad': 'x' * 500} for i in range(400)])");
+    cluster_servers[1].pymongo(
+        "client.shop.a.insert_many([{'_id': i, 'pad': 'x' * 500} for i in range(400, 500)])",
+    );
+    cluster_servers[2].pymongo(
+        "client.config.shards.insert_one({'_id': 'sdk-sh0', 'host': 'sdk-sh0/127.0.0.1:1'})",
+    );
+    let sharded = s.json(&[
+        "instance",
+        "add",
+        "--name",
+        "mongo-cluster",
+        "--engine",
+        "mongodb",
+        "--shard",
+        &cluster_servers[0].uri(),
+        "--shard",
+        &cluster_servers[1].uri(),
+        "--config",
+        &cluster_servers[2].uri(),
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // An instance id that exists, but not for this key: registered on a
     // second server. (Two accounts of one server: see alibaba.rs.)
     let other = Stowage::start_with(&work.path().join("other"), &["--rate-per-key", "3"]);
@@ -179,7 +214,7 @@ fn alibaba_sdks_drive_real_backups() {
         &v,
         &s,
         "alibaba_dds.py",
-        &[("INSTANCE", &mongo)],
+        &[("INSTANCE", &mongo), ("SHARDED", &sharded)],
         "all dds SDK checks passed",
     );
 }

@@ -99,6 +99,8 @@ pub struct MongoBackup {
     pub end_hash: String,
     /// Where the set's dump comes from.
     pub dump: DumpSource,
+    /// Bytes of the replica set's part: its dump and its oplog slice.
+    pub bytes: u64,
 }
 
 /// Where a set's dump comes from: taken by this backup, or reused from an
@@ -859,6 +861,8 @@ pub(crate) struct Dumped {
     documents: u64,
     /// Oplog entries already in the slice continued (a reused base's).
     oplog_entries: u64,
+    /// Bytes of the dump's documents (read, or reused).
+    dump_bytes: u64,
     /// The base set's oplog slice, continued rather than begun.
     continued: Option<stowage_core::manifest::FileEntry>,
     dump: DumpSource,
@@ -958,6 +962,7 @@ impl ReplicaSet {
             databases,
             documents: docs.load(Ordering::Relaxed),
             oplog_entries: 0,
+            dump_bytes: live.bytes_done.load(Ordering::Relaxed),
             continued: None,
             dump: DumpSource {
                 started_ms: dump_ms,
@@ -1013,6 +1018,7 @@ impl ReplicaSet {
             oplog_entries: d.oplog_entries + copied.entries,
             end_hash,
             dump: d.dump,
+            bytes: d.dump_bytes + d.continued.as_ref().map_or(0, |f| f.size) + copied.bytes,
         };
         Ok((
             Captured {
@@ -1219,6 +1225,7 @@ fn reuse_dump(
         databases,
         documents: n("documents"),
         oplog_entries: n("oplog_entries"),
+        dump_bytes: reused - r.oplog.size,
         continued: Some(r.oplog.clone()),
         dump: DumpSource {
             started_ms: r.dump_ms,
@@ -1280,6 +1287,7 @@ struct OplogCopy {
     databases: BTreeSet<String>,
     /// Transactions copied past the `end` asked for ([`txn_key`]).
     txns_after: Vec<String>,
+    bytes: u64,
 }
 
 /// A transaction's identity as a set's meta records it: its session id
@@ -1348,6 +1356,7 @@ fn copy_oplog(
         entries: 0,
         databases: BTreeSet::new(),
         txns_after: Vec::new(),
+        bytes: 0,
     };
     // A newest entry older than start (another member answered): nothing
     // to copy, and the set stays at start.
@@ -1390,6 +1399,7 @@ fn copy_oplog(
             note_databases(&d, &mut out.databases);
             w.write(raw.as_bytes())?;
             out.entries += 1;
+            out.bytes += raw.as_bytes().len() as u64;
             last = ts;
         }
         if !ts_gt(*end, last) || complete {
@@ -1443,6 +1453,7 @@ pub fn meta_of(out: &MongoBackup) -> serde_json::Value {
         "databases": out.databases,
         "documents": out.documents,
         "oplog_entries": out.oplog_entries,
+        "bytes": out.bytes,
         "layout": "mongodump",
     })
 }

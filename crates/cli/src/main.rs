@@ -970,16 +970,37 @@ fn show_set(v: &Value) {
     ];
     // A logical set's dump: taken by its backup, or reused from an earlier
     // set with only the oplog since stored.
+    let dump_line = |d: &Value| match (&d["reused_from_set"], &d["why_new"]) {
+        (Value::Number(n), _) => {
+            format!("reused from set {n}, with the oplog since (a complete set)")
+        }
+        (_, Value::String(why)) => format!("new ({why})"),
+        _ => "new".into(),
+    };
     let d = &v["meta"]["dump"];
     if d.is_object() {
-        let line = match (&d["reused_from_set"], &d["why_new"]) {
-            (Value::Number(n), _) => {
-                format!("reused from set {n}, with the oplog since (a complete set)")
-            }
-            (_, Value::String(why)) => format!("new ({why})"),
-            _ => "new".into(),
-        };
-        rows.insert(8, ("dump", line));
+        rows.insert(8, ("dump", dump_line(d)));
+    }
+    // A sharded cluster's set: one part per shard and the config servers,
+    // each with its replica set, size and dump.
+    let parts: Vec<String> = v["meta"]["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{} {} (replica set {}): {}, {} documents; dump {}",
+                s(&p["role"]),
+                s(&p["id"]),
+                s(&p["replica_set"]),
+                bytes(&p["bytes"]),
+                s(&p["documents"]),
+                dump_line(&p["dump"])
+            )
+        })
+        .collect();
+    for p in &parts {
+        rows.push(("part", p.clone()));
     }
     fields(&rows);
 }

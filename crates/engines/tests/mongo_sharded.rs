@@ -355,3 +355,59 @@ fn one_shards_oplog_overrun_fails_the_backup() {
     assert!(e.message.starts_with("shard c_1"), "{}", e.message);
     assert!(e.message.contains("oplog window overrun"), "{}", e.message);
 }
+
+#[test]
+fn a_second_backup_builds_on_every_parts_dump() {
+    let (shards, config) = cluster();
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let ps = parts(&shards, &config);
+    let mut bw = r.start_backup(2).unwrap();
+    let first =
+        sharded::backup_sharded(&ps, None, &opts(None), &mut bw, &LiveTask::default()).unwrap();
+    let (_, m1) = bw
+        .finish(BTreeMap::new(), sharded::meta_of(&first))
+        .unwrap();
+    shards[1].pymongo("client.shop.later.insert_many([{'_id': i} for i in range(50)])");
+    let base = stowage_engines::BaseSet {
+        id: 1,
+        manifest: Arc::new(m1),
+    };
+    let o = mongo::DumpOptions {
+        base: Some(&base),
+        ..opts(None)
+    };
+    let mut bw = r.start_backup(2).unwrap();
+    let second = sharded::backup_sharded(&ps, None, &o, &mut bw, &LiveTask::default()).unwrap();
+    let stored = bw
+        .stats()
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let (_, m2) = bw
+        .finish(BTreeMap::new(), sharded::meta_of(&second))
+        .unwrap();
+    // Every part took its dump from the first set and stored only the
+    // oplog since.
+    for (p, b, _) in &second.parts {
+        assert_eq!(b.dump.reused_from, Some(1), "{}: {:?}", p.id, b.dump);
+    }
+    assert!(stored < 200_000, "read {stored} bytes again");
+    assert!(key(second.cluster_time) > key(first.cluster_time));
+    // Shard 1 of the second set restores whole, with the later writes.
+    let dst = MongoServer::start(MongoOptions::rust());
+    mongo::restore::restore_dump(
+        &dst.uri(),
+        &r,
+        &m2,
+        1,
+        &mongo::restore::RestoreInto::default(),
+        &LiveTask::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        dst.pymongo(
+            "print(client.shop.items.count_documents({}), client.shop.later.count_documents({}))"
+        ),
+        "3000 50"
+    );
+}

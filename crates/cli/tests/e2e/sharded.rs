@@ -181,7 +181,11 @@ fn a_sharded_cluster_is_backed_up_per_shard_and_restored_whole_or_by_part() {
         "{task}"
     );
     let shown = s.ok(&["set", "show", &set_id]);
-    assert!(shown.contains("cluster time"), "{shown}");
+    assert!(
+        shown.contains("cluster time")
+            && shown.contains(&format!("shard {id}_1 (replica set sh1)")),
+        "{shown}"
+    );
 
     // Restored whole into another cluster of as many shards: shard i into
     // shard i, the config servers' metadata into its config servers.

@@ -1,6 +1,7 @@
 //! The peers of `bench/mongo.sh`, on the same official driver Stowage uses:
 //!
-//! * `load URI N COLLS THREADS`: N documents of ~1 KB (deterministic,
+//! * `load URI N COLLS THREADS [FIRST]`: N documents of ~1 KB (ids FIRST
+//!   on; deterministic,
 //!   semi-random text, so compression has real work) into COLLS collections
 //!   of database `bench`, with parallel `insertMany` of 1000 documents:
 //!   the restore peer ("plain parallel insertMany of the same documents").
@@ -89,7 +90,7 @@ fn client(uri: &str) -> Client {
     Client::with_uri_str(uri).expect("connect")
 }
 
-fn load(uri: &str, n: u64, colls: u64, threads: usize) {
+fn load(uri: &str, n: u64, colls: u64, threads: usize, first: u64) {
     let c = client(uri);
     let next = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
@@ -104,7 +105,8 @@ fn load(uri: &str, n: u64, colls: u64, threads: usize) {
                         return;
                     }
                     let end = (start + 1000).min(n);
-                    let batch: Vec<RawDocumentBuf> = (start..end).map(document).collect();
+                    let batch: Vec<RawDocumentBuf> =
+                        (first + start..first + end).map(document).collect();
                     bytes.fetch_add(
                         batch.iter().map(|d| d.as_bytes().len() as u64).sum(),
                         Ordering::Relaxed,
@@ -260,13 +262,14 @@ fn main() {
             a[3].parse().unwrap(),
             a[4].parse().unwrap(),
             a[5].parse().unwrap(),
+            arg(6).map_or(0, |f| f.parse().unwrap()),
         ),
         Some("read") => read(&a[2], a[3].parse().unwrap(), arg(4)),
         Some("touch") => touch(&a[2], a[3].parse().unwrap()),
         Some("sum") => sum(&a[2]),
         _ => {
             eprintln!(
-                "usage: mongo_bench load URI N COLLS THREADS | read URI THREADS [OUT] | touch URI EVERY | sum URI"
+                "usage: mongo_bench load URI N COLLS THREADS [FIRST] | read URI THREADS [OUT] | touch URI EVERY | sum URI"
             );
             std::process::exit(2);
         }

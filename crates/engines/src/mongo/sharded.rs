@@ -257,7 +257,7 @@ fn run_part(
     let Some(t) = barrier.arrive(d.dump_end, &rs.part) else {
         return Err(err(ErrorKind::Cancelled, "cancelled: another part failed"));
     };
-    let by_clock = reach(&rs.c, t, REACH_WAIT, &rs.part).map_err(mid_backup)?;
+    let by_clock = reach(&rs.c, d.ends, t, REACH_WAIT, &rs.part).map_err(mid_backup)?;
     let (cap, writers) = rs.capture(d, t, by_clock, o.host_check, writer)?;
     Ok((cap, writers, t))
 }
@@ -271,14 +271,14 @@ fn run_part(
 /// clock to `t` and writes a no-op after it; a server that refuses it gets
 /// there through its own writes (mongod writes a no-op every 10 s in a
 /// replica set) or its clock. Waits at most `wait`.
-pub fn reach(
+fn reach(
     c: &Client,
+    ends: super::OplogEnds,
     t: Timestamp,
     wait: Duration,
     live: &LiveTask,
 ) -> Result<bool, EngineError> {
     let deadline = Instant::now() + wait;
-    let ends = super::OplogEnds::probe(c)?;
     let admin = c.database("admin");
     let mut refused: Option<String> = None;
     let mut noted: Option<Instant> = None;

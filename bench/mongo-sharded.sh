@@ -78,8 +78,16 @@ for _ in $(seq 300); do curl -sf "$STOWAGE_SERVER/v1/health" >/dev/null && break
 args=()
 for p in "${SRC[@]}"; do args+=(--shard "$(uri "$p")"); done
 "$BIN" instance add --name cluster --engine mongodb "${args[@]}" --config "$(uri "$CFG")" > /dev/null
+# A second server with its own repository backs up each shard alone (in the
+# first one the shards' chunks would already be stored: nothing to compress).
+port2=$(free_port)
+"$BIN" serve --listen "127.0.0.1:$port2" --data-dir "$OUT/stowage2" --no-scheduler > "$OUT/stowage2.log" 2>&1 &
+PIDS+=($!)
+S2="http://127.0.0.1:$port2"
+for _ in $(seq 300); do curl -sf "$S2/v1/health" >/dev/null && break; sleep 0.1; done
 for k in "${!SRC[@]}"; do
-  "$BIN" instance add --name "shard$k" --engine mongodb --uri "$(uri "${SRC[$k]}")" > /dev/null
+  STOWAGE_SERVER=$S2 STOWAGE_DATA_DIR="$OUT/stowage2" \
+    "$BIN" instance add --name "shard$k" --engine mongodb --uri "$(uri "${SRC[$k]}")" > /dev/null
 done
 
 # The limits: each shard read alone (a warm-up read first), then all at once.
@@ -105,7 +113,7 @@ echo "stowage backup of the cluster: ${B_WALL}s, read $B_BYTES B"
 "$BIN" task show "$(python3 -c "import json; print(json.load(open('$OUT/task.json'))['id'])")" | sed -n '/parts:/,$p'
 SEQ=0
 for k in "${!SRC[@]}"; do
-  read -r w _ _ <<< "$(backup "shard$k")"
+  read -r w _ _ <<< "$(STOWAGE_SERVER=$S2 STOWAGE_DATA_DIR="$OUT/stowage2" backup "shard$k")"
   echo "stowage backup of shard $k alone: ${w}s"
   SEQ=$(python3 -c "print($SEQ + $w)")
 done

@@ -411,3 +411,177 @@ fn a_second_backup_builds_on_every_parts_dump() {
         "3000 50"
     );
 }
+
+/// Transactions on one shard while the cluster is backed up: whatever the
+/// cluster time cuts, a restored shard holds every transaction that
+/// committed at or before it (all of its writes) and none that committed
+/// after (none of its writes), judged from the shard's own oplog (a
+/// transaction commits at its last entry).
+#[test]
+fn transactions_cut_by_the_cluster_time_are_whole_or_absent() {
+    let (shards, config) = cluster();
+    let txw = Command::new(mongo_venv().join("bin/python"))
+        .arg("-c")
+        .arg(format!(
+            "import pymongo, itertools\n\
+             c = pymongo.MongoClient({:?})\n\
+             c.shop.create_collection('tx')\n\
+             for n in itertools.count():\n    \
+                 with c.start_session() as s:\n        \
+                     with s.start_transaction():\n            \
+                         c.shop.tx.insert_one({{'_id': f'{{n}}a', 'n': n}}, session=s)\n            \
+                         c.shop.tx.insert_one({{'_id': f'{{n}}b', 'n': n}}, session=s)\n            \
+                         c.shop.tx.insert_one({{'_id': f'{{n}}c', 'n': n}}, session=s)\n",
+            shards[1].uri()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut txw = txw;
+    wait_until("the transaction writer does not run", || {
+        shards[1]
+            .pymongo("print(client.shop.tx.count_documents({}))")
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 30
+    });
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    let out = sharded::backup_sharded(
+        &parts(&shards, &config),
+        None,
+        &opts(Some(3000)),
+        &mut bw,
+        &LiveTask::default(),
+    )
+    .unwrap();
+    let (_, man) = bw.finish(BTreeMap::new(), sharded::meta_of(&out)).unwrap();
+    // SIGINT: the writer aborts its open transaction as it exits (a killed
+    // one would hold the oplog's newest entries invisible until the server
+    // gives the transaction up, 60 s later).
+    Command::new("kill")
+        .args(["-INT", &txw.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = txw.wait();
+    let t = out.cluster_time;
+    // From the source's oplog: the transactions committed at or before T.
+    let expected = shards[1].pymongo(&format!(
+        "import bson, collections\n\
+         T = (bson.Timestamp({}, {}).time, bson.Timestamp({}, {}).inc)\n\
+         last, ns = {{}}, {{}}\n\
+         for e in client.local.oplog.rs.find({{'ns': 'shop.tx', 'op': 'i'}}):\n    \
+             k = (bytes(e['lsid']['id']), e['txnNumber'])\n    \
+             last[k] = max(last.get(k, (0, 0)), (e['ts'].time, e['ts'].inc))\n    \
+             ns[k] = e['o']['n']\n\
+         print(' '.join(str(n) for n in sorted(ns[k] for k in last if last[k] <= T)))",
+        t.time, t.increment, t.time, t.increment
+    ));
+    let dst = MongoServer::start(MongoOptions::rust());
+    mongo::restore::restore_dump(
+        &dst.uri(),
+        &r,
+        &man,
+        1,
+        &mongo::restore::RestoreInto::default(),
+        &LiveTask::default(),
+    )
+    .unwrap();
+    let got = dst.pymongo(
+        "import collections\n\
+         c = collections.Counter(d['n'] for d in client.shop.tx.find())\n\
+         assert all(v == 3 for v in c.values()), [k for k, v in c.items() if v != 3]\n\
+         print(' '.join(str(n) for n in sorted(c)))",
+    );
+    assert_eq!(
+        got, expected,
+        "restored transactions vs those committed at or before T"
+    );
+    assert!(!expected.is_empty());
+}
+
+/// A part's slice as a cluster's set records it, written by hand so the
+/// cluster time splits a transaction: the restore applies every entry at or
+/// before the cluster time, except the transaction that commits after it
+/// (its entry before the cluster time too), and nothing after.
+#[test]
+fn a_restore_stops_at_the_cluster_time_and_leaves_out_a_transaction_it_splits() {
+    use stowage_core::manifest::FileKind;
+    let f = |path: &str, kind| stowage_repo::FileMeta {
+        path: path.into(),
+        kind,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        link_target: None,
+    };
+    let lsid = |b: u8| {
+        bson::doc! {"id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![b; 16] }}
+    };
+    let ins = |i: u32, id: i32, txn: Option<(u8, i64)>| {
+        let mut e = bson::doc! {
+            "op": "i", "ns": "shop.t", "o": {"_id": id},
+            "ts": bson::Timestamp { time: 100, increment: i },
+        };
+        if let Some((s, n)) = txn {
+            e.insert("lsid", lsid(s));
+            e.insert("txnNumber", n);
+        }
+        e
+    };
+    // T = 100:5. Transaction A (entries 2, 3) commits before it; B (4, 6)
+    // after it, though its first write is before.
+    let entries = [
+        ins(1, 1, None),
+        ins(2, 2, Some((0xA, 1))),
+        ins(3, 3, Some((0xA, 1))),
+        ins(4, 4, Some((0xB, 7))),
+        ins(5, 5, None),
+        ins(6, 6, Some((0xB, 7))),
+    ];
+    let d = tempfile::tempdir().unwrap();
+    let r = repo(d.path());
+    let mut bw = r.start_backup(2).unwrap();
+    let mut w = bw.archive_writer("c_0", None);
+    w.add_entry(f("shop", FileKind::Dir)).unwrap();
+    w.begin_file(f("shop/t.metadata.json", FileKind::File))
+        .unwrap();
+    w.write(br#"{"type":"collection","info":{"name":"t","options":{}},"indexes":[]}"#)
+        .unwrap();
+    w.end_file().unwrap();
+    w.begin_file(f("shop/t.bson", FileKind::File)).unwrap();
+    w.end_file().unwrap();
+    w.begin_file(f("oplog.bson", FileKind::File)).unwrap();
+    for e in &entries {
+        w.write(&e.to_vec().unwrap()).unwrap();
+    }
+    w.end_file().unwrap();
+    bw.add_archive(w).unwrap();
+    let meta = serde_json::json!({
+        "topology": "sharded",
+        "cluster_time": {"t": 100, "i": 5},
+        "parts": [{
+            "id": "c_0", "archive": "c_0", "role": "shard", "databases": ["shop"],
+            "txns_after_cluster_time": [mongo::txn_key(&(vec![0xB; 16], 7))],
+        }],
+    });
+    let (_, man) = bw.finish(BTreeMap::new(), meta).unwrap();
+    let dst = MongoServer::start(MongoOptions::rust());
+    let st = mongo::restore::restore_dump(
+        &dst.uri(),
+        &r,
+        &man,
+        0,
+        &mongo::restore::RestoreInto::default(),
+        &LiveTask::default(),
+    )
+    .unwrap();
+    assert_eq!(st.oplog_applied, 4);
+    assert_eq!(
+        dst.pymongo("print(sorted(d['_id'] for d in client.shop.t.find()))"),
+        "[1, 2, 3, 5]"
+    );
+}

@@ -184,7 +184,7 @@ pub fn backup_sharded(
     });
     let sets: Vec<ReplicaSet> = sets.into_iter().collect::<Result<_, _>>()?;
     let balancer = match mongos {
-        Some(uri) => Some(BalancerPause::stop(uri)?),
+        Some(uri) => Some(BalancerPause::stop(uri, o.host_check)?),
         None => None,
     };
     let barrier = Barrier {
@@ -351,8 +351,11 @@ struct BalancerPause {
 }
 
 impl BalancerPause {
-    fn stop(uri: &str) -> Result<BalancerPause, EngineError> {
-        let c = connect(uri, Duration::from_secs(10))?;
+    fn stop(
+        uri: &str,
+        host_check: Option<&crate::HostCheck>,
+    ) -> Result<BalancerPause, EngineError> {
+        let (c, _) = connect_checked(uri, host_check).map_err(named_mongos)?;
         let admin = c.database("admin");
         let st = admin
             .run_command(doc! {"balancerStatus": 1})

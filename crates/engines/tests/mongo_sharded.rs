@@ -103,6 +103,25 @@ fn writer(s: &MongoServer, k: usize) -> std::process::Child {
         .unwrap()
 }
 
+/// A fresh server and the restore of archive `i` of the set into it.
+fn restore_part(
+    r: &Arc<Repository>,
+    man: &stowage_core::manifest::Manifest,
+    i: usize,
+) -> (MongoServer, mongo::restore::RestoreStats) {
+    let dst = MongoServer::start(MongoOptions::rust());
+    let st = mongo::restore::restore_dump(
+        &dst.uri(),
+        r,
+        man,
+        i,
+        &mongo::restore::RestoreInto::default(),
+        &LiveTask::default(),
+    )
+    .unwrap();
+    (dst, st)
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = std::time::Instant::now();
     while !f() {
@@ -212,16 +231,7 @@ fn every_shard_is_restored_to_one_cluster_time() {
 
         // That part alone, into a fresh server (what a per-shard download
         // needs): exactly the writes at or before T, none after.
-        let dst = MongoServer::start(MongoOptions::rust());
-        let st = mongo::restore::restore_dump(
-            &dst.uri(),
-            &r,
-            &man,
-            k,
-            &mongo::restore::RestoreInto::default(),
-            &LiveTask::default(),
-        )
-        .unwrap();
+        let (dst, st) = restore_part(&r, &man, k);
         assert!(st.documents > 0);
         let got = dst.pymongo(
             "seqs = sorted(d['seq'] for d in client.shop.seq.find())\n\
@@ -238,16 +248,7 @@ fn every_shard_is_restored_to_one_cluster_time() {
     }
 
     // The config part into a fresh server: the cluster's metadata.
-    let dst = MongoServer::start(MongoOptions::rust());
-    mongo::restore::restore_dump(
-        &dst.uri(),
-        &r,
-        &man,
-        3,
-        &mongo::restore::RestoreInto::default(),
-        &LiveTask::default(),
-    )
-    .unwrap();
+    let (dst, _) = restore_part(&r, &man, 3);
     assert_eq!(
         dst.pymongo("print(sorted(d['_id'] for d in client.config.shards.find()))"),
         "['c_0', 'c_1', 'c_2']"
@@ -394,16 +395,7 @@ fn a_second_backup_builds_on_every_parts_dump() {
     assert!(stored < 200_000, "read {stored} bytes again");
     assert!(key(second.cluster_time) > key(first.cluster_time));
     // Shard 1 of the second set restores whole, with the later writes.
-    let dst = MongoServer::start(MongoOptions::rust());
-    mongo::restore::restore_dump(
-        &dst.uri(),
-        &r,
-        &m2,
-        1,
-        &mongo::restore::RestoreInto::default(),
-        &LiveTask::default(),
-    )
-    .unwrap();
+    let (dst, _) = restore_part(&r, &m2, 1);
     assert_eq!(
         dst.pymongo(
             "print(client.shop.items.count_documents({}), client.shop.later.count_documents({}))"
@@ -479,16 +471,7 @@ fn transactions_cut_by_the_cluster_time_are_whole_or_absent() {
          print(' '.join(str(n) for n in sorted(ns[k] for k in last if last[k] <= T)))",
         t.time, t.increment, t.time, t.increment
     ));
-    let dst = MongoServer::start(MongoOptions::rust());
-    mongo::restore::restore_dump(
-        &dst.uri(),
-        &r,
-        &man,
-        1,
-        &mongo::restore::RestoreInto::default(),
-        &LiveTask::default(),
-    )
-    .unwrap();
+    let (dst, _) = restore_part(&r, &man, 1);
     let got = dst.pymongo(
         "import collections\n\
          c = collections.Counter(d['n'] for d in client.shop.tx.find())\n\
@@ -569,16 +552,7 @@ fn a_restore_stops_at_the_cluster_time_and_leaves_out_a_transaction_it_splits() 
         }],
     });
     let (_, man) = bw.finish(BTreeMap::new(), meta).unwrap();
-    let dst = MongoServer::start(MongoOptions::rust());
-    let st = mongo::restore::restore_dump(
-        &dst.uri(),
-        &r,
-        &man,
-        0,
-        &mongo::restore::RestoreInto::default(),
-        &LiveTask::default(),
-    )
-    .unwrap();
+    let (dst, st) = restore_part(&r, &man, 0);
     assert_eq!(st.oplog_applied, 4);
     assert_eq!(
         dst.pymongo("print(sorted(d['_id'] for d in client.shop.t.find()))"),

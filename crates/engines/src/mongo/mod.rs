@@ -1786,7 +1786,14 @@ impl crate::Engine for MongoLogical {
         writer: &mut BackupWriter,
         live: &LiveTask,
     ) -> Result<crate::BackupOutcome, EngineError> {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let o = DumpOptions {
+            archive: None,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_rate_kbps: opts.max_rate_kbps,
+            base: opts.base.as_ref(),
+            host_check: conn.host_check.as_ref(),
+            snapshot_at_for_tests: None,
+        };
         if let Some(parts) = cluster_parts(conn)? {
             let mongos = conn
                 .options
@@ -1797,14 +1804,7 @@ impl crate::Engine for MongoLogical {
             let out = sharded::backup_sharded(
                 &parts,
                 mongos.as_ref().map(|m| m.expose()),
-                &DumpOptions {
-                    archive: None,
-                    threads,
-                    max_rate_kbps: opts.max_rate_kbps,
-                    base: opts.base.as_ref(),
-                    host_check: conn.host_check.as_ref(),
-                    snapshot_at_for_tests: None,
-                },
+                &o,
                 writer,
                 live,
             )?;
@@ -1825,19 +1825,7 @@ impl crate::Engine for MongoLogical {
             });
         }
         // The archive is named after the replica set.
-        let out = backup_replica_set(
-            uri_of(conn)?.expose(),
-            &DumpOptions {
-                archive: None,
-                threads,
-                max_rate_kbps: opts.max_rate_kbps,
-                base: opts.base.as_ref(),
-                host_check: conn.host_check.as_ref(),
-                snapshot_at_for_tests: None,
-            },
-            writer,
-            live,
-        )?;
+        let out = backup_replica_set(uri_of(conn)?.expose(), &o, writer, live)?;
         Ok(crate::BackupOutcome {
             consistent_point: stowage_core::ConsistentPoint::Oplog {
                 oplog_ts: stowage_core::OplogTs {

@@ -485,12 +485,11 @@ fn transactions_cut_by_the_cluster_time_are_whole_or_absent() {
     assert!(!expected.is_empty());
 }
 
-/// A part's slice as a cluster's set records it, written by hand so the
-/// cluster time splits a transaction: the restore applies every entry at or
-/// before the cluster time, except the transaction that commits after it
-/// (its entry before the cluster time too), and nothing after.
-#[test]
-fn a_restore_stops_at_the_cluster_time_and_leaves_out_a_transaction_it_splits() {
+/// A part of a cluster's set written by hand: an empty `shop.t` and the
+/// oplog slice `entries`, the cluster time 100:5, `split` the transactions
+/// the capture copied past it. Restored into a fresh server; returns the
+/// ids of `shop.t` there and the entries applied.
+fn restore_hand_made(entries: &[bson::Document], split: &[(u8, i64)]) -> (String, u64) {
     use stowage_core::manifest::FileKind;
     let f = |path: &str, kind| stowage_repo::FileMeta {
         path: path.into(),
@@ -501,30 +500,6 @@ fn a_restore_stops_at_the_cluster_time_and_leaves_out_a_transaction_it_splits() 
         mtime: 0,
         link_target: None,
     };
-    let lsid = |b: u8| {
-        bson::doc! {"id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![b; 16] }}
-    };
-    let ins = |i: u32, id: i32, txn: Option<(u8, i64)>| {
-        let mut e = bson::doc! {
-            "op": "i", "ns": "shop.t", "o": {"_id": id},
-            "ts": bson::Timestamp { time: 100, increment: i },
-        };
-        if let Some((s, n)) = txn {
-            e.insert("lsid", lsid(s));
-            e.insert("txnNumber", n);
-        }
-        e
-    };
-    // T = 100:5. Transaction A (entries 2, 3) commits before it; B (4, 6)
-    // after it, though its first write is before.
-    let entries = [
-        ins(1, 1, None),
-        ins(2, 2, Some((0xA, 1))),
-        ins(3, 3, Some((0xA, 1))),
-        ins(4, 4, Some((0xB, 7))),
-        ins(5, 5, None),
-        ins(6, 6, Some((0xB, 7))),
-    ];
     let d = tempfile::tempdir().unwrap();
     let r = repo(d.path());
     let mut bw = r.start_backup(2).unwrap();
@@ -538,24 +513,102 @@ fn a_restore_stops_at_the_cluster_time_and_leaves_out_a_transaction_it_splits() 
     w.begin_file(f("shop/t.bson", FileKind::File)).unwrap();
     w.end_file().unwrap();
     w.begin_file(f("oplog.bson", FileKind::File)).unwrap();
-    for e in &entries {
+    for e in entries {
         w.write(&e.to_vec().unwrap()).unwrap();
     }
     w.end_file().unwrap();
     bw.add_archive(w).unwrap();
+    let split: Vec<String> = split
+        .iter()
+        .map(|(s, n)| mongo::txn_key(&(vec![*s; 16], *n)))
+        .collect();
     let meta = serde_json::json!({
         "topology": "sharded",
         "cluster_time": {"t": 100, "i": 5},
         "parts": [{
             "id": "c_0", "archive": "c_0", "role": "shard", "databases": ["shop"],
-            "txns_after_cluster_time": [mongo::txn_key(&(vec![0xB; 16], 7))],
+            "txns_after_cluster_time": split,
         }],
     });
     let (_, man) = bw.finish(BTreeMap::new(), meta).unwrap();
     let (dst, st) = restore_part(&r, &man, 0);
-    assert_eq!(st.oplog_applied, 4);
-    assert_eq!(
+    (
         dst.pymongo("print(sorted(d['_id'] for d in client.shop.t.find()))"),
-        "[1, 2, 3, 5]"
+        st.oplog_applied,
+    )
+}
+
+fn ts100(i: u32) -> bson::Timestamp {
+    bson::Timestamp {
+        time: 100,
+        increment: i,
+    }
+}
+
+/// An oplog entry at 100:`i`, of transaction (`s`, n) if given.
+fn entry(i: u32, mut e: bson::Document, txn: Option<(u8, i64)>) -> bson::Document {
+    e.insert("ts", ts100(i));
+    if let Some((s, n)) = txn {
+        e.insert(
+            "lsid",
+            bson::doc! {"id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![s; 16] }},
+        );
+        e.insert("txnNumber", n);
+    }
+    e
+}
+
+fn insert(id: i32) -> bson::Document {
+    bson::doc! {"op": "i", "ns": "shop.t", "o": {"_id": id}}
+}
+
+/// The cluster time splits a transaction (SecantusDB logs each of its
+/// writes as an entry): the restore applies every entry at or before the
+/// cluster time except that transaction's (it commits after), and nothing
+/// after.
+#[test]
+fn a_restore_stops_at_the_cluster_time_and_leaves_out_a_transaction_it_splits() {
+    // T = 100:5. Transaction A (entries 2, 3) commits before it; B (4, 6)
+    // after it, though its first write is before.
+    let entries = [
+        entry(1, insert(1), None),
+        entry(2, insert(2), Some((0xA, 1))),
+        entry(3, insert(3), Some((0xA, 1))),
+        entry(4, insert(4), Some((0xB, 7))),
+        entry(5, insert(5), None),
+        entry(6, insert(6), Some((0xB, 7))),
+    ];
+    assert_eq!(
+        restore_hand_made(&entries, &[(0xB, 7)]),
+        ("[1, 2, 3, 5]".to_string(), 4)
     );
+}
+
+/// mongod's cross-shard transactions are prepared, then committed at a
+/// `commitTimestamp` (or aborted): restored to the cluster time, one
+/// applies only if it committed at or before it, wherever its entries lie.
+#[test]
+fn prepared_transactions_apply_by_their_commit_timestamp() {
+    let prepare = |id: i32| {
+        bson::doc! {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": [insert(id)], "prepare": true}}
+    };
+    let end = |what: &str, at: Option<u32>| {
+        let mut o = bson::doc! {what: 1};
+        if let Some(i) = at {
+            o.insert("commitTimestamp", ts100(i));
+        }
+        bson::doc! {"op": "c", "ns": "admin.$cmd", "o": o}
+    };
+    // T = 100:5. C commits at 100:4 (its commit entry after T), D at 100:6,
+    // E is aborted.
+    let entries = [
+        entry(1, prepare(10), Some((0xC, 1))),
+        entry(2, prepare(20), Some((0xD, 1))),
+        entry(3, prepare(30), Some((0xE, 1))),
+        entry(4, end("abortTransaction", None), Some((0xE, 1))),
+        entry(6, end("commitTransaction", Some(4)), Some((0xC, 1))),
+        entry(7, end("commitTransaction", Some(6)), Some((0xD, 1))),
+    ];
+    let (ids, _) = restore_hand_made(&entries, &[(0xC, 1), (0xD, 1)]);
+    assert_eq!(ids, "[10]");
 }

@@ -147,6 +147,25 @@ pub struct Replayer<'a> {
     pub applied: u64,
     /// Writes not sent yet: consecutive ones to one collection.
     batch: Option<Batch>,
+    /// Restoring to a cluster time: a prepared transaction is applied only
+    /// if it committed at or before it (its `commitTimestamp`).
+    pub until: Option<mongodb::bson::Timestamp>,
+    /// Prepared transactions (mongod's cross-shard transactions: an
+    /// `applyOps` with `prepare: true`, then `commitTransaction` or
+    /// `abortTransaction`), their writes held until they end.
+    prepared: std::collections::HashMap<String, Vec<Document>>,
+}
+
+/// Whether an oplog entry is part of a prepared transaction's protocol: its
+/// `prepare` entry, or its commit or abort. Replayed by their outcome, never
+/// cut by position.
+pub fn prepared_protocol(e: &Document) -> bool {
+    let Ok(o) = e.get_document("o") else {
+        return false;
+    };
+    o.get_bool("prepare").unwrap_or(false)
+        || o.contains_key("commitTransaction")
+        || o.contains_key("abortTransaction")
 }
 
 /// Statements of one `update` or `delete` command, not sent yet.
@@ -179,6 +198,8 @@ impl<'a> Replayer<'a> {
             dropped_databases: Vec::new(),
             applied: 0,
             batch: None,
+            until: None,
+            prepared: Default::default(),
         }
     }
 
@@ -335,15 +356,45 @@ impl<'a> Replayer<'a> {
             self.flush()?;
         }
         let db_src = ns.split('.').next().unwrap_or("");
+        let txn = super::entry_txn(e);
         if name == "applyOps" {
             let ops = o
                 .get_array("applyOps")
                 .map_err(|_| bad("applyOps: no list"))?;
+            if o.get_bool("prepare").unwrap_or(false) {
+                let key =
+                    txn.ok_or_else(|| bad("a prepared transaction without lsid/txnNumber"))?;
+                let held: Vec<Document> = ops
+                    .iter()
+                    .filter_map(|b| b.as_document().cloned())
+                    .collect();
+                self.prepared.entry(key).or_default().extend(held);
+                return Ok(());
+            }
             for op in ops {
                 let op = op
                     .as_document()
                     .ok_or_else(|| bad("applyOps: not a document"))?;
                 self.apply(op)?;
+            }
+            return Ok(());
+        }
+        if name == "commitTransaction" || name == "abortTransaction" {
+            // A prepared transaction ends (logged under `admin.$cmd`): its
+            // writes apply if it committed, at or before the cluster time
+            // when restoring to one. An unprepared one was applied as it came.
+            let held = txn
+                .and_then(|k| self.prepared.remove(&k))
+                .unwrap_or_default();
+            let at = o.get_timestamp("commitTimestamp").ok();
+            let visible = match (self.until, at) {
+                (Some(t), Some(c)) => !super::ts_gt(c, t),
+                _ => true,
+            };
+            if name == "commitTransaction" && visible {
+                for op in &held {
+                    self.apply(op)?;
+                }
             }
             return Ok(());
         }
@@ -438,8 +489,7 @@ impl<'a> Replayer<'a> {
                 self.dropped_databases.push(db.clone());
                 self.client.database(&db).drop().run().map_err(driver)?;
             }
-            "commitTransaction" | "abortTransaction" | "startIndexBuild" | "commitIndexBuild"
-            | "abortIndexBuild" => {
+            "startIndexBuild" | "commitIndexBuild" | "abortIndexBuild" => {
                 // Index builds are replayed by their commit (createIndexes
                 // carries the spec on the servers we read).
             }

@@ -478,6 +478,7 @@ pub fn restore_dump(
     if let Some(f) = a.files.iter().find(|f| f.path == "oplog.bson") {
         let restored = &source_dbs;
         let mut rp = super::oplog::Replayer::new(&c, &opts.rename, restored);
+        rp.until = until;
         let mut r = repo.file_reader(f);
         while let Some(raw) = next_doc(&mut r)? {
             let e: Document =
@@ -486,7 +487,9 @@ pub fn restore_dump(
                     .map_err(|x: mongodb::bson::error::Error| {
                         err(ErrorKind::Protocol, format!("an oplog entry: {x}"))
                     })?;
-            if let Some(t) = until {
+            if let Some(t) = until
+                && !super::oplog::prepared_protocol(&e)
+            {
                 let after = e.get_timestamp("ts").is_ok_and(|ts| super::ts_gt(ts, t));
                 let split = !skip.is_empty()
                     && super::entry_txn(&e).is_some_and(|k| skip.contains(&k.as_str()));

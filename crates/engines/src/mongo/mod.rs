@@ -542,10 +542,11 @@ fn number(v: Option<&Bson>) -> Option<u64> {
     }
 }
 
-/// A transfer-rate limit shared by the dump threads: each sleeps while the
+/// A transfer-rate limit shared by the dump threads (of every part of a
+/// cluster): each sleeps while the
 /// bytes read so far are ahead of `rate` since the start (spares a busy
 /// production server, as PostgreSQL's MAX_RATE does).
-struct RateLimit {
+pub(crate) struct RateLimit {
     start: std::time::Instant,
     bytes: AtomicU64,
     /// Bytes per second; 0: no limit.
@@ -553,7 +554,7 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn new(kbps: Option<u32>) -> RateLimit {
+    pub(crate) fn new(kbps: Option<u32>) -> RateLimit {
         RateLimit {
             start: std::time::Instant::now(),
             bytes: AtomicU64::new(0),
@@ -810,9 +811,9 @@ pub fn backup_replica_set(
         part,
         config_db: false,
     };
-    let d = rs.dump(o, writer)?;
+    let d = rs.dump(o, &RateLimit::new(o.max_rate_kbps), writer)?;
     let end = d.dump_end;
-    let (out, writers) = rs.capture(d, end, false, o.host_check, writer)?;
+    let (out, writers) = rs.capture(d, end, None, false, o.host_check, writer)?;
     for w in writers {
         writer.add_archive(w)?;
     }
@@ -884,6 +885,7 @@ impl ReplicaSet {
     pub(crate) fn dump(
         &self,
         o: &DumpOptions,
+        limit: &RateLimit,
         writer: &BackupWriter,
     ) -> Result<Dumped, EngineError> {
         let (c, live, archive) = (&self.c, &*self.part, self.archive.as_str());
@@ -920,7 +922,6 @@ impl ReplicaSet {
         // their files land in the same archive.
         let queue = Mutex::new(colls.clone());
         let docs = AtomicU64::new(0);
-        let limit = RateLimit::new(o.max_rate_kbps);
         let threads = o.threads.clamp(1, 16).min(colls.len().max(1));
         let mut writers: Vec<ArchiveWriter> = (0..threads)
             .map(|_| writer.archive_writer(archive, None))
@@ -933,7 +934,7 @@ impl ReplicaSet {
             let handles: Vec<_> = writers
                 .drain(..)
                 .map(|mut w| {
-                    let (queue, docs, limit, snap) = (&queue, &docs, &limit, &snap);
+                    let (queue, docs, snap) = (&queue, &docs, &snap);
                     s.spawn(move || -> Result<ArchiveWriter, EngineError> {
                         loop {
                             let next = queue.lock().expect("queue").pop();
@@ -976,7 +977,7 @@ impl ReplicaSet {
     }
 
     /// Captures the oplog slice from the dump's `from` to `end` (never
-    /// splitting a transaction; `complete` as [`copy_oplog`]), checks the oplog still holds `from` and
+    /// splitting a transaction; `cut` and `complete` as [`copy_oplog`]), checks the oplog still holds `from` and
     /// the members still pass `host_check`. Returns the backup and the
     /// writers to add to the set; the part stays running (the caller
     /// finishes it once every part is done).
@@ -984,6 +985,7 @@ impl ReplicaSet {
         &self,
         d: Dumped,
         end: Timestamp,
+        cut: Option<Timestamp>,
         complete: bool,
         host_check: Option<&crate::HostCheck>,
         writer: &BackupWriter,
@@ -996,7 +998,7 @@ impl ReplicaSet {
             None => w.begin_file(file("oplog.bson".into()))?,
         }
         let mut end = end;
-        let copied = copy_oplog(c, d.from, &mut end, complete, &mut w).map_err(mid_backup)?;
+        let copied = copy_oplog(c, d.from, &mut end, cut, complete, &mut w).map_err(mid_backup)?;
         w.end_file()?;
         writers.push(w);
         check_window(c, d.ends, d.from, &d.from_what)?;
@@ -1266,7 +1268,16 @@ fn ts_gt(a: Timestamp, b: Timestamp) -> bool {
 }
 
 /// A transaction's identity in an oplog entry, if it belongs to one.
+/// mongod logs a transaction as `applyOps` entries (and a prepared one's
+/// `commitTransaction`/`abortTransaction`) carrying `lsid` and `txnNumber`;
+/// SecantusDB logs each of its writes as an entry carrying them. A
+/// retryable write carries them too on mongod, with a `stmtId`: it is not
+/// a transaction (a retryable `insertMany` is one entry per document, each
+/// its own write).
 fn txn_of(d: &Document) -> Option<(Vec<u8>, i64)> {
+    if d.contains_key("stmtId") && d.get_str("op").is_ok_and(|op| op != "c") {
+        return None;
+    }
     let lsid = d.get_document("lsid").ok()?;
     let id = match lsid.get("id")? {
         Bson::Binary(b) => b.bytes.clone(),
@@ -1334,24 +1345,37 @@ fn note_databases(d: &Document, out: &mut BTreeSet<String>) {
 /// committed).
 const OPLOG_VISIBILITY_WAIT: Duration = Duration::from_secs(30);
 
+/// How far back before a cluster time a transaction's first entry may lie
+/// (mongod gives a transaction up after `transactionLifetimeLimitSeconds`,
+/// 60 s by default): older entries are not remembered as open.
+const TXN_HORIZON_SECS: u32 = 600;
+
 /// Appends the oplog entries in (`start`, `end`] to the open file of `w`,
 /// waiting for entries up to `end` that a forward scan does not see yet;
 /// moves `end` forward while the entries just after it belong to a
 /// transaction that has entries at or before it. On return `end` is the
 /// last entry copied (or `start`): the set never claims an entry it lacks.
-/// `complete`: the server's clock is known to be past `end` with every
-/// entry up to it readable, so one pass reads them all (an idle shard may
-/// have no entry at or after `end` to wait for).
+///
+/// `cut`: a cluster time the slice will be restored to; every transaction
+/// with entries on both sides of it is listed (`txns_after`: it commits
+/// after it). `complete`: the server's clock is known to be past `end`, so
+/// no entry at or before it can be written any more, though one may still
+/// be on its way: the entries are read until two passes in a row find none
+/// new up to `end` (an idle shard may have no entry after `end` to wait
+/// for).
 fn copy_oplog(
     c: &Client,
     start: Timestamp,
     end: &mut Timestamp,
+    cut: Option<Timestamp>,
     complete: bool,
     w: &mut ArchiveWriter,
 ) -> Result<OplogCopy, EngineError> {
     let oplog = c.database("local").collection::<Document>("oplog.rs");
-    // Entries after end that continue a transaction cut by end.
+    // Transactions with entries at or before end (and, with a cut, at or
+    // before it, within the horizon).
     let mut open: std::collections::HashSet<(Vec<u8>, i64)> = Default::default();
+    let mut before_cut: std::collections::HashSet<(Vec<u8>, i64)> = Default::default();
     let mut out = OplogCopy {
         entries: 0,
         databases: BTreeSet::new(),
@@ -1365,6 +1389,7 @@ fn copy_oplog(
     }
     let mut last = start;
     let deadline = std::time::Instant::now() + OPLOG_VISIBILITY_WAIT;
+    let mut quiet_pass = false;
     'scan: loop {
         let mut cur = oplog
             .find(doc! {"ts": {"$gt": last}})
@@ -1372,6 +1397,7 @@ fn copy_oplog(
             .batch_size(1000)
             .run()
             .map_err(driver)?;
+        let mut new_before_cut = false;
         while cur.advance().map_err(driver)? {
             let raw = cur.current();
             let d: Document = raw.try_into().map_err(|e: mongodb::bson::error::Error| {
@@ -1383,18 +1409,28 @@ fn copy_oplog(
             let txn = txn_of(&d);
             if ts_gt(ts, *end) {
                 // Past end: only the rest of a transaction end would split.
-                match txn {
-                    Some(t) if open.contains(&t) => {
-                        *end = ts;
-                        let k = txn_key(&t);
-                        if !out.txns_after.contains(&k) {
-                            out.txns_after.push(k);
-                        }
-                    }
+                match &txn {
+                    Some(t) if open.contains(t) => *end = ts,
+                    // Every entry up to end was readable before this one.
                     _ => break 'scan,
                 }
-            } else if let Some(t) = txn {
-                open.insert(t);
+            } else if let Some(t) = &txn {
+                open.insert(t.clone());
+            }
+            if let (Some(k), Some(t)) = (cut, &txn) {
+                if !ts_gt(ts, k) {
+                    if ts.time.saturating_add(TXN_HORIZON_SECS) >= k.time {
+                        before_cut.insert(t.clone());
+                    }
+                } else if before_cut.contains(t) {
+                    let key = txn_key(t);
+                    if !out.txns_after.contains(&key) {
+                        out.txns_after.push(key);
+                    }
+                }
+            }
+            if !ts_gt(ts, *end) {
+                new_before_cut = true;
             }
             note_databases(&d, &mut out.databases);
             w.write(raw.as_bytes())?;
@@ -1402,7 +1438,14 @@ fn copy_oplog(
             out.bytes += raw.as_bytes().len() as u64;
             last = ts;
         }
-        if !ts_gt(*end, last) || complete {
+        if complete {
+            // Two passes in a row with nothing new up to end: none is still
+            // on its way.
+            if !new_before_cut && quiet_pass {
+                break 'scan;
+            }
+            quiet_pass = !new_before_cut;
+        } else if !ts_gt(*end, last) {
             break;
         }
         if std::time::Instant::now() > deadline {
@@ -1540,7 +1583,7 @@ fn cluster_parts(conn: &crate::ConnSpec) -> Result<Option<Vec<sharded::PartSpec>
         Ok(sharded::PartSpec {
             id: id.to_string(),
             role,
-            uri: with_credentials(uri, conn)?.expose().to_string(),
+            uri: with_credentials(uri, conn)?,
         })
     };
     for v in shards {
@@ -1565,7 +1608,7 @@ fn check_cluster(
     let mut sets = Vec::new();
     let mut version = None;
     for p in parts {
-        let f = check(&p.uri, host_check).map_err(|e| EngineError {
+        let f = check(p.uri.expose(), host_check).map_err(|e| EngineError {
             message: format!("{} {}: {}", p.role.as_str(), p.id, e.message),
             ..e
         })?;
@@ -1635,7 +1678,7 @@ fn restore_plan(
                             format!("the target cluster has no {role} for part {want}"),
                         )
                     })?;
-                Ok(vec![(i, stowage_core::Secret::new(dest.uri.clone()))])
+                Ok(vec![(i, dest.uri.clone())])
             }
         };
     }
@@ -1677,7 +1720,7 @@ fn restore_plan(
             let mut plan: Vec<(usize, stowage_core::Secret)> = shards
                 .iter()
                 .zip(&tshards)
-                .map(|(i, p)| (*i, stowage_core::Secret::new(p.uri.clone())))
+                .map(|(i, p)| (*i, p.uri.clone()))
                 .collect();
             if let Some(&(i, _)) = source.iter().find(|(_, r)| *r == "config") {
                 let cfg = t
@@ -1689,7 +1732,7 @@ fn restore_plan(
                             "the target cluster has no config servers registered",
                         )
                     })?;
-                plan.push((i, stowage_core::Secret::new(cfg.uri.clone())));
+                plan.push((i, cfg.uri.clone()));
             }
             Ok(plan)
         }
@@ -1714,7 +1757,7 @@ impl crate::Engine for MongoLogical {
         // parser checks the rest (options, hosts).
         if let Some(parts) = cluster_parts(conn).map_err(|e| e.message)? {
             for p in parts {
-                mongodb::options::ConnectionString::parse(&p.uri).map_err(|e| {
+                mongodb::options::ConnectionString::parse(p.uri.expose()).map_err(|e| {
                     format!(
                         "{} {}: not a usable MongoDB connection string: {e}",
                         p.role.as_str(),

@@ -20,8 +20,8 @@
 //! A restore replays every part's slice to exactly `T`.
 
 use super::{
-    Captured, DumpOptions, MongoBackup, ReplicaSet, connect, connect_checked, driver, err,
-    join_all, mid_backup, replica_set_name, ts_gt,
+    Captured, DumpOptions, MongoBackup, ReplicaSet, connect_checked, driver, err, join_all,
+    mid_backup, replica_set_name, ts_gt,
 };
 use crate::{EngineError, ErrorKind};
 use mongodb::bson::{Timestamp, doc};
@@ -53,7 +53,8 @@ impl Role {
 pub struct PartSpec {
     pub id: String,
     pub role: Role,
-    pub uri: String,
+    /// With credentials: never shown by `Debug`.
+    pub uri: stowage_core::Secret,
 }
 
 /// A finished backup of a sharded cluster.
@@ -167,8 +168,8 @@ pub fn backup_sharded(
             .zip(&lives)
             .map(|(p, l)| {
                 s.spawn(move || {
-                    let (c, f) =
-                        connect_checked(&p.uri, o.host_check).map_err(|e| named(p, None, e))?;
+                    let (c, f) = connect_checked(p.uri.expose(), o.host_check)
+                        .map_err(|e| named(p, None, e))?;
                     replica_set_name(&f).map_err(|e| named(p, None, e))?;
                     Ok(ReplicaSet {
                         c,
@@ -194,17 +195,27 @@ pub fn backup_sharded(
         lives: lives.clone(),
     };
     let shared: &BackupWriter = writer;
+    // One transfer-rate limit for the whole cluster; the dump threads
+    // shared out between the parts.
+    let limit = super::RateLimit::new(o.max_rate_kbps);
+    let per_part = DumpOptions {
+        threads: o.threads.max(1).div_ceil(sets.len()),
+        ..o.clone()
+    };
     let results: Vec<Result<_, EngineError>> = std::thread::scope(|s| {
         let handles: Vec<_> = sets
             .iter()
             .zip(parts)
             .map(|(rs, p)| {
-                let barrier = &barrier;
+                let (barrier, limit, o) = (&barrier, &limit, &per_part);
                 s.spawn(move || {
+                    // A part that ends without its result (an error, a
+                    // panic) releases the others from the rendezvous.
+                    let guard = FailOnDrop(barrier);
                     let set = rs.f.set_name.clone();
-                    let r = run_part(rs, o, shared, barrier);
-                    if r.is_err() {
-                        barrier.fail();
+                    let r = run_part(rs, o, limit, shared, barrier);
+                    if r.is_ok() {
+                        std::mem::forget(guard);
                     }
                     r.map_err(|e| named(p, set.as_deref(), e))
                 })
@@ -212,19 +223,21 @@ pub fn backup_sharded(
             .collect();
         join_all(handles, "a shard's backup")
     });
-    let balancer_was = match balancer {
-        Some(b) => Some(b.resume()?),
-        None => None,
-    };
-    // The first real error, not a sibling's cancellation because of it.
+    let resumed = balancer.map(BalancerPause::resume);
+    // The first real error, not a sibling's cancellation because of it
+    // (and a part's error before the balancer's).
     if results.iter().any(|r| r.is_err()) {
         let mut errs: Vec<EngineError> = results.into_iter().filter_map(|r| r.err()).collect();
         let first = errs
             .iter()
             .position(|e| e.kind != ErrorKind::Cancelled)
             .unwrap_or(0);
+        if let Some(Err(e)) = &resumed {
+            tracing::error!(error = %e.message, "could not start the balancer again; start it with sh.startBalancer()");
+        }
         return Err(errs.swap_remove(first));
     }
+    let balancer_was = resumed.transpose()?;
     let mut out = Vec::new();
     let mut cluster_time = None;
     for (r, p) in results.into_iter().zip(parts) {
@@ -246,19 +259,38 @@ pub fn backup_sharded(
     })
 }
 
+/// Fails the rendezvous when dropped (a part ended without its result).
+struct FailOnDrop<'a>(&'a Barrier);
+
+impl Drop for FailOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fail();
+    }
+}
+
 /// One part: its dump, the rendezvous on the cluster time, its slice to it.
 fn run_part(
     rs: &ReplicaSet,
     o: &DumpOptions,
+    limit: &super::RateLimit,
     writer: &BackupWriter,
     barrier: &Barrier,
 ) -> Result<(Captured, Vec<stowage_repo::ArchiveWriter>, Timestamp), EngineError> {
-    let d = rs.dump(o, writer)?;
+    let d = rs.dump(o, limit, writer)?;
     let Some(t) = barrier.arrive(d.dump_end, &rs.part) else {
         return Err(err(ErrorKind::Cancelled, "cancelled: another part failed"));
     };
     let by_clock = reach(&rs.c, d.ends, t, REACH_WAIT, &rs.part).map_err(mid_backup)?;
-    let (cap, writers) = rs.capture(d, t, by_clock, o.host_check, writer)?;
+    // The slice goes on to the oplog's newest entry now (readable: so no
+    // transaction straddles it), past T: the restore cuts at T and leaves
+    // out the transactions with entries on both sides of it. A shard whose
+    // clock passed T without an entry after it: up to T.
+    let end = if by_clock {
+        t
+    } else {
+        d.ends.newest(&rs.c).map_err(mid_backup)?.unwrap_or(t)
+    };
+    let (cap, writers) = rs.capture(d, end, Some(t), by_clock, o.host_check, writer)?;
     Ok((cap, writers, t))
 }
 
@@ -310,7 +342,13 @@ fn reach(
                 }
             }
         }
-        let reply = admin.run_command(doc! {"ping": 1}).run().map_err(driver)?;
+        // Asked of a member the oplog reads may go to (the connection
+        // string's read preference), not always the primary.
+        let mut ping = admin.run_command(doc! {"ping": 1});
+        if let Some(sc) = c.selection_criteria() {
+            ping = ping.selection_criteria(sc.clone());
+        }
+        let reply = ping.run().map_err(driver)?;
         if reply
             .get_timestamp("operationTime")
             .is_ok_and(|now| !ts_gt(t, now))
@@ -362,17 +400,22 @@ impl BalancerPause {
             .run()
             .map_err(|e| named_mongos(driver(e)))?;
         let was = st.get_str("mode").unwrap_or("full").to_string();
-        if was != "off" {
-            admin
+        // The guard first: a balancerStop that fails after it turned the
+        // balancer off still gets it started again.
+        let pause = BalancerPause {
+            c,
+            was,
+            done: false,
+        };
+        if pause.was != "off" {
+            pause
+                .c
+                .database("admin")
                 .run_command(doc! {"balancerStop": 1})
                 .run()
                 .map_err(|e| named_mongos(driver(e)))?;
         }
-        Ok(BalancerPause {
-            c,
-            was,
-            done: false,
-        })
+        Ok(pause)
     }
 
     fn resume(mut self) -> Result<String, EngineError> {
@@ -466,7 +509,7 @@ pub fn shard_list(
     host_check: Option<&crate::HostCheck>,
 ) -> Result<Vec<String>, EngineError> {
     let docs: Vec<mongodb::bson::Document> = if via_mongos {
-        let c = connect(uri, Duration::from_secs(10))?;
+        let (c, _) = connect_checked(uri, host_check)?;
         let r = c
             .database("admin")
             .run_command(doc! {"listShards": 1})
@@ -486,14 +529,36 @@ pub fn shard_list(
             .collect::<Result<_, _>>()
             .map_err(driver)?
     };
+    // The cluster's options (TLS, timeouts, authSource …), not those of the
+    // one connection: its replica set, a direct or load-balanced connection.
     let query: Vec<&str> = base
         .split_once('?')
         .map(|(_, q)| {
             q.split('&')
-                .filter(|kv| !kv.to_ascii_lowercase().starts_with("replicaset="))
+                .filter(|kv| {
+                    let k = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
+                    !["replicaset", "directconnection", "loadbalanced"].contains(&k.as_str())
+                })
                 .collect()
         })
         .unwrap_or_default();
+    // What the server says is pasted into a connection string: only names
+    // and hosts, never options.
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 255
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    let hosts_ok = |s: &str| {
+        !s.is_empty()
+            && s.split(',').all(|h| {
+                !h.is_empty()
+                    && h.len() <= 261
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".:-[]_".contains(&b))
+            })
+    };
     let mut out = Vec::new();
     for d in docs {
         let host = d
@@ -504,6 +569,12 @@ pub fn shard_list(
             Some((set, hosts)) => (Some(set), hosts),
             None => (None, host),
         };
+        if !set.is_none_or(name_ok) || !hosts_ok(hosts) {
+            return Err(err(
+                ErrorKind::Protocol,
+                format!("the cluster lists a shard as {host:?}: not a replica set and host list"),
+            ));
+        }
         let mut q: Vec<String> = query.iter().map(|s| s.to_string()).collect();
         if let Some(set) = set {
             q.insert(0, format!("replicaSet={set}"));

@@ -704,13 +704,38 @@ impl Service {
                     "config: a sharded cluster needs its config servers' connection string (--config mongodb://…/?replicaSet=cfg)",
                 ));
             };
-            let (config, first) = self.checked_mongo_uri(&p.account_id, Some(config)).await?;
-            let mut shards = Vec::new();
-            for u in &n.shards {
-                shards.push(self.checked_mongo_uri(&p.account_id, Some(u)).await?.0);
+            // Errors name the field ("shards[1]: …"), not "uri".
+            let named = |field: String| {
+                move |mut e: ServiceError| {
+                    let m = e.message.strip_prefix("uri: ").unwrap_or(&e.message);
+                    e.message = format!("{field}: {m}");
+                    e
+                }
+            };
+            let (config, first) = self
+                .checked_mongo_uri(&p.account_id, Some(config))
+                .await
+                .map_err(named("config".into()))?;
+            let mut shards: Vec<String> = Vec::new();
+            for (k, u) in n.shards.iter().enumerate() {
+                let (u, _) = self
+                    .checked_mongo_uri(&p.account_id, Some(u))
+                    .await
+                    .map_err(named(format!("shards[{k}]")))?;
+                if u == config || shards.contains(&u) {
+                    return Err(ServiceError::invalid(format!(
+                        "shards[{k}]: {u} is given twice (each shard and the config servers once)"
+                    )));
+                }
+                shards.push(u);
             }
             let mongos = match n.mongos.as_deref() {
-                Some(m) => Some(self.checked_mongo_uri(&p.account_id, Some(m)).await?.0),
+                Some(m) => Some(
+                    self.checked_mongo_uri(&p.account_id, Some(m))
+                        .await
+                        .map_err(named("mongos".into()))?
+                        .0,
+                ),
                 None => None,
             };
             if shards.is_empty() && !n.check {
@@ -1565,6 +1590,42 @@ impl Service {
     ) -> ServiceResult<Task> {
         let set = self.set(p, set_id).await?;
         let i = self.instance(p, instance).await?;
+        // The set's shape against the target's, before anything runs.
+        let cluster_set = match &set.consistent_point {
+            Some(stowage_core::ConsistentPoint::ClusterTime { parts, .. }) => Some(parts.clone()),
+            _ => None,
+        };
+        let target_sharded = i.topology == "sharded";
+        match (&cluster_set, target_sharded, &part) {
+            (Some(parts), false, None) => {
+                return Err(ServiceError::invalid(format!(
+                    "set {set_id} is of a sharded cluster ({} parts: {}): restore it into a sharded instance with as many shards, or one part (part) into a replica set",
+                    parts.len(),
+                    parts.join(", ")
+                )));
+            }
+            (Some(parts), true, None) => {
+                let set_shards = parts.iter().filter(|p| !p.ends_with("_config")).count();
+                let target_shards = i
+                    .options
+                    .get("shards")
+                    .and_then(|v| v.as_array())
+                    .map_or(0, |a| a.len());
+                if set_shards != target_shards {
+                    return Err(ServiceError::invalid(format!(
+                        "set {set_id} has {set_shards} shards, instance {} {target_shards}: restore into a cluster with as many shards, or part by part (part)",
+                        i.id
+                    )));
+                }
+            }
+            (None, true, _) => {
+                return Err(ServiceError::invalid(format!(
+                    "set {set_id} is of a replica set: restore it into a replica set, not into sharded instance {}",
+                    i.id
+                )));
+            }
+            _ => {}
+        }
         if let Some(want) = &part {
             let parts = match &set.consistent_point {
                 Some(stowage_core::ConsistentPoint::ClusterTime { parts, .. }) => parts.clone(),

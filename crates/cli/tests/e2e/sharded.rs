@@ -24,7 +24,7 @@ fn register_shards(config: &MongoServer, shards: &[&MongoServer]) {
             s.replica_set, s.port
         ));
     }
-    code.push_str("])");
+    code.push_str("])\nclient.config.databases.insert_one({'_id': 'shop', 'primary': 'sh0'})");
     config.pymongo(&code);
 }
 
@@ -78,6 +78,37 @@ fn a_sharded_cluster_is_backed_up_per_shard_and_restored_whole_or_by_part() {
     ]);
     // Refused by the CLI before anything is sent (exit 4).
     assert_fails(&o, 4, "--engine mongodb");
+    // The same replica set twice; a bad string names its field.
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "x",
+        "--engine",
+        "mongodb",
+        "--shard",
+        &sh0.uri(),
+        "--shard",
+        &sh0.uri(),
+        "--config",
+        &cfg.uri(),
+    ]);
+    assert_fails(&o, 2, "given twice");
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "x",
+        "--engine",
+        "mongodb",
+        "--shard",
+        &sh0.uri(),
+        "--shard",
+        "http://nope",
+        "--config",
+        &cfg.uri(),
+    ]);
+    assert_fails(&o, 2, "shards[1]: must start with mongodb://");
     // A shard that cannot be reached: refused, naming it.
     let o = s.cli(&[
         "instance",
@@ -188,7 +219,8 @@ fn a_sharded_cluster_is_backed_up_per_shard_and_restored_whole_or_by_part() {
     );
 
     // Restored whole into another cluster of as many shards: shard i into
-    // shard i, the config servers' metadata into its config servers.
+    // shard i, the config servers' metadata into its config servers (not
+    // the source's shard registry: the target keeps its own).
     let (t0, t1, tc) = (rs("t0"), rs("t1"), rs("tcfg"));
     s.ok(&[
         "instance",
@@ -205,7 +237,7 @@ fn a_sharded_cluster_is_backed_up_per_shard_and_restored_whole_or_by_part() {
         &tc.uri(),
     ]);
     let out = s.ok(&["restore", &set_id, "--into", "target"]);
-    assert!(out.contains("restored 502 documents"), "{out}");
+    assert!(out.contains("restored 501 documents"), "{out}");
     assert_eq!(
         t0.pymongo("print(client.shop.orders.count_documents({'shard': 0}))"),
         "300"
@@ -215,8 +247,10 @@ fn a_sharded_cluster_is_backed_up_per_shard_and_restored_whole_or_by_part() {
         "200"
     );
     assert_eq!(
-        tc.pymongo("print(sorted(d['_id'] for d in client.config.shards.find()))"),
-        "['sh0', 'sh1']"
+        tc.pymongo(
+            "print([d['_id'] for d in client.config.databases.find()], client.config.shards.count_documents({}))"
+        ),
+        "['shop'] 0"
     );
     let r = s.json(&["task", "list", "--kind", "restore"])["tasks"][0].clone();
     let r = s.json(&["task", "show", &r["id"].to_string()]);
@@ -239,7 +273,7 @@ fn a_sharded_cluster_is_backed_up_per_shard_and_restored_whole_or_by_part() {
         &one.uri(),
     ]);
     let o = s.cli(&["restore", &set_id, "--into", "one"]);
-    assert_fails(&o, 1, "--part");
+    assert_fails(&o, 2, "one part (part) into a replica set");
     let o = s.cli(&["restore", &set_id, "--into", "one", "--part", "nosuch"]);
     assert_fails(&o, 2, "has no part");
     let out = s.ok(&[
@@ -269,7 +303,7 @@ fn a_sharded_cluster_is_backed_up_per_shard_and_restored_whole_or_by_part() {
         &tc.uri(),
     ]);
     let o = s.cli(&["restore", &set_id, "--into", "small", "--drop"]);
-    assert_fails(&o, 1, "as many shards");
+    assert_fails(&o, 2, "as many shards");
     // A replica set's instance cannot be given shards later.
     let o = s.cli(&["instance", "set", "big", "--uri", &sh0.uri()]);
     assert_fails(&o, 2, "sharded cluster");

@@ -1700,7 +1700,7 @@ fn restore_plan(
         )),
         Some(_) if shards.is_empty() => Err(err(
             ErrorKind::Unsupported,
-            "the set is of a replica set: restore it into a replica set, or into one shard of the cluster is not supported",
+            "the set is of a replica set: restore it into a replica set (restoring it into one shard of a cluster is not supported)",
         )),
         Some(t) => {
             let tshards: Vec<&sharded::PartSpec> = t
@@ -1764,6 +1764,12 @@ impl crate::Engine for MongoLogical {
                         p.id
                     )
                 })?;
+            }
+            if let Some(m) = conn.options.get("mongos").and_then(|v| v.as_str()) {
+                let full =
+                    with_credentials(m, conn).map_err(|e| format!("mongos: {}", e.message))?;
+                mongodb::options::ConnectionString::parse(full.expose())
+                    .map_err(|e| format!("mongos: not a usable MongoDB connection string: {e}"))?;
             }
             return Ok(());
         }

@@ -147,6 +147,8 @@ pub struct Replayer<'a> {
     pub applied: u64,
     /// Writes not sent yet: consecutive ones to one collection.
     batch: Option<Batch>,
+    /// Source `db.collection`s whose entries are not replayed.
+    pub skip_collections: Vec<String>,
     /// Restoring to a cluster time: a prepared transaction is applied only
     /// if it committed at or before it (its `commitTimestamp`).
     pub until: Option<mongodb::bson::Timestamp>,
@@ -200,6 +202,7 @@ impl<'a> Replayer<'a> {
             batch: None,
             until: None,
             prepared: Default::default(),
+            skip_collections: Vec::new(),
         }
     }
 
@@ -287,7 +290,7 @@ impl<'a> Replayer<'a> {
         if !self.databases.iter().any(|d| d == db) {
             return None;
         }
-        if super::internal_collection(db, coll) {
+        if super::internal_collection(db, coll) || self.skip_collections.iter().any(|s| s == ns) {
             return None;
         }
         Some((self.target_db(db), coll.to_string()))

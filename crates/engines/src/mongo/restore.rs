@@ -269,6 +269,11 @@ fn load_parallel(
     Ok(docs.load(Ordering::Relaxed))
 }
 
+/// The collections of a config server's `config` database that make up the
+/// cluster's identity: never restored into another cluster's config
+/// servers (a set's export keeps them).
+pub const CLUSTER_IDENTITY: [&str; 5] = ["version", "shards", "mongos", "lockpings", "locks"];
+
 /// The cluster time a sharded set is consistent at (every part is restored
 /// to exactly it); `None` for a replica set's.
 pub fn cluster_time(meta: &serde_json::Value) -> Option<mongodb::bson::Timestamp> {
@@ -292,7 +297,19 @@ pub fn restore_dump(
         .archives
         .get(archive)
         .ok_or_else(|| err(ErrorKind::Protocol, "no such archive in the set"))?;
-    let list = entries(a)?;
+    // A cluster's config servers: their metadata restores, not the
+    // identity of the cluster it came from (the target keeps its own shard
+    // registry, version, routers and locks).
+    let config_part = super::part_meta(&m.engine_meta, &a.name)
+        .get("role")
+        .and_then(|r| r.as_str())
+        == Some("config");
+    let list: Vec<Entry> = entries(a)?
+        .into_iter()
+        .filter(|e| {
+            !(config_part && e.db == "config" && CLUSTER_IDENTITY.contains(&e.coll.as_str()))
+        })
+        .collect();
     let (c, _) = super::connect_checked(uri, opts.host_check.as_ref())?;
     let target = |db: &str| {
         opts.rename
@@ -479,6 +496,12 @@ pub fn restore_dump(
         let restored = &source_dbs;
         let mut rp = super::oplog::Replayer::new(&c, &opts.rename, restored);
         rp.until = until;
+        if config_part {
+            rp.skip_collections = CLUSTER_IDENTITY
+                .iter()
+                .map(|c| format!("config.{c}"))
+                .collect();
+        }
         let mut r = repo.file_reader(f);
         while let Some(raw) = next_doc(&mut r)? {
             let e: Document =

@@ -1002,6 +1002,9 @@ fn show_set(v: &Value) {
     for p in &parts {
         rows.push(("part", p.clone()));
     }
+    if let Some(b) = v["meta"]["balancer"].as_str() {
+        rows.push(("balancer", b.to_string()));
+    }
     fields(&rows);
 }
 

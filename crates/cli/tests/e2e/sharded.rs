@@ -236,6 +236,21 @@ fn a_sharded_cluster_is_backed_up_per_shard_and_restored_whole_or_by_part() {
         "--config",
         &tc.uri(),
     ]);
+    // Shard 1's target holds the database already: refused before any
+    // part writes anything (shard 0's target stays empty).
+    t1.pymongo("client.shop.x.insert_one({'_id': 1})");
+    let o = s.cli(&["restore", &set_id, "--into", "target"]);
+    assert_fails(&o, 1, "already holds database");
+    assert!(
+        stderr(&o).contains(&format!("part {id}_1")),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        t0.pymongo("print('shop' in client.list_database_names())"),
+        "False"
+    );
+    t1.pymongo("client.drop_database('shop')");
     let out = s.ok(&["restore", &set_id, "--into", "target"]);
     assert!(out.contains("restored 501 documents"), "{out}");
     assert_eq!(

@@ -1914,6 +1914,15 @@ impl crate::Engine for MongoLogical {
             host_check: conn.host_check.clone(),
         };
         let plan = restore_plan(conn, m, opts.part.as_deref())?;
+        // Every target reachable and free before any part writes anything.
+        if plan.len() > 1 {
+            for (i, uri) in &plan {
+                restore::preflight(uri.expose(), m, *i, &o).map_err(|e| EngineError {
+                    message: format!("part {}: {}", m.archives[*i].name, e.message),
+                    ..e
+                })?;
+            }
+        }
         live.set_state(TaskState::Running);
         // One part per archive (a replica set, a shard), each with its own
         // progress, all at once; the task's progress is their sum.

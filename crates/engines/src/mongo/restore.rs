@@ -269,6 +269,59 @@ fn load_parallel(
     Ok(docs.load(Ordering::Relaxed))
 }
 
+/// Something the target holds already that the restore would write.
+enum Conflict {
+    Database(String),
+    /// In `admin` or `config`, whose databases are never dropped whole.
+    Collection(String, String),
+}
+
+impl Conflict {
+    fn refusal(&self) -> EngineError {
+        err(
+            ErrorKind::Unsupported,
+            match self {
+                Conflict::Database(db) => format!(
+                    "the target already holds database {db:?}; restore under another name (rename) or let the restore drop it"
+                ),
+                Conflict::Collection(db, coll) => format!(
+                    "the target already holds collection {db}.{coll}; let the restore drop it"
+                ),
+            },
+        )
+    }
+}
+
+/// What of `dbs` (target names) the server behind `c` holds already: whole
+/// databases, and in `admin`/`config` (the server's own, never dropped
+/// whole) the collections `list` would write.
+fn conflicts(
+    c: &mongodb::sync::Client,
+    list: &[Entry],
+    dbs: &[String],
+    target: &dyn Fn(&str) -> String,
+) -> Result<Vec<Conflict>, EngineError> {
+    let existing = c.list_database_names().run().map_err(driver)?;
+    let mut out = Vec::new();
+    for db in dbs {
+        if ["admin", "config"].contains(&db.as_str()) {
+            let have = c
+                .database(db)
+                .list_collection_names()
+                .run()
+                .map_err(driver)?;
+            for e in list.iter().filter(|e| &target(&e.db) == db) {
+                if have.contains(&e.coll) {
+                    out.push(Conflict::Collection(db.clone(), e.coll.clone()));
+                }
+            }
+        } else if existing.contains(db) {
+            out.push(Conflict::Database(db.clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// The collections of a config server's `config` database that make up the
 /// cluster's identity: never restored into another cluster's config
 /// servers (a set's export keeps them).
@@ -284,15 +337,21 @@ pub fn cluster_time(meta: &serde_json::Value) -> Option<mongodb::bson::Timestamp
     })
 }
 
-/// Restores archive `archive` of manifest `m` into the server at `uri`.
-pub fn restore_dump(
-    uri: &str,
-    repo: &Arc<Repository>,
-    m: &stowage_core::manifest::Manifest,
+/// What restoring archive `archive` of `m` writes: its collections, the
+/// source databases and their target names.
+struct Plan<'a> {
+    a: &'a Archive,
+    config_part: bool,
+    list: Vec<Entry<'a>>,
+    source_dbs: Vec<String>,
+    dbs: Vec<String>,
+}
+
+fn plan<'a>(
+    m: &'a stowage_core::manifest::Manifest,
     archive: usize,
     opts: &RestoreInto,
-    live: &LiveTask,
-) -> Result<RestoreStats, EngineError> {
+) -> Result<Plan<'a>, EngineError> {
     let a = m
         .archives
         .get(archive)
@@ -310,13 +369,6 @@ pub fn restore_dump(
             !(config_part && e.db == "config" && CLUSTER_IDENTITY.contains(&e.coll.as_str()))
         })
         .collect();
-    let (c, _) = super::connect_checked(uri, opts.host_check.as_ref())?;
-    let target = |db: &str| {
-        opts.rename
-            .get(db)
-            .cloned()
-            .unwrap_or_else(|| db.to_string())
-    };
     // The databases of the dump, and those the set records its oplog slice
     // created (a database that appeared after the dump began).
     let source_dbs: Vec<String> = {
@@ -336,9 +388,6 @@ pub fn restore_dump(
         v.dedup();
         v
     };
-    let mut dbs: Vec<String> = source_dbs.iter().map(|d| target(d)).collect();
-    dbs.sort();
-    dbs.dedup();
     if let Some(d) = source_dbs
         .iter()
         .find(|d| d.is_empty() || d.contains(['/', '\\', '.', ' ', '"', '$', '\0']))
@@ -348,43 +397,79 @@ pub fn restore_dump(
             format!("the set names an invalid database {d:?}"),
         ));
     }
-    let existing = c.list_database_names().run().map_err(driver)?;
-    for db in &dbs {
-        // The server's own databases are never dropped: only the
-        // collections the set holds (a cluster's metadata in `config`).
-        if ["admin", "config"].contains(&db.as_str()) {
-            let d = c.database(db);
-            let have = d.list_collection_names().run().map_err(driver)?;
-            for e in list.iter().filter(|e| &target(&e.db) == db) {
-                if !have.contains(&e.coll) {
-                    continue;
-                }
-                if !opts.drop {
-                    return Err(err(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "the target already holds collection {db}.{}; let the restore drop it",
-                            e.coll
-                        ),
-                    ));
-                }
-                d.collection::<Document>(&e.coll)
-                    .drop()
-                    .run()
-                    .map_err(driver)?;
-            }
-            continue;
+    let mut dbs: Vec<String> = source_dbs.iter().map(|d| opts.target(d)).collect();
+    dbs.sort();
+    dbs.dedup();
+    Ok(Plan {
+        a,
+        config_part,
+        list,
+        source_dbs,
+        dbs,
+    })
+}
+
+/// Checks, before anything is written anywhere, that archive `archive` of
+/// `m` can be restored into the server at `uri`: reachable, allowed, and
+/// holding nothing the restore would write (unless `drop`). A restore of
+/// several parts checks every target first.
+pub fn preflight(
+    uri: &str,
+    m: &stowage_core::manifest::Manifest,
+    archive: usize,
+    opts: &RestoreInto,
+) -> Result<(), EngineError> {
+    let p = plan(m, archive, opts)?;
+    let (c, _) = super::connect_checked(uri, opts.host_check.as_ref())?;
+    if !opts.drop
+        && let Some(first) = conflicts(&c, &p.list, &p.dbs, &|d| opts.target(d))?.first()
+    {
+        return Err(first.refusal());
+    }
+    Ok(())
+}
+
+impl RestoreInto {
+    /// The target name of source database `db`.
+    fn target(&self, db: &str) -> String {
+        self.rename
+            .get(db)
+            .cloned()
+            .unwrap_or_else(|| db.to_string())
+    }
+}
+
+/// Restores archive `archive` of manifest `m` into the server at `uri`.
+pub fn restore_dump(
+    uri: &str,
+    repo: &Arc<Repository>,
+    m: &stowage_core::manifest::Manifest,
+    archive: usize,
+    opts: &RestoreInto,
+    live: &LiveTask,
+) -> Result<RestoreStats, EngineError> {
+    let Plan {
+        a,
+        config_part,
+        list,
+        source_dbs,
+        dbs,
+    } = plan(m, archive, opts)?;
+    let (c, _) = super::connect_checked(uri, opts.host_check.as_ref())?;
+    let target = |db: &str| opts.target(db);
+    // What the target holds already: refused, or dropped with `drop`.
+    for conflict in conflicts(&c, &list, &dbs, &target)? {
+        if !opts.drop {
+            return Err(conflict.refusal());
         }
-        if existing.contains(db) {
-            if !opts.drop {
-                return Err(err(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "the target already holds database {db:?}; restore under another name (rename) or let the restore drop it"
-                    ),
-                ));
-            }
-            c.database(db).drop().run().map_err(driver)?;
+        match conflict {
+            Conflict::Database(db) => c.database(&db).drop().run().map_err(driver)?,
+            Conflict::Collection(db, coll) => c
+                .database(&db)
+                .collection::<Document>(&coll)
+                .drop()
+                .run()
+                .map_err(driver)?,
         }
     }
     live.bytes_total.store(

@@ -491,6 +491,11 @@ pub fn meta_of(b: &ShardedBackup) -> serde_json::Value {
         "oplog_entries": sum("oplog_entries"),
         "layout": "mongodump",
     });
+    m["balancer"] = match &b.balancer_was {
+        Some(was) => format!("paused through the mongos for the backup (was {was})"),
+        None => "not paused (no mongos registered): a chunk migrating meanwhile may be in two shards' dumps or none".into(),
+    }
+    .into();
     if let Some(was) = &b.balancer_was {
         m["balancer_was"] = was.clone().into();
     }

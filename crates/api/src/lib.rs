@@ -12,6 +12,7 @@
 
 pub mod alibaba;
 pub mod rest;
+pub mod tencent;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

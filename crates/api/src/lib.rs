@@ -11,6 +11,7 @@
 //! listener, routed by their own request markers.
 
 pub mod alibaba;
+pub mod gate;
 pub mod rest;
 pub mod tencent;
 
@@ -20,10 +21,44 @@ use stowage_service::Service;
 
 /// The whole HTTP application.
 pub fn app(svc: Arc<Service>, rpc: alibaba::RpcConfig) -> axum::Router {
-    rest::router(svc.clone())
-        .merge(alibaba::router(svc, rpc))
+    let gate = Arc::new(gate::Gate::new(svc.clone(), rpc.rate_per_key));
+    let clouds = Arc::new(Clouds {
+        alibaba: alibaba::rpc::RpcState {
+            svc: svc.clone(),
+            gate: gate.clone(),
+        },
+        tencent: tencent::layer::TcState { gate },
+    });
+    let cloud_routes = axum::Router::new()
+        .route("/", axum::routing::get(cloud_entry).post(cloud_entry))
+        .with_state(clouds);
+    rest::router(svc)
+        .merge(cloud_routes)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::from_fn(body_limit_in_dialect))
+}
+
+/// The cloud dialects on `/`, sharing one gate (key lookup, rate limit,
+/// nonce replay).
+struct Clouds {
+    alibaba: alibaba::rpc::RpcState,
+    tencent: tencent::layer::TcState,
+}
+
+/// `/`: a Tencent request (TC3 authorization, `X-TC-Action`, or the legacy
+/// signature with mongodb's version) or else an Alibaba RPC request.
+async fn cloud_entry(
+    axum::extract::State(c): axum::extract::State<Arc<Clouds>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if tencent::layer::is_tencent(&uri, &headers, &body) {
+        tencent::layer::handle(&c.tencent, method, uri, headers, body).await
+    } else {
+        alibaba::rpc::handle(&c.alibaba, method, uri, headers, body).await
+    }
 }
 
 /// Largest request body accepted.
@@ -37,6 +72,12 @@ async fn body_limit_in_dialect(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let rest = req.uri().path().starts_with("/v1/");
+    let tencent = req.headers().contains_key("x-tc-action")
+        || req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|a| a.starts_with("TC3-"));
     let host = req
         .headers()
         .get("host")
@@ -56,6 +97,12 @@ async fn body_limit_in_dialect(
             ),
         )
             .into_response()
+    } else if tencent {
+        let rid = stowage_service::secrets::random_uuid();
+        tencent::layer::error_response(
+            &tencent::layer::TcError::new("InvalidParameter", message),
+            &rid,
+        )
     } else {
         alibaba::rpc::early_error(resp.status(), "RequestEntityTooLarge", &message, &host)
     }

@@ -12,4 +12,4 @@ pub mod rpc;
 pub mod shared;
 pub mod xml;
 
-pub use rpc::{RpcConfig, router};
+pub use rpc::RpcConfig;

@@ -4,15 +4,12 @@
 //! the cloud's error shape. Product modules plug in through [`Product`].
 
 use super::signature as sig;
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use stowage_service::{ErrorKind, Principal, Service, ServiceError};
 
 /// The products this layer routes to, by API version.
@@ -284,19 +281,9 @@ pub async fn start_manual_backup(
 
 pub struct RpcState {
     pub svc: Arc<Service>,
-    nonces: Mutex<sig::NonceCache>,
-    limiter: Mutex<RateLimiter>,
-}
-
-pub fn router(svc: Arc<Service>, cfg: RpcConfig) -> Router {
-    let st = Arc::new(RpcState {
-        svc,
-        nonces: Mutex::new(sig::NonceCache::default()),
-        limiter: Mutex::new(RateLimiter::new(cfg.rate_per_key)),
-    });
-    Router::new()
-        .route("/", get(handle).post(handle))
-        .with_state(st)
+    /// Key lookup, rate limit and nonce replay, shared with the other
+    /// cloud dialect.
+    pub gate: Arc<crate::gate::Gate>,
 }
 
 /// A request refused before it reached the RPC layer (e.g. a body over the
@@ -370,8 +357,9 @@ fn to_xml(r: Response, action: &str) -> Response {
     }
 }
 
-async fn handle(
-    State(st): State<Arc<RpcState>>,
+/// Answers one Alibaba RPC request (the cloud entry routes it here).
+pub async fn handle(
+    st: &RpcState,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -390,11 +378,11 @@ async fn handle(
             .ok()
             .and_then(sig::decode_form)
             .is_some_and(|f| super::xml::wants_xml(&f));
-    match authenticate(&st, &method, &uri, &headers, &body, &rid).await {
+    match authenticate(st, &method, &uri, &headers, &body, &rid).await {
         Ok(req) => {
             let host = req.product.host();
             let action = req.action.clone();
-            match dispatch(&st, req).await {
+            match dispatch(st, req).await {
                 Ok(r) if xml => to_xml(r, &action),
                 Ok(r) => r,
                 Err(e) => error_response(&e, &rid, host, xml),
@@ -535,11 +523,7 @@ async fn authenticate(
                     ))
                 })
                 .collect();
-            let (principal, secret) = st
-                .svc
-                .key_secret(&auth.access_key_id)
-                .await
-                .map_err(key_error)?;
+            let (principal, secret) = st.gate.key(&auth.access_key_id).await.map_err(key_error)?;
             let cr = sig::acs3_canonical_request(
                 method.as_str(),
                 uri.path(),
@@ -598,8 +582,8 @@ async fn authenticate(
                 ));
             }
             let (principal, secret) = st
-                .svc
-                .key_secret(&params["AccessKeyId"])
+                .gate
+                .key(&params["AccessKeyId"])
                 .await
                 .map_err(key_error)?;
             let sts = sig::rpc_string_to_sign(method.as_str(), &all);
@@ -619,26 +603,24 @@ async fn authenticate(
             )
         }
     };
-    if let Err(wait_ms) = st.limiter.lock().expect("rate limiter").take(&key_id, now) {
-        let mut e = RpcError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Throttling.User",
-            "Request was denied due to user flow control.",
-        );
-        e.retry_after_ms = Some(wait_ms);
-        return Err(e);
-    }
-    if !st
-        .nonces
-        .lock()
-        .expect("nonce cache")
-        .check_and_insert(&key_id, &nonce, now)
-    {
-        return Err(RpcError::new(
-            StatusCode::BAD_REQUEST,
-            "SignatureNonceUsed",
-            "The request signature nonce has been used.",
-        ));
+    match st.gate.admit(&key_id, Some(&nonce), now) {
+        Ok(()) => {}
+        Err(crate::gate::Refused::Throttled(wait_ms)) => {
+            let mut e = RpcError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Throttling.User",
+                "Request was denied due to user flow control.",
+            );
+            e.retry_after_ms = Some(wait_ms);
+            return Err(e);
+        }
+        Err(crate::gate::Refused::NonceUsed) => {
+            return Err(RpcError::new(
+                StatusCode::BAD_REQUEST,
+                "SignatureNonceUsed",
+                "The request signature nonce has been used.",
+            ));
+        }
     }
     let action = params
         .get("Action")

@@ -5,5 +5,7 @@
 //! authentication, key lookup, replay and throttling, comes next
 //! (`docs/status.md`, issue 11).
 
+pub mod layer;
+pub mod ops;
 pub mod params;
 pub mod signature;

@@ -218,3 +218,66 @@ fn alibaba_sdks_drive_real_backups() {
         "all dds SDK checks passed",
     );
 }
+
+/// Tencent Cloud's official SDK (TC3 POST and GET, legacy HmacSHA1/256)
+/// against a real server with a replica set and a sharded cluster.
+#[test]
+fn tencent_sdk_speaks_to_a_real_server() {
+    let v = venv();
+    let work = tempfile::tempdir().unwrap();
+    let s = Stowage::start(&work.path().join("stowage"));
+    let servers: Vec<MongoServer> = ["tc-rs", "tc-sh0", "tc-sh1", "tc-cfg"]
+        .iter()
+        .map(|n| {
+            MongoServer::start(MongoOptions {
+                replica_set: n.to_string(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let add = |args: &[&str]| -> String {
+        let mut a = vec![
+            "instance",
+            "add",
+            "--engine",
+            "mongodb",
+            "--dialect",
+            "tencent_mongo",
+        ];
+        a.extend_from_slice(args);
+        s.json(&a)["id"].as_str().unwrap().to_string()
+    };
+    let rs = add(&["--name", "rs", "--uri", &servers[0].uri()]);
+    let sharded = add(&[
+        "--name",
+        "cluster",
+        "--shard",
+        &servers[1].uri(),
+        "--shard",
+        &servers[2].uri(),
+        "--config",
+        &servers[3].uri(),
+    ]);
+    assert!(
+        rs.starts_with("cmgo-") && sharded.starts_with("cmgo-"),
+        "{rs} {sharded}"
+    );
+    // A dds instance of the same account is not Tencent's.
+    s.json(&[
+        "instance",
+        "add",
+        "--name",
+        "dds",
+        "--engine",
+        "mongodb",
+        "--uri",
+        &servers[0].uri(),
+    ]);
+    run_script(
+        &v,
+        &s,
+        "tencent_mongodb.py",
+        &[("RS", &rs), ("SHARDED", &sharded)],
+        "all tencent SDK checks passed",
+    );
+}

@@ -3,14 +3,25 @@
 use super::layer::{TcError, TcRequest, ok_response};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use stowage_catalog::BackupSet;
 use stowage_catalog::Instance;
 use stowage_core::time::format_rfc3339;
-use stowage_service::Service;
+use stowage_core::{TaskMode, TaskState};
+use stowage_service::{ErrorKind, Service};
 
-pub async fn dispatch(svc: &Service, req: &TcRequest) -> Result<Response, TcError> {
+pub async fn dispatch(svc: &Arc<Service>, req: &TcRequest) -> Result<Response, TcError> {
     authorize(req)?;
     match req.action.as_str() {
         "DescribeDBInstances" => describe_db_instances(svc, req).await,
+        "CreateBackupDBInstance" => create_backup(svc, req).await,
+        "DescribeAsyncRequestInfo" => describe_async_request(svc, req).await,
+        "DescribeDBBackups" => describe_db_backups(svc, req).await,
+        "DeleteDBBackups" => delete_db_backups(svc, req).await,
+        "RestoreDBInstance" => Err(TcError::new(
+            "UnsupportedOperation",
+            "RestoreDBInstance restores to a point in time, which this server does not do yet; restore a backup set with `stowage restore <set> --into <instance>`.",
+        )),
         other => Err(TcError::new(
             "InvalidAction",
             format!(
@@ -247,4 +258,256 @@ async fn describe_db_instances(svc: &Service, req: &TcRequest) -> Result<Respons
         json!({"TotalCount": total, "InstanceDetails": details}),
         &req.request_id,
     ))
+}
+
+/// The caller's `cmgo-` instance named by `InstanceId`; any other (missing
+/// from this account, another product's) is `InvalidParameterValue.NotFoundInstance`.
+async fn instance(svc: &Service, req: &TcRequest) -> Result<Instance, TcError> {
+    let id = req
+        .params
+        .get("InstanceId")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| TcError::missing("InstanceId"))?;
+    let not_found = || {
+        TcError::new(
+            "InvalidParameterValue.NotFoundInstance",
+            format!("Instance {id} does not exist."),
+        )
+    };
+    if !id.starts_with("cmgo-") {
+        return Err(not_found());
+    }
+    match svc.instance(&req.principal, id).await {
+        Ok(i) if i.id == id => Ok(i),
+        Ok(_) => Err(not_found()),
+        Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::InvalidParameter) => {
+            Err(not_found())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `2021-03-26 10:47:37`: the cloud's time format (UTC here).
+pub fn cloud_time(ms: i64) -> String {
+    format_rfc3339(ms)
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string()
+}
+
+/// BackupMethod as the cloud numbers it: 0 logical, 1 physical, 3 snapshot.
+fn method_number(m: &str) -> i64 {
+    if m == "logical" { 0 } else { 1 }
+}
+
+async fn create_backup(svc: &Arc<Service>, req: &TcRequest) -> Result<Response, TcError> {
+    let p = &req.params;
+    only(
+        p,
+        &[
+            "InstanceId",
+            "BackupMethod",
+            "BackupRemark",
+            "BackupRetentionDays",
+        ],
+    )?;
+    let inst = instance(svc, req).await?;
+    if let Some(m) = int(p, "BackupMethod")? {
+        // cmgo- instances are MongoDB: logical backups.
+        let ours = method_number(if inst.engine == "mongodb" {
+            "logical"
+        } else {
+            "physical"
+        });
+        if ![0, 1, 3].contains(&m) {
+            return Err(TcError::invalid(
+                "BackupMethod",
+                "0 (logical), 1 (physical) or 3 (snapshot)",
+            ));
+        }
+        if m != ours {
+            return Err(TcError::invalid(
+                "BackupMethod",
+                &format!("this instance takes BackupMethod {ours} backups"),
+            ));
+        }
+    }
+    let retention = match int(p, "BackupRetentionDays")? {
+        None | Some(0) => None,
+        Some(d @ 1..=7300) => Some(d as u32),
+        Some(-1 | -2) => {
+            return Err(TcError::invalid(
+                "BackupRetentionDays",
+                "keeping a set forever is `stowage set expire <set> --never`; give 1 to 7300 days or 0 for the policy's",
+            ));
+        }
+        Some(_) => {
+            return Err(TcError::invalid(
+                "BackupRetentionDays",
+                "0, or 1 to 7300 days",
+            ));
+        }
+    };
+    let remark = match p.get("BackupRemark") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= 256 => Some(s.clone()),
+        Some(_) => {
+            return Err(TcError::invalid(
+                "BackupRemark",
+                "text of at most 256 characters",
+            ));
+        }
+    };
+    let t = svc
+        .start_backup(
+            &req.principal,
+            &inst.id,
+            TaskMode::Manual,
+            stowage_service::BackupRequest {
+                client_token: None,
+                retention_days: retention,
+                comment: remark,
+                full: false,
+            },
+        )
+        .await
+        .map_err(|e| match e.kind {
+            ErrorKind::InstanceBusy => TcError::new("InvalidParameterValue.LockFailed", e.message),
+            _ => e.into(),
+        })?;
+    Ok(ok_response(
+        json!({"AsyncRequestId": t.id.to_string()}),
+        &req.request_id,
+    ))
+}
+
+async fn describe_async_request(svc: &Service, req: &TcRequest) -> Result<Response, TcError> {
+    let p = &req.params;
+    only(p, &["AsyncRequestId"])?;
+    let id = p
+        .get("AsyncRequestId")
+        .and_then(|v| match v {
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            Value::Number(n) => n.as_i64(),
+            _ => None,
+        })
+        .filter(|n| *n > 0)
+        .ok_or_else(|| match p.get("AsyncRequestId") {
+            None => TcError::missing("AsyncRequestId"),
+            Some(_) => TcError::invalid("AsyncRequestId", "an id CreateBackupDBInstance returned"),
+        })?;
+    // Only this dialect's backups (of cmgo- instances) are its requests.
+    let t = svc
+        .task(&req.principal, id)
+        .await
+        .ok()
+        .filter(|t| {
+            t.kind == stowage_core::TaskKind::Backup
+                && t.parent_id.is_none()
+                && t.instance_id
+                    .as_deref()
+                    .is_some_and(|i| i.starts_with("cmgo-"))
+        })
+        .ok_or_else(|| {
+            TcError::new(
+                "ResourceNotFound",
+                format!("The asynchronous request {id} does not exist."),
+            )
+        })?;
+    let status = match t.state {
+        TaskState::Finished => "success",
+        TaskState::Failed => "failed",
+        TaskState::Cancelled => "undoed",
+        TaskState::Pending => "initial",
+        _ => "running",
+    };
+    Ok(ok_response(
+        json!({
+            "Status": status,
+            "StartTime": t.started_ms.map(cloud_time).unwrap_or_default(),
+            "EndTime": t.finished_ms.map(cloud_time).unwrap_or_default(),
+        }),
+        &req.request_id,
+    ))
+}
+
+fn backup_info(i: &Instance, s: &BackupSet) -> Value {
+    json!({
+        "InstanceId": i.id,
+        "BackupType": if s.mode == TaskMode::Automated { 0 } else { 1 },
+        "BackupName": format!("{}_{}", i.id, cloud_time(s.started_ms).replace(' ', "_")),
+        "BackupDesc": s.meta.get("comment").and_then(Value::as_str).unwrap_or(""),
+        // KB, as the cloud counts it.
+        "BackupSize": s.bytes_logical.div_ceil(1024),
+        "StartTime": cloud_time(s.started_ms),
+        "EndTime": cloud_time(s.finished_ms),
+        "Status": 2,
+        "BackupMethod": method_number(&s.method),
+        "BackId": s.id,
+        "DeleteTime": s.expires_ms.map(cloud_time).unwrap_or_default(),
+        "BackupRegion": "",
+        "RestoreTime": "",
+    })
+}
+
+async fn describe_db_backups(svc: &Service, req: &TcRequest) -> Result<Response, TcError> {
+    let p = &req.params;
+    only(p, &["InstanceId", "BackupMethod", "Limit", "Offset"])?;
+    let inst = instance(svc, req).await?;
+    let method = int(p, "BackupMethod")?;
+    if method.is_some_and(|m| ![0, 1, 3].contains(&m)) {
+        return Err(TcError::invalid(
+            "BackupMethod",
+            "0 (logical), 1 (physical) or 3 (snapshot)",
+        ));
+    }
+    let limit = int(p, "Limit")?.unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return Err(TcError::invalid("Limit", "1 to 100"));
+    }
+    let offset = int(p, "Offset")?.unwrap_or(0);
+    if offset < 0 {
+        return Err(TcError::invalid("Offset", "0 or more"));
+    }
+    let sets: Vec<BackupSet> = svc
+        .list_sets(&req.principal, Some(&inst.id))
+        .await?
+        .into_iter()
+        .filter(|s| method.is_none_or(|m| m == method_number(&s.method)))
+        .collect();
+    let list: Vec<Value> = sets
+        .iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .map(|s| backup_info(&inst, s))
+        .collect();
+    Ok(ok_response(
+        json!({"BackupList": list, "TotalCount": sets.len()}),
+        &req.request_id,
+    ))
+}
+
+async fn delete_db_backups(svc: &Service, req: &TcRequest) -> Result<Response, TcError> {
+    let p = &req.params;
+    only(p, &["InstanceId", "BackupIds"])?;
+    let inst = instance(svc, req).await?;
+    let ids = ints(p, "BackupIds")?.ok_or_else(|| TcError::missing("BackupIds"))?;
+    if ids.is_empty() || ids.len() > 100 {
+        return Err(TcError::invalid("BackupIds", "1 to 100 backup ids"));
+    }
+    // Every id first: nothing is deleted when one is not this instance's.
+    for id in &ids {
+        let found = svc.set(&req.principal, *id).await.ok();
+        if found.is_none_or(|s| s.instance_id != inst.id) {
+            return Err(TcError::new(
+                "InvalidParameterValue.BackupFileNotFound",
+                format!("Backup {id} of instance {} does not exist.", inst.id),
+            ));
+        }
+    }
+    for id in ids {
+        svc.delete_set(&req.principal, id).await?;
+    }
+    Ok(ok_response(json!({}), &req.request_id))
 }

@@ -68,4 +68,67 @@ fails("InvalidParameterValue", lambda: describe(client("GET"), Limit="many"))
 fails("InvalidAction", lambda: client().call_json("NoSuchAction", {}))
 e = fails("UnknownParameter", lambda: client().call_json("DescribeDBInstances", {"Nope": 1}))
 assert "Nope" in e.message, e.message
+# A backup: CreateBackupDBInstance, polled with DescribeAsyncRequestInfo.
+import time
+c = client()
+def create(inst, **kw):
+    req = models.CreateBackupDBInstanceRequest()
+    req._deserialize(dict(InstanceId=inst, **kw))
+    return c.CreateBackupDBInstance(req).AsyncRequestId
+def wait(async_id):
+    seen = []
+    while True:
+        req = models.DescribeAsyncRequestInfoRequest()
+        req.AsyncRequestId = async_id
+        r = c.DescribeAsyncRequestInfo(req)
+        seen.append(r.Status)
+        if r.Status in ("success", "failed", "undoed"):
+            return r, seen
+        time.sleep(0.1)
+a1 = create(RS, BackupMethod=0, BackupRemark="before the upgrade", BackupRetentionDays=30)
+r, seen = wait(a1)
+assert r.Status == "success" and r.StartTime and r.EndTime, (r.to_json_string(), seen)
+a2 = create(SHARDED)
+r, _ = wait(a2)
+assert r.Status == "success", r.to_json_string()
+fails("InvalidParameterValue", lambda: create(RS, BackupMethod=1))
+fails("InvalidParameterValue", lambda: create(RS, BackupRetentionDays=9000))
+fails("InvalidParameterValue.NotFoundInstance", lambda: create("cmgo-nosuch00"))
+fails("MissingParameter", lambda: c.call_json("CreateBackupDBInstance", {}))
+fails("ResourceNotFound", lambda: c.call_json("DescribeAsyncRequestInfo", {"AsyncRequestId": "999999"}))
+
+# DescribeDBBackups: the set, its size in KB, its remark; paging and method filter.
+def backups(inst, **kw):
+    req = models.DescribeDBBackupsRequest()
+    req._deserialize(dict(InstanceId=inst, **kw))
+    return c.DescribeDBBackups(req)
+b = backups(RS)
+assert b.TotalCount == 1, b.to_json_string()
+[one] = b.BackupList
+assert one.BackupType == 1 and one.Status == 2 and one.BackupMethod == 0, one.to_json_string()
+assert one.BackupDesc == "before the upgrade" and one.BackupSize > 0 and one.InstanceId == RS, one.to_json_string()
+assert one.DeleteTime and one.StartTime <= one.EndTime, one.to_json_string()
+assert backups(RS, BackupMethod=1).TotalCount == 0
+assert backups(SHARDED).TotalCount == 1
+create(RS)
+time.sleep(0.1)
+while backups(RS).TotalCount < 2:
+    time.sleep(0.2)
+assert len(backups(RS, Limit=1).BackupList) == 1 and len(backups(RS, Limit=1, Offset=1).BackupList) == 1
+fails("InvalidParameterValue", lambda: backups(RS, Limit=0))
+
+# DeleteDBBackups: another instance's id is refused and nothing is deleted.
+ids = [x.BackId for x in backups(RS).BackupList]
+other = backups(SHARDED).BackupList[0].BackId
+def delete(inst, ids):
+    req = models.DeleteDBBackupsRequest()
+    req._deserialize({"InstanceId": inst, "BackupIds": ids})
+    return c.DeleteDBBackups(req)
+fails("InvalidParameterValue.BackupFileNotFound", lambda: delete(RS, [ids[0], other]))
+assert backups(RS).TotalCount == 2
+delete(RS, [ids[0]])
+assert [x.BackId for x in backups(RS).BackupList] == [ids[1]]
+fails("UnsupportedOperation", lambda: c.call_json("RestoreDBInstance", {"InstanceId": RS, "RestoreTime": "2026-01-01 00:00:00"}))
+print("tencent: backups (create, async status, list, delete) ok")
+
 print("all tencent SDK checks passed")

@@ -235,6 +235,9 @@ fn tencent_sdk_speaks_to_a_real_server() {
             })
         })
         .collect();
+    for m in &servers[..3] {
+        m.pymongo("client.shop.a.insert_many([{'_id': i, 'pad': 'x' * 200} for i in range(300)])");
+    }
     let add = |args: &[&str]| -> String {
         let mut a = vec![
             "instance",

@@ -18,6 +18,8 @@ pub async fn dispatch(svc: &Arc<Service>, req: &TcRequest) -> Result<Response, T
         "DescribeAsyncRequestInfo" => describe_async_request(svc, req).await,
         "DescribeDBBackups" => describe_db_backups(svc, req).await,
         "DeleteDBBackups" => delete_db_backups(svc, req).await,
+        "DescribeBackupRules" => describe_backup_rules(svc, req).await,
+        "SetBackupRules" => set_backup_rules(svc, req).await,
         "RestoreDBInstance" => Err(TcError::new(
             "UnsupportedOperation",
             "RestoreDBInstance restores to a point in time, which this server does not do yet; restore a backup set with `stowage restore <set> --into <instance>`.",
@@ -509,5 +511,172 @@ async fn delete_db_backups(svc: &Service, req: &TcRequest) -> Result<Response, T
     for id in ids {
         svc.delete_set(&req.principal, id).await?;
     }
+    Ok(ok_response(json!({}), &req.request_id))
+}
+
+/// Weekdays as the cloud numbers them: 0 Sunday … 6 Saturday.
+const TC_DAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+
+fn weekdays_to_tc(w: stowage_core::schedule::Weekdays) -> String {
+    // ISO: Monday 1 … Sunday 7.
+    (0..7)
+        .filter(|d| w.contains(if *d == 0 { 7 } else { *d }))
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn weekdays_from_tc(s: &str) -> Result<stowage_core::schedule::Weekdays, TcError> {
+    let bad = || TcError::invalid("ActiveWeekdays", "comma-separated days 0 (Sunday) to 6");
+    let names: Vec<&str> = s
+        .split(',')
+        .map(|d| {
+            d.trim()
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| TC_DAYS.get(i).copied())
+                .ok_or_else(bad)
+        })
+        .collect::<Result<_, _>>()?;
+    stowage_core::schedule::Weekdays::parse(&names.join(",")).map_err(|_| bad())
+}
+
+/// Rule fields kept as given and shown back (Stowage has no long-term
+/// archive, oplog expiry or alert of its own).
+const KEPT_RULES: [(&str, &str); 8] = [
+    ("LongTermInterval", "str"),
+    ("LongTermActiveDays", "str"),
+    ("LongTermUnit", "str"),
+    ("LongTermExpiredDays", "int"),
+    ("OplogExpiredDays", "int"),
+    ("BackupVersion", "int"),
+    ("AlertThreshold", "int"),
+    ("AlarmWaterLevel", "int"),
+];
+
+async fn describe_backup_rules(svc: &Service, req: &TcRequest) -> Result<Response, TcError> {
+    only(&req.params, &["InstanceId"])?;
+    let inst = instance(svc, req).await?;
+    let stored = svc.policy(&req.principal, &inst.id).await?;
+    let pol = stored.policy;
+    let sets = svc.list_sets(&req.principal, Some(&inst.id)).await?;
+    let kept = |k: &str, ty: &str| {
+        stored
+            .extra
+            .get(k)
+            .cloned()
+            .unwrap_or(if ty == "int" { json!(0) } else { json!("") })
+    };
+    let mut body = json!({
+        "BackupSaveTime": pol.retention_days,
+        "BackupFrequency": 24,
+        "BackupTime": pol.window.start_min / 60,
+        "BackupMethod": method_number(if inst.engine == "mongodb" { "logical" } else { "physical" }),
+        "ActiveWeekdays": weekdays_to_tc(pol.weekdays),
+        "BackupTotalSize": {
+            "SnapshotSize": sets.iter().map(|s| s.bytes_stored).sum::<u64>(),
+            "OplogSize": 0,
+            "FreeQuota": 0,
+        },
+    });
+    for (k, ty) in KEPT_RULES {
+        if k != "LongTermUnit" && k != "AlarmWaterLevel" {
+            body[k] = kept(k, ty);
+        }
+    }
+    Ok(ok_response(body, &req.request_id))
+}
+
+async fn set_backup_rules(svc: &Service, req: &TcRequest) -> Result<Response, TcError> {
+    let p = &req.params;
+    only(
+        p,
+        &[
+            "InstanceId",
+            "BackupMethod",
+            "BackupTime",
+            "BackupFrequency",
+            "Notify",
+            "BackupRetentionPeriod",
+            "ActiveWeekdays",
+            "LongTermUnit",
+            "LongTermActiveDays",
+            "LongTermExpiredDays",
+            "OplogExpiredDays",
+            "BackupVersion",
+            "AlarmWaterLevel",
+            "LongTermInterval",
+            "AlertThreshold",
+        ],
+    )?;
+    let inst = instance(svc, req).await?;
+    let mut u = stowage_service::PolicyUpdate::default();
+    match int(p, "BackupMethod")? {
+        None | Some(0) => {}
+        Some(_) => {
+            return Err(TcError::invalid(
+                "BackupMethod",
+                "0: a MongoDB instance takes logical backups",
+            ));
+        }
+    }
+    let hour = int(p, "BackupTime")?.ok_or_else(|| TcError::missing("BackupTime"))?;
+    if !(0..=23).contains(&hour) {
+        return Err(TcError::invalid("BackupTime", "an hour from 0 to 23 (UTC)"));
+    }
+    u.window = Some(stowage_core::schedule::Window {
+        start_min: hour as u32 * 60,
+        end_min: ((hour as u32 + 1) % 24) * 60,
+    });
+    match int(p, "BackupFrequency")? {
+        None | Some(24) => {}
+        Some(12) => {
+            return Err(TcError::new(
+                "UnsupportedOperation",
+                "BackupFrequency 12 (two automated backups a day) is not supported yet; use 24",
+            ));
+        }
+        Some(_) => return Err(TcError::invalid("BackupFrequency", "12 or 24 (hours)")),
+    }
+    if let Some(d) = int(p, "BackupRetentionPeriod")? {
+        if !(7..=365).contains(&d) {
+            return Err(TcError::invalid("BackupRetentionPeriod", "7 to 365 days"));
+        }
+        u.retention_days = Some(d as u32);
+    }
+    if let Some(w) = p.get("ActiveWeekdays").filter(|v| !v.is_null()) {
+        let s = w
+            .as_str()
+            .ok_or_else(|| TcError::invalid("ActiveWeekdays", "a string like \"0,1,2\""))?;
+        u.weekdays = Some(weekdays_from_tc(s)?);
+    }
+    match p.get("Notify") {
+        None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+        Some(Value::String(s)) if s == "true" || s == "false" => {}
+        Some(_) => return Err(TcError::invalid("Notify", "true or false")),
+    }
+    for (k, ty) in KEPT_RULES {
+        let Some(v) = p.get(k).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let v = if ty == "int" {
+            json!(int(p, k)?)
+        } else {
+            match v {
+                Value::String(s) if s.chars().count() <= 256 => v.clone(),
+                _ => return Err(TcError::invalid(k, "text of at most 256 characters")),
+            }
+        };
+        u.extra.insert(k.to_string(), v);
+    }
+    svc.set_policy(&req.principal, &inst.id, u).await?;
     Ok(ok_response(json!({}), &req.request_id))
 }

@@ -131,4 +131,31 @@ assert [x.BackId for x in backups(RS).BackupList] == [ids[1]]
 fails("UnsupportedOperation", lambda: c.call_json("RestoreDBInstance", {"InstanceId": RS, "RestoreTime": "2026-01-01 00:00:00"}))
 print("tencent: backups (create, async status, list, delete) ok")
 
+# Backup rules on the one policy model (hours UTC; 0 = Sunday).
+req = models.DescribeBackupRulesRequest()
+req.InstanceId = RS
+r = c.DescribeBackupRules(req)
+assert (r.BackupSaveTime, r.BackupFrequency, r.BackupTime, r.BackupMethod, r.ActiveWeekdays) == (
+    7, 24, 2, 0, "0,1,2,3,4,5,6"), r.to_json_string()
+assert r.BackupTotalSize.SnapshotSize > 0, r.to_json_string()
+req = models.SetBackupRulesRequest()
+req._deserialize({"InstanceId": RS, "BackupMethod": 0, "BackupTime": 21, "BackupRetentionPeriod": 30,
+                  "ActiveWeekdays": "0,6", "BackupFrequency": 24, "OplogExpiredDays": 7, "LongTermInterval": "monthly"})
+c.SetBackupRules(req)
+q = models.DescribeBackupRulesRequest()
+q.InstanceId = RS
+r = c.DescribeBackupRules(q)
+assert (r.BackupSaveTime, r.BackupTime, r.ActiveWeekdays, r.OplogExpiredDays, r.LongTermInterval) == (
+    30, 21, "0,6", 7, "monthly"), r.to_json_string()
+def set_rules(**kw):
+    q = models.SetBackupRulesRequest()
+    q._deserialize(dict(InstanceId=RS, BackupMethod=0, BackupTime=1, **kw))
+    return c.SetBackupRules(q)
+fails("InvalidParameterValue", lambda: set_rules(BackupRetentionPeriod=400))
+fails("InvalidParameterValue", lambda: set_rules(ActiveWeekdays="7"))
+fails("InvalidParameterValue", lambda: c.call_json("SetBackupRules", {"InstanceId": RS, "BackupMethod": 0, "BackupTime": 24}))
+fails("UnsupportedOperation", lambda: set_rules(BackupFrequency=12))
+fails("MissingParameter", lambda: c.call_json("SetBackupRules", {"InstanceId": RS, "BackupMethod": 0}))
+print("tencent: backup rules ok")
+
 print("all tencent SDK checks passed")

@@ -158,4 +158,23 @@ fails("UnsupportedOperation", lambda: set_rules(BackupFrequency=12))
 fails("MissingParameter", lambda: c.call_json("SetBackupRules", {"InstanceId": RS, "BackupMethod": 0}))
 print("tencent: backup rules ok")
 
+# A key limited by a policy with this cloud's names.
+lim = client(ak=os.environ["LIMITED_AK"], secret=os.environ["LIMITED_SK"])
+assert describe(lim).TotalCount == 2
+q = models.DescribeDBBackupsRequest()
+q.InstanceId = RS
+lim.DescribeDBBackups(q)
+q.InstanceId = SHARDED
+e = fails("AuthFailure.UnauthorizedOperation", lambda: lim.DescribeDBBackups(q))
+assert "mongodb:DescribeDBBackups" in e.message and SHARDED in e.message, e.message
+fails("AuthFailure.UnauthorizedOperation", lambda: lim.call_json("CreateBackupDBInstance", {"InstanceId": RS}))
+print("tencent: key policy ok")
+
+# Unicode in a parameter comes back intact, in a response the SDK reads.
+e = fails("InvalidParameterValue.NotFoundInstance", lambda: c.call_json("DescribeDBBackups", {"InstanceId": "cmgo-数据库✓"}))
+assert "cmgo-数据库✓" in e.message, e.message
+r = describe(client("GET"), SearchKey="数据")
+assert r.TotalCount == 0, r.to_json_string()
+print("tencent: unicode ok")
+
 print("all tencent SDK checks passed")

@@ -276,11 +276,35 @@ fn tencent_sdk_speaks_to_a_real_server() {
         "--uri",
         &servers[0].uri(),
     ]);
+    // A key limited by a policy in this cloud's names: it may list the
+    // instances and read the replica set's backups, nothing else.
+    let limited = s.json(&["key", "create", "--description", "tencent read-only"]);
+    let limited_id = limited["access_key_id"].as_str().unwrap();
+    let policy = work.path().join("tc-policy.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"Version":"1","Statement":[{{"Effect":"Allow","Action":"mongodb:DescribeDBInstances","Resource":"*"}},{{"Effect":"Allow","Action":"mongodb:DescribeDBBackups","Resource":"qcs::mongodb:*:uin/*:instance/{rs}"}}]}}"#
+        ),
+    )
+    .unwrap();
+    s.ok(&[
+        "key",
+        "policy",
+        limited_id,
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
     run_script(
         &v,
         &s,
         "tencent_mongodb.py",
-        &[("RS", &rs), ("SHARDED", &sharded)],
+        &[
+            ("RS", &rs),
+            ("SHARDED", &sharded),
+            ("LIMITED_AK", limited_id),
+            ("LIMITED_SK", limited["access_key_secret"].as_str().unwrap()),
+        ],
         "all tencent SDK checks passed",
     );
 }

@@ -307,4 +307,45 @@ fn tencent_sdk_speaks_to_a_real_server() {
         ],
         "all tencent SDK checks passed",
     );
+
+    // tccli, pointed at the server with the scheme in the endpoint (it
+    // then sends and signs `Host: http://127.0.0.1:PORT`): a listing, a
+    // backup's status, and an error through its exit status.
+    let (ak, sk) = s.credentials();
+    let home = tempfile::tempdir().unwrap();
+    let tccli = |args: &[&str]| {
+        Command::new(v.join("bin/tccli"))
+            .arg("mongodb")
+            .args(args)
+            .args(["--endpoint", &s.url])
+            .env("HOME", home.path())
+            .env("TENCENTCLOUD_SECRET_ID", &ak)
+            .env("TENCENTCLOUD_SECRET_KEY", &sk)
+            .env("TENCENTCLOUD_REGION", "ap-guangzhou")
+            .output()
+            .unwrap()
+    };
+    let o = tccli(&["DescribeDBInstances", "--ClusterType", "1"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["TotalCount"], 1, "{v}");
+    assert_eq!(
+        v["InstanceDetails"][0]["InstanceId"],
+        sharded.as_str(),
+        "{v}"
+    );
+    let o = tccli(&["DescribeDBBackups", "--InstanceId", &rs, "--Limit", "5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = tccli(&["DescribeDBBackups", "--InstanceId", "cmgo-nosuch00"]);
+    assert_eq!(o.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("code:InvalidParameterValue.NotFoundInstance") && err.contains("requestId:"),
+        "{err}"
+    );
 }

@@ -11,6 +11,7 @@
 //! listener, routed by their own request markers.
 
 pub mod alibaba;
+pub mod download;
 pub mod gate;
 pub mod rest;
 pub mod tencent;

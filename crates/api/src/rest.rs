@@ -384,6 +384,11 @@ pub fn router(svc: Svc) -> Router {
         .route("/v1/instances/{id}/policy", get(get_policy).put(put_policy))
         .route("/v1/sets/{id}/manifest", get(set_manifest))
         .route("/v1/sets/{id}/restore", post(restore_set))
+        .route("/v1/sets/{id}/download", post(download_set))
+        .route(
+            "/v1/downloads/{task}/{file}",
+            get(crate::download::serve_link),
+        )
         // Older name of the restore, verify and gc tasks' routes.
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_task))
@@ -702,10 +707,51 @@ async fn get_task(
     State(svc): State<Svc>,
     Auth(p): Auth,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let t = svc.task(&p, parse_id(&id, "task")?).await?;
     let parts = svc.task_parts(&p, &t).await?;
-    Ok(Json(task_with_parts(&t, &parts)))
+    let mut v = task_with_parts(&t, &parts);
+    add_link(&svc, &t, &headers, &mut v);
+    Ok(Json(v))
+}
+
+/// A finished download task's link, as a URL on the host the caller
+/// reached this server by, and when it expires.
+fn add_link(svc: &Service, t: &Task, headers: &HeaderMap, v: &mut Value) {
+    if let Some((path, expires)) = svc.download_link(t) {
+        let host = headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1:8420");
+        v["download"] = json!({
+            "url": format!("http://{host}{path}"),
+            "expires_at": format_rfc3339(expires * 1000),
+        });
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DownloadBody {
+    /// The part to package (a replica set, a shard, `base`); default: the
+    /// set's only part, or PostgreSQL's data directory.
+    #[serde(default)]
+    part: Option<String>,
+}
+
+async fn download_set(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let b: DownloadBody = optional_json(&headers, &body)?;
+    let t = svc
+        .start_download(&p, parse_id(&id, "set")?, b.part)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(task_json(&t))))
 }
 
 async fn cancel_task(

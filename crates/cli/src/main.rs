@@ -176,6 +176,24 @@ enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Package one part of a backup set into one file (MongoDB: a tar of the
+    /// mongodump layout that `mongorestore --oplogReplay` reads; PostgreSQL:
+    /// the base-backup tar) and print an expiring link to fetch it with curl.
+    #[command(
+        after_help = "Examples:\n  stowage download 7                 # the set's only part (PostgreSQL: its data directory)\n  stowage download 9 --part dds-…_1  # one shard of a sharded cluster's set\n  curl -fO \"$(stowage download 7)\""
+    )]
+    Download {
+        /// Id of the backup set (see `stowage set list`).
+        set_id: i64,
+        /// The part to package: a replica set or shard id (see `stowage set
+        /// show`); default: the set's only part, or PostgreSQL's data directory.
+        #[arg(long)]
+        part: Option<String>,
+        /// Return at once instead of following the packaging (the link is
+        /// then in `stowage task show <id>` once it finished).
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Reclaim repository space no backup set uses any more.
     Gc {
         /// Return at once instead of following the job.
@@ -290,6 +308,10 @@ struct ServeArgs {
     /// Seconds between two passes of the scheduler.
     #[arg(long, hide = true, default_value_t = 10)]
     scheduler_interval_secs: u64,
+    /// How long a download link works, in seconds (300 to 86400); the
+    /// packaged file is deleted once its link expired.
+    #[arg(long, env = "STOWAGE_DOWNLOAD_LINK_SECS", default_value_t = 7200)]
+    download_link_secs: u64,
 }
 
 // Parsed once per process; boxing the big variant would buy nothing.
@@ -692,6 +714,19 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
                 a.max_automated_backups,
             );
         }
+        svc.downloads.set_link_secs(a.download_link_secs).map_err(|e| e.message)?;
+        // Expired download files go, whether or not the scheduler runs.
+        let s3 = svc.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let n = s3.clean_downloads();
+                if n > 0 {
+                    tracing::info!(count = n, "expired download files deleted");
+                }
+            }
+        });
         let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
         tracing::info!("listening on http://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let rpc = stowage_api::alibaba::RpcConfig { rate_per_key: a.rate_per_key };
@@ -1569,6 +1604,26 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                 None => c.post("/v1/verify", None)?,
             };
             let code = follow_job(c, &j, json, no_wait, "verify")?;
+            return Ok(code);
+        }
+        Cmd::Download {
+            set_id,
+            part,
+            no_wait,
+        } => {
+            let body = json!({"part": part});
+            let j = c.post(&format!("/v1/sets/{set_id}/download"), Some(&body))?;
+            let code = follow_job(c, &j, json, no_wait, "download")?;
+            if code == 0 && !no_wait && !json {
+                let t = c.get(&format!("/v1/tasks/{}", j["id"]))?;
+                eprintln!(
+                    "{} ({}) packaged; the link works until {}",
+                    s(&t["result"]["file"]),
+                    bytes(&t["result"]["bytes"]),
+                    s(&t["download"]["expires_at"])
+                );
+                out!("{}", s(&t["download"]["url"]));
+            }
             return Ok(code);
         }
         Cmd::Gc { no_wait } => {

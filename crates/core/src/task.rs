@@ -186,6 +186,8 @@ pub enum TaskKind {
     Restore,
     Verify,
     Gc,
+    /// Packages one part of a set into a file served by an expiring link.
+    Download,
 }
 
 impl TaskKind {
@@ -195,6 +197,7 @@ impl TaskKind {
             TaskKind::Restore => "restore",
             TaskKind::Verify => "verify",
             TaskKind::Gc => "gc",
+            TaskKind::Download => "download",
         }
     }
 }
@@ -207,6 +210,7 @@ impl FromStr for TaskKind {
             TaskKind::Restore,
             TaskKind::Verify,
             TaskKind::Gc,
+            TaskKind::Download,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

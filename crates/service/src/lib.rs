@@ -10,6 +10,7 @@
 //! most once a second.
 
 pub mod datadir;
+pub mod downloads;
 pub mod error;
 pub mod netpolicy;
 pub mod restore_target;
@@ -263,6 +264,8 @@ pub struct Service {
     /// Accounts with a restore running: one at a time per account, so one
     /// restore can never lay out links under a folder another is writing.
     restoring: Mutex<std::collections::HashSet<String>>,
+    /// Download files and the key their links are signed with.
+    pub downloads: downloads::Downloads,
     /// Held for the server's life: one process per data directory.
     _data_dir_lock: datadir::DataDirLock,
 }
@@ -373,6 +376,7 @@ impl Service {
             restore_roots,
             tenant_allow: cfg.tenant_allow.clone(),
             restoring: Default::default(),
+            downloads: downloads::Downloads::open(dd)?,
             _data_dir_lock: lock,
         });
         let admin_credentials_file = svc.ensure_admin(dd).await?;
@@ -1747,6 +1751,63 @@ impl Service {
             .await?;
         self.spawn_job(job.clone(), runner::JobWork::Gc);
         Ok(job)
+    }
+
+    /// Packages one part of a set (default: its only part, or PostgreSQL's
+    /// data directory) into a file served by an expiring link.
+    pub async fn start_download(
+        self: &Arc<Self>,
+        p: &Principal,
+        set_id: i64,
+        part: Option<String>,
+    ) -> ServiceResult<Task> {
+        let set = self.set(p, set_id).await?;
+        if let Some(part) = &part
+            && (part.is_empty()
+                || part.len() > 128
+                || !part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(ServiceError::invalid(
+                "part: 1 to 128 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let job = self
+            .catalog
+            .create_task(
+                &NewTask {
+                    node: Some(self.node.clone()),
+                    params: serde_json::json!({"part": part}),
+                    ..NewTask::of_kind(&p.account_id, TaskKind::Download, Some(set_id))
+                },
+                now_ms(),
+            )
+            .await?;
+        self.spawn_job(
+            job.clone(),
+            runner::JobWork::Download {
+                set: Box::new(set),
+                part,
+            },
+        );
+        Ok(job)
+    }
+
+    /// A finished download task's link (path and query) and when it expires
+    /// (Unix seconds); `None` while it is not finished or once it expired.
+    pub fn download_link(&self, t: &Task) -> Option<(String, i64)> {
+        if t.kind != TaskKind::Download || t.state != TaskState::Finished {
+            return None;
+        }
+        let file = t.result.as_ref()?.get("file")?.as_str()?;
+        let expires = t.finished_ms? / 1000 + self.downloads.link_secs() as i64;
+        (expires >= now_ms() / 1000).then(|| (self.downloads.link(t.id, file, expires), expires))
+    }
+
+    /// Deletes download files whose links expired.
+    pub fn clean_downloads(&self) -> usize {
+        self.downloads.clean_expired(now_ms() / 1000)
     }
 
     fn spawn_job(self: &Arc<Self>, job: Task, work: runner::JobWork) {

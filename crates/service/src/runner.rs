@@ -38,6 +38,11 @@ pub(crate) enum JobWork {
         snapshot: Option<String>,
     },
     Gc,
+    /// One part of a set into a file under the downloads folder.
+    Download {
+        set: Box<BackupSet>,
+        part: Option<String>,
+    },
 }
 
 /// The next state on the success path, used to persist every intermediate
@@ -604,6 +609,105 @@ fn open_set(
     Ok((engine, lock, m))
 }
 
+/// Counts what goes through to the live task's progress.
+struct Counting<W> {
+    inner: W,
+    live: Arc<LiveTask>,
+}
+
+impl<W: std::io::Write> std::io::Write for Counting<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.live.is_cancelled() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        let n = self.inner.write(b)?;
+        self.live.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Packages one part of a set (through the engine's export) into
+/// `<downloads>/<task>/<part>.tar`, written as `.part` and renamed when
+/// complete: a link never names a half-written file.
+fn download_work(
+    svc: &Service,
+    set: &BackupSet,
+    part: Option<String>,
+    task: i64,
+    live: &Arc<LiveTask>,
+) -> Result<serde_json::Value, EngineError> {
+    live.set_state(TaskState::Checking);
+    let (engine, _lock, m) = open_set(svc, set)?;
+    let names: Vec<&str> = m.archives.iter().map(|a| a.name.as_str()).collect();
+    let part = match part {
+        Some(p) if names.contains(&p.as_str()) => p,
+        Some(p) => {
+            return Err(EngineError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "set {} has no part {p:?} (its parts: {})",
+                    set.id,
+                    names.join(", ")
+                ),
+            ));
+        }
+        None if names.len() == 1 => names[0].to_string(),
+        None if names.contains(&"base") => "base".to_string(),
+        None => {
+            return Err(EngineError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "set {} has several parts ({}): name the one to download",
+                    set.id,
+                    names.join(", ")
+                ),
+            ));
+        }
+    };
+    let a = m
+        .archives
+        .iter()
+        .find(|a| a.name == part)
+        .expect("part checked");
+    live.bytes_total
+        .store(a.files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+    live.set_state(TaskState::Preparing);
+    let dir = svc.downloads.task_dir(task);
+    let io = |e: std::io::Error| {
+        EngineError::new(ErrorKind::Repository, format!("{}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let file = format!("{part}.tar");
+    let tmp = dir.join(format!("{file}.part"));
+    let out = std::fs::File::create(&tmp).map_err(io)?;
+    live.set_state(TaskState::Running);
+    let mut w = Counting {
+        inner: std::io::BufWriter::with_capacity(1 << 20, out),
+        live: live.clone(),
+    };
+    let res = engine
+        .export_part(&svc.repo, &m, &part, &mut w)
+        .and_then(|info| {
+            use std::io::Write;
+            w.flush().map_err(io)?;
+            w.inner.get_ref().sync_all().map_err(io)?;
+            Ok(info)
+        });
+    let info = match res {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&tmp, dir.join(&file)).map_err(io)?;
+    live.set_state(TaskState::Finishing);
+    Ok(serde_json::json!({"part": part, "file": file, "bytes": info.bytes, "files": info.files}))
+}
+
 fn restore_work(
     svc: &Service,
     set: &BackupSet,
@@ -736,6 +840,7 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Task, work: JobWork, live: A
                     ))
                 }
             }
+            JobWork::Download { set, part } => download_work(&s, &set, part, t, &l),
             JobWork::Gc => {
                 l.set_state(TaskState::Checking);
                 l.set_state(TaskState::Preparing);

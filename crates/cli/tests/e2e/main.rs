@@ -3,6 +3,7 @@
 
 mod alibaba;
 mod cli;
+mod download;
 mod harness;
 mod mongo;
 mod postgres;

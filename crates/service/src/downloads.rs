@@ -1,0 +1,218 @@
+//! Download tasks: one part of a set packaged into a file under
+//! `<data-dir>/downloads/<task id>/`, served by an expiring signed link.
+//!
+//! A link is `/v1/downloads/<task id>/<file>?expires=<unix s>&sig=<hex>`,
+//! the signature an HMAC-SHA256 over `<task id>/<file>\n<expires>` with a
+//! key only this server holds (`<data-dir>/download.key`, 0600): no access
+//! key travels in it, it names one file, and it stops working at `expires`
+//! (the file is deleted once that has passed). Another server's link, a
+//! changed one or an expired one is refused alike, revealing nothing.
+
+use crate::error::{ServiceError, ServiceResult};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use std::path::{Path, PathBuf};
+
+/// How long a link works by default (the cloud's 7,200 s).
+pub const DEFAULT_LINK_SECS: u64 = 7200;
+/// The range a link's lifetime may be set in (the cloud's).
+pub const LINK_SECS: std::ops::RangeInclusive<u64> = 300..=86_400;
+
+pub struct Downloads {
+    dir: PathBuf,
+    key: [u8; 32],
+    link_secs: std::sync::atomic::AtomicU64,
+}
+
+impl Downloads {
+    /// The folder and key under `data_dir` (the key created on first start).
+    pub fn open(data_dir: &Path) -> ServiceResult<Downloads> {
+        let path = data_dir.join("download.key");
+        let key: [u8; 32] = match std::fs::read(&path) {
+            Ok(b) => {
+                let mut k = [0u8; 32];
+                hex::decode_to_slice(String::from_utf8_lossy(&b).trim(), &mut k).map_err(|_| {
+                    ServiceError::internal(format!("{} is not a valid key file", path.display()))
+                })?;
+                k
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let k: [u8; 32] = stowage_repo::crypto::random_bytes();
+                crate::secrets::write_private(&path, hex::encode(k).as_bytes())?;
+                k
+            }
+            Err(e) => return Err(ServiceError::internal(format!("{}: {e}", path.display()))),
+        };
+        let dir = data_dir.join("downloads");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServiceError::internal(format!("{}: {e}", dir.display())))?;
+        Ok(Downloads {
+            dir,
+            key,
+            link_secs: DEFAULT_LINK_SECS.into(),
+        })
+    }
+
+    pub fn link_secs(&self) -> u64 {
+        self.link_secs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets how long links work (300 to 86,400 s).
+    pub fn set_link_secs(&self, secs: u64) -> ServiceResult<()> {
+        if !LINK_SECS.contains(&secs) {
+            return Err(ServiceError::invalid(
+                "download link lifetime: 300 to 86400 seconds",
+            ));
+        }
+        self.link_secs
+            .store(secs, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The folder of one task's file.
+    pub fn task_dir(&self, task: i64) -> PathBuf {
+        self.dir.join(task.to_string())
+    }
+
+    fn mac(&self, task: i64, file: &str, expires: i64) -> String {
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        m.update(format!("{task}/{file}\n{expires}").as_bytes());
+        hex::encode(m.finalize().into_bytes())
+    }
+
+    /// The link's path and query for a task's file, valid until `expires`.
+    pub fn link(&self, task: i64, file: &str, expires: i64) -> String {
+        format!(
+            "/v1/downloads/{task}/{file}?expires={expires}&sig={}",
+            self.mac(task, file, expires,)
+        )
+    }
+
+    /// The file a link names, if its signature is this server's, it has not
+    /// expired at `now_s` and the file is there.
+    pub fn open_link(
+        &self,
+        task: i64,
+        file: &str,
+        expires: i64,
+        sig: &str,
+        now_s: i64,
+    ) -> Option<PathBuf> {
+        let want = self.mac(task, file, expires);
+        let same = want.len() == sig.len()
+            && want
+                .bytes()
+                .zip(sig.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0;
+        if !same || now_s > expires || !valid_file_name(file) {
+            return None;
+        }
+        let p = self.task_dir(task).join(file);
+        p.is_file().then_some(p)
+    }
+
+    /// Deletes the task folders whose file's link has expired at `now_s`
+    /// (a file's link expires `link_secs` after the file was completed;
+    /// a folder left without a finished file by a crash goes after the same
+    /// time). Returns how many.
+    pub fn clean_expired(&self, now_s: i64) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_name()
+                .to_str()
+                .is_none_or(|n| n.parse::<i64>().is_err())
+            {
+                continue;
+            }
+            let newest = std::fs::read_dir(&p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|f| f.metadata().ok()?.modified().ok())
+                .max()
+                .or_else(|| e.metadata().ok()?.modified().ok());
+            let Some(t) = newest else { continue };
+            let secs = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            // One second's grace: the link counts from when the task was
+            // recorded finished, just after the file was completed.
+            if secs + self.link_secs() as i64 + 1 < now_s && std::fs::remove_dir_all(&p).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// A file name a download may have: a part's name and `.tar`.
+pub fn valid_file_name(f: &str) -> bool {
+    !f.is_empty()
+        && f.len() <= 200
+        && f.ends_with(".tar")
+        && !f.starts_with('.')
+        && f.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.%".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_refused_when_changed_expired_or_foreign() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Downloads::open(d.path()).unwrap();
+        std::fs::create_dir_all(a.task_dir(7)).unwrap();
+        std::fs::write(a.task_dir(7).join("rs0.tar"), b"x").unwrap();
+        let link = a.link(7, "rs0.tar", 1000);
+        let sig = link.rsplit_once("sig=").unwrap().1;
+        assert!(a.open_link(7, "rs0.tar", 1000, sig, 999).is_some());
+        assert!(
+            a.open_link(7, "rs0.tar", 1000, sig, 1001).is_none(),
+            "expired"
+        );
+        assert!(
+            a.open_link(7, "rs0.tar", 2000, sig, 999).is_none(),
+            "expiry changed"
+        );
+        assert!(
+            a.open_link(8, "rs0.tar", 1000, sig, 999).is_none(),
+            "task changed"
+        );
+        assert!(
+            a.open_link(7, "rs1.tar", 1000, sig, 999).is_none(),
+            "file changed"
+        );
+        assert!(
+            a.open_link(7, "rs0.tar", 1000, &sig.replace('a', "b"), 999)
+                .is_none()
+        );
+        // The same key survives a restart; another server's key does not match.
+        let again = Downloads::open(d.path()).unwrap();
+        assert!(again.open_link(7, "rs0.tar", 1000, sig, 999).is_some());
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Downloads::open(other_dir.path()).unwrap();
+        let theirs = other.link(7, "rs0.tar", 1000);
+        let their_sig = theirs.rsplit_once("sig=").unwrap().1;
+        assert!(a.open_link(7, "rs0.tar", 1000, their_sig, 999).is_none());
+        assert!(
+            !valid_file_name("../x.tar")
+                && !valid_file_name(".tar")
+                && valid_file_name("cmgo-a_0.tar")
+        );
+        assert!(a.set_link_secs(60).is_err() && a.set_link_secs(300).is_ok());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert_eq!(a.clean_expired(now), 0, "a fresh file stays");
+        assert_eq!(a.clean_expired(now + 300 + 2), 1);
+        assert!(!a.task_dir(7).exists());
+    }
+}

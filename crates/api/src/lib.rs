@@ -28,7 +28,7 @@ pub fn app(svc: Arc<Service>, rpc: alibaba::RpcConfig) -> axum::Router {
             svc: svc.clone(),
             gate: gate.clone(),
         },
-        tencent: tencent::layer::TcState { gate },
+        tencent: tencent::layer::TcState::new(gate),
     });
     let cloud_routes = axum::Router::new()
         .route("/", axum::routing::get(cloud_entry).post(cloud_entry))

@@ -749,7 +749,7 @@ async fn download_set(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let b: DownloadBody = optional_json(&headers, &body)?;
     let t = svc
-        .start_download(&p, parse_id(&id, "set")?, b.part)
+        .start_download(&p, parse_id(&id, "set")?, b.part, Default::default())
         .await?;
     Ok((StatusCode::ACCEPTED, Json(task_json(&t))))
 }

@@ -68,7 +68,7 @@ impl SqliteCatalog {
             if done.is_some() {
                 continue;
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::raw_sql(*sql).execute(&mut *tx).await?;
             sqlx::query("INSERT INTO schema_migrations (version, applied_ms) VALUES (?, 0)")
                 .bind(version)
@@ -504,7 +504,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn delete_instance(&self, account_id: &str, id: &str) -> CatalogResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let busy: Option<i64> =
             sqlx::query_scalar("SELECT id FROM tasks WHERE instance_id = ? AND active = 1")
                 .bind(id)
@@ -540,7 +540,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn create_task(&self, t: &NewTask, now_ms: i64) -> CatalogResult<Task> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(tok) = &t.client_token {
             // Idempotency: the same token for the same instance returns the first task.
             let r = sqlx::query("SELECT * FROM tasks WHERE account_id = ? AND kind = ? AND instance_id IS ? AND client_token = ?")
@@ -663,7 +663,7 @@ impl Catalog for SqliteCatalog {
         u: StateUpdate,
         now_ms: i64,
     ) -> CatalogResult<Task> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let cur = task_in(&mut tx, id).await?;
         cur.state.transition(to)?;
         let p = u.progress.unwrap_or(Progress {
@@ -721,7 +721,7 @@ impl Catalog for SqliteCatalog {
         s: &NewSet,
         now_ms: i64,
     ) -> CatalogResult<(Task, BackupSet)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let cur = task_in(&mut tx, id).await?;
         if cur.kind != TaskKind::Backup || cur.parent_id.is_some() {
             return Err(CatalogError::Conflict(format!(
@@ -905,7 +905,7 @@ impl Catalog for SqliteCatalog {
         instance_id: &str,
         p: &StoredPolicy,
     ) -> CatalogResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let owned: Option<String> =
             sqlx::query_scalar("SELECT id FROM instances WHERE account_id = ? AND id = ?")
                 .bind(account_id)

@@ -1760,6 +1760,7 @@ impl Service {
         p: &Principal,
         set_id: i64,
         part: Option<String>,
+        extra: serde_json::Map<String, serde_json::Value>,
     ) -> ServiceResult<Task> {
         let set = self.set(p, set_id).await?;
         if let Some(part) = &part
@@ -1778,7 +1779,12 @@ impl Service {
             .create_task(
                 &NewTask {
                     node: Some(self.node.clone()),
-                    params: serde_json::json!({"part": part}),
+                    params: {
+                        let mut m = extra;
+                        m.insert("part".into(), part.clone().into());
+                        m.insert("instance".into(), set.instance_id.clone().into());
+                        serde_json::Value::Object(m)
+                    },
                     ..NewTask::of_kind(&p.account_id, TaskKind::Download, Some(set_id))
                 },
                 now_ms(),

@@ -38,6 +38,17 @@ const COMMON: [&str; 12] = [
 
 pub struct TcState {
     pub gate: Arc<Gate>,
+    /// DescribeBackupDownloadTask's own limit per key (the cloud's 20/s).
+    pub download_limit: std::sync::Mutex<crate::alibaba::rpc::RateLimiter>,
+}
+
+impl TcState {
+    pub fn new(gate: Arc<Gate>) -> TcState {
+        TcState {
+            gate,
+            download_limit: std::sync::Mutex::new(crate::alibaba::rpc::RateLimiter::new(20)),
+        }
+    }
 }
 
 /// An error as the cloud words it.
@@ -96,6 +107,11 @@ pub struct TcRequest {
     /// The operation's parameters (common ones removed), as JSON.
     pub params: Map<String, Value>,
     pub request_id: String,
+    /// The access key (rate limits are per key).
+    pub key_id: String,
+    /// The `Host` the request was sent to, as sent (tccli's carries the
+    /// scheme): download links are built on it.
+    pub host: String,
 }
 
 /// Whether a request to `/` is Tencent's: a TC3 `Authorization`, an
@@ -152,7 +168,7 @@ pub async fn handle(
 ) -> Response {
     let rid = stowage_service::secrets::random_uuid();
     match authenticate(st, &method, &uri, &headers, &body, &rid).await {
-        Ok(req) => match super::ops::dispatch(&st.gate.svc, &req).await {
+        Ok(req) => match super::ops::dispatch(st, &req).await {
             Ok(r) => r,
             Err(e) => error_response(&e, &rid),
         },
@@ -355,6 +371,8 @@ async fn authenticate(
         region,
         params,
         request_id: rid.to_string(),
+        key_id,
+        host: header(headers, "host").unwrap_or("127.0.0.1").to_string(),
     })
 }
 

@@ -10,9 +10,27 @@ use stowage_core::time::format_rfc3339;
 use stowage_core::{TaskMode, TaskState};
 use stowage_service::{ErrorKind, Service};
 
-pub async fn dispatch(svc: &Arc<Service>, req: &TcRequest) -> Result<Response, TcError> {
+pub async fn dispatch(st: &super::layer::TcState, req: &TcRequest) -> Result<Response, TcError> {
     authorize(req)?;
+    let svc = &st.gate.svc;
     match req.action.as_str() {
+        "CreateBackupDownloadTask" => create_download_task(svc, req).await,
+        "DescribeBackupDownloadTask" => {
+            let now = stowage_service::now_ms();
+            if st
+                .download_limit
+                .lock()
+                .expect("limit")
+                .take(&req.key_id, now)
+                .is_err()
+            {
+                return Err(TcError::new(
+                    "RequestLimitExceeded",
+                    "DescribeBackupDownloadTask takes at most 20 requests per second.",
+                ));
+            }
+            describe_download_tasks(svc, req).await
+        }
         "DescribeDBInstances" => describe_db_instances(svc, req).await,
         "CreateBackupDBInstance" => create_backup(svc, req).await,
         "DescribeAsyncRequestInfo" => describe_async_request(svc, req).await,
@@ -438,7 +456,7 @@ fn backup_info(i: &Instance, s: &BackupSet) -> Value {
     json!({
         "InstanceId": i.id,
         "BackupType": if s.mode == TaskMode::Automated { 0 } else { 1 },
-        "BackupName": format!("{}_{}", i.id, cloud_time(s.started_ms).replace(' ', "_")),
+        "BackupName": backup_name(i, s),
         "BackupDesc": s.meta.get("comment").and_then(Value::as_str).unwrap_or(""),
         // KB, as the cloud counts it.
         "BackupSize": s.bytes_logical.div_ceil(1024),
@@ -679,4 +697,247 @@ async fn set_backup_rules(svc: &Service, req: &TcRequest) -> Result<Response, Tc
     }
     svc.set_policy(&req.principal, &inst.id, u).await?;
     Ok(ok_response(json!({}), &req.request_id))
+}
+
+/// A set's name as the cloud shows it: `<instance>_<YYYY-MM-DD hh:mm:ss>`.
+fn backup_name(i: &Instance, s: &BackupSet) -> String {
+    format!("{}_{}", i.id, cloud_time(s.started_ms))
+}
+
+/// `YYYY-MM-DD hh:mm:ss` (UTC) as ms.
+fn parse_cloud_time(name: &str, v: &str) -> Result<i64, TcError> {
+    let bad = || TcError::invalid(name, "a time as YYYY-MM-DD hh:mm:ss");
+    let iso = format!("{}Z", v.trim().replacen(' ', "T", 1));
+    stowage_core::time::parse_rfc3339(&iso).ok_or_else(bad)
+}
+
+async fn create_download_task(svc: &Arc<Service>, req: &TcRequest) -> Result<Response, TcError> {
+    let p = &req.params;
+    only(p, &["InstanceId", "BackupName", "BackupSets"])?;
+    let inst = instance(svc, req).await?;
+    let name = p
+        .get("BackupName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| TcError::missing("BackupName"))?;
+    let sets = svc.list_sets(&req.principal, Some(&inst.id)).await?;
+    let set = sets
+        .iter()
+        .find(|s| backup_name(&inst, s) == name)
+        .ok_or_else(|| {
+            TcError::new(
+                "InvalidParameterValue.BackupFileNotFound",
+                format!("Backup {name} of instance {} does not exist.", inst.id),
+            )
+        })?;
+    let wanted: Vec<String> = match p.get("BackupSets") {
+        None | Some(Value::Null) => return Err(TcError::missing("BackupSets")),
+        Some(Value::Array(a)) if !a.is_empty() && a.len() <= 64 => a
+            .iter()
+            .map(|x| {
+                x.get("ReplicaSetId")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        TcError::invalid("BackupSets", "a list of {\"ReplicaSetId\": …}")
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(TcError::invalid(
+                "BackupSets",
+                "a list of 1 to 64 {\"ReplicaSetId\": …}",
+            ));
+        }
+    };
+    let known = replica_set_ids(&inst);
+    let sharded = inst.topology == "sharded";
+    for r in &wanted {
+        if !(known.contains(r) || sharded && *r == format!("{}_config", inst.id)) {
+            return Err(TcError::invalid(
+                "BackupSets",
+                &format!(
+                    "instance {} has no replica set {r} (its: {})",
+                    inst.id,
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut tasks = Vec::new();
+    for r in wanted {
+        // A replica set instance's one part is its only archive; a
+        // cluster's parts are named by their ids.
+        let part = sharded.then(|| r.clone());
+        let mut extra = Map::new();
+        extra.insert("replica_set_id".into(), r.clone().into());
+        extra.insert("backup_name".into(), name.into());
+        svc.start_download(&req.principal, set.id, part, extra)
+            .await?;
+        tasks.push(json!({"ReplicaSetId": r, "Status": 0}));
+    }
+    Ok(ok_response(json!({"Tasks": tasks}), &req.request_id))
+}
+
+/// A download task's status as the cloud numbers it.
+fn download_status(s: TaskState) -> i64 {
+    match s {
+        TaskState::Pending => 0,
+        TaskState::Finished => 2,
+        TaskState::Failed | TaskState::Cancelled => 3,
+        _ => 1,
+    }
+}
+
+async fn describe_download_tasks(svc: &Service, req: &TcRequest) -> Result<Response, TcError> {
+    let p = &req.params;
+    only(
+        p,
+        &[
+            "InstanceId",
+            "BackupName",
+            "StartTime",
+            "EndTime",
+            "Limit",
+            "Offset",
+            "OrderBy",
+            "OrderByType",
+            "Status",
+        ],
+    )?;
+    let inst = instance(svc, req).await?;
+    let name = p
+        .get("BackupName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let start = match p
+        .get("StartTime")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        Some(v) => Some(parse_cloud_time("StartTime", v)?),
+        None => None,
+    };
+    let end = match p
+        .get("EndTime")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        Some(v) => Some(parse_cloud_time("EndTime", v)?),
+        None => None,
+    };
+    let limit = int(p, "Limit")?.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(TcError::invalid("Limit", "1 to 100"));
+    }
+    let offset = int(p, "Offset")?.unwrap_or(0);
+    if offset < 0 {
+        return Err(TcError::invalid("Offset", "0 or more"));
+    }
+    let by_finish = match p.get("OrderBy").and_then(Value::as_str) {
+        None | Some("") | Some("createTime") => false,
+        Some("finishTime") => true,
+        Some(_) => return Err(TcError::invalid("OrderBy", "createTime or finishTime")),
+    };
+    let asc = match p.get("OrderByType").and_then(Value::as_str) {
+        None | Some("") | Some("desc") => false,
+        Some("asc") => true,
+        Some(_) => return Err(TcError::invalid("OrderByType", "asc or desc")),
+    };
+    let status = ints(p, "Status")?;
+    if status
+        .as_ref()
+        .is_some_and(|l| l.iter().any(|s| !(0..=4).contains(s)))
+    {
+        return Err(TcError::invalid("Status", "a list of 0 to 4"));
+    }
+    if let Some(n) = name {
+        let sets = svc.list_sets(&req.principal, Some(&inst.id)).await?;
+        if !sets.iter().any(|s| backup_name(&inst, s) == n) {
+            return Err(TcError::new(
+                "InvalidParameterValue.BackupFileNotFound",
+                format!("Backup {n} of instance {} does not exist.", inst.id),
+            ));
+        }
+    }
+    let f = stowage_catalog::TaskFilter {
+        kinds: vec![stowage_core::TaskKind::Download],
+        limit: Some(u32::MAX),
+        ..Default::default()
+    };
+    let now = stowage_service::now_ms();
+    let mut tasks: Vec<stowage_catalog::Task> = svc
+        .list_tasks(&req.principal, &f)
+        .await?
+        .into_iter()
+        .filter(|t| t.params.get("instance").and_then(Value::as_str) == Some(&inst.id))
+        .filter(|t| t.params.get("replica_set_id").is_some())
+        .filter(|t| {
+            name.is_none_or(|n| t.params.get("backup_name").and_then(Value::as_str) == Some(n))
+        })
+        .filter(|t| {
+            status
+                .as_ref()
+                .is_none_or(|l| l.contains(&download_status(t.state)))
+        })
+        // Tasks whose start and end fall within the period (an unfinished
+        // task's end is now).
+        .filter(|t| start.is_none_or(|s| t.created_ms >= s))
+        .filter(|t| end.is_none_or(|e| t.finished_ms.unwrap_or(now) <= e))
+        .collect();
+    let key = |t: &stowage_catalog::Task| {
+        if by_finish {
+            (t.finished_ms.unwrap_or(i64::MAX), t.id)
+        } else {
+            (t.created_ms, t.id)
+        }
+    };
+    tasks.sort_by_key(key);
+    if !asc {
+        tasks.reverse();
+    }
+    let host = if req.host.starts_with("http://") || req.host.starts_with("https://") {
+        req.host.clone()
+    } else {
+        format!("http://{}", req.host)
+    };
+    let total = tasks.len();
+    let list: Vec<Value> = tasks
+        .iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .map(|t| {
+            let pct = if t.state == TaskState::Finished {
+                100
+            } else {
+                (t.bytes_done * 100).checked_div(t.bytes_total).unwrap_or(0).min(99)
+            };
+            let url = svc
+                .download_link(t)
+                .map(|(path, _)| format!("{host}{path}"))
+                .unwrap_or_default();
+            json!({
+                "CreateTime": cloud_time(t.created_ms),
+                "BackupName": t.params.get("backup_name").cloned().unwrap_or_default(),
+                "ReplicaSetId": t.params.get("replica_set_id").cloned().unwrap_or_default(),
+                "BackupSize": t.result.as_ref().and_then(|r| r.get("bytes")).and_then(Value::as_u64).unwrap_or(t.bytes_total),
+                "Status": download_status(t.state),
+                "Percent": pct,
+                "TimeSpend": match (t.started_ms, t.finished_ms) {
+                    (Some(a), Some(b)) => (b - a).max(0) / 1000,
+                    (Some(a), None) => (now - a).max(0) / 1000,
+                    _ => 0,
+                },
+                "Url": url,
+                "BackupMethod": 0,
+                "BackupDesc": "",
+                "Region": req.region,
+                "Bucket": "",
+            })
+        })
+        .collect();
+    Ok(ok_response(
+        json!({"TotalCount": total, "Tasks": list}),
+        &req.request_id,
+    ))
 }

@@ -158,6 +158,85 @@ fails("UnsupportedOperation", lambda: set_rules(BackupFrequency=12))
 fails("MissingParameter", lambda: c.call_json("SetBackupRules", {"InstanceId": RS, "BackupMethod": 0}))
 print("tencent: backup rules ok")
 
+# Download tasks: one per replica set, listed with every filter, fetched by
+# their link.
+import urllib.request, io, tarfile, datetime
+def dl_create(inst, name, sets):
+    req = models.CreateBackupDownloadTaskRequest()
+    req._deserialize({"InstanceId": inst, "BackupName": name, "BackupSets": [{"ReplicaSetId": r} for r in sets]})
+    return c.CreateBackupDownloadTask(req)
+def dl_list(inst, raw=False, **kw):
+    req = models.DescribeBackupDownloadTaskRequest()
+    req._deserialize(dict(InstanceId=inst, **kw))
+    while True:
+        try:
+            return c.DescribeBackupDownloadTask(req)
+        except TencentCloudSDKException as e:
+            # At most 20 a second: the checks below are quicker than that.
+            if raw or e.code != "RequestLimitExceeded":
+                raise
+            time.sleep(1)
+rs_name = backups(RS).BackupList[0].BackupName
+sh_name = backups(SHARDED).BackupList[0].BackupName
+assert rs_name.startswith(RS + "_") and len(rs_name) == len(RS) + 20, rs_name
+r = dl_create(RS, rs_name, [f"{RS}_0"])
+assert [(t.ReplicaSetId, t.Status) for t in r.Tasks] == [(f"{RS}_0", 0)], r.to_json_string()
+r = dl_create(SHARDED, sh_name, [f"{SHARDED}_0", f"{SHARDED}_1"])
+assert len(r.Tasks) == 2
+for inst, n in ((RS, 1), (SHARDED, 2)):
+    for _ in range(200):
+        got = dl_list(inst)
+        if got.TotalCount == n and all(t.Status == 2 for t in got.Tasks):
+            break
+        time.sleep(0.2)
+    assert got.TotalCount == n and all(t.Status == 2 and t.Percent == 100 for t in got.Tasks), got.to_json_string()
+[t] = dl_list(RS).Tasks
+assert t.BackupName == rs_name and t.ReplicaSetId == f"{RS}_0" and t.BackupSize > 0 and t.Url, t.to_json_string()
+assert datetime.datetime.strptime(t.CreateTime, "%Y-%m-%d %H:%M:%S")
+data = urllib.request.urlopen(t.Url).read()
+assert len(data) == t.BackupSize and "oplog.bson" in tarfile.open(fileobj=io.BytesIO(data)).getnames()
+sh = dl_list(SHARDED)
+assert sorted(x.ReplicaSetId for x in sh.Tasks) == [f"{SHARDED}_0", f"{SHARDED}_1"], sh.to_json_string()
+names = tarfile.open(fileobj=io.BytesIO(urllib.request.urlopen(
+    [x for x in sh.Tasks if x.ReplicaSetId == f"{SHARDED}_1"][0].Url).read())).getnames()
+assert "shop/a.bson" in names, names
+# Filters, order and paging, against what the tasks say of themselves.
+assert dl_list(SHARDED, Status=[2]).TotalCount == 2 and dl_list(SHARDED, Status=[0, 1, 3, 4]).TotalCount == 0
+assert dl_list(SHARDED, BackupName=sh_name).TotalCount == 2
+ids_desc = [x.ReplicaSetId for x in dl_list(SHARDED).Tasks]
+ids_asc = [x.ReplicaSetId for x in dl_list(SHARDED, OrderByType="asc").Tasks]
+assert ids_asc == ids_desc[::-1], (ids_asc, ids_desc)
+fin = [x.ReplicaSetId for x in dl_list(SHARDED, OrderBy="finishTime", OrderByType="asc").Tasks]
+assert sorted(fin) == sorted(ids_asc)
+p1 = dl_list(SHARDED, Limit=1).Tasks
+p2 = dl_list(SHARDED, Limit=1, Offset=1).Tasks
+assert [p1[0].ReplicaSetId, p2[0].ReplicaSetId] == ids_desc and dl_list(SHARDED, Limit=1).TotalCount == 2
+first = min(x.CreateTime for x in sh.Tasks)
+assert dl_list(SHARDED, StartTime=first, EndTime="2999-01-01 00:00:00").TotalCount == 2
+assert dl_list(SHARDED, StartTime="2999-01-01 00:00:00").TotalCount == 0
+assert dl_list(SHARDED, EndTime="2000-01-01 00:00:00").TotalCount == 0
+fails("InvalidParameterValue", lambda: dl_list(SHARDED, StartTime="yesterday"))
+fails("InvalidParameterValue", lambda: dl_list(SHARDED, OrderBy="size"))
+fails("InvalidParameterValue", lambda: dl_list(SHARDED, Limit=101))
+fails("InvalidParameterValue", lambda: dl_list(SHARDED, Status=[9]))
+fails("InvalidParameterValue.BackupFileNotFound", lambda: dl_list(SHARDED, BackupName="nosuch"))
+fails("InvalidParameterValue.BackupFileNotFound", lambda: dl_create(RS, "nosuch", [f"{RS}_0"]))
+fails("InvalidParameterValue", lambda: dl_create(RS, rs_name, [f"{RS}_7"]))
+fails("MissingParameter", lambda: c.call_json("CreateBackupDownloadTask", {"InstanceId": RS, "BackupName": rs_name}))
+fails("InvalidParameterValue.NotFoundInstance", lambda: dl_list("cmgo-nosuch00"))
+# At most 20 DescribeBackupDownloadTask a second per key.
+codes = []
+time.sleep(1.1)
+for _ in range(30):
+    try:
+        dl_list(RS, raw=True)
+        codes.append("ok")
+    except TencentCloudSDKException as e:
+        codes.append(e.code)
+assert "RequestLimitExceeded" in codes and codes.count("ok") >= 20, codes
+time.sleep(1.1)
+print("tencent: download tasks ok")
+
 # A key limited by a policy with this cloud's names.
 lim = client(ak=os.environ["LIMITED_AK"], secret=os.environ["LIMITED_SK"])
 assert describe(lim).TotalCount == 2

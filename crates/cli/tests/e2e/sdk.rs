@@ -51,11 +51,23 @@ fn run_script(v: &std::path::Path, s: &Stowage, script: &str, env: &[(&str, &str
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let log = s.log();
+        let tail: String = log
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!(
+            "{script} failed:\n{stdout}\n{}\nserver log (last lines):\n{tail}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert!(stdout.contains(done), "{script}: {stdout}");
 }
 

@@ -630,7 +630,7 @@ fn parse_kinds(k: &str) -> ApiResult<Vec<TaskKind>> {
         .map(|part| {
             part.trim().parse::<TaskKind>().map_err(|_| {
                 invalid(format!(
-                    "kind {part:?} is not one of backup, restore, verify, gc"
+                    "kind {part:?} is not one of backup, restore, verify, gc, download"
                 ))
             })
         })

@@ -464,9 +464,9 @@ impl PageArgs {
 
 #[derive(Subcommand)]
 enum TaskCmd {
-    /// List tasks of every kind (backup, restore, verify, gc), newest first.
+    /// List tasks of every kind (backup, restore, verify, gc, download), newest first.
     List {
-        /// Only these kinds, comma-separated: backup, restore, verify, gc.
+        /// Only these kinds, comma-separated: backup, restore, verify, gc, download.
         #[arg(long)]
         kind: Option<String>,
         /// Only tasks of this instance (id or name).

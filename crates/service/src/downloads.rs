@@ -27,22 +27,7 @@ pub struct Downloads {
 impl Downloads {
     /// The folder and key under `data_dir` (the key created on first start).
     pub fn open(data_dir: &Path) -> ServiceResult<Downloads> {
-        let path = data_dir.join("download.key");
-        let key: [u8; 32] = match std::fs::read(&path) {
-            Ok(b) => {
-                let mut k = [0u8; 32];
-                hex::decode_to_slice(String::from_utf8_lossy(&b).trim(), &mut k).map_err(|_| {
-                    ServiceError::internal(format!("{} is not a valid key file", path.display()))
-                })?;
-                k
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let k: [u8; 32] = stowage_repo::crypto::random_bytes();
-                crate::secrets::write_private(&path, hex::encode(k).as_bytes())?;
-                k
-            }
-            Err(e) => return Err(ServiceError::internal(format!("{}: {e}", path.display()))),
-        };
+        let key = crate::secrets::load_or_create_key(&data_dir.join("download.key"))?;
         let dir = data_dir.join("downloads");
         std::fs::create_dir_all(&dir)
             .map_err(|e| ServiceError::internal(format!("{}: {e}", dir.display())))?;
@@ -98,13 +83,8 @@ impl Downloads {
         sig: &str,
         now_s: i64,
     ) -> Option<PathBuf> {
-        let want = self.mac(task, file, expires);
-        let same = want.len() == sig.len()
-            && want
-                .bytes()
-                .zip(sig.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0;
+        let same =
+            crate::constant_time_eq(self.mac(task, file, expires).as_bytes(), sig.as_bytes());
         if !same || now_s > expires || !valid_file_name(file) {
             return None;
         }

@@ -1932,7 +1932,7 @@ fn check_mongo_uri(uri: Option<&str>) -> ServiceResult<(String, Vec<(String, u16
     Ok((uri.to_string(), hosts))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -15,26 +15,30 @@ use stowage_repo::crypto::{Cipher, Role, random_bytes};
 
 pub struct SecretBox(Cipher);
 
+/// A 32-byte key kept hex-encoded in `path`, created (0600) on first use.
+pub fn load_or_create_key(path: &Path) -> ServiceResult<[u8; 32]> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            let s = String::from_utf8_lossy(&b);
+            let mut k = [0u8; 32];
+            hex::decode_to_slice(s.trim(), &mut k).map_err(|_| {
+                ServiceError::internal(format!("{} is not a valid key file", path.display()))
+            })?;
+            Ok(k)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k: [u8; 32] = random_bytes();
+            write_private(path, hex::encode(k).as_bytes())?;
+            Ok(k)
+        }
+        Err(e) => Err(ServiceError::internal(format!("{}: {e}", path.display()))),
+    }
+}
+
 impl SecretBox {
     /// Loads the key file, creating it (0600) on first start.
     pub fn load_or_create(path: &Path) -> ServiceResult<SecretBox> {
-        let key: [u8; 32] = match std::fs::read(path) {
-            Ok(b) => {
-                let s = String::from_utf8_lossy(&b);
-                let mut k = [0u8; 32];
-                hex::decode_to_slice(s.trim(), &mut k).map_err(|_| {
-                    ServiceError::internal(format!("{} is not a valid key file", path.display()))
-                })?;
-                k
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let k: [u8; 32] = random_bytes();
-                write_private(path, hex::encode(k).as_bytes())?;
-                k
-            }
-            Err(e) => return Err(ServiceError::internal(format!("{}: {e}", path.display()))),
-        };
-        Ok(SecretBox(Cipher::from_key(&key)))
+        Ok(SecretBox(Cipher::from_key(&load_or_create_key(path)?)))
     }
 
     pub fn seal(&self, s: &Secret) -> Vec<u8> {

@@ -21,7 +21,7 @@ pub const VERSION: &str = "2019-07-25";
 pub const SERVICE: &str = "mongodb";
 
 /// Parameters every request carries that are not the operation's.
-const COMMON: [&str; 12] = [
+const COMMON: [&str; 11] = [
     "Action",
     "Version",
     "Region",
@@ -32,7 +32,6 @@ const COMMON: [&str; 12] = [
     "SignatureMethod",
     "Token",
     "RequestClient",
-    "Language",
     "Language",
 ];
 

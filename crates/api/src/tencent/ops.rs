@@ -94,56 +94,64 @@ fn only(p: &Map<String, Value>, known: &[&str]) -> Result<(), TcError> {
     }
 }
 
-/// An integer given as a number or a string (GET and form send strings).
+/// An integer written as a number or a string (GET and form send strings).
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+/// An integer parameter.
 fn int(p: &Map<String, Value>, name: &str) -> Result<Option<i64>, TcError> {
     match p.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
+        Some(v) => as_int(v)
             .map(Some)
             .ok_or_else(|| TcError::invalid(name, "an integer")),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| TcError::invalid(name, "an integer")),
-        Some(_) => Err(TcError::invalid(name, "an integer")),
+    }
+}
+
+/// A list parameter whose every item `item` reads (`what` names them).
+fn list<T>(
+    p: &Map<String, Value>,
+    name: &str,
+    what: &str,
+    item: fn(&Value) -> Option<T>,
+) -> Result<Option<Vec<T>>, TcError> {
+    let bad = || TcError::invalid(name, &format!("a list of {what}"));
+    match p.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| item(v).ok_or_else(bad))
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(_) => Err(bad()),
     }
 }
 
 fn strings(p: &Map<String, Value>, name: &str) -> Result<Option<Vec<String>>, TcError> {
-    match p.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| TcError::invalid(name, "a list of strings"))
-            })
-            .collect::<Result<_, _>>()
-            .map(Some),
-        Some(_) => Err(TcError::invalid(name, "a list of strings")),
-    }
+    list(p, name, "strings", as_string)
 }
 
 fn ints(p: &Map<String, Value>, name: &str) -> Result<Option<Vec<i64>>, TcError> {
-    match p.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                match v {
-                    Value::Number(n) => n.as_i64(),
-                    Value::String(s) => s.trim().parse().ok(),
-                    _ => None,
-                }
-                .ok_or_else(|| TcError::invalid(name, "a list of integers"))
-            })
-            .collect::<Result<_, _>>()
-            .map(Some),
-        Some(_) => Err(TcError::invalid(name, "a list of integers")),
-    }
+    list(p, name, "integers", as_int)
+}
+
+/// The BackupMethod an instance's backups have (cmgo- instances are
+/// MongoDB: logical).
+fn instance_method(i: &Instance) -> i64 {
+    method_number(if i.engine == "mongodb" {
+        "logical"
+    } else {
+        "physical"
+    })
 }
 
 /// `MONGO_<major><minor>_WT`, as the cloud names a version.
@@ -334,12 +342,7 @@ async fn create_backup(svc: &Arc<Service>, req: &TcRequest) -> Result<Response, 
     )?;
     let inst = instance(svc, req).await?;
     if let Some(m) = int(p, "BackupMethod")? {
-        // cmgo- instances are MongoDB: logical backups.
-        let ours = method_number(if inst.engine == "mongodb" {
-            "logical"
-        } else {
-            "physical"
-        });
+        let ours = instance_method(&inst);
         if ![0, 1, 3].contains(&m) {
             return Err(TcError::invalid(
                 "BackupMethod",
@@ -597,7 +600,7 @@ async fn describe_backup_rules(svc: &Service, req: &TcRequest) -> Result<Respons
         "BackupSaveTime": pol.retention_days,
         "BackupFrequency": 24,
         "BackupTime": pol.window.start_min / 60,
-        "BackupMethod": method_number(if inst.engine == "mongodb" { "logical" } else { "physical" }),
+        "BackupMethod": instance_method(&inst),
         "ActiveWeekdays": weekdays_to_tc(pol.weekdays),
         "BackupTotalSize": {
             "SnapshotSize": sets.iter().map(|s| s.bytes_stored).sum::<u64>(),

@@ -1608,14 +1608,8 @@ fn check_cluster(
     let mut sets = Vec::new();
     let mut version = None;
     for p in parts {
-        let f = check(p.uri.expose(), host_check).map_err(|e| EngineError {
-            message: format!("{} {}: {}", p.role.as_str(), p.id, e.message),
-            ..e
-        })?;
-        let name = replica_set_name(&f).map_err(|e| EngineError {
-            message: format!("{} {}: {}", p.role.as_str(), p.id, e.message),
-            ..e
-        })?;
+        let f = check(p.uri.expose(), host_check).map_err(|e| sharded::named(p, None, e))?;
+        let name = replica_set_name(&f).map_err(|e| sharded::named(p, None, e))?;
         version.get_or_insert(f.version.clone());
         sets.push(serde_json::json!({"id": p.id, "role": p.role.as_str(), "replica_set": name}));
     }

@@ -125,7 +125,7 @@ impl Barrier {
 }
 
 /// Names a part in an error: "shard dds-x_1 (replica set rs1): …".
-fn named(p: &PartSpec, set: Option<&str>, e: EngineError) -> EngineError {
+pub(crate) fn named(p: &PartSpec, set: Option<&str>, e: EngineError) -> EngineError {
     let what = match set {
         Some(s) => format!("{} {} (replica set {s})", p.role.as_str(), p.id),
         None => format!("{} {}", p.role.as_str(), p.id),

@@ -57,6 +57,7 @@ fn status_and_code(k: ErrorKind) -> (StatusCode, &'static str) {
                 D::Cancelled => "Cancelled",
                 D::Repository => "RepositoryError",
                 D::Filesystem => "FilesystemError",
+                D::Busy => "RepositoryBusy",
             };
             (StatusCode::UNPROCESSABLE_ENTITY, code)
         }
@@ -385,6 +386,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/v1/sets/{id}/manifest", get(set_manifest))
         .route("/v1/sets/{id}/restore", post(restore_set))
         .route("/v1/sets/{id}/download", post(download_set))
+        .route("/v1/downloads", get(list_downloads))
         .route(
             "/v1/downloads/{task}/{file}",
             get(crate::download::serve_link),
@@ -644,6 +646,17 @@ async fn task_listing(
     key: &str,
     default_kinds: &[TaskKind],
 ) -> ApiResult<Json<Value>> {
+    task_listing_with(svc, p, q, key, default_kinds, task_json).await
+}
+
+async fn task_listing_with(
+    svc: &Svc,
+    p: &stowage_service::Principal,
+    q: TaskQuery,
+    key: &str,
+    default_kinds: &[TaskKind],
+    to_json: impl Fn(&Task) -> Value,
+) -> ApiResult<Json<Value>> {
     let page = Page::parse(q.limit, q.cursor)?;
     let mut f = TaskFilter {
         kinds: default_kinds.to_vec(),
@@ -677,12 +690,23 @@ async fn task_listing(
         f.states = parse_states(&s)?;
     }
     let rows = svc.list_tasks(p, &f).await?;
-    Ok(Json(page.respond(
-        key,
-        rows,
-        |t| t.id.to_string(),
-        task_json,
-    )))
+    Ok(Json(page.respond(key, rows, |t| t.id.to_string(), to_json)))
+}
+
+/// `/v1/downloads`: download tasks, each finished one with its link.
+async fn list_downloads(
+    State(svc): State<Svc>,
+    Auth(p): Auth,
+    Q(q): Q<TaskQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let kinds = [TaskKind::Download];
+    let with_link = |t: &Task| {
+        let mut v = task_json(t);
+        add_link(&svc, t, &headers, &mut v);
+        v
+    };
+    task_listing_with(&svc, &p, q, "downloads", &kinds, with_link).await
 }
 
 async fn list_tasks(

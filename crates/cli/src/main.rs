@@ -178,22 +178,9 @@ enum Cmd {
     },
     /// Package one part of a backup set into one file (MongoDB: a tar of the
     /// mongodump layout that `mongorestore --oplogReplay` reads; PostgreSQL:
-    /// the base-backup tar) and print an expiring link to fetch it with curl.
-    #[command(
-        after_help = "Examples:\n  stowage download 7                 # the set's only part (PostgreSQL: its data directory)\n  stowage download 9 --part dds-…_1  # one shard of a sharded cluster's set\n  curl -fO \"$(stowage download 7)\""
-    )]
-    Download {
-        /// Id of the backup set (see `stowage set list`).
-        set_id: i64,
-        /// The part to package: a replica set or shard id (see `stowage set
-        /// show`); default: the set's only part, or PostgreSQL's data directory.
-        #[arg(long)]
-        part: Option<String>,
-        /// Return at once instead of following the packaging (the link is
-        /// then in `stowage task show <id>` once it finished).
-        #[arg(long)]
-        no_wait: bool,
-    },
+    /// the base-backup tar) served by an expiring link; list and show them.
+    #[command(subcommand)]
+    Download(DownloadCmd),
     /// Reclaim repository space no backup set uses any more.
     Gc {
         /// Return at once instead of following the job.
@@ -209,6 +196,48 @@ enum Cmd {
     /// Manage access keys. A new key's secret is shown once.
     #[command(subcommand)]
     Key(KeyCmd),
+}
+
+#[derive(Subcommand)]
+enum DownloadCmd {
+    /// Package one part of a set into one file, follow it with a progress
+    /// bar and print its link (fetch it with `curl -fO`; it expires, by
+    /// default after 2 hours). A transient failure (the repository locked
+    /// by another process, a full disk) is retried after 5, 20 and 80 s.
+    #[command(
+        after_help = "Examples:\n  stowage download create 7                 # the set's only part (PostgreSQL: its data directory)\n  stowage download create 9 --part dds-…_1  # one shard of a sharded cluster's set\n  curl -fO \"$(stowage download create 7)\""
+    )]
+    Create {
+        /// Id of the backup set (see `stowage set list`).
+        set_id: i64,
+        /// The part to package: a replica set or shard id (see `stowage set
+        /// show`); default: the set's only part, or PostgreSQL's data directory.
+        #[arg(long)]
+        part: Option<String>,
+        /// Follow the packaging and print the link (the default).
+        #[arg(long, conflicts_with = "no_wait")]
+        wait: bool,
+        /// Return at once with the task's id (its link is then in
+        /// `stowage download show <id>` once it finished).
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List download tasks, newest first, with the links of finished ones.
+    List {
+        /// Only downloads of this backup set.
+        #[arg(long, value_name = "SET_ID")]
+        set: Option<i64>,
+        /// Only downloads of this instance (id or name).
+        #[arg(long)]
+        instance: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one download task: its state, size and (while it works) link.
+    Show {
+        /// Task id (see `stowage download list`).
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -472,7 +501,7 @@ enum TaskCmd {
         /// Only tasks of this instance (id or name).
         #[arg(long)]
         instance: Option<String>,
-        /// Comma-separated states, e.g. running,pending.
+        /// Comma-separated states: pending, checking, preparing, running, finishing, finished, failed, cancelled, retrying.
         #[arg(long)]
         state: Option<String>,
         #[command(flatten)]
@@ -939,6 +968,24 @@ fn show_task(c: &Client, t: &Value, json: bool) -> Result<(), CallError> {
     }
     if let Some(parent) = t["parent_id"].as_i64() {
         rows.push(("part of task", format!("{parent} (part {})", s(&t["part"]))));
+    }
+    if t["state"] == "retrying" {
+        rows.push((
+            "retry",
+            format!(
+                "attempt {} failed ({}); the next starts at {}",
+                s(&t["result"]["attempt"]),
+                s(&t["result"]["error"]),
+                t["result"]["retry_at_ms"]
+                    .as_i64()
+                    .map(stowage_core::time::format_rfc3339)
+                    .unwrap_or_else(|| "-".into())
+            ),
+        ));
+    }
+    if t["download"]["url"].is_string() {
+        rows.push(("link", s(&t["download"]["url"])));
+        rows.push(("link expires", s(&t["download"]["expires_at"])));
     }
     rows.push(("error", s(&t["error"])));
     fields(&rows);
@@ -1606,26 +1653,102 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             let code = follow_job(c, &j, json, no_wait, "verify")?;
             return Ok(code);
         }
-        Cmd::Download {
-            set_id,
-            part,
-            no_wait,
-        } => {
-            let body = json!({"part": part});
-            let j = c.post(&format!("/v1/sets/{set_id}/download"), Some(&body))?;
-            let code = follow_job(c, &j, json, no_wait, "download")?;
-            if code == 0 && !no_wait && !json {
-                let t = c.get(&format!("/v1/tasks/{}", j["id"]))?;
-                eprintln!(
-                    "{} ({}) packaged; the link works until {}",
-                    s(&t["result"]["file"]),
-                    bytes(&t["result"]["bytes"]),
-                    s(&t["download"]["expires_at"])
-                );
-                out!("{}", s(&t["download"]["url"]));
+        Cmd::Download(dc) => match dc {
+            DownloadCmd::Create {
+                set_id,
+                part,
+                wait: _,
+                no_wait,
+            } => {
+                let body = json!({"part": part});
+                let j = c.post(&format!("/v1/sets/{set_id}/download"), Some(&body))?;
+                if no_wait {
+                    if json {
+                        print_json(&j);
+                    } else {
+                        out!(
+                            "download task {} started; see `stowage download show {}`",
+                            s(&j["id"]),
+                            s(&j["id"])
+                        );
+                    }
+                    return Ok(0);
+                }
+                let code = follow_job(c, &j, json, false, "download")?;
+                if code == 0 && !json {
+                    let t = c.get(&format!("/v1/tasks/{}", j["id"]))?;
+                    eprintln!(
+                        "{} ({}) packaged; the link works until {}",
+                        s(&t["result"]["file"]),
+                        bytes(&t["result"]["bytes"]),
+                        s(&t["download"]["expires_at"])
+                    );
+                    out!("{}", s(&t["download"]["url"]));
+                }
+                return Ok(code);
             }
-            return Ok(code);
-        }
+            DownloadCmd::List {
+                set,
+                instance,
+                page,
+            } => {
+                let [l, cur] = page.params();
+                let q = query(&[
+                    ("set", set.map(|s| s.to_string())),
+                    ("instance", instance),
+                    l,
+                    cur,
+                ]);
+                let v = c.get(&format!("/v1/downloads{q}"))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    let rows = v["downloads"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                s(&t["id"]),
+                                s(&t["set_id"]),
+                                // Named once packaged; asked for (or the default) before.
+                                if t["result"]["part"].is_string() {
+                                    s(&t["result"]["part"])
+                                } else {
+                                    s(&t["params"]["part"])
+                                },
+                                s(&t["state"]),
+                                format!("{}%", s(&t["progress"]["percent"])),
+                                bytes(&t["result"]["bytes"]),
+                                s(&t["created_at"]),
+                                s(&t["download"]["expires_at"]),
+                                s(&t["download"]["url"]),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "ID", "SET", "PART", "STATE", "PROGRESS", "SIZE", "CREATED", "EXPIRES",
+                            "LINK",
+                        ],
+                        rows,
+                    );
+                    more(&v);
+                }
+            }
+            DownloadCmd::Show { id } => {
+                let t = c.get(&format!("/v1/tasks/{id}"))?;
+                if t["kind"] != "download" {
+                    eprintln!(
+                        "error: task {id} is a {} task, not a download",
+                        s(&t["kind"])
+                    );
+                    return Ok(1);
+                }
+                show_task(c, &t, json)?;
+            }
+        },
         Cmd::Gc { no_wait } => {
             let j = c.post("/v1/gc", None)?;
             return follow_job(c, &j, json, no_wait, "gc");

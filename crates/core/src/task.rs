@@ -17,6 +17,12 @@
 //!
 //! `Finishing` cannot be cancelled: by then all data is copied and the set is
 //! made durable or the task fails.
+//!
+//! `Retrying`: a working state failed for a reason that passes (the
+//! repository locked by another process, a full disk); the task waits for
+//! its next attempt, then starts again at `Checking`. Only kinds that can be
+//! repeated without side effects retry (downloads); it can be cancelled,
+//! and fails once its attempts are used up.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -33,10 +39,12 @@ pub enum TaskState {
     Finished,
     Failed,
     Cancelled,
+    /// Waiting for another attempt after a transient failure.
+    Retrying,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 8] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Pending,
         TaskState::Checking,
         TaskState::Preparing,
@@ -45,6 +53,7 @@ impl TaskState {
         TaskState::Finished,
         TaskState::Failed,
         TaskState::Cancelled,
+        TaskState::Retrying,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +66,7 @@ impl TaskState {
             TaskState::Finished => "finished",
             TaskState::Failed => "failed",
             TaskState::Cancelled => "cancelled",
+            TaskState::Retrying => "retrying",
         }
     }
 
@@ -82,11 +92,12 @@ impl TaskState {
         )
     }
 
-    /// How far along the success path: pending 0 … finishing 4, finished
-    /// 5, failed and cancelled 6 (past every working state).
+    /// How far along the success path: pending (and retrying: waiting to
+    /// start again) 0 … finishing 4, finished 5, failed and cancelled 6
+    /// (past every working state).
     pub fn rank(self) -> u8 {
         match self {
-            TaskState::Pending => 0,
+            TaskState::Pending | TaskState::Retrying => 0,
             TaskState::Checking => 1,
             TaskState::Preparing => 2,
             TaskState::Running => 3,
@@ -104,8 +115,10 @@ impl TaskState {
             (Preparing, Running) => true,
             (Running, Finishing) => true,
             (Finishing, Finished) => true,
+            (Checking | Preparing | Running, Retrying) => true,
+            (Retrying, Checking) => true,
             (s, Failed) => !s.is_terminal(),
-            (Pending | Checking | Preparing | Running, Cancelled) => true,
+            (Pending | Checking | Preparing | Running | Retrying, Cancelled) => true,
             _ => false,
         }
     }
@@ -241,6 +254,12 @@ mod tests {
             (Checking, Cancelled),
             (Preparing, Cancelled),
             (Running, Cancelled),
+            (Checking, Retrying),
+            (Preparing, Retrying),
+            (Running, Retrying),
+            (Retrying, Checking),
+            (Retrying, Failed),
+            (Retrying, Cancelled),
         ];
         for from in TaskState::ALL {
             for to in TaskState::ALL {

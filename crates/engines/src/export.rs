@@ -22,7 +22,12 @@ pub struct ExportInfo {
 }
 
 fn io(e: std::io::Error) -> EngineError {
-    EngineError::new(ErrorKind::Filesystem, format!("export stream: {e}"))
+    let kind = if crate::io_is_transient(&e) {
+        ErrorKind::Busy
+    } else {
+        ErrorKind::Filesystem
+    };
+    EngineError::new(kind, format!("export stream: {e}"))
 }
 
 /// Counts what goes through.

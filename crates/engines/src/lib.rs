@@ -97,6 +97,34 @@ pub enum ErrorKind {
     Repository,
     /// Writing the restored files failed.
     Filesystem,
+    /// A resource is held or exhausted for now (the repository locked by
+    /// another process, a full disk): the same work may succeed later.
+    Busy,
+}
+
+impl ErrorKind {
+    /// The failure may pass by itself: work that can be repeated without
+    /// side effects is worth another attempt after a while.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Busy | ErrorKind::Unreachable | ErrorKind::ServerGone | ErrorKind::Capacity
+        )
+    }
+}
+
+/// An I/O failure that may pass by itself (space freed, a slow disk).
+pub fn io_is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull
+            | K::QuotaExceeded
+            | K::TimedOut
+            | K::Interrupted
+            | K::WouldBlock
+            | K::ResourceBusy
+    )
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -119,6 +147,14 @@ impl From<RepoError> for EngineError {
     fn from(e: RepoError) -> Self {
         match e {
             RepoError::Cancelled => EngineError::new(ErrorKind::Cancelled, "cancelled"),
+            e @ RepoError::Locked(stowage_repo::lock::LockError::Conflict { .. }) => {
+                EngineError::new(ErrorKind::Busy, format!("repository: {e}"))
+            }
+            RepoError::Storage(stowage_repo::storage::StorageError::Io { ref source, .. })
+                if io_is_transient(source) =>
+            {
+                EngineError::new(ErrorKind::Busy, format!("repository: {e}"))
+            }
             e => EngineError::new(ErrorKind::Repository, format!("repository: {e}")),
         }
     }

@@ -49,7 +49,7 @@ pub(crate) enum JobWork {
 /// state even when the worker moved through several between two polls.
 fn next_forward(s: TaskState) -> Option<TaskState> {
     match s {
-        TaskState::Pending => Some(TaskState::Checking),
+        TaskState::Pending | TaskState::Retrying => Some(TaskState::Checking),
         TaskState::Checking => Some(TaskState::Preparing),
         TaskState::Preparing => Some(TaskState::Running),
         TaskState::Running => Some(TaskState::Finishing),
@@ -677,7 +677,12 @@ fn download_work(
     live.set_state(TaskState::Preparing);
     let dir = svc.downloads.task_dir(task);
     let io = |e: std::io::Error| {
-        EngineError::new(ErrorKind::Repository, format!("{}: {e}", dir.display()))
+        let kind = if stowage_engines::io_is_transient(&e) {
+            ErrorKind::Busy
+        } else {
+            ErrorKind::Repository
+        };
+        EngineError::new(kind, format!("{}: {e}", dir.display()))
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
     let file = format!("{part}.tar");
@@ -787,93 +792,194 @@ fn restore_work(
     }))
 }
 
+/// How long a task that can repeat its work waits before each further
+/// attempt after a transient failure; it fails once these are used up.
+pub(crate) const RETRY_DELAYS_S: [u64; 3] = [5, 20, 80];
+
+/// The wait before attempt `attempt + 1` after `attempt` transient
+/// failures, or `None` once the attempts are used up.
+pub(crate) fn retry_delay(attempt: usize) -> Option<Duration> {
+    RETRY_DELAYS_S.get(attempt).map(|s| Duration::from_secs(*s))
+}
+
+impl JobWork {
+    /// Another copy of work that can be repeated without side effects (a
+    /// download writes only its own file, which a failed attempt removes).
+    fn again(&self) -> Option<JobWork> {
+        match self {
+            JobWork::Download { set, part } => Some(JobWork::Download {
+                set: set.clone(),
+                part: part.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn do_work(
+    s: &Service,
+    t: i64,
+    work: JobWork,
+    l: &Arc<LiveTask>,
+) -> Result<serde_json::Value, EngineError> {
+    match work {
+        JobWork::Restore {
+            set,
+            target,
+            force,
+            caller,
+            slot,
+        } => {
+            // The account's restore slot is freed when the work ends.
+            let _slot = slot;
+            restore_work(s, &set, &target, force, &caller, l)
+        }
+        JobWork::RestoreInto { set, spec, opts } => {
+            l.set_state(TaskState::Checking);
+            let (engine, _lock, m) = open_set(s, &set)?;
+            l.set_state(TaskState::Preparing);
+            let r = engine.restore_into(&spec, &s.repo, &m, &opts, l)?;
+            l.set_state(TaskState::Finishing);
+            Ok(r)
+        }
+        JobWork::Verify { snapshot } => {
+            l.set_state(TaskState::Checking);
+            l.set_state(TaskState::Preparing);
+            l.set_state(TaskState::Running);
+            let progress = |done, total| {
+                l.bytes_total.store(total, Ordering::Relaxed);
+                l.bytes_done.store(done, Ordering::Relaxed);
+            };
+            let r = match snapshot {
+                None => s.repo.verify(0, &progress)?,
+                Some(name) => s.repo.verify_snapshot(&name, 0, &progress)?,
+            };
+            l.set_state(TaskState::Finishing);
+            if r.ok() {
+                Ok(serde_json::to_value(&r).expect("json"))
+            } else {
+                Err(EngineError::new(
+                    ErrorKind::Repository,
+                    format!(
+                        "verify found {} problem(s); first: {}",
+                        r.errors.len(),
+                        r.errors[0]
+                    ),
+                ))
+            }
+        }
+        JobWork::Download { set, part } => download_work(s, &set, part, t, l),
+        JobWork::Gc => {
+            l.set_state(TaskState::Checking);
+            l.set_state(TaskState::Preparing);
+            l.set_state(TaskState::Running);
+            let r = s.repo.gc()?;
+            l.set_state(TaskState::Finishing);
+            Ok(serde_json::to_value(&r).expect("json"))
+        }
+    }
+}
+
 pub(crate) async fn run_job(svc: Arc<Service>, job: Task, work: JobWork, live: Arc<LiveTask>) {
     let t = job.id;
     let guard = SlotGuard::new(&svc, t, &live);
     tracing::info!(job = job.id, kind = %job.kind.as_str(), "job started");
-    let s = svc.clone();
-    let l = live.clone();
-    let handle = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, EngineError> {
-        match work {
-            JobWork::Restore {
-                set,
-                target,
-                force,
-                caller,
-                slot,
-            } => {
-                // The account's restore slot is freed when the work ends.
-                let _slot = slot;
-                restore_work(&s, &set, &target, force, &caller, &l)
-            }
-            JobWork::RestoreInto { set, spec, opts } => {
-                l.set_state(TaskState::Checking);
-                let (engine, _lock, m) = open_set(&s, &set)?;
-                l.set_state(TaskState::Preparing);
-                let r = engine.restore_into(&spec, &s.repo, &m, &opts, &l)?;
-                l.set_state(TaskState::Finishing);
-                Ok(r)
-            }
-            JobWork::Verify { snapshot } => {
-                l.set_state(TaskState::Checking);
-                l.set_state(TaskState::Preparing);
-                l.set_state(TaskState::Running);
-                let progress = |done, total| {
-                    l.bytes_total.store(total, Ordering::Relaxed);
-                    l.bytes_done.store(done, Ordering::Relaxed);
+    let mut next = Some(work);
+    let mut persisted = TaskState::Pending;
+    let mut attempt = 0;
+    while let Some(work) = next.take() {
+        let again = work.again();
+        let (s, l) = (svc.clone(), live.clone());
+        let handle = tokio::task::spawn_blocking(move || do_work(&s, t, work, &l));
+        let mut mirror = Mirror::new(job.clone(), live.clone());
+        mirror.persisted = persisted;
+        let res = mirror.complete(&svc, handle).await;
+        persisted = mirror.persisted;
+        match res {
+            Ok(result) => {
+                let u = StateUpdate {
+                    progress: Some(live.overall_progress()),
+                    result: Some(result),
+                    ..Default::default()
                 };
-                let r = match snapshot {
-                    None => s.repo.verify(0, &progress)?,
-                    Some(name) => s.repo.verify_snapshot(&name, 0, &progress)?,
-                };
-                l.set_state(TaskState::Finishing);
-                if r.ok() {
-                    Ok(serde_json::to_value(&r).expect("json"))
-                } else {
-                    Err(EngineError::new(
-                        ErrorKind::Repository,
-                        format!(
-                            "verify found {} problem(s); first: {}",
-                            r.errors.len(),
-                            r.errors[0]
-                        ),
-                    ))
+                if let Err(e) = persist_state(&svc, t, TaskState::Finished, u).await {
+                    tracing::error!(error = %e, "could not record a finished job");
                 }
+                tracing::info!(job = job.id, "job finished");
             }
-            JobWork::Download { set, part } => download_work(&s, &set, part, t, &l),
-            JobWork::Gc => {
-                l.set_state(TaskState::Checking);
-                l.set_state(TaskState::Preparing);
-                l.set_state(TaskState::Running);
-                let r = s.repo.gc()?;
-                l.set_state(TaskState::Finishing);
-                Ok(serde_json::to_value(&r).expect("json"))
+            Err(e) => {
+                let delay = retry_delay(attempt).filter(|_| {
+                    e.kind.is_transient() && again.is_some() && !svc.is_shutting_down()
+                });
+                if let Some(delay) = delay {
+                    attempt += 1;
+                    if wait_for_retry(&svc, t, &mut persisted, &live, attempt, delay, &e).await {
+                        live.set_state(TaskState::Pending);
+                        live.bytes_done.store(0, Ordering::Relaxed);
+                        next = again;
+                        continue;
+                    }
+                    let e = EngineError::new(ErrorKind::Cancelled, "cancelled");
+                    fail(&svc, t, persisted, &e).await;
+                    break;
+                }
+                tracing::warn!(job = job.id, error = %e.message, "job failed");
+                if job.kind == stowage_core::TaskKind::Gc {
+                    svc.gc_needed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+                let e = match attempt {
+                    0 => e,
+                    n => EngineError::new(e.kind, format!("{} (attempt {})", e.message, n + 1)),
+                };
+                fail(&svc, t, persisted, &e).await;
             }
-        }
-    });
-    let mut mirror = Mirror::new(job.clone(), live.clone());
-    let res = mirror.complete(&svc, handle).await;
-    let persisted = mirror.persisted;
-    match res {
-        Ok(result) => {
-            let u = StateUpdate {
-                progress: Some(live.overall_progress()),
-                result: Some(result),
-                ..Default::default()
-            };
-            if let Err(e) = persist_state(&svc, t, TaskState::Finished, u).await {
-                tracing::error!(error = %e, "could not record a finished job");
-            }
-            tracing::info!(job = job.id, "job finished");
-        }
-        Err(e) => {
-            tracing::warn!(job = job.id, error = %e.message, "job failed");
-            if job.kind == stowage_core::TaskKind::Gc {
-                svc.gc_needed
-                    .store(true, std::sync::atomic::Ordering::Release);
-            }
-            fail(&svc, t, persisted, &e).await;
         }
     }
     guard.disarm();
+}
+
+/// Records that attempt `attempt` failed transiently with `e` (the task
+/// `retrying`, its result saying when the next attempt starts) and waits
+/// `delay`. False if the task was cancelled (or the server shuts down)
+/// meanwhile.
+async fn wait_for_retry(
+    svc: &Service,
+    t: i64,
+    persisted: &mut TaskState,
+    live: &LiveTask,
+    attempt: usize,
+    delay: Duration,
+    e: &EngineError,
+) -> bool {
+    tracing::warn!(job = t, attempt, error = %e.message, retry_in_s = delay.as_secs(), "job failed transiently; retrying");
+    if *persisted == TaskState::Pending {
+        // Failed before the mirror recorded a start.
+        if persist_state(svc, t, TaskState::Checking, StateUpdate::default())
+            .await
+            .is_ok()
+        {
+            *persisted = TaskState::Checking;
+        }
+    }
+    let u = StateUpdate {
+        result: Some(serde_json::json!({
+            "attempt": attempt,
+            "retry_at_ms": now_ms() + delay.as_millis() as i64,
+            "error": e.message,
+        })),
+        ..Default::default()
+    };
+    match persist_state(svc, t, TaskState::Retrying, u).await {
+        Ok(()) => *persisted = TaskState::Retrying,
+        Err(err) => tracing::error!(job = t, error = %err, "could not record a retry"),
+    }
+    let until = std::time::Instant::now() + delay;
+    while std::time::Instant::now() < until {
+        if live.is_cancelled() || svc.is_shutting_down() {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    !live.is_cancelled()
 }

@@ -22,7 +22,8 @@ use stowage_service::Service;
 /// The dds view of the task state machine (`BackupSetStatus`).
 pub fn dds_status(s: TaskState) -> &'static str {
     match s {
-        TaskState::Pending => "Scheduled",
+        // Waiting: to start, or to start again after a transient failure.
+        TaskState::Pending | TaskState::Retrying => "Scheduled",
         TaskState::Checking | TaskState::Preparing => "Checking",
         TaskState::Running | TaskState::Finishing => "Backuping",
         TaskState::Finished => "Finished",

@@ -19,6 +19,8 @@ use stowage_service::Service;
 pub fn rds_status(s: TaskState) -> (&'static str, &'static str) {
     match s {
         TaskState::Pending => ("NoStart", "NoStart"),
+        // Waiting to start again after a transient failure.
+        TaskState::Retrying => ("NoStart", "NoStart"),
         TaskState::Checking => ("Checking", "Checking"),
         TaskState::Preparing => ("Preparing", "Preparing"),
         TaskState::Running | TaskState::Finishing => ("Uploading", "Uploading"),
@@ -36,6 +38,7 @@ fn job_status_states(v: &str) -> Option<Vec<TaskState>> {
             TaskState::Preparing,
             TaskState::Running,
             TaskState::Finishing,
+            TaskState::Retrying,
         ]),
         _ => None,
     }

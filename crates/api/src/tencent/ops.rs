@@ -788,6 +788,7 @@ fn download_status(s: TaskState) -> i64 {
         TaskState::Pending => 0,
         TaskState::Finished => 2,
         TaskState::Failed | TaskState::Cancelled => 3,
+        TaskState::Retrying => 4,
         _ => 1,
     }
 }

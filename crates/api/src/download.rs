@@ -147,6 +147,113 @@ pub async fn serve_link(
         .unwrap_or_else(|_| refused())
 }
 
+/// Bytes written by a blocking exporter, sent on in 256 KiB pieces.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    const PIECE: usize = 256 * 1024;
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
+        self.tx
+            .blocking_send(Ok(Bytes::from(piece)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = b.len().min(Self::PIECE - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() == Self::PIECE {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// `GET /v1/downloads/sets/{account}/{set}/{file}`: an on-demand set link
+/// (`stowage_service::downloads`), packaged while it streams. Refused like
+/// any invalid link if the set or part is gone; 503 with `Retry-After` when
+/// the repository is busy or [`stowage_service::downloads::STREAMS`]
+/// streams already run.
+pub async fn serve_set_link(
+    State(svc): State<Arc<Service>>,
+    Path((account, set, file)): Path<(String, i64, String)>,
+    Query(q): Query<LinkQuery>,
+) -> Response {
+    let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
+        return refused();
+    };
+    let Some((set, part)) = svc.open_set_link(&account, set, &file, expires, &sig).await else {
+        return refused();
+    };
+    let busy = |why: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "30")],
+            axum::Json(serde_json::json!({"error": {"code": "Busy", "message": why}})),
+        )
+            .into_response()
+    };
+    let Ok(permit) = svc.downloads.streams.clone().try_acquire_owned() else {
+        return busy("too many downloads are being packaged; try again shortly");
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let s = svc.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let export = match s.open_export(&set, &part) {
+            Ok(e) => {
+                let _ = ready_tx.send(Ok(()));
+                e
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let mut w = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(ChannelWriter::PIECE),
+        };
+        // The export ends with a flush, which sends the last piece.
+        if let Err(e) = export.write_to(&mut w) {
+            // The body ends in an error: the client sees a broken transfer,
+            // never a short file that looks complete.
+            tracing::warn!(set = set.id, part = %part, error = %e.message, "on-demand download failed");
+            let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
+        }
+    });
+    match ready.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind.is_transient() => {
+            return busy("the repository is busy; try again shortly");
+        }
+        _ => return refused(),
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file}\""),
+        )
+        .body(Body::from_stream(FileStream(rx)))
+        .unwrap_or_else(|_| refused())
+}
+
 #[cfg(test)]
 mod tests {
     use super::range;

@@ -391,6 +391,10 @@ pub fn router(svc: Svc) -> Router {
             "/v1/downloads/{task}/{file}",
             get(crate::download::serve_link),
         )
+        .route(
+            "/v1/downloads/sets/{account}/{set}/{file}",
+            get(crate::download::serve_set_link),
+        )
         // Older name of the restore, verify and gc tasks' routes.
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_task))

@@ -7,6 +7,13 @@
 //! key travels in it, it names one file, and it stops working at `expires`
 //! (the file is deleted once that has passed). Another server's link, a
 //! changed one or an expired one is refused alike, revealing nothing.
+//!
+//! A set link, `/v1/downloads/sets/<account>/<set id>/<part>.tar?expires&sig`
+//! (HMAC over `sets/<account>/<set id>/<part>.tar\n<expires>`), is made on
+//! demand for listings that show a download URL per backup (Alibaba's
+//! `DescribeBackups`): nothing is prepared until it is fetched, and then
+//! the part is packaged while it streams (no `Content-Length`, no `Range`;
+//! a download task's file has both). At most [`STREAMS`] stream at once.
 
 use crate::error::{ServiceError, ServiceResult};
 use hmac::{Hmac, KeyInit, Mac};
@@ -18,10 +25,15 @@ pub const DEFAULT_LINK_SECS: u64 = 7200;
 /// The range a link's lifetime may be set in (the cloud's).
 pub const LINK_SECS: std::ops::RangeInclusive<u64> = 300..=86_400;
 
+/// How many set links may stream (package while sending) at once.
+pub const STREAMS: usize = 4;
+
 pub struct Downloads {
     dir: PathBuf,
     key: [u8; 32],
     link_secs: std::sync::atomic::AtomicU64,
+    /// Permits for set links streaming now.
+    pub streams: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Downloads {
@@ -35,6 +47,7 @@ impl Downloads {
             dir,
             key,
             link_secs: DEFAULT_LINK_SECS.into(),
+            streams: std::sync::Arc::new(tokio::sync::Semaphore::new(STREAMS)),
         })
     }
 
@@ -60,9 +73,43 @@ impl Downloads {
     }
 
     fn mac(&self, task: i64, file: &str, expires: i64) -> String {
+        self.mac_of(&format!("{task}/{file}\n{expires}"))
+    }
+
+    fn mac_of(&self, what: &str) -> String {
         let mut m = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
-        m.update(format!("{task}/{file}\n{expires}").as_bytes());
+        m.update(what.as_bytes());
         hex::encode(m.finalize().into_bytes())
+    }
+
+    /// The on-demand link of one part of a set of `account`, valid until
+    /// `expires`.
+    pub fn set_link(&self, account: &str, set: i64, part: &str, expires: i64) -> String {
+        let path = format!("sets/{account}/{set}/{part}.tar");
+        let sig = self.mac_of(&format!("{path}\n{expires}"));
+        format!("/v1/downloads/{path}?expires={expires}&sig={sig}")
+    }
+
+    /// The part a set link names, if the link is this server's and has not
+    /// expired at `now_s`.
+    pub fn open_set_link(
+        &self,
+        account: &str,
+        set: i64,
+        file: &str,
+        expires: i64,
+        sig: &str,
+        now_s: i64,
+    ) -> Option<String> {
+        let path = format!("sets/{account}/{set}/{file}");
+        let same = crate::constant_time_eq(
+            self.mac_of(&format!("{path}\n{expires}")).as_bytes(),
+            sig.as_bytes(),
+        );
+        if !same || now_s > expires || !valid_file_name(file) {
+            return None;
+        }
+        file.strip_suffix(".tar").map(str::to_string)
     }
 
     /// The link's path and query for a task's file, valid until `expires`.
@@ -187,6 +234,53 @@ mod tests {
                 && valid_file_name("cmgo-a_0.tar")
         );
         assert!(a.set_link_secs(60).is_err() && a.set_link_secs(300).is_ok());
+        // Set links: bound to the account, the set, the part and the expiry,
+        // and never valid as a task link (or the other way round).
+        let sl = a.set_link("acme", 7, "rs0", 1000);
+        assert!(
+            sl.starts_with("/v1/downloads/sets/acme/7/rs0.tar?expires=1000&sig="),
+            "{sl}"
+        );
+        let ssig = sl.rsplit_once("sig=").unwrap().1;
+        assert_eq!(
+            a.open_set_link("acme", 7, "rs0.tar", 1000, ssig, 999)
+                .as_deref(),
+            Some("rs0")
+        );
+        assert!(
+            a.open_set_link("acme", 7, "rs0.tar", 1000, ssig, 1001)
+                .is_none(),
+            "expired"
+        );
+        assert!(
+            a.open_set_link("other", 7, "rs0.tar", 1000, ssig, 999)
+                .is_none(),
+            "account"
+        );
+        assert!(
+            a.open_set_link("acme", 8, "rs0.tar", 1000, ssig, 999)
+                .is_none(),
+            "set"
+        );
+        assert!(
+            a.open_set_link("acme", 7, "rs1.tar", 1000, ssig, 999)
+                .is_none(),
+            "part"
+        );
+        assert!(
+            a.open_link(7, "rs0.tar", 1000, ssig, 999).is_none(),
+            "not a task link"
+        );
+        assert!(
+            a.open_set_link("acme", 7, "rs0.tar", 1000, sig, 999)
+                .is_none(),
+            "not a set link"
+        );
+        assert!(
+            other
+                .open_set_link("acme", 7, "rs0.tar", 1000, ssig, 999)
+                .is_none()
+        );
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

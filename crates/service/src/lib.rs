@@ -18,6 +18,7 @@ mod runner;
 pub mod scheduler;
 pub mod secrets;
 
+pub use runner::PartExport;
 pub use scheduler::PolicyUpdate;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
@@ -1809,6 +1810,73 @@ impl Service {
         let file = t.result.as_ref()?.get("file")?.as_str()?;
         let expires = t.finished_ms? / 1000 + self.downloads.link_secs() as i64;
         (expires >= now_ms() / 1000).then(|| (self.downloads.link(t.id, file, expires), expires))
+    }
+
+    /// A download link for each `(set id, part)` of the caller's, to show
+    /// with a backup listing: a finished download task's link while it works
+    /// for at least ten more minutes, else an on-demand set link (packaged
+    /// as it is fetched; see `downloads`). Unix-second expiries with them.
+    pub async fn backup_links(
+        &self,
+        p: &Principal,
+        wanted: &[(i64, String)],
+    ) -> ServiceResult<Vec<(String, i64)>> {
+        let done = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let f = TaskFilter {
+                kinds: vec![TaskKind::Download],
+                states: vec![TaskState::Finished],
+                limit: Some(1000),
+                ..Default::default()
+            };
+            self.list_tasks(p, &f).await?
+        };
+        let now = now_ms() / 1000;
+        Ok(wanted
+            .iter()
+            .map(|(set, part)| {
+                done.iter()
+                    .filter(|t| {
+                        t.set_id == Some(*set)
+                            && t.result.as_ref().and_then(|r| r.get("part"))
+                                == Some(&serde_json::Value::from(part.as_str()))
+                    })
+                    .filter_map(|t| self.download_link(t))
+                    .find(|(_, expires)| *expires > now + 600)
+                    .unwrap_or_else(|| {
+                        let expires = now + self.downloads.link_secs() as i64;
+                        let link = self.downloads.set_link(&p.account_id, *set, part, expires);
+                        (link, expires)
+                    })
+            })
+            .collect())
+    }
+
+    /// The set and part an on-demand set link names, if the link is valid
+    /// and the set still exists.
+    pub async fn open_set_link(
+        &self,
+        account: &str,
+        set: i64,
+        file: &str,
+        expires: i64,
+        sig: &str,
+    ) -> Option<(BackupSet, String)> {
+        let part =
+            self.downloads
+                .open_set_link(account, set, file, expires, sig, now_ms() / 1000)?;
+        let s = self.catalog.backup_set(account, set).await.ok()??;
+        Some((s, part))
+    }
+
+    /// Opens one part of a set for export (blocking: reads the manifest).
+    pub fn open_export(
+        &self,
+        set: &BackupSet,
+        part: &str,
+    ) -> Result<runner::PartExport, stowage_engines::EngineError> {
+        runner::PartExport::open(self, set, part)
     }
 
     /// Deletes download files whose links expired.

@@ -609,6 +609,49 @@ fn open_set(
     Ok((engine, lock, m))
 }
 
+/// One part of a set, opened for export: the repository's shared lock is
+/// held until it is dropped.
+pub struct PartExport {
+    engine: &'static dyn stowage_engines::Engine,
+    _lock: stowage_repo::lock::LockGuard,
+    manifest: stowage_core::manifest::Manifest,
+    part: String,
+    repo: Arc<stowage_repo::Repository>,
+}
+
+impl PartExport {
+    /// Opens `part` of `set` (its manifest read, the part checked).
+    pub(crate) fn open(svc: &Service, set: &BackupSet, part: &str) -> Result<Self, EngineError> {
+        let (engine, lock, m) = open_set(svc, set)?;
+        if !m.archives.iter().any(|a| a.name == part) {
+            return Err(EngineError::new(
+                ErrorKind::Unsupported,
+                format!("set {} has no part {part:?}", set.id),
+            ));
+        }
+        Ok(PartExport {
+            engine,
+            _lock: lock,
+            manifest: m,
+            part: part.to_string(),
+            repo: svc.repo.clone(),
+        })
+    }
+
+    /// Writes the part in its standard format (see `Engine::export_part`).
+    pub fn write_to(
+        &self,
+        out: &mut dyn std::io::Write,
+    ) -> Result<stowage_engines::export::ExportInfo, EngineError> {
+        let info = self
+            .engine
+            .export_part(&self.repo, &self.manifest, &self.part, out)?;
+        out.flush()
+            .map_err(|e| EngineError::new(ErrorKind::Filesystem, format!("export stream: {e}")))?;
+        Ok(info)
+    }
+}
+
 /// Counts what goes through to the live task's progress.
 struct Counting<W> {
     inner: W,

@@ -8,8 +8,8 @@ use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
 };
 use super::shared::{
-    Page, RowFilters, delete_sets, engine_version, mode_name, mode_of, product_instances,
-    query_sets, set_engine_version,
+    Page, RowFilters, default_part, delete_sets, download_urls, engine_version, mode_name, mode_of,
+    product_instances, query_sets, set_engine_version,
 };
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -153,7 +153,7 @@ fn backup_json(s: &BackupSet) -> Value {
             d.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
         }).unwrap_or_default(),
         "BackupName": format!("stowage-{}", s.id),
-        // Download links come with the download feature; empty until then.
+        // Filled by describe_backups (download links made on demand).
         "BackupDownloadURL": "",
         "BackupIntranetDownloadURL": "",
         "EngineVersion": set_engine_version(s),
@@ -253,12 +253,23 @@ async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, R
             matches!(&s.consistent_point, Some(stowage_core::ConsistentPoint::ClusterTime { parts, .. }) if parts.contains(n))
         });
     }
-    let items: Vec<Value> = page
-        .slice(&sets)
+    let shown = page.slice(&sets);
+    let urls = download_urls(svc, req, shown, |s| match &node {
+        Some(n) => Some(n.clone()),
+        None => default_part(s),
+    })
+    .await?;
+    let items: Vec<Value> = shown
         .iter()
-        .map(|s| match &node {
-            Some(n) => node_backup_json(s, n),
-            None => backup_json(s),
+        .zip(urls)
+        .map(|(s, url)| {
+            let mut v = match &node {
+                Some(n) => node_backup_json(s, n),
+                None => backup_json(s),
+            };
+            v["BackupDownloadURL"] = url.clone().into();
+            v["BackupIntranetDownloadURL"] = url.into();
+            v
         })
         .collect();
     Ok(ok_response(

@@ -117,6 +117,8 @@ pub struct RpcRequest {
     pub action: String,
     pub params: BTreeMap<String, String>,
     pub request_id: String,
+    /// The `Host` the caller reached this server by (download links use it).
+    pub host: String,
 }
 
 impl RpcRequest {
@@ -646,6 +648,7 @@ async fn authenticate(
         action,
         params,
         request_id: rid.to_string(),
+        host: header(headers, "host").unwrap_or("127.0.0.1").to_string(),
     })
 }
 

@@ -285,6 +285,44 @@ impl RowFilters<'_> {
     }
 }
 
+/// The part of a set a download link packages when the listing names none:
+/// PostgreSQL's data directory, a replica set's only part (a cluster's
+/// parts are listed per node, which names the part).
+pub fn default_part(s: &BackupSet) -> Option<String> {
+    match s.engine.as_str() {
+        "postgresql" => Some("base".into()),
+        _ => s
+            .meta
+            .get("replica_set")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    }
+}
+
+/// `BackupDownloadURL` for each listed set (`part` picks the part): a
+/// Stowage download link on the host the caller used, made on demand
+/// (`Service::backup_links`). Stowage has one listener, so the intranet URL
+/// is the same link. Empty for a set without a part to name.
+pub async fn download_urls(
+    svc: &Service,
+    req: &RpcRequest,
+    sets: &[BackupSet],
+    part: impl Fn(&BackupSet) -> Option<String>,
+) -> Result<Vec<String>, RpcError> {
+    let wanted: Vec<(usize, (i64, String))> = sets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| part(s).map(|p| (i, (s.id, p))))
+        .collect();
+    let pairs: Vec<(i64, String)> = wanted.iter().map(|(_, w)| w.clone()).collect();
+    let links = svc.backup_links(&req.principal, &pairs).await?;
+    let mut urls = vec![String::new(); sets.len()];
+    for ((i, _), (path, _)) in wanted.iter().zip(links) {
+        urls[*i] = format!("http://{}{path}", req.host);
+    }
+    Ok(urls)
+}
+
 #[cfg(test)]
 mod tests {
     use super::product_version;

@@ -19,6 +19,25 @@ ENDPOINT, AK, SK, INSTANCE = os.environ["ENDPOINT"], os.environ["AK"], os.enviro
 SHARDED = os.environ["SHARDED"]
 RT = RuntimeOptions()
 
+
+def fetch_tar(url):
+    """The names in the tar a download link serves, and its file name."""
+    import io, tarfile, urllib.request
+    r = urllib.request.urlopen(url)
+    assert r.headers["Content-Type"] == "application/x-tar", dict(r.headers)
+    names = tarfile.open(fileobj=io.BytesIO(r.read())).getnames()
+    return names, r.headers["Content-Disposition"]
+
+
+def link_refused(url):
+    import urllib.error, urllib.request
+    try:
+        urllib.request.urlopen(url)
+    except urllib.error.HTTPError as e:
+        assert e.code == 403, e.code
+        return
+    raise AssertionError("a changed link was accepted: " + url)
+
 for v2 in (False, True):
     cfg = open_api.Config(access_key_id=AK, access_key_secret=SK, endpoint=ENDPOINT, protocol="HTTP", region_id="cn-hangzhou")
     if v2:
@@ -69,6 +88,13 @@ sets = body.backups.backup
 assert all(b.backup_status == "Success" and b.backup_size > 1_000_000 and b.backup_mode == "Manual" and b.is_avail
            and b.backup_method == "Logical" and b.backup_dbnames == "crm,shop" and b.engine_version == "8.2"
            for b in sets), body.to_map()
+# The replica set's part as a mongodump-layout tar, from the listed link.
+url = sets[0].backup_download_url
+assert url.startswith(f"http://{ENDPOINT}/v1/downloads/") and sets[0].backup_intranet_download_url == url, sets[0].to_map()
+names, disp = fetch_tar(url)
+assert "oplog.bson" in names and any(n.startswith("shop/") and n.endswith(".bson") for n in names), names
+assert any(n.startswith("crm/") and n.endswith(".metadata.json") for n in names), names
+link_refused(url.replace("sig=", "sig=0"))
 import datetime
 def ts(v):
     return datetime.datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ")
@@ -119,6 +145,10 @@ for node, dbs in ((f"{SHARDED}_0", "shop"), (f"{SHARDED}_1", "shop"), (f"{SHARDE
     assert b.total_count == 1 and str(b.backups.backup[0].backup_job_id) == str(job), b.to_map()
     one = b.backups.backup[0]
     assert one.backup_dbnames == dbs and one.backup_size > 0 and one.backup_method == "Logical", (node, one.to_map())
+    # Each node's own part, by its link.
+    names, disp = fetch_tar(one.backup_download_url)
+    assert disp == f'attachment; filename="{node}.tar"' and "oplog.bson" in names, (node, disp, names)
+    assert any(n.startswith(dbs + "/") for n in names), (node, names)
 sizes = [c.describe_backups_with_options(dds.DescribeBackupsRequest(dbinstance_id=SHARDED, node_id=f"{SHARDED}_{k}"), RT)
          .body.backups.backup[0].backup_size for k in (0, 1)]
 assert sizes[0] > sizes[1], sizes  # shard 0 holds more

@@ -24,6 +24,25 @@ INSTANCE, OTHER = os.environ["INSTANCE"], os.environ["OTHER"]
 RT = RuntimeOptions()
 
 
+def fetch_tar(url):
+    """The names in the tar a download link serves, and its file name."""
+    import io, tarfile, urllib.request
+    r = urllib.request.urlopen(url)
+    assert r.headers["Content-Type"] == "application/x-tar", dict(r.headers)
+    names = tarfile.open(fileobj=io.BytesIO(r.read())).getnames()
+    return names, r.headers["Content-Disposition"]
+
+
+def link_refused(url):
+    import urllib.error, urllib.request
+    try:
+        urllib.request.urlopen(url)
+    except urllib.error.HTTPError as e:
+        assert e.code == 403, e.code
+        return
+    raise AssertionError("a changed link was accepted: " + url)
+
+
 def tea(v2, secret=SK):
     cfg = open_api.Config(access_key_id=AK, access_key_secret=secret, endpoint=ENDPOINT,
                           protocol="HTTP", region_id="cn-hangzhou")
@@ -101,6 +120,15 @@ assert body is not None and body.total_record_count == "2", body.to_map()
 sets = body.items.backup
 assert len(sets) == 2 and all(b.backup_status == "Success" and b.backup_method == "Physical" for b in sets), body.to_map()
 assert all(b.dbinstance_id == INSTANCE and b.backup_size > 1_000_000 and b.engine == "PostgreSQL" for b in sets)
+# Each set's download link, made on demand: the base-backup tar, streamed
+# while it is packaged; a changed link is refused.
+url = sets[0].backup_download_url
+assert url.startswith(f"http://{ENDPOINT}/v1/downloads/sets/") and sets[0].backup_intranet_download_url == url, sets[0].to_map()
+names, disp = fetch_tar(url)
+assert any(n.endswith("PG_VERSION") for n in names) and any(n.endswith("global/pg_control") for n in names), names[:30]
+assert disp == 'attachment; filename="base.tar"', disp
+link_refused(url.replace("sig=", "sig=0"))
+link_refused(url.replace(f"/{sets[0].backup_id}/", f"/{sets[1].backup_id}/"))
 first = c.describe_backups_with_options(rds.DescribeBackupsRequest(dbinstance_id=INSTANCE, page_size=1, page_number=2), RT).body
 assert first.page_record_count == "1" and first.items.backup[0].backup_id == sets[1].backup_id, first.to_map()
 none = c.describe_backups_with_options(

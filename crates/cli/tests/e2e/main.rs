@@ -4,6 +4,7 @@
 mod alibaba;
 mod cli;
 mod download;
+mod download_pg;
 mod harness;
 mod mongo;
 mod postgres;

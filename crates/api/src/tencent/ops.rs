@@ -885,9 +885,9 @@ async fn describe_download_tasks(svc: &Service, req: &TcRequest) -> Result<Respo
                 .is_none_or(|l| l.contains(&download_status(t.state)))
         })
         // Tasks whose start and end fall within the period (an unfinished
-        // task's end is now).
-        .filter(|t| start.is_none_or(|s| t.created_ms >= s))
-        .filter(|t| end.is_none_or(|e| t.finished_ms.unwrap_or(now) <= e))
+        // task's end is now), in whole seconds as the API shows times.
+        .filter(|t| start.is_none_or(|s| t.created_ms.div_euclid(1000) * 1000 >= s))
+        .filter(|t| end.is_none_or(|e| t.finished_ms.unwrap_or(now).div_euclid(1000) * 1000 <= e))
         .collect();
     let key = |t: &stowage_catalog::Task| {
         if by_finish {

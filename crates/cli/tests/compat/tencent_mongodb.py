@@ -190,6 +190,8 @@ for inst, n in ((RS, 1), (SHARDED, 2)):
             break
         time.sleep(0.2)
     assert got.TotalCount == n and all(t.Status == 2 and t.Percent == 100 for t in got.Tasks), got.to_json_string()
+    if inst == RS:
+        rs_first_done = int(time.time())
 [t] = dl_list(RS).Tasks
 assert t.BackupName == rs_name and t.ReplicaSetId == f"{RS}_0" and t.BackupSize > 0 and t.Url, t.to_json_string()
 assert datetime.datetime.strptime(t.CreateTime, "%Y-%m-%d %H:%M:%S")
@@ -236,6 +238,123 @@ for _ in range(30):
 assert "RequestLimitExceeded" in codes and codes.count("ok") >= 20, codes
 time.sleep(1.1)
 print("tencent: download tasks ok")
+
+# Every filter, order and page of DescribeBackupDownloadTask, against an
+# expectation computed here from what this script did and saw (when it
+# created each task, when it saw each end), never from the server's own
+# filtering. One task per group, each group in seconds of its own; a
+# repository lock of "another node" makes a task wait for retry (Status 4).
+import calendar, itertools, json
+DATA_DIR = os.environ["DATA_DIR"]
+keys = [(AK, SK)] + [tuple(k.split(":", 1)) for k in os.environ["EXTRA_KEYS"].split(",")]
+pool = itertools.cycle([client(ak=a, secret=s) for a, s in keys])
+def parse(v):
+    return calendar.timegm(time.strptime(v, "%Y-%m-%d %H:%M:%S"))
+def fmt(sec):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
+def query(**kw):
+    req = models.DescribeBackupDownloadTaskRequest()
+    req._deserialize(dict(InstanceId=RS, **{k: v for k, v in kw.items() if v is not None}))
+    while True:
+        try:
+            return next(pool).DescribeBackupDownloadTask(req)
+        except TencentCloudSDKException as e:
+            if e.code != "RequestLimitExceeded":
+                raise
+            time.sleep(0.2)
+def every():
+    return query(Limit=100).Tasks
+LOCK = os.path.join(DATA_DIR, "repository", "locks", "0123456789abcdef0123456789abcdef")
+def lock(on):
+    if on:
+        with open(LOCK, "w") as f:
+            json.dump({"kind": "exclusive", "hostname": "another-node", "pid": 4242,
+                       "time_ms": int(time.time() * 1000), "purpose": "gc"}, f)
+    else:
+        os.remove(LOCK)
+def until(pred, what):
+    for _ in range(600):
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out: " + what)
+A = rs_name
+create(RS)
+B = until(lambda: [x.BackupName for x in backups(RS).BackupList if x.BackupName != A], "a second backup")[0]
+[pre] = every()
+G = [dict(name=A, ct=pre.CreateTime, lo=parse(pre.CreateTime), done=rs_first_done, status=2)]
+def group(name, locked=False):
+    time.sleep(1.1)
+    lo = int(time.time())
+    if locked:
+        lock(True)
+    known = {(t.BackupName, t.CreateTime) for t in every()}
+    dl_create(RS, name, [f"{RS}_0"])
+    [t] = until(lambda: [t for t in every() if (t.BackupName, t.CreateTime) not in known], "the new task")
+    want = 4 if locked else 2
+    until(lambda: [x for x in every() if x.CreateTime == t.CreateTime and x.Status == want], f"status {want}")
+    g = dict(name=name, ct=t.CreateTime, lo=lo, done=int(time.time()), status=want)
+    assert lo <= parse(t.CreateTime) <= g["done"], (g, t.to_json_string())
+    G.append(g)
+    return g
+g1 = group(B)
+g2 = group(A, locked=True)       # waits for retry; its next attempt is 5 s after the failure
+lock(False)
+g3 = group(B)
+g4 = group(A)
+until(lambda: [x for x in every() if x.CreateTime == g2["ct"] and x.Status == 2], "the retried task")
+g2.update(done=int(time.time()), status=2, after=g2["lo"] + 5)
+assert g2["after"] > g4["done"], G  # it ended after g4 did
+g5 = group(B, locked=True)       # stays waiting while the lock is there
+time.sleep(6)                    # past its second attempt (5 s); the third is 20 s later
+assert [x.Status for x in every() if x.CreateTime == g5["ct"]] == [4]
+FINISH_ORDER = [0, 1, 3, 4, 2]   # groups by when they ended; g5 has not
+def expect(name=None, status=None, start=None, end=None, limit=None, offset=None, by=None, order=None):
+    now = int(time.time())
+    rows = []
+    for i, g in enumerate(G):
+        if name and g["name"] != name or status and g["status"] not in status:
+            continue
+        if start and parse(g["ct"]) < parse(start):
+            continue
+        if end:
+            e = parse(end)
+            if g["status"] == 2:
+                first, last = g.get("after", parse(g["ct"])), g["done"]
+                assert last <= e or first > e, ("a boundary inside a task's span", g, end)
+                if last > e:
+                    continue
+            elif now > e:        # an unfinished task's end is now
+                continue
+        rows.append(i)
+    if by == "finishTime":
+        rows.sort(key=lambda i: FINISH_ORDER.index(i) if i in FINISH_ORDER else 99)
+    else:
+        rows.sort(key=lambda i: parse(G[i]["ct"]))
+    if order in (None, "desc"):
+        rows.reverse()
+    off, lim = offset or 0, limit or 20
+    return len(rows), [(G[i]["name"], G[i]["ct"], G[i]["status"]) for i in rows[off:off + lim]]
+def check(**kw):
+    args = dict(BackupName=kw.get("name"), Status=kw.get("status"), StartTime=kw.get("start"), EndTime=kw.get("end"),
+                Limit=kw.get("limit"), Offset=kw.get("offset"), OrderBy=kw.get("by"), OrderByType=kw.get("order"))
+    r = query(**args)
+    got = (r.TotalCount, [(t.BackupName, t.CreateTime, t.Status) for t in r.Tasks])
+    assert got == expect(**kw), (kw, got, expect(**kw), G)
+    return 1
+n = 0
+for name, status, start, end in itertools.product(
+        (None, A, B), (None, [2], [4], [2, 4], [0, 1, 3]),
+        (None, g2["ct"], g4["ct"], "2999-01-01 00:00:00"),
+        (None, fmt(g1["done"]), fmt(g4["done"]), "2000-01-01 00:00:00", "2999-01-01 00:00:00")):
+    n += check(name=name, status=status, start=start, end=end)
+for name, by, order, (limit, offset) in itertools.product(
+        (None, B), (None, "createTime", "finishTime"), (None, "asc", "desc"),
+        ((None, None), (2, 0), (2, 2), (3, 4), (1, 5), (4, 6))):
+    n += check(name=name, by=by, order=order, limit=limit, offset=offset)
+lock(False)
+print(f"tencent: {n} DescribeBackupDownloadTask filter/order/page combinations match the expectation")
 
 # A key limited by a policy with this cloud's names.
 lim = client(ak=os.environ["LIMITED_AK"], secret=os.environ["LIMITED_SK"])

@@ -307,11 +307,32 @@ fn tencent_sdk_speaks_to_a_real_server() {
         "--file",
         policy.to_str().unwrap(),
     ]);
+    // More keys of the account, so the filter combinations are not held
+    // back by the 20 requests/s per key of DescribeBackupDownloadTask.
+    let extra: Vec<String> = (0..3)
+        .map(|i| {
+            let k = s.json(&[
+                "key",
+                "create",
+                "--description",
+                &format!("tencent extra {i}"),
+            ]);
+            format!(
+                "{}:{}",
+                k["access_key_id"].as_str().unwrap(),
+                k["access_key_secret"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let extra = extra.join(",");
+    let data_dir = work.path().join("stowage");
     run_script(
         &v,
         &s,
         "tencent_mongodb.py",
         &[
+            ("EXTRA_KEYS", &extra),
+            ("DATA_DIR", data_dir.to_str().unwrap()),
             ("RS", &rs),
             ("SHARDED", &sharded),
             ("LIMITED_AK", limited_id),

@@ -98,6 +98,8 @@ pub trait Catalog: Send + Sync + 'static {
     async fn create_task(&self, t: &NewTask, now_ms: i64) -> CatalogResult<Task>;
     async fn task(&self, account_id: &str, id: i64) -> CatalogResult<Option<Task>>;
     async fn list_tasks(&self, account_id: &str, f: &TaskFilter) -> CatalogResult<Vec<Task>>;
+    /// How many tasks `f` matches (its order, offset and limit aside).
+    async fn count_tasks(&self, account_id: &str, f: &TaskFilter) -> CatalogResult<u64>;
     /// The parts of a task, in the order they were created.
     async fn task_parts(&self, parent_id: i64) -> CatalogResult<Vec<Task>>;
     async fn set_task_state(

@@ -110,7 +110,7 @@ pub struct BackupSet {
     pub expires_ms: Option<i64>,
 }
 
-/// Which tasks to list, newest first.
+/// Which tasks to list (newest first unless `order` says otherwise).
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     /// Only these kinds (default: every kind).
@@ -119,12 +119,36 @@ pub struct TaskFilter {
     pub states: Vec<TaskState>,
     pub task_id: Option<i64>,
     pub set_id: Option<i64>,
+    /// Only tasks of one of these sets (empty: any).
+    pub set_ids: Vec<i64>,
     /// The parts of this task; `None`: top-level tasks only.
     pub parent_id: Option<i64>,
     /// Only ids below this one (the cursor of the previous page).
     pub before_id: Option<i64>,
+    /// Only tasks created at or after this time (ms, compared in whole
+    /// seconds).
+    pub created_from_ms: Option<i64>,
+    /// Only tasks that ended at or before `.0` (ms, in whole seconds); an
+    /// unfinished task's end is `.1` (now).
+    pub ended_by_ms: Option<(i64, i64)>,
+    pub order: TaskOrder,
+    /// Skip this many (after ordering).
+    pub offset: Option<u32>,
     /// At most this many (default 100).
     pub limit: Option<u32>,
+}
+
+/// The order of a task listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TaskOrder {
+    /// Newest first (by id, which follows creation).
+    #[default]
+    NewestFirst,
+    OldestFirst,
+    /// By when they ended, unfinished ones last; ties by id.
+    FinishedAsc,
+    /// The reverse of `FinishedAsc`.
+    FinishedDesc,
 }
 
 /// Which backup sets to list, newest first.

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_task_comment.sql")),
     (7, include_str!("migrations/0007_tasks.sql")),
     (8, include_str!("migrations/0008_set_engine_version.sql")),
+    (9, include_str!("migrations/0009_download_instance.sql")),
 ];
 
 pub struct SqliteCatalog {
@@ -45,7 +46,10 @@ impl SqliteCatalog {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // Reads straight from the OS page cache, shared by the pool's
+            // connections, instead of a copy per connection and read.
+            .pragma("mmap_size", "268435456");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -112,6 +116,14 @@ impl SqliteCatalog {
             (
                 "latest tasks of an instance",
                 TaskFilter {
+                    instance_id: inst.clone(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "an instance's downloads",
+                TaskFilter {
+                    kinds: vec![TaskKind::Download],
                     instance_id: inst,
                     ..Default::default()
                 },
@@ -120,17 +132,8 @@ impl SqliteCatalog {
         let mut out = Vec::new();
         for (name, f) in shapes {
             let sql = format!("EXPLAIN QUERY PLAN {}", task_query(&f));
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind("acc");
-            if let Some(i) = &f.instance_id {
-                q = q.bind(i);
-            }
-            if let Some(id) = f.task_id {
-                q = q.bind(id);
-            }
-            for s in &f.states {
-                q = q.bind(s.as_str());
-            }
-            let rows = q.bind(100i64).fetch_all(&self.pool).await?;
+            let q = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), "acc", &f);
+            let rows = q.bind(100i64).bind(0i64).fetch_all(&self.pool).await?;
             let plan: Vec<String> = rows
                 .iter()
                 .map(|r| r.try_get::<String, _>("detail"))
@@ -251,15 +254,31 @@ fn key_from_row(r: &SqliteRow) -> CatalogResult<AccessKey> {
 
 /// The query behind `list_tasks` for a filter's shape.
 fn task_query(f: &TaskFilter) -> String {
+    let mut sql = task_where(f, "SELECT *");
+    sql.push_str(match f.order {
+        TaskOrder::NewestFirst => " ORDER BY id DESC",
+        TaskOrder::OldestFirst => " ORDER BY id",
+        TaskOrder::FinishedAsc => " ORDER BY COALESCE(finished_ms, 9223372036854775807), id",
+        TaskOrder::FinishedDesc => {
+            " ORDER BY COALESCE(finished_ms, 9223372036854775807) DESC, id DESC"
+        }
+    });
+    sql.push_str(" LIMIT ? OFFSET ?");
+    sql
+}
+
+/// `what` from the tasks `f` matches (placeholders bound by `bind_filter`).
+fn task_where(f: &TaskFilter, what: &str) -> String {
     // By state: look up each state's few rows rather than walk the
     // instance's whole history in id order (the planner, without
     // statistics, prefers the walk because it avoids a sort).
-    let mut sql = String::from(
+    let mut sql = format!(
+        "{what} FROM tasks{} WHERE account_id = ?",
         if f.instance_id.is_some() && !f.states.is_empty() && f.task_id.is_none() {
-            "SELECT * FROM tasks INDEXED BY tasks_instance_state WHERE account_id = ?"
+            " INDEXED BY tasks_instance_state"
         } else {
-            "SELECT * FROM tasks WHERE account_id = ?"
-        },
+            ""
+        }
     );
     if f.instance_id.is_some() {
         sql.push_str(" AND instance_id = ?");
@@ -270,12 +289,23 @@ fn task_query(f: &TaskFilter) -> String {
     if f.set_id.is_some() {
         sql.push_str(" AND set_id = ?");
     }
+    if !f.set_ids.is_empty() {
+        sql.push_str(" AND set_id IN (");
+        sql.push_str(&vec!["?"; f.set_ids.len()].join(","));
+        sql.push(')');
+    }
     match f.parent_id {
         Some(_) => sql.push_str(" AND parent_id = ?"),
         None => sql.push_str(" AND parent_id IS NULL"),
     }
     if f.before_id.is_some() {
         sql.push_str(" AND id < ?");
+    }
+    if f.created_from_ms.is_some() {
+        sql.push_str(" AND created_ms / 1000 * 1000 >= ?");
+    }
+    if f.ended_by_ms.is_some() {
+        sql.push_str(" AND COALESCE(finished_ms, ?) / 1000 * 1000 <= ?");
     }
     if !f.kinds.is_empty() {
         sql.push_str(" AND kind IN (");
@@ -287,8 +317,47 @@ fn task_query(f: &TaskFilter) -> String {
         sql.push_str(&vec!["?"; f.states.len()].join(","));
         sql.push(')');
     }
-    sql.push_str(" ORDER BY id DESC LIMIT ?");
     sql
+}
+
+/// Binds the values of `task_where`'s placeholders, in its order.
+fn bind_filter<'q>(
+    mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    account_id: &'q str,
+    f: &'q TaskFilter,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    q = q.bind(account_id);
+    if let Some(i) = &f.instance_id {
+        q = q.bind(i);
+    }
+    if let Some(id) = f.task_id {
+        q = q.bind(id);
+    }
+    if let Some(id) = f.set_id {
+        q = q.bind(id);
+    }
+    for id in &f.set_ids {
+        q = q.bind(id);
+    }
+    if let Some(id) = f.parent_id {
+        q = q.bind(id);
+    }
+    if let Some(b) = f.before_id {
+        q = q.bind(b);
+    }
+    if let Some(c) = f.created_from_ms {
+        q = q.bind(c);
+    }
+    if let Some((by, now)) = f.ended_by_ms {
+        q = q.bind(now).bind(by);
+    }
+    for k in &f.kinds {
+        q = q.bind(k.as_str());
+    }
+    for s in &f.states {
+        q = q.bind(s.as_str());
+    }
+    q
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -564,9 +633,12 @@ impl Catalog for SqliteCatalog {
             }
         }
         // A top-level task naming an instance takes its slot at once; an
-        // automated one only when claimed; parts never.
-        let takes_slot =
-            t.parent_id.is_none() && t.instance_id.is_some() && t.scheduled_ms.is_none();
+        // automated one only when claimed; parts never; a download only
+        // reads the instance's set, never the instance.
+        let takes_slot = t.parent_id.is_none()
+            && t.instance_id.is_some()
+            && t.scheduled_ms.is_none()
+            && t.kind != TaskKind::Download;
         let res = sqlx::query(
             "INSERT INTO tasks (account_id, kind, parent_id, part, instance_id, set_id, mode, method, state, active,
                created_ms, updated_ms, params, node, client_token, scheduled_ms, retention_days, comment)
@@ -621,31 +693,18 @@ impl Catalog for SqliteCatalog {
     async fn list_tasks(&self, account_id: &str, f: &TaskFilter) -> CatalogResult<Vec<Task>> {
         let sql = task_query(f);
         // Built only from fixed fragments and placeholders; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
-        if let Some(i) = &f.instance_id {
-            q = q.bind(i);
-        }
-        if let Some(id) = f.task_id {
-            q = q.bind(id);
-        }
-        if let Some(id) = f.set_id {
-            q = q.bind(id);
-        }
-        if let Some(id) = f.parent_id {
-            q = q.bind(id);
-        }
-        if let Some(b) = f.before_id {
-            q = q.bind(b);
-        }
-        for k in &f.kinds {
-            q = q.bind(k.as_str());
-        }
-        for s in &f.states {
-            q = q.bind(s.as_str());
-        }
-        q = q.bind(f.limit.unwrap_or(100) as i64);
+        let q = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), account_id, f)
+            .bind(f.limit.unwrap_or(100) as i64)
+            .bind(f.offset.unwrap_or(0) as i64);
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(task_from_row).collect()
+    }
+
+    async fn count_tasks(&self, account_id: &str, f: &TaskFilter) -> CatalogResult<u64> {
+        let sql = task_where(f, "SELECT COUNT(*)");
+        let q = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), account_id, f);
+        let n: i64 = q.fetch_one(&self.pool).await?.try_get(0)?;
+        Ok(n as u64)
     }
 
     async fn task_parts(&self, parent_id: i64) -> CatalogResult<Vec<Task>> {

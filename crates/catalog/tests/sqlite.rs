@@ -618,3 +618,133 @@ async fn task_queries_use_an_index() {
         );
     }
 }
+
+/// Download tasks name their instance without taking its slot, and the
+/// listing filters (sets, period in whole seconds, states), orders (by
+/// creation or end, unfinished last) and pages (offset, limit, count) in
+/// the catalog.
+#[tokio::test]
+async fn download_listing_filters_orders_and_pages() {
+    let d = tempfile::tempdir().unwrap();
+    let c = SqliteCatalog::open(&d.path().join("catalog.db"))
+        .await
+        .unwrap();
+    let a = c.create_account("alpha", 1).await.unwrap();
+    let inst = "cmgo-aaaaaaaa";
+    c.insert_instance(&instance(&a.id, inst, "m"))
+        .await
+        .unwrap();
+    // A backup holds the slot; downloads of the same instance still start.
+    let backup = NewTask::backup(&a.id, inst, TaskMode::Manual, "logical");
+    c.create_task(&backup, 1_000).await.unwrap();
+    let dl = |set: i64| NewTask {
+        instance_id: Some(inst.into()),
+        ..NewTask::of_kind(&a.id, TaskKind::Download, Some(set))
+    };
+    // Created at 10.5 s, 11.5 s, 12.5 s, 13.5 s; ended 20.9 s (task 0),
+    // 15.2 s (task 2); task 1 failed at 14.0 s; task 3 unfinished.
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let t = c
+            .create_task(&dl(if i % 2 == 0 { 7 } else { 8 }), 10_500 + i * 1_000)
+            .await
+            .unwrap();
+        ids.push(t.id);
+    }
+    let run = |id: i64, at: i64| {
+        let c = &c;
+        async move {
+            for s in [
+                TaskState::Checking,
+                TaskState::Preparing,
+                TaskState::Running,
+            ] {
+                c.set_task_state(id, s, StateUpdate::default(), at)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    for (i, end) in [(0, 20_900), (2, 15_200)] {
+        run(ids[i], end - 100).await;
+        c.set_task_state(ids[i], TaskState::Finishing, StateUpdate::default(), end)
+            .await
+            .unwrap();
+        c.set_task_state(ids[i], TaskState::Finished, StateUpdate::default(), end)
+            .await
+            .unwrap();
+    }
+    run(ids[1], 13_000).await;
+    c.set_task_state(ids[1], TaskState::Failed, StateUpdate::default(), 14_000)
+        .await
+        .unwrap();
+    let base = TaskFilter {
+        kinds: vec![TaskKind::Download],
+        instance_id: Some(inst.into()),
+        ..Default::default()
+    };
+    let list = |f: TaskFilter| {
+        let c = &c;
+        let acc = a.id.clone();
+        async move {
+            let n = c.count_tasks(&acc, &f).await.unwrap();
+            let got: Vec<i64> = c
+                .list_tasks(&acc, &f)
+                .await
+                .unwrap()
+                .iter()
+                .map(|t| t.id)
+                .collect();
+            (n, got)
+        }
+    };
+    let pos = |v: &[usize]| v.iter().map(|i| ids[*i]).collect::<Vec<_>>();
+    assert_eq!(list(base.clone()).await, (4, pos(&[3, 2, 1, 0])));
+    let f = TaskFilter {
+        order: TaskOrder::OldestFirst,
+        offset: Some(1),
+        limit: Some(2),
+        ..base.clone()
+    };
+    assert_eq!(list(f).await, (4, pos(&[1, 2])));
+    let by_end = |o| TaskFilter {
+        order: o,
+        ..base.clone()
+    };
+    assert_eq!(
+        list(by_end(TaskOrder::FinishedAsc)).await.1,
+        pos(&[1, 2, 0, 3])
+    );
+    assert_eq!(
+        list(by_end(TaskOrder::FinishedDesc)).await.1,
+        pos(&[3, 0, 2, 1])
+    );
+    let f = TaskFilter {
+        set_ids: vec![8],
+        ..base.clone()
+    };
+    assert_eq!(list(f).await, (2, pos(&[3, 1])));
+    // Whole seconds: created at 11.5 s counts as 11 s.
+    let f = TaskFilter {
+        created_from_ms: Some(11_000),
+        ..base.clone()
+    };
+    assert_eq!(list(f).await.1, pos(&[3, 2, 1]));
+    // Ended by 15 s (15.2 s counts as 15 s); the unfinished one ends "now".
+    let f = TaskFilter {
+        ended_by_ms: Some((15_000, 99_000)),
+        ..base.clone()
+    };
+    assert_eq!(list(f).await.1, pos(&[2, 1]));
+    let f = TaskFilter {
+        ended_by_ms: Some((99_000, 50_000)),
+        ..base.clone()
+    };
+    assert_eq!(list(f).await.1, pos(&[3, 2, 1, 0]));
+    let f = TaskFilter {
+        states: vec![TaskState::Finished],
+        order: TaskOrder::FinishedAsc,
+        ..base.clone()
+    };
+    assert_eq!(list(f).await, (2, pos(&[2, 0])));
+}

@@ -10,7 +10,6 @@
 use crate::storage::{FileType, Storage};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -77,7 +76,7 @@ pub enum LockError {
 pub struct LockGuard {
     storage: Arc<dyn Storage>,
     name: String,
-    stop: Arc<AtomicBool>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
 }
 
@@ -138,26 +137,25 @@ impl LockGuard {
             let _ = storage.delete(FileType::Lock, &name);
             return Err(e);
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        // Dropping the sender wakes the refresher at once: releasing a lock
+        // never waits for its next refresh.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let refresher = {
-            let (storage, stop, name) = (storage.clone(), stop.clone(), name.clone());
+            let (storage, name) = (storage.clone(), name.clone());
             std::thread::Builder::new()
                 .name("repo-lock".into())
                 .spawn(move || {
                     let mut info = info;
-                    let mut waited = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(200));
-                        waited += 200;
-                        if waited >= REFRESH_MS {
-                            waited = 0;
-                            info.time_ms = now_ms();
-                            let _ = storage.put(
-                                FileType::Lock,
-                                &name,
-                                &serde_json::to_vec(&info).expect("json"),
-                            );
-                        }
+                    let every = Duration::from_millis(REFRESH_MS as u64);
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(every)
+                    {
+                        info.time_ms = now_ms();
+                        let _ = storage.put(
+                            FileType::Lock,
+                            &name,
+                            &serde_json::to_vec(&info).expect("json"),
+                        );
                     }
                 })
                 .expect("spawn lock refresher")
@@ -165,7 +163,7 @@ impl LockGuard {
         Ok(LockGuard {
             storage,
             name,
-            stop,
+            stop: Some(stop),
             refresher: Some(refresher),
         })
     }
@@ -173,7 +171,7 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop = None;
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }

@@ -10,6 +10,7 @@
 //! most once a second.
 
 pub mod datadir;
+mod diskwriter;
 pub mod downloads;
 pub mod error;
 pub mod netpolicy;
@@ -1262,6 +1263,8 @@ impl Service {
     /// `InstanceBusy`, naming the task that holds the instance.
     async fn busy(&self, p: &Principal, instance_id: &str) -> ServiceError {
         let f = TaskFilter {
+            // The kinds that hold an instance's slot.
+            kinds: vec![TaskKind::Backup, TaskKind::Restore],
             instance_id: Some(instance_id.to_string()),
             states: TaskState::ALL
                 .into_iter()
@@ -1383,6 +1386,11 @@ impl Service {
             .into_iter()
             .map(|t| self.overlay(t))
             .collect())
+    }
+
+    /// How many of the caller's tasks `f` matches.
+    pub async fn count_tasks(&self, p: &Principal, f: &TaskFilter) -> ServiceResult<u64> {
+        Ok(self.catalog.count_tasks(&p.account_id, f).await?)
     }
 
     /// Asks a task to stop. A task past `running` finishes anyway.
@@ -1786,6 +1794,8 @@ impl Service {
                         m.insert("instance".into(), set.instance_id.clone().into());
                         serde_json::Value::Object(m)
                     },
+                    // Listed with the instance; a download holds no slot.
+                    instance_id: Some(set.instance_id.clone()),
                     ..NewTask::of_kind(&p.account_id, TaskKind::Download, Some(set_id))
                 },
                 now_ms(),

@@ -730,18 +730,29 @@ fn download_work(
     std::fs::create_dir_all(&dir).map_err(io)?;
     let file = format!("{part}.tar");
     let tmp = dir.join(format!("{file}.part"));
-    let out = std::fs::File::create(&tmp).map_err(io)?;
+    // A `.part` left by an earlier attempt is started over.
+    let _ = std::fs::remove_file(&tmp);
+    let out = crate::diskwriter::DiskWriter::create(&tmp).map_err(io)?;
     live.set_state(TaskState::Running);
+    // Written while the export reads ahead on a thread of its own; synced
+    // as it goes.
     let mut w = Counting {
-        inner: std::io::BufWriter::with_capacity(1 << 20, out),
+        inner: out,
         live: live.clone(),
     };
+    let t0 = std::time::Instant::now();
     let res = engine
         .export_part(&svc.repo, &m, &part, &mut w)
         .and_then(|info| {
-            use std::io::Write;
-            w.flush().map_err(io)?;
-            w.inner.get_ref().sync_all().map_err(io)?;
+            let t_export = t0.elapsed();
+            w.inner.finish().map_err(io)?;
+            tracing::info!(
+                task,
+                bytes = info.bytes,
+                export_ms = t_export.as_millis() as u64,
+                sync_ms = (t0.elapsed() - t_export).as_millis() as u64,
+                "download packaged"
+            );
             Ok(info)
         });
     let info = match res {

@@ -471,7 +471,9 @@ mod tests {
             (TaskState::Finished, "Finished"),
             (TaskState::Failed, "Failed"),
             (TaskState::Cancelled, "Failed"),
+            (TaskState::Retrying, "Scheduled"),
         ];
+        assert_eq!(expected.len(), TaskState::ALL.len());
         for (s, e) in expected {
             assert_eq!(dds_status(s), e, "{s}");
         }

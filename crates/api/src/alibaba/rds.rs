@@ -32,13 +32,12 @@ pub fn rds_status(s: TaskState) -> (&'static str, &'static str) {
 /// `BackupJobStatus` filter values.
 fn job_status_states(v: &str) -> Option<Vec<TaskState>> {
     match v {
-        "NoStart" => Some(vec![TaskState::Pending]),
+        "NoStart" => Some(vec![TaskState::Pending, TaskState::Retrying]),
         "Progressing" => Some(vec![
             TaskState::Checking,
             TaskState::Preparing,
             TaskState::Running,
             TaskState::Finishing,
-            TaskState::Retrying,
         ]),
         _ => None,
     }
@@ -451,11 +450,16 @@ mod tests {
             (TaskState::Finished, ("Finished", "Finished")),
             (TaskState::Failed, ("Failed", "Finished")),
             (TaskState::Cancelled, ("Failed", "Finished")),
+            (TaskState::Retrying, ("NoStart", "NoStart")),
         ];
+        assert_eq!(expected.len(), TaskState::ALL.len());
         for (s, e) in expected {
             assert_eq!(rds_status(s), e, "{s}");
         }
-        assert_eq!(job_status_states("NoStart"), Some(vec![TaskState::Pending]));
+        assert_eq!(
+            job_status_states("NoStart"),
+            Some(vec![TaskState::Pending, TaskState::Retrying])
+        );
         assert_eq!(job_status_states("Progressing").unwrap().len(), 4);
         assert!(job_status_states("Finished").is_none());
     }

@@ -855,61 +855,71 @@ async fn describe_download_tasks(svc: &Service, req: &TcRequest) -> Result<Respo
     {
         return Err(TcError::invalid("Status", "a list of 0 to 4"));
     }
+    // Filtered, ordered and paged by the catalog, on its indexes: the
+    // instance's download tasks only, never the account's whole history.
+    let mut f = stowage_catalog::TaskFilter {
+        kinds: vec![stowage_core::TaskKind::Download],
+        instance_id: Some(inst.id.clone()),
+        created_from_ms: start,
+        ..Default::default()
+    };
+    let now = stowage_service::now_ms();
+    f.ended_by_ms = end.map(|e| (e, now));
     if let Some(n) = name {
         let sets = svc.list_sets(&req.principal, Some(&inst.id)).await?;
-        if !sets.iter().any(|s| backup_name(&inst, s) == n) {
+        f.set_ids = sets
+            .iter()
+            .filter(|s| backup_name(&inst, s) == n)
+            .map(|s| s.id)
+            .collect();
+        if f.set_ids.is_empty() {
             return Err(TcError::new(
                 "InvalidParameterValue.BackupFileNotFound",
                 format!("Backup {n} of instance {} does not exist.", inst.id),
             ));
         }
     }
-    let f = stowage_catalog::TaskFilter {
-        kinds: vec![stowage_core::TaskKind::Download],
-        limit: Some(u32::MAX),
-        ..Default::default()
-    };
-    let now = stowage_service::now_ms();
-    let mut tasks: Vec<stowage_catalog::Task> = svc
-        .list_tasks(&req.principal, &f)
-        .await?
-        .into_iter()
-        .filter(|t| t.params.get("instance").and_then(Value::as_str) == Some(&inst.id))
-        .filter(|t| t.params.get("replica_set_id").is_some())
-        .filter(|t| {
-            name.is_none_or(|n| t.params.get("backup_name").and_then(Value::as_str) == Some(n))
-        })
-        .filter(|t| {
-            status
-                .as_ref()
-                .is_none_or(|l| l.contains(&download_status(t.state)))
-        })
-        // Tasks whose start and end fall within the period (an unfinished
-        // task's end is now), in whole seconds as the API shows times.
-        .filter(|t| start.is_none_or(|s| t.created_ms.div_euclid(1000) * 1000 >= s))
-        .filter(|t| end.is_none_or(|e| t.finished_ms.unwrap_or(now).div_euclid(1000) * 1000 <= e))
-        .collect();
-    let key = |t: &stowage_catalog::Task| {
-        if by_finish {
-            (t.finished_ms.unwrap_or(i64::MAX), t.id)
-        } else {
-            (t.created_ms, t.id)
+    if let Some(l) = &status {
+        f.states = TaskState::ALL
+            .into_iter()
+            .filter(|s| l.contains(&download_status(*s)))
+            .collect();
+        if f.states.is_empty() {
+            return Ok(ok_response(
+                json!({"TotalCount": 0, "Tasks": []}),
+                &req.request_id,
+            ));
         }
-    };
-    tasks.sort_by_key(key);
-    if !asc {
-        tasks.reverse();
     }
+    f.order = match (by_finish, asc) {
+        (false, false) => stowage_catalog::TaskOrder::NewestFirst,
+        (false, true) => stowage_catalog::TaskOrder::OldestFirst,
+        (true, true) => stowage_catalog::TaskOrder::FinishedAsc,
+        (true, false) => stowage_catalog::TaskOrder::FinishedDesc,
+    };
+    let total = svc.count_tasks(&req.principal, &f).await?;
+    f.offset = Some(offset.min(u32::MAX as i64) as u32);
+    f.limit = Some(limit as u32);
+    let tasks = svc.list_tasks(&req.principal, &f).await?;
+    // A download made through another API names no backup or replica set:
+    // the set's name, and the part it packages (a replica set's is `_0`).
+    let sets: std::collections::HashMap<i64, String> =
+        if tasks.iter().any(|t| t.params.get("backup_name").is_none()) {
+            svc.list_sets(&req.principal, Some(&inst.id))
+                .await?
+                .iter()
+                .map(|s| (s.id, backup_name(&inst, s)))
+                .collect()
+        } else {
+            Default::default()
+        };
     let host = if req.host.starts_with("http://") || req.host.starts_with("https://") {
         req.host.clone()
     } else {
         format!("http://{}", req.host)
     };
-    let total = tasks.len();
     let list: Vec<Value> = tasks
         .iter()
-        .skip(offset as usize)
-        .take(limit as usize)
         .map(|t| {
             let pct = if t.state == TaskState::Finished {
                 100
@@ -920,10 +930,22 @@ async fn describe_download_tasks(svc: &Service, req: &TcRequest) -> Result<Respo
                 .download_link(t)
                 .map(|(path, _)| format!("{host}{path}"))
                 .unwrap_or_default();
+            let name = t.params.get("backup_name").cloned().unwrap_or_else(|| {
+                t.set_id
+                    .and_then(|id| sets.get(&id).cloned())
+                    .unwrap_or_default()
+                    .into()
+            });
+            let replica_set = t.params.get("replica_set_id").cloned().unwrap_or_else(|| {
+                match t.params.get("part").and_then(Value::as_str) {
+                    Some(part) if part.starts_with(&format!("{}_", inst.id)) => part.into(),
+                    _ => format!("{}_0", inst.id).into(),
+                }
+            });
             json!({
                 "CreateTime": cloud_time(t.created_ms),
-                "BackupName": t.params.get("backup_name").cloned().unwrap_or_default(),
-                "ReplicaSetId": t.params.get("replica_set_id").cloned().unwrap_or_default(),
+                "BackupName": name,
+                "ReplicaSetId": replica_set,
                 "BackupSize": t.result.as_ref().and_then(|r| r.get("bytes")).and_then(Value::as_u64).unwrap_or(t.bytes_total),
                 "Status": download_status(t.state),
                 "Percent": pct,
@@ -944,4 +966,31 @@ async fn describe_download_tasks(svc: &Service, req: &TcRequest) -> Result<Respo
         json!({"TotalCount": total, "Tasks": list}),
         &req.request_id,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The download status of every task state, written out once (the
+    /// seed's 0 waiting, 1 downloading, 2 downloaded, 3 failed, 4 waiting
+    /// for retry).
+    #[test]
+    fn download_status_table() {
+        let expected = [
+            (TaskState::Pending, 0),
+            (TaskState::Checking, 1),
+            (TaskState::Preparing, 1),
+            (TaskState::Running, 1),
+            (TaskState::Finishing, 1),
+            (TaskState::Finished, 2),
+            (TaskState::Failed, 3),
+            (TaskState::Cancelled, 3),
+            (TaskState::Retrying, 4),
+        ];
+        assert_eq!(expected.len(), TaskState::ALL.len());
+        for (s, n) in expected {
+            assert_eq!(download_status(s), n, "{s}");
+        }
+    }
 }

@@ -103,9 +103,10 @@ pub async fn serve_link(
     };
     let count = if len == 0 { 0 } else { end - start + 1 };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         if let Err(e) = f.seek(SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(e));
+            let _ = send_piece(&rt, &tx, Err(e));
             return;
         }
         let mut left = count;
@@ -116,15 +117,12 @@ pub async fn serve_link(
                 Ok(0) => break,
                 Ok(n) => {
                     left -= n as u64;
-                    if tx
-                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
-                    {
+                    if send_piece(&rt, &tx, Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
                         return;
                     }
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
+                    let _ = send_piece(&rt, &tx, Err(e));
                     return;
                 }
             }
@@ -147,9 +145,35 @@ pub async fn serve_link(
         .unwrap_or_else(|_| refused())
 }
 
+/// How long a piece may wait for a client that stopped reading before the
+/// transfer is given up (and whatever it holds released).
+const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+type PieceTx = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// Sends one piece from a blocking thread, giving up after [`STALL`].
+fn send_piece(
+    rt: &tokio::runtime::Handle,
+    tx: &PieceTx,
+    piece: Result<Bytes, std::io::Error>,
+) -> std::io::Result<()> {
+    match rt.block_on(tokio::time::timeout(STALL, tx.send(piece))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "client went away",
+        )),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "client stopped reading",
+        )),
+    }
+}
+
 /// Bytes written by a blocking exporter, sent on in 256 KiB pieces.
 struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    rt: tokio::runtime::Handle,
+    tx: PieceTx,
     buf: Vec<u8>,
 }
 
@@ -161,9 +185,7 @@ impl ChannelWriter {
             return Ok(());
         }
         let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
-        self.tx
-            .blocking_send(Ok(Bytes::from(piece)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+        send_piece(&self.rt, &self.tx, Ok(Bytes::from(piece)))
     }
 }
 
@@ -181,22 +203,67 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// Ends a streamed body with an error unless disarmed: however the
+/// exporting thread ends (an error, a panic), the client never gets a short
+/// file that looks complete.
+struct BreakOnDrop {
+    rt: tokio::runtime::Handle,
+    tx: Option<PieceTx>,
+}
+
+impl Drop for BreakOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = send_piece(&self.rt, &tx, Err(std::io::Error::other("export failed")));
+        }
+    }
+}
+
+fn server_error() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({"error": {"code": "InternalError", "message": "the download could not be prepared (see the server log)"}})),
+    )
+        .into_response()
+}
+
 /// `GET /v1/downloads/sets/{account}/{set}/{file}`: an on-demand set link
 /// (`stowage_service::downloads`), packaged while it streams. Refused like
 /// any invalid link if the set or part is gone; 503 with `Retry-After` when
 /// the repository is busy or [`stowage_service::downloads::STREAMS`]
-/// streams already run.
+/// streams already run; a `HEAD` is answered without packaging anything.
+/// A client that stops reading for a minute loses the transfer.
 pub async fn serve_set_link(
     State(svc): State<Arc<Service>>,
+    method: axum::http::Method,
     Path((account, set, file)): Path<(String, i64, String)>,
     Query(q): Query<LinkQuery>,
 ) -> Response {
     let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
         return refused();
     };
-    let Some((set, part)) = svc.open_set_link(&account, set, &file, expires, &sig).await else {
-        return refused();
+    let (set, part) = match svc.open_set_link(&account, set, &file, expires, &sig).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return refused(),
+        Err(e) => {
+            tracing::error!(error = %e.message, "reading a set link's set failed");
+            return server_error();
+        }
     };
+    let headers = |b: axum::http::response::Builder| {
+        b.status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/x-tar")
+            .header(header::CACHE_CONTROL, "no-store")
+            .header(
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            )
+    };
+    if method == axum::http::Method::HEAD {
+        return headers(Response::builder())
+            .body(Body::empty())
+            .unwrap_or_else(|_| refused());
+    }
     let busy = |why: &str| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -211,28 +278,35 @@ pub async fn serve_set_link(
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let s = svc.clone();
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let mut broken = BreakOnDrop {
+            rt: rt.clone(),
+            tx: Some(tx.clone()),
+        };
         let export = match s.open_export(&set, &part) {
             Ok(e) => {
                 let _ = ready_tx.send(Ok(()));
                 e
             }
             Err(e) => {
+                broken.tx = None;
                 let _ = ready_tx.send(Err(e));
                 return;
             }
         };
         let mut w = ChannelWriter {
-            tx: tx.clone(),
+            rt,
+            tx,
             buf: Vec::with_capacity(ChannelWriter::PIECE),
         };
         // The export ends with a flush, which sends the last piece.
-        if let Err(e) = export.write_to(&mut w) {
-            // The body ends in an error: the client sees a broken transfer,
-            // never a short file that looks complete.
-            tracing::warn!(set = set.id, part = %part, error = %e.message, "on-demand download failed");
-            let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
+        match export.write_to(&mut w) {
+            Ok(_) => broken.tx = None,
+            Err(e) => {
+                tracing::warn!(set = set.id, part = %part, error = %e.message, "on-demand download failed");
+            }
         }
     });
     match ready.await {
@@ -240,16 +314,15 @@ pub async fn serve_set_link(
         Ok(Err(e)) if e.kind.is_transient() => {
             return busy("the repository is busy; try again shortly");
         }
-        _ => return refused(),
+        // The set has no such part (any more).
+        Ok(Err(e)) if e.kind == stowage_service::DbErrorKind::Unsupported => return refused(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e.message, "opening a set for a download link failed");
+            return server_error();
+        }
+        Err(_) => return server_error(),
     }
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/x-tar")
-        .header(header::CACHE_CONTROL, "no-store")
-        .header(
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{file}\""),
-        )
+    headers(Response::builder())
         .body(Body::from_stream(FileStream(rx)))
         .unwrap_or_else(|_| refused())
 }

@@ -125,10 +125,9 @@ pub struct TaskFilter {
     pub parent_id: Option<i64>,
     /// Only ids below this one (the cursor of the previous page).
     pub before_id: Option<i64>,
-    /// Only tasks created at or after this time (ms, compared in whole
-    /// seconds).
+    /// Only tasks created in this second (ms, its start counts) or later.
     pub created_from_ms: Option<i64>,
-    /// Only tasks that ended at or before `.0` (ms, in whole seconds); an
+    /// Only tasks that ended in the second of `.0` (ms) or earlier; an
     /// unfinished task's end is `.1` (now).
     pub ended_by_ms: Option<(i64, i64)>,
     pub order: TaskOrder,

@@ -301,11 +301,13 @@ fn task_where(f: &TaskFilter, what: &str) -> String {
     if f.before_id.is_some() {
         sql.push_str(" AND id < ?");
     }
+    // Whole seconds: from the start of the bound's second, up to the end
+    // of the bound's second.
     if f.created_from_ms.is_some() {
-        sql.push_str(" AND created_ms / 1000 * 1000 >= ?");
+        sql.push_str(" AND created_ms >= ? / 1000 * 1000");
     }
     if f.ended_by_ms.is_some() {
-        sql.push_str(" AND COALESCE(finished_ms, ?) / 1000 * 1000 <= ?");
+        sql.push_str(" AND COALESCE(finished_ms, ?) < ? / 1000 * 1000 + 1000");
     }
     if !f.kinds.is_empty() {
         sql.push_str(" AND kind IN (");
@@ -589,7 +591,8 @@ impl Catalog for SqliteCatalog {
             .await?;
         sqlx::query(
             "UPDATE tasks SET state = 'cancelled', error = 'the instance was removed', scheduled_ms = NULL
-             WHERE account_id = ? AND instance_id = ? AND state = 'pending' AND active IS NULL",
+             WHERE account_id = ? AND instance_id = ? AND state = 'pending' AND active IS NULL
+               AND kind = 'backup'",
         )
         .bind(account_id)
         .bind(id)

@@ -724,18 +724,28 @@ async fn download_listing_filters_orders_and_pages() {
         ..base.clone()
     };
     assert_eq!(list(f).await, (2, pos(&[3, 1])));
-    // Whole seconds: created at 11.5 s counts as 11 s.
+    // Whole seconds: created at 11.5 s is in the second 11.
+    for from in [11_000, 11_900] {
+        let f = TaskFilter {
+            created_from_ms: Some(from),
+            ..base.clone()
+        };
+        assert_eq!(list(f).await.1, pos(&[3, 2, 1]), "{from}");
+    }
+    // Ended in the second 15 or before (15.2 s is in it); the unfinished
+    // one ends "now".
+    for by in [15_000, 15_100] {
+        let f = TaskFilter {
+            ended_by_ms: Some((by, 99_000)),
+            ..base.clone()
+        };
+        assert_eq!(list(f).await.1, pos(&[2, 1]), "{by}");
+    }
     let f = TaskFilter {
-        created_from_ms: Some(11_000),
+        ended_by_ms: Some((14_999, 99_000)),
         ..base.clone()
     };
-    assert_eq!(list(f).await.1, pos(&[3, 2, 1]));
-    // Ended by 15 s (15.2 s counts as 15 s); the unfinished one ends "now".
-    let f = TaskFilter {
-        ended_by_ms: Some((15_000, 99_000)),
-        ..base.clone()
-    };
-    assert_eq!(list(f).await.1, pos(&[2, 1]));
+    assert_eq!(list(f).await.1, pos(&[1]));
     let f = TaskFilter {
         ended_by_ms: Some((99_000, 50_000)),
         ..base.clone()

@@ -177,6 +177,15 @@ impl Downloads {
     }
 }
 
+/// A part name a set link can carry as is (no encoding needed).
+pub fn linkable_part(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 128
+        && !p.starts_with('.')
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// A file name a download may have: a part's name and `.tar`.
 pub fn valid_file_name(f: &str) -> bool {
     !f.is_empty()

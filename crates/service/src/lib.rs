@@ -1864,7 +1864,7 @@ impl Service {
     }
 
     /// The set and part an on-demand set link names, if the link is valid
-    /// and the set still exists.
+    /// and the set still exists (an error only when the catalog fails).
     pub async fn open_set_link(
         &self,
         account: &str,
@@ -1872,12 +1872,18 @@ impl Service {
         file: &str,
         expires: i64,
         sig: &str,
-    ) -> Option<(BackupSet, String)> {
-        let part =
+    ) -> ServiceResult<Option<(BackupSet, String)>> {
+        let Some(part) =
             self.downloads
-                .open_set_link(account, set, file, expires, sig, now_ms() / 1000)?;
-        let s = self.catalog.backup_set(account, set).await.ok()??;
-        Some((s, part))
+                .open_set_link(account, set, file, expires, sig, now_ms() / 1000)
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .catalog
+            .backup_set(account, set)
+            .await?
+            .map(|s| (s, part)))
     }
 
     /// Opens one part of a set for export (blocking: reads the manifest).

@@ -368,6 +368,17 @@ fn fault(name: &str) -> bool {
 }
 
 async fn fail(svc: &Service, id: i64, persisted: TaskState, e: &EngineError) {
+    fail_with(svc, id, persisted, e, None).await
+}
+
+/// [`fail`], replacing the task's result.
+async fn fail_with(
+    svc: &Service,
+    id: i64,
+    persisted: TaskState,
+    e: &EngineError,
+    result: Option<serde_json::Value>,
+) {
     let to = if e.kind == ErrorKind::Cancelled && persisted.can_transition_to(TaskState::Cancelled)
     {
         TaskState::Cancelled
@@ -387,6 +398,7 @@ async fn fail(svc: &Service, id: i64, persisted: TaskState, e: &EngineError) {
         to,
         StateUpdate {
             error: Some(msg),
+            result,
             ..Default::default()
         },
     )
@@ -759,10 +771,19 @@ fn download_work(
         Ok(i) => i,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
+            // A write refused because the task was cancelled.
+            if live.is_cancelled() {
+                return Err(EngineError::new(ErrorKind::Cancelled, "cancelled"));
+            }
             return Err(e);
         }
     };
     std::fs::rename(&tmp, dir.join(&file)).map_err(io)?;
+    // The rename itself durable too: a finished task's file is there after
+    // a crash.
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     live.set_state(TaskState::Finishing);
     Ok(serde_json::json!({"part": part, "file": file, "bytes": info.bytes, "files": info.files}))
 }
@@ -850,8 +871,8 @@ fn restore_work(
 /// attempt after a transient failure; it fails once these are used up.
 pub(crate) const RETRY_DELAYS_S: [u64; 3] = [5, 20, 80];
 
-/// The wait before attempt `attempt + 1` after `attempt` transient
-/// failures, or `None` once the attempts are used up.
+/// The wait after the transient failure of attempt `attempt + 1` (0 for
+/// the first), before the next; `None` once the attempts are used up.
 pub(crate) fn retry_delay(attempt: usize) -> Option<Duration> {
     RETRY_DELAYS_S.get(attempt).map(|s| Duration::from_secs(*s))
 }
@@ -982,11 +1003,17 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Task, work: JobWork, live: A
                     svc.gc_needed
                         .store(true, std::sync::atomic::Ordering::Release);
                 }
-                let e = match attempt {
-                    0 => e,
-                    n => EngineError::new(e.kind, format!("{} (attempt {})", e.message, n + 1)),
-                };
-                fail(&svc, t, persisted, &e).await;
+                match attempt {
+                    0 => fail(&svc, t, persisted, &e).await,
+                    n => {
+                        // No retry is coming: the result says how many were
+                        // made instead of when the next one starts.
+                        let e =
+                            EngineError::new(e.kind, format!("{} (attempt {})", e.message, n + 1));
+                        let result = serde_json::json!({"attempts": n + 1});
+                        fail_with(&svc, t, persisted, &e, Some(result)).await;
+                    }
+                }
             }
         }
     }
@@ -1017,6 +1044,11 @@ async fn wait_for_retry(
         }
     }
     let u = StateUpdate {
+        // The next attempt starts from nothing.
+        progress: Some(Progress {
+            bytes_done: 0,
+            ..live.progress()
+        }),
         result: Some(serde_json::json!({
             "attempt": attempt,
             "retry_at_ms": now_ms() + delay.as_millis() as i64,

@@ -648,7 +648,11 @@ async fn authenticate(
         action,
         params,
         request_id: rid.to_string(),
-        host: header(headers, "host").unwrap_or("127.0.0.1").to_string(),
+        // HTTP/2 clients name the host in the URI, not a header.
+        host: header(headers, "host")
+            .map(str::to_string)
+            .or_else(|| uri.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| "127.0.0.1:8420".into()),
     })
 }
 

@@ -313,6 +313,8 @@ pub async fn download_urls(
         .iter()
         .enumerate()
         .filter_map(|(i, s)| part(s).map(|p| (i, (s.id, p))))
+        // A part whose name a link cannot carry as is gets no URL.
+        .filter(|(_, (_, p))| stowage_service::downloads::linkable_part(p))
         .collect();
     let pairs: Vec<(i64, String)> = wanted.iter().map(|(_, w)| w.clone()).collect();
     let links = svc.backup_links(&req.principal, &pairs).await?;

@@ -129,6 +129,9 @@ assert any(n.endswith("PG_VERSION") for n in names) and any(n.endswith("global/p
 assert disp == 'attachment; filename="base.tar"', disp
 link_refused(url.replace("sig=", "sig=0"))
 link_refused(url.replace(f"/{sets[0].backup_id}/", f"/{sets[1].backup_id}/"))
+import urllib.request
+head = urllib.request.urlopen(urllib.request.Request(url, method="HEAD"))
+assert head.status == 200 and head.read() == b"" and head.headers["Content-Disposition"] == 'attachment; filename="base.tar"', dict(head.headers)
 first = c.describe_backups_with_options(rds.DescribeBackupsRequest(dbinstance_id=INSTANCE, page_size=1, page_number=2), RT).body
 assert first.page_record_count == "1" and first.items.backup[0].backup_id == sets[1].backup_id, first.to_map()
 none = c.describe_backups_with_options(

@@ -18,7 +18,7 @@
 //!    requests/s, as `bench/rpc.sh` measures.
 
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +26,10 @@ use stowage_api::tencent::signature as tc;
 use stowage_catalog::sqlite::SqliteCatalog;
 use stowage_catalog::{Catalog, NewTask, StateUpdate};
 use stowage_core::{TaskKind, TaskState};
-use stowage_testkit::{PgOptions, PgServer, free_port};
+use stowage_testkit::{PgOptions, PgServer};
+
+mod bench_common;
+use bench_common::{Rng, agent, pct, rest, start_server};
 
 struct Args {
     scale: u32,
@@ -70,34 +73,6 @@ fn args() -> Args {
     a
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-fn rest(url: &str, auth: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let a = agent();
-    let full = format!("{url}{path}");
-    let mut r = match (method, body) {
-        ("POST", Some(b)) => a
-            .post(&full)
-            .header("Authorization", auth)
-            .send_json(&b)
-            .unwrap(),
-        ("POST", None) => a
-            .post(&full)
-            .header("Authorization", auth)
-            .send_empty()
-            .unwrap(),
-        _ => a.get(&full).header("Authorization", auth).call().unwrap(),
-    };
-    let text = r.body_mut().read_to_string().unwrap();
-    assert!(r.status().is_success(), "{method} {path}: {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
 fn wait_task(url: &str, auth: &str, id: i64) -> Value {
     let t = Instant::now();
     loop {
@@ -132,21 +107,6 @@ fn rss(pid: u32) -> u64 {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 /// A TC3-signed POST of `body` for `action`, as the SDK sends it.
@@ -187,13 +147,6 @@ fn tc3_post(
 
 fn main() {
     let a = args();
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .unwrap()
-        .join("stowage");
-    assert!(bin.exists(), "build the server first: {}", bin.display());
 
     eprintln!("starting PostgreSQL (pgbench scale {})", a.scale);
     let pg = PgServer::start(PgOptions::default());
@@ -202,37 +155,8 @@ fn main() {
 
     let work = tempfile::tempdir().unwrap();
     let dd = work.path().join("stowage");
-    std::fs::create_dir_all(&dd).unwrap();
-    let port = free_port();
-    let host = format!("127.0.0.1:{port}");
-    let url = format!("http://{host}");
-    let mut server = Command::new(&bin)
-        .args(["serve", "--listen", &host, "--no-scheduler"])
-        .args(["--rate-per-key", "100000000", "--data-dir"])
-        .arg(&dd)
-        .env("STOWAGE_INSECURE_FAST_KDF", "1")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(std::env::temp_dir().join("download-bench-serve.log")).unwrap(),
-        )
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while agent().get(&format!("{url}/v1/health")).call().is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let creds: Value =
-        serde_json::from_str(&std::fs::read_to_string(dd.join("admin-credentials")).unwrap())
-            .unwrap();
-    let (ak, sk) = (
-        creds["access_key_id"].as_str().unwrap().to_string(),
-        creds["access_key_secret"].as_str().unwrap().to_string(),
-    );
-    let auth = format!("Bearer {ak}:{sk}");
+    let mut srv = start_server(&dd, &std::env::temp_dir().join("download-bench-serve.log"));
+    let (host, url, auth) = (srv.host.clone(), srv.url.clone(), srv.auth.clone());
     let pg_id = rest(
         &url,
         &auth,
@@ -315,7 +239,7 @@ fn main() {
         .as_str()
         .unwrap()
         .to_string();
-    let pid = server.id();
+    let pid = srv.child.id();
     let mut speeds = Vec::new();
     let mut added = 0u64;
     let mut before_serving = 0;
@@ -400,8 +324,8 @@ fn main() {
         added as f64 / 1048576.0
     );
     if a.tasks == 0 {
-        stowage_testkit::signal(server.id(), "TERM");
-        let _ = server.wait();
+        stowage_testkit::signal(srv.child.id(), "TERM");
+        let _ = srv.child.wait();
         return;
     }
 
@@ -561,7 +485,7 @@ fn main() {
         pct(&lat, 1.0)
     );
     println!("server peak RSS: {hwm}");
-    stowage_testkit::signal(server.id(), "TERM");
-    let _ = server.wait();
+    stowage_testkit::signal(srv.child.id(), "TERM");
+    let _ = srv.child.wait();
     drop(pg);
 }

@@ -10,14 +10,16 @@
 //! task, live progress), 10 % one historical task by `BackupJobId`.
 //! Prints p50/p90/p99/max latency, requests/s, and the catalog's query plans.
 
-use serde_json::{Value, json};
-use std::process::{Command, Stdio};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use stowage_api::alibaba::signature as sig;
 use stowage_catalog::sqlite::SqliteCatalog;
 use stowage_catalog::{Catalog, NewSet, NewTask, StateUpdate};
 use stowage_core::{TaskMode, TaskState};
-use stowage_testkit::{PgOptions, PgServer, free_port};
+use stowage_testkit::{PgOptions, PgServer};
+
+mod bench_common;
+use bench_common::{Rng, agent, pct, rest, start_server};
 
 struct Args {
     seconds: u64,
@@ -52,45 +54,6 @@ fn args() -> Args {
     a
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-fn rest(url: &str, auth: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let a = agent();
-    let full = format!("{url}{path}");
-    let mut r = match (method, body) {
-        ("POST", Some(b)) => a
-            .post(&full)
-            .header("Authorization", auth)
-            .send_json(&b)
-            .unwrap(),
-        ("POST", None) => a
-            .post(&full)
-            .header("Authorization", auth)
-            .send_empty()
-            .unwrap(),
-        _ => a.get(&full).header("Authorization", auth).call().unwrap(),
-    };
-    let text = r.body_mut().read_to_string().unwrap();
-    assert!(r.status().is_success(), "{method} {path}: {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
-/// xorshift: enough randomness to pick instances and tasks.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
 fn signed_query(id: &str, secret: &str, params: &[(&str, &str)]) -> String {
     let mut all: Vec<(String, String)> = params
         .iter()
@@ -116,20 +79,8 @@ fn signed_query(id: &str, secret: &str, params: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 fn main() {
     let a = args();
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .unwrap()
-        .join("stowage");
-    assert!(bin.exists(), "build the server first: {}", bin.display());
 
     eprintln!("starting PostgreSQL (pgbench scale {})", a.scale);
     let senders = (a.instances + 5).to_string();
@@ -143,39 +94,13 @@ fn main() {
 
     let work = tempfile::tempdir().unwrap();
     let dd = work.path().join("stowage");
-    std::fs::create_dir_all(&dd).unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut server = Command::new(&bin)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--no-scheduler",
-        ])
-        .args(["--rate-per-key", "100000000", "--data-dir"])
-        .arg(&dd)
-        .env("STOWAGE_INSECURE_FAST_KDF", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.path().join("serve.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while agent().get(&format!("{url}/v1/health")).call().is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let creds: Value =
-        serde_json::from_str(&std::fs::read_to_string(dd.join("admin-credentials")).unwrap())
-            .unwrap();
-    let (ak, sk) = (
-        creds["access_key_id"].as_str().unwrap().to_string(),
-        creds["access_key_secret"].as_str().unwrap().to_string(),
+    let mut srv = start_server(&dd, &work.path().join("serve.log"));
+    let (url, ak, sk, auth) = (
+        srv.url.clone(),
+        srv.ak.clone(),
+        srv.sk.clone(),
+        srv.auth.clone(),
     );
-    let auth = format!("Bearer {ak}:{sk}");
     let insts: Vec<String> = (0..a.instances)
         .map(|i| {
             rest(&url, &auth, "POST", "/v1/instances", Some(json!({
@@ -346,7 +271,7 @@ fn main() {
         .as_array()
         .map_or(0, |t| t.len());
     let status =
-        std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap_or_default();
+        std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap_or_default();
     let hwm = status
         .lines()
         .find(|l| l.starts_with("VmHWM"))
@@ -386,7 +311,7 @@ fn main() {
     for (shape, plan) in plans {
         println!("  {shape}: {plan}");
     }
-    stowage_testkit::signal(server.id(), "TERM");
-    let _ = server.wait();
+    stowage_testkit::signal(srv.child.id(), "TERM");
+    let _ = srv.child.wait();
     drop(pg);
 }

@@ -8,8 +8,8 @@ use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
 };
 use super::shared::{
-    Page, RowFilters, default_part, delete_sets, download_urls, engine_version, mode_name, mode_of,
-    product_instances, query_sets, set_engine_version,
+    Page, RowFilters, default_part, delete_sets, engine_version, mode_name, mode_of,
+    product_instances, query_sets, set_engine_version, with_download_urls,
 };
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -253,25 +253,15 @@ async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, R
             matches!(&s.consistent_point, Some(stowage_core::ConsistentPoint::ClusterTime { parts, .. }) if parts.contains(n))
         });
     }
-    let shown = page.slice(&sets);
-    let urls = download_urls(svc, req, shown, |s| match &node {
+    let part = |s: &BackupSet| match &node {
         Some(n) => Some(n.clone()),
         None => default_part(s),
-    })
-    .await?;
-    let items: Vec<Value> = shown
-        .iter()
-        .zip(urls)
-        .map(|(s, url)| {
-            let mut v = match &node {
-                Some(n) => node_backup_json(s, n),
-                None => backup_json(s),
-            };
-            v["BackupDownloadURL"] = url.clone().into();
-            v["BackupIntranetDownloadURL"] = url.into();
-            v
-        })
-        .collect();
+    };
+    let to_json = |s: &BackupSet| match &node {
+        Some(n) => node_backup_json(s, n),
+        None => backup_json(s),
+    };
+    let items = with_download_urls(svc, req, page.slice(&sets), part, to_json).await?;
     Ok(ok_response(
         json!({
             "Backups": {"Backup": items},

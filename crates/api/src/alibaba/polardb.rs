@@ -6,8 +6,8 @@ use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
 };
 use super::shared::{
-    Page, RowFilters, default_part, delete_sets, download_urls, engine_version, mode_name, mode_of,
-    product_instances, query_sets,
+    Page, RowFilters, default_part, delete_sets, engine_version, mode_name, mode_of,
+    product_instances, query_sets, with_download_urls,
 };
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -127,18 +127,7 @@ async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, R
     let sets = query_sets(svc, req, &cluster).await?;
     // Not in the SDK's model (which leaves them out), but in the JSON for
     // any client that reads it: the same links rds and dds list.
-    let shown = page.slice(&sets);
-    let urls = download_urls(svc, req, shown, default_part).await?;
-    let items: Vec<Value> = shown
-        .iter()
-        .zip(urls)
-        .map(|(s, url)| {
-            let mut v = backup_json(s);
-            v["BackupDownloadURL"] = url.clone().into();
-            v["BackupIntranetDownloadURL"] = url.into();
-            v
-        })
-        .collect();
+    let items = with_download_urls(svc, req, page.slice(&sets), default_part, backup_json).await?;
     Ok(ok_response(
         json!({
             "Items": {"Backup": items},

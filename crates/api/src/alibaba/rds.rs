@@ -3,8 +3,8 @@
 use super::policy::{Names, Ty, next_time, policy_body, render_extra, update_from};
 use super::rpc::{RpcError, RpcRequest, ok_response, start_manual_backup};
 use super::shared::{
-    Page, RowFilters, default_part, delete_sets, download_urls, engine_version, mode_of,
-    product_instances, query_sets, set_engine_version,
+    Page, RowFilters, default_part, delete_sets, engine_version, mode_of, product_instances,
+    query_sets, set_engine_version, with_download_urls,
 };
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -227,18 +227,7 @@ async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, R
     let page = Page::from(req, 1..=100, 30)?;
     let mut sets = query_sets(svc, req, &inst).await?;
     sets.retain(|_| type_ok);
-    let shown = page.slice(&sets);
-    let urls = download_urls(svc, req, shown, default_part).await?;
-    let items: Vec<Value> = shown
-        .iter()
-        .zip(urls)
-        .map(|(s, url)| {
-            let mut v = backup_json(s);
-            v["BackupDownloadURL"] = url.clone().into();
-            v["BackupIntranetDownloadURL"] = url.into();
-            v
-        })
-        .collect();
+    let items = with_download_urls(svc, req, page.slice(&sets), default_part, backup_json).await?;
     Ok(ok_response(
         json!({
             "Items": {"Backup": items},

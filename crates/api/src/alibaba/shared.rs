@@ -299,16 +299,18 @@ pub fn default_part(s: &BackupSet) -> Option<String> {
     }
 }
 
-/// `BackupDownloadURL` for each listed set (`part` picks the part): a
-/// Stowage download link on the host the caller used, made on demand
-/// (`Service::backup_links`). Stowage has one listener, so the intranet URL
-/// is the same link. Empty for a set without a part to name.
-pub async fn download_urls(
+/// Each listed set as `to_json` shows it, with `BackupDownloadURL` and
+/// `BackupIntranetDownloadURL`: a Stowage download link on the host the
+/// caller used, made on demand (`Service::backup_links`; `part` picks the
+/// set's part). Stowage has one listener, so the intranet URL is the same
+/// link. Empty for a set without a part a link can name.
+pub async fn with_download_urls(
     svc: &Service,
     req: &RpcRequest,
     sets: &[BackupSet],
     part: impl Fn(&BackupSet) -> Option<String>,
-) -> Result<Vec<String>, RpcError> {
+    to_json: impl Fn(&BackupSet) -> Value,
+) -> Result<Vec<Value>, RpcError> {
     let wanted: Vec<(usize, (i64, String))> = sets
         .iter()
         .enumerate()
@@ -322,7 +324,16 @@ pub async fn download_urls(
     for ((i, _), (path, _)) in wanted.iter().zip(links) {
         urls[*i] = format!("http://{}{path}", req.host);
     }
-    Ok(urls)
+    Ok(sets
+        .iter()
+        .zip(urls)
+        .map(|(s, url)| {
+            let mut v = to_json(s);
+            v["BackupDownloadURL"] = url.clone().into();
+            v["BackupIntranetDownloadURL"] = url.into();
+            v
+        })
+        .collect())
 }
 
 #[cfg(test)]

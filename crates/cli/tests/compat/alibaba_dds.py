@@ -12,31 +12,13 @@ from alibabacloud_dds20151201.client import Client
 from alibabacloud_tea_openapi import models as open_api
 from alibabacloud_tea_openapi.exceptions import ClientException
 from darabonba.runtime import RuntimeOptions
+from links import fetch_tar, link_refused
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkdds.request.v20151201.DescribeBackupTasksRequest import DescribeBackupTasksRequest
 
 ENDPOINT, AK, SK, INSTANCE = os.environ["ENDPOINT"], os.environ["AK"], os.environ["SK"], os.environ["INSTANCE"]
 SHARDED = os.environ["SHARDED"]
 RT = RuntimeOptions()
-
-
-def fetch_tar(url):
-    """The names in the tar a download link serves, and its file name."""
-    import io, tarfile, urllib.request
-    r = urllib.request.urlopen(url)
-    assert r.headers["Content-Type"] == "application/x-tar", dict(r.headers)
-    names = tarfile.open(fileobj=io.BytesIO(r.read())).getnames()
-    return names, r.headers["Content-Disposition"]
-
-
-def link_refused(url):
-    import urllib.error, urllib.request
-    try:
-        urllib.request.urlopen(url)
-    except urllib.error.HTTPError as e:
-        assert e.code == 403, e.code
-        return
-    raise AssertionError("a changed link was accepted: " + url)
 
 for v2 in (False, True):
     cfg = open_api.Config(access_key_id=AK, access_key_secret=SK, endpoint=ENDPOINT, protocol="HTTP", region_id="cn-hangzhou")

@@ -11,31 +11,13 @@ from alibabacloud_polardb20170801.client import Client
 from alibabacloud_tea_openapi import models as open_api
 from alibabacloud_tea_openapi.exceptions import ClientException
 from darabonba.runtime import RuntimeOptions
+from links import fetch_tar, link_refused
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkpolardb.request.v20170801.DescribeBackupTasksRequest import DescribeBackupTasksRequest
 from aliyunsdkpolardb.request.v20170801.DescribeBackupsRequest import DescribeBackupsRequest
 
 ENDPOINT, AK, SK, CLUSTER = os.environ["ENDPOINT"], os.environ["AK"], os.environ["SK"], os.environ["CLUSTER"]
 RT = RuntimeOptions()
-
-
-def fetch_tar(url):
-    """The names in the tar a download link serves, and its file name."""
-    import io, tarfile, urllib.request
-    r = urllib.request.urlopen(url)
-    assert r.headers["Content-Type"] == "application/x-tar", dict(r.headers)
-    names = tarfile.open(fileobj=io.BytesIO(r.read())).getnames()
-    return names, r.headers["Content-Disposition"]
-
-
-def link_refused(url):
-    import urllib.error, urllib.request
-    try:
-        urllib.request.urlopen(url)
-    except urllib.error.HTTPError as e:
-        assert e.code == 403, e.code
-        return
-    raise AssertionError("a changed link was accepted: " + url)
 
 
 def tea(v2):

@@ -14,6 +14,7 @@ from alibabacloud_rds20140815.client import Client
 from alibabacloud_tea_openapi import models as open_api
 from alibabacloud_tea_openapi.exceptions import ClientException
 from darabonba.runtime import RuntimeOptions
+from links import fetch_tar, link_refused
 from aliyunsdkcore.acs_exception.exceptions import ServerException
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkrds.request.v20140815.CreateBackupRequest import CreateBackupRequest
@@ -22,25 +23,6 @@ from aliyunsdkrds.request.v20140815.DescribeBackupTasksRequest import DescribeBa
 ENDPOINT, AK, SK = os.environ["ENDPOINT"], os.environ["AK"], os.environ["SK"]
 INSTANCE, OTHER = os.environ["INSTANCE"], os.environ["OTHER"]
 RT = RuntimeOptions()
-
-
-def fetch_tar(url):
-    """The names in the tar a download link serves, and its file name."""
-    import io, tarfile, urllib.request
-    r = urllib.request.urlopen(url)
-    assert r.headers["Content-Type"] == "application/x-tar", dict(r.headers)
-    names = tarfile.open(fileobj=io.BytesIO(r.read())).getnames()
-    return names, r.headers["Content-Disposition"]
-
-
-def link_refused(url):
-    import urllib.error, urllib.request
-    try:
-        urllib.request.urlopen(url)
-    except urllib.error.HTTPError as e:
-        assert e.code == 403, e.code
-        return
-    raise AssertionError("a changed link was accepted: " + url)
 
 
 def tea(v2, secret=SK):

@@ -13,6 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod mariadb;
+pub use mariadb::{MariaDbOptions, MariaDbServer};
+
 fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)

@@ -1834,9 +1834,11 @@ impl Service {
         let done = if wanted.is_empty() {
             Vec::new()
         } else {
+            // The finished downloads of the listed sets only.
             let f = TaskFilter {
                 kinds: vec![TaskKind::Download],
                 states: vec![TaskState::Finished],
+                set_ids: wanted.iter().map(|(set, _)| *set).collect(),
                 limit: Some(1000),
                 ..Default::default()
             };
@@ -1892,7 +1894,7 @@ impl Service {
         set: &BackupSet,
         part: &str,
     ) -> Result<runner::PartExport, stowage_engines::EngineError> {
-        runner::PartExport::open(self, set, part)
+        runner::PartExport::open(self, set, Some(part))
     }
 
     /// Deletes download files whose links expired.

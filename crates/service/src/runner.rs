@@ -632,22 +632,57 @@ pub struct PartExport {
 }
 
 impl PartExport {
-    /// Opens `part` of `set` (its manifest read, the part checked).
-    pub(crate) fn open(svc: &Service, set: &BackupSet, part: &str) -> Result<Self, EngineError> {
+    /// Opens a part of `set` (its manifest read, the part checked): `part`,
+    /// or by default the set's only part, or PostgreSQL's data directory.
+    pub(crate) fn open(
+        svc: &Service,
+        set: &BackupSet,
+        part: Option<&str>,
+    ) -> Result<Self, EngineError> {
         let (engine, lock, m) = open_set(svc, set)?;
-        if !m.archives.iter().any(|a| a.name == part) {
-            return Err(EngineError::new(
-                ErrorKind::Unsupported,
-                format!("set {} has no part {part:?}", set.id),
-            ));
-        }
+        let names: Vec<&str> = m.archives.iter().map(|a| a.name.as_str()).collect();
+        let refuse = |why: String| Err(EngineError::new(ErrorKind::Unsupported, why));
+        let part = match part {
+            Some(p) if names.contains(&p) => p.to_string(),
+            Some(p) => {
+                return refuse(format!(
+                    "set {} has no part {p:?} (its parts: {})",
+                    set.id,
+                    names.join(", ")
+                ));
+            }
+            None if names.len() == 1 => names[0].to_string(),
+            None if names.contains(&"base") => "base".to_string(),
+            None => {
+                return refuse(format!(
+                    "set {} has several parts ({}): name the one to download",
+                    set.id,
+                    names.join(", ")
+                ));
+            }
+        };
         Ok(PartExport {
             engine,
             _lock: lock,
             manifest: m,
-            part: part.to_string(),
+            part,
             repo: svc.repo.clone(),
         })
+    }
+
+    /// The part's name.
+    pub fn part(&self) -> &str {
+        &self.part
+    }
+
+    /// The bytes of the part's files.
+    pub fn file_bytes(&self) -> u64 {
+        self.manifest
+            .archives
+            .iter()
+            .filter(|a| a.name == self.part)
+            .flat_map(|a| a.files.iter().map(|f| f.size))
+            .sum()
     }
 
     /// Writes the part in its standard format (see `Engine::export_part`).
@@ -695,40 +730,10 @@ fn download_work(
     live: &Arc<LiveTask>,
 ) -> Result<serde_json::Value, EngineError> {
     live.set_state(TaskState::Checking);
-    let (engine, _lock, m) = open_set(svc, set)?;
-    let names: Vec<&str> = m.archives.iter().map(|a| a.name.as_str()).collect();
-    let part = match part {
-        Some(p) if names.contains(&p.as_str()) => p,
-        Some(p) => {
-            return Err(EngineError::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "set {} has no part {p:?} (its parts: {})",
-                    set.id,
-                    names.join(", ")
-                ),
-            ));
-        }
-        None if names.len() == 1 => names[0].to_string(),
-        None if names.contains(&"base") => "base".to_string(),
-        None => {
-            return Err(EngineError::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "set {} has several parts ({}): name the one to download",
-                    set.id,
-                    names.join(", ")
-                ),
-            ));
-        }
-    };
-    let a = m
-        .archives
-        .iter()
-        .find(|a| a.name == part)
-        .expect("part checked");
+    let export = PartExport::open(svc, set, part.as_deref())?;
+    let part = export.part().to_string();
     live.bytes_total
-        .store(a.files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+        .store(export.file_bytes(), Ordering::Relaxed);
     live.set_state(TaskState::Preparing);
     let dir = svc.downloads.task_dir(task);
     let io = |e: std::io::Error| {
@@ -753,20 +758,18 @@ fn download_work(
         live: live.clone(),
     };
     let t0 = std::time::Instant::now();
-    let res = engine
-        .export_part(&svc.repo, &m, &part, &mut w)
-        .and_then(|info| {
-            let t_export = t0.elapsed();
-            w.inner.finish().map_err(io)?;
-            tracing::info!(
-                task,
-                bytes = info.bytes,
-                export_ms = t_export.as_millis() as u64,
-                sync_ms = (t0.elapsed() - t_export).as_millis() as u64,
-                "download packaged"
-            );
-            Ok(info)
-        });
+    let res = export.write_to(&mut w).and_then(|info| {
+        let t_export = t0.elapsed();
+        w.inner.finish().map_err(io)?;
+        tracing::info!(
+            task,
+            bytes = info.bytes,
+            export_ms = t_export.as_millis() as u64,
+            sync_ms = (t0.elapsed() - t_export).as_millis() as u64,
+            "download packaged"
+        );
+        Ok(info)
+    });
     let info = match res {
         Ok(i) => i,
         Err(e) => {

@@ -865,13 +865,16 @@ async fn describe_download_tasks(svc: &Service, req: &TcRequest) -> Result<Respo
     };
     let now = stowage_service::now_ms();
     f.ended_by_ms = end.map(|e| (e, now));
+    // The instance's sets, read once, when a name is asked for or shown.
+    let mut sets: Option<Vec<BackupSet>> = None;
     if let Some(n) = name {
-        let sets = svc.list_sets(&req.principal, Some(&inst.id)).await?;
-        f.set_ids = sets
+        let all = svc.list_sets(&req.principal, Some(&inst.id)).await?;
+        f.set_ids = all
             .iter()
             .filter(|s| backup_name(&inst, s) == n)
             .map(|s| s.id)
             .collect();
+        sets = Some(all);
         if f.set_ids.is_empty() {
             return Err(TcError::new(
                 "InvalidParameterValue.BackupFileNotFound",
@@ -903,16 +906,14 @@ async fn describe_download_tasks(svc: &Service, req: &TcRequest) -> Result<Respo
     let tasks = svc.list_tasks(&req.principal, &f).await?;
     // A download made through another API names no backup or replica set:
     // the set's name, and the part it packages (a replica set's is `_0`).
-    let sets: std::collections::HashMap<i64, String> =
-        if tasks.iter().any(|t| t.params.get("backup_name").is_none()) {
-            svc.list_sets(&req.principal, Some(&inst.id))
-                .await?
-                .iter()
-                .map(|s| (s.id, backup_name(&inst, s)))
-                .collect()
-        } else {
-            Default::default()
-        };
+    if sets.is_none() && tasks.iter().any(|t| t.params.get("backup_name").is_none()) {
+        sets = Some(svc.list_sets(&req.principal, Some(&inst.id)).await?);
+    }
+    let sets: std::collections::HashMap<i64, String> = sets
+        .iter()
+        .flatten()
+        .map(|s| (s.id, backup_name(&inst, s)))
+        .collect();
     let host = if req.host.starts_with("http://") || req.host.starts_with("https://") {
         req.host.clone()
     } else {

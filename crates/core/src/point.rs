@@ -34,6 +34,15 @@ pub enum ConsistentPoint {
         /// The replica sets restored to it, shards first.
         parts: Vec<String>,
     },
+    /// MySQL/MariaDB: the data as of a position of server `server_id`'s
+    /// binary log (absent when it logs none), with the GTID set executed
+    /// there.
+    Binlog {
+        server_id: u64,
+        binlog_file: Option<String>,
+        binlog_position: Option<u64>,
+        gtid_set: Option<String>,
+    },
 }
 
 impl ConsistentPoint {
@@ -75,6 +84,21 @@ impl std::fmt::Display for ConsistentPoint {
                     parts.len()
                 )
             }
+            ConsistentPoint::Binlog {
+                binlog_file,
+                server_id: _,
+                binlog_position,
+                gtid_set,
+            } => {
+                match (binlog_file, binlog_position) {
+                    (Some(file), Some(pos)) => write!(f, "binlog {file}:{pos}")?,
+                    _ => write!(f, "binlog off")?,
+                }
+                if let Some(g) = gtid_set.as_deref().filter(|g| !g.is_empty()) {
+                    write!(f, " (GTID {g})")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -100,5 +124,9 @@ mod tests {
         assert!(matches!(p, ConsistentPoint::ClusterTime { .. }));
         assert_eq!(p.to_json(), ct);
         assert_eq!(p.to_string(), "cluster time 5:2 of 2 replica sets");
+        let bl = json!({"server_id": 1, "binlog_file": "binlog.000002", "binlog_position": 1234, "gtid_set": "0-1-42"});
+        let p = ConsistentPoint::from_json(&bl).unwrap();
+        assert_eq!(p.to_json(), bl);
+        assert_eq!(p.to_string(), "binlog binlog.000002:1234 (GTID 0-1-42)");
     }
 }

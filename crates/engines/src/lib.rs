@@ -8,6 +8,8 @@
 pub mod export;
 #[cfg(feature = "mongo")]
 pub mod mongo;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod pg;
 pub mod tar;
 pub mod tls;
@@ -308,8 +310,68 @@ pub fn engine_for(name: &str) -> Option<&'static dyn Engine> {
         "postgresql" => Some(&pg::PostgresPhysical),
         #[cfg(feature = "mongo")]
         "mongodb" => Some(&mongo::MongoLogical),
+        #[cfg(feature = "mysql")]
+        "mysql" => Some(&mysql::MysqlLogical),
         _ => None,
     }
+}
+
+/// A transfer-rate limit shared by the dump threads (of every part of a
+/// cluster): each sleeps while the
+/// bytes read so far are ahead of `rate` since the start (spares a busy
+/// production server, as PostgreSQL's MAX_RATE does).
+pub(crate) struct RateLimit {
+    start: std::time::Instant,
+    bytes: std::sync::atomic::AtomicU64,
+    /// Bytes per second; 0: no limit.
+    rate: u64,
+}
+
+impl RateLimit {
+    pub(crate) fn new(kbps: Option<u32>) -> RateLimit {
+        RateLimit {
+            start: std::time::Instant::now(),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+            rate: kbps.map_or(0, |k| k as u64 * 1024),
+        }
+    }
+
+    pub(crate) fn consume(&self, n: u64, live: &stowage_core::LiveTask) {
+        if self.rate == 0 {
+            return;
+        }
+        let total = self
+            .bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+            + n;
+        let due = Duration::from_secs_f64(total as f64 / self.rate as f64);
+        // In short sleeps, so a cancel is seen promptly.
+        while let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            if live.is_cancelled() || wait.is_zero() {
+                break;
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// Joins scoped worker threads; a panicked one counts as an error naming
+/// `what` ("a dump thread").
+pub(crate) fn join_all<T>(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<T, EngineError>>>,
+    what: &str,
+) -> Vec<Result<T, EngineError>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(EngineError::new(
+                    ErrorKind::Protocol,
+                    format!("{what} panicked"),
+                ))
+            })
+        })
+        .collect()
 }
 
 impl From<tar::TarError> for EngineError {

@@ -177,10 +177,33 @@ pub const SYSTEM_ROOTS: &str = "system";
 /// Trusted roots from a PEM file, or the system's for [`SYSTEM_ROOTS`].
 pub fn load_roots(path: &Path) -> Result<RootCertStore, EngineError> {
     let mut roots = RootCertStore::empty();
+    let system = path == Path::new(SYSTEM_ROOTS);
+    for c in load_root_ders(path)? {
+        if system {
+            // The system's store may hold certificates rustls cannot use.
+            let _ = roots.add(c);
+        } else {
+            roots
+                .add(c)
+                .map_err(|e| config_err(format!("sslrootcert {}: {e}", path.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(config_err(if system {
+            "sslrootcert=system: no usable CA certificate found on this machine".to_string()
+        } else {
+            format!("sslrootcert {}: no certificate in the file", path.display())
+        }));
+    }
+    Ok(roots)
+}
+
+/// The certificates of [`load_roots`], as DER (for drivers that build their
+/// own TLS configuration from them).
+pub fn load_root_ders(path: &Path) -> Result<Vec<CertificateDer<'static>>, EngineError> {
     if path == Path::new(SYSTEM_ROOTS) {
         let found = rustls_native_certs::load_native_certs();
-        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
+        if found.certs.is_empty() {
             return Err(config_err(format!(
                 "sslrootcert=system: no trusted CA certificate found on this machine{}",
                 found
@@ -190,23 +213,21 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, EngineError> {
                     .unwrap_or_default()
             )));
         }
-        return Ok(roots);
+        return Ok(found.certs);
     }
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| config_err(format!("sslrootcert {}: {e}", path.display())))?;
+    let mut out = Vec::new();
     for c in certs {
-        let c = c.map_err(|e| config_err(format!("sslrootcert {}: {e}", path.display())))?;
-        roots
-            .add(c)
-            .map_err(|e| config_err(format!("sslrootcert {}: {e}", path.display())))?;
+        out.push(c.map_err(|e| config_err(format!("sslrootcert {}: {e}", path.display())))?);
     }
-    if roots.is_empty() {
+    if out.is_empty() {
         return Err(config_err(format!(
             "sslrootcert {}: no certificate in the file",
             path.display()
         )));
     }
-    Ok(roots)
+    Ok(out)
 }
 
 /// The client configuration for `mode` (not for `disable`).

@@ -21,7 +21,8 @@
 //! and `oplog.bson` (the entries from `start`, exclusive, to `end`,
 //! inclusive). Names are escaped so every path component is safe.
 
-use crate::{EngineError, ErrorKind};
+pub(crate) use crate::join_all;
+use crate::{EngineError, ErrorKind, RateLimit};
 
 pub mod oplog;
 pub mod restore;
@@ -251,21 +252,6 @@ fn driver(e: mongodb::error::Error) -> EngineError {
         }
         ref k => err(ErrorKind::Protocol, format!("MongoDB: {k}")),
     }
-}
-
-/// Joins scoped worker threads; a panicked one counts as an error naming
-/// `what` ("a dump thread").
-pub(crate) fn join_all<T>(
-    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<T, EngineError>>>,
-    what: &str,
-) -> Vec<Result<T, EngineError>> {
-    handles
-        .into_iter()
-        .map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(err(ErrorKind::Protocol, format!("{what} panicked"))))
-        })
-        .collect()
 }
 
 /// Connects (a short server-selection timeout: a wrong address fails fast).
@@ -539,42 +525,6 @@ fn number(v: Option<&Bson>) -> Option<u64> {
         Bson::Int64(n) => Some((*n).max(0) as u64),
         Bson::Double(n) => Some(n.max(0.0) as u64),
         _ => None,
-    }
-}
-
-/// A transfer-rate limit shared by the dump threads (of every part of a
-/// cluster): each sleeps while the
-/// bytes read so far are ahead of `rate` since the start (spares a busy
-/// production server, as PostgreSQL's MAX_RATE does).
-pub(crate) struct RateLimit {
-    start: std::time::Instant,
-    bytes: AtomicU64,
-    /// Bytes per second; 0: no limit.
-    rate: u64,
-}
-
-impl RateLimit {
-    pub(crate) fn new(kbps: Option<u32>) -> RateLimit {
-        RateLimit {
-            start: std::time::Instant::now(),
-            bytes: AtomicU64::new(0),
-            rate: kbps.map_or(0, |k| k as u64 * 1024),
-        }
-    }
-
-    fn consume(&self, n: u64, live: &LiveTask) {
-        if self.rate == 0 {
-            return;
-        }
-        let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
-        let due = Duration::from_secs_f64(total as f64 / self.rate as f64);
-        // In short sleeps, so a cancel is seen promptly.
-        while let Some(wait) = due.checked_sub(self.start.elapsed()) {
-            if live.is_cancelled() || wait.is_zero() {
-                break;
-            }
-            std::thread::sleep(wait.min(Duration::from_millis(100)));
-        }
     }
 }
 

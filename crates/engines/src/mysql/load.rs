@@ -1,0 +1,390 @@
+//! Restores a logical MySQL/MariaDB set into a running server: databases
+//! (renamed if asked), tables, the data files loaded by N connections at
+//! once (largest first), then views, routines, triggers and events, so no
+//! trigger fires on restored rows.
+
+use super::dump::{DumpIndex, INDEX_FILE, SYSTEM_DATABASES};
+use super::sql;
+use super::{ARCHIVE, Session, err, runtime};
+use crate::{ConnSpec, EngineError, ErrorKind, join_all};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use stowage_core::manifest::{FileEntry, Manifest};
+use stowage_core::{LiveTask, TaskState};
+use stowage_repo::Repository;
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Source database → target database.
+    pub rename: BTreeMap<String, String>,
+    /// Drop target databases that exist already (otherwise refused).
+    pub drop: bool,
+    /// Connections loading at once; 0: one per core.
+    pub threads: usize,
+}
+
+fn read_all(repo: &Arc<Repository>, f: &FileEntry) -> Result<Vec<u8>, EngineError> {
+    let mut v = Vec::new();
+    repo.file_reader(f)
+        .read_to_end(&mut v)
+        .map_err(|e| err(ErrorKind::Repository, format!("{}: {e}", f.path)))?;
+    Ok(v)
+}
+
+fn text(repo: &Arc<Repository>, f: &FileEntry) -> Result<String, EngineError> {
+    let v = read_all(repo, f)?;
+    let mut s = String::from_utf8_lossy(&v).into_owned();
+    while s.ends_with('\n') || s.ends_with(';') {
+        s.pop();
+    }
+    Ok(s)
+}
+
+/// `CREATE DATABASE `a` …` for database `b`: the statement with its name
+/// replaced (the rest, character set and collation, kept).
+fn create_database_as(stmt: &str, name: &str) -> String {
+    let rest = stmt
+        .find('`')
+        .and_then(|start| {
+            let b = stmt.as_bytes();
+            let mut j = start + 1;
+            while j < b.len() {
+                if b[j] == b'`' {
+                    if b.get(j + 1) == Some(&b'`') {
+                        j += 2;
+                        continue;
+                    }
+                    return Some(&stmt[j + 1..]);
+                }
+                j += 1;
+            }
+            None
+        })
+        .unwrap_or("");
+    format!("CREATE DATABASE {}{rest}", sql::ident(name))
+}
+
+/// Runs a data file's statements (each ends with `;` and a newline: a
+/// newline never occurs inside a value, the dump escapes it).
+fn load_file(
+    s: &mut Session,
+    repo: &Arc<Repository>,
+    f: &FileEntry,
+    live: &LiveTask,
+) -> Result<u64, EngineError> {
+    let mut r = repo.file_reader(f);
+    let mut stmt: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut buf = vec![0u8; 1 << 18];
+    let mut statements = 0u64;
+    loop {
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| err(ErrorKind::Repository, format!("{}: {e}", f.path)))?;
+        if n == 0 {
+            break;
+        }
+        let mut start = 0;
+        for i in 0..n {
+            if buf[i] == b'\n' {
+                let prev = if i > start {
+                    Some(buf[i - 1])
+                } else {
+                    stmt.last().copied()
+                };
+                if prev == Some(b';') {
+                    stmt.extend_from_slice(&buf[start..i]);
+                    s.exec(&stmt)?;
+                    statements += 1;
+                    stmt.clear();
+                    start = i + 1;
+                }
+            }
+        }
+        stmt.extend_from_slice(&buf[start..n]);
+        live.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+        if live.is_cancelled() {
+            return Err(err(ErrorKind::Cancelled, "cancelled"));
+        }
+    }
+    if stmt.iter().any(|b| !b.is_ascii_whitespace()) {
+        s.exec(&stmt)?;
+        statements += 1;
+    }
+    Ok(statements)
+}
+
+/// Refuses what cannot be restored before anything is written: unknown
+/// renamed databases, system databases as targets, targets that exist
+/// (unless `drop`).
+fn preflight(
+    c: &mut Session,
+    index: &DumpIndex,
+    o: &LoadOptions,
+) -> Result<BTreeMap<String, String>, EngineError> {
+    let names: BTreeSet<&str> = index.databases.iter().map(|d| d.name.as_str()).collect();
+    for from in o.rename.keys() {
+        if !names.contains(from.as_str()) {
+            return Err(err(
+                ErrorKind::Unsupported,
+                format!(
+                    "rename: the set has no database {from:?} (it has: {})",
+                    names.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    let target: BTreeMap<String, String> = index
+        .databases
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                o.rename
+                    .get(&d.name)
+                    .cloned()
+                    .unwrap_or_else(|| d.name.clone()),
+            )
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for t in target.values() {
+        if SYSTEM_DATABASES.iter().any(|s| s.eq_ignore_ascii_case(t)) {
+            return Err(err(
+                ErrorKind::Unsupported,
+                format!(
+                    "{t} is the server's own database: restore into another name (--rename-db)"
+                ),
+            ));
+        }
+        if !seen.insert(t.to_ascii_lowercase()) {
+            return Err(err(
+                ErrorKind::Unsupported,
+                format!("two databases of the set would be restored into {t}"),
+            ));
+        }
+    }
+    if !target.is_empty() {
+        let list: Vec<String> = target.values().map(|t| sql::string_literal(t)).collect();
+        let existing: Vec<String> = c
+            .text_rows(format!(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN ({})",
+                list.join(",")
+            ))?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        if !existing.is_empty() && !o.drop {
+            return Err(err(
+                ErrorKind::Unsupported,
+                format!(
+                    "the target server already has database{} {}: restore with --drop to replace {}, or into other names with --rename-db",
+                    if existing.len() > 1 { "s" } else { "" },
+                    existing.join(", "),
+                    if existing.len() > 1 { "them" } else { "it" }
+                ),
+            ));
+        }
+    }
+    Ok(target)
+}
+
+pub fn restore(
+    conn: &ConnSpec,
+    repo: &Arc<Repository>,
+    m: &Manifest,
+    o: &LoadOptions,
+    live: &LiveTask,
+) -> Result<serde_json::Value, EngineError> {
+    live.set_state(TaskState::Checking);
+    let arch = m
+        .archives
+        .iter()
+        .find(|a| a.name == ARCHIVE)
+        .ok_or_else(|| err(ErrorKind::Unsupported, "this set holds no MySQL dump"))?;
+    let by_path: BTreeMap<&str, &FileEntry> =
+        arch.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let file = |p: &str| -> Result<&FileEntry, EngineError> {
+        by_path.get(p).copied().ok_or_else(|| {
+            err(
+                ErrorKind::Repository,
+                format!("the set lacks {p}, which its dump index names"),
+            )
+        })
+    };
+    let index: DumpIndex = serde_json::from_slice(&read_all(repo, file(INDEX_FILE)?)?)
+        .map_err(|e| err(ErrorKind::Protocol, format!("{INDEX_FILE}: {e}")))?;
+    let rt = runtime()?;
+    let mut c = Session::connect(&rt, conn)?;
+    let target = preflight(&mut c, &index, o)?;
+    live.set_state(TaskState::Preparing);
+    for l in sql::LOAD_SESSION {
+        c.exec(l)?;
+    }
+    for (from, to) in &target {
+        if o.drop {
+            c.exec(format!("DROP DATABASE IF EXISTS {}", sql::ident(to)))?;
+        }
+        let d = index
+            .databases
+            .iter()
+            .find(|d| &d.name == from)
+            .expect("from the index");
+        c.exec(create_database_as(&text(repo, file(&d.file)?)?, to))?;
+    }
+    let tgt = |db: &str| target.get(db).cloned().unwrap_or_else(|| db.to_string());
+    let mut data: Vec<(String, &FileEntry)> = Vec::new();
+    let mut tables = 0u64;
+    let mut rows = 0u64;
+    for t in index.tables.iter().filter(|t| t.kind == "table") {
+        c.exec(format!("USE {}", sql::ident(&tgt(&t.db))))?;
+        let create = sql::rename_databases(&text(repo, file(&t.schema)?)?, &o.rename);
+        c.exec(&create).map_err(|e| EngineError {
+            message: format!("creating table {}.{}: {}", tgt(&t.db), t.name, e.message),
+            ..e
+        })?;
+        tables += 1;
+        rows += t.rows;
+        for f in &t.files {
+            data.push((tgt(&t.db), file(f)?));
+        }
+    }
+    data.sort_by_key(|d| std::cmp::Reverse(d.1.size));
+    live.bytes_total
+        .store(data.iter().map(|(_, f)| f.size).sum(), Ordering::Relaxed);
+    live.set_state(TaskState::Running);
+
+    let threads = if o.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        o.threads
+    }
+    .clamp(1, 16)
+    .min(data.len().max(1));
+    let statements = AtomicU64::new(0);
+    let queue = Mutex::new(data.into_iter().rev().collect::<Vec<_>>());
+    let results: Vec<Result<(), EngineError>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (queue, statements, rt) = (&queue, &statements, &rt);
+                sc.spawn(move || -> Result<(), EngineError> {
+                    let mut s = Session::connect(rt, conn)?;
+                    for l in sql::LOAD_SESSION {
+                        s.exec(l)?;
+                    }
+                    let mut current_db = String::new();
+                    loop {
+                        let next = queue.lock().expect("queue").pop();
+                        let Some((db, f)) = next else {
+                            s.close();
+                            return Ok(());
+                        };
+                        if db != current_db {
+                            s.exec(format!("USE {}", sql::ident(&db)))?;
+                            current_db = db.clone();
+                        }
+                        match load_file(&mut s, repo, f, live) {
+                            Ok(n) => {
+                                statements.fetch_add(n, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                queue.lock().expect("queue").clear();
+                                return Err(EngineError {
+                                    message: format!("loading {db} ({}): {}", f.path, e.message),
+                                    ..e
+                                });
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        join_all(handles, "a load thread")
+    });
+    let mut errs: Vec<EngineError> = results.into_iter().filter_map(Result::err).collect();
+    if !errs.is_empty() {
+        let first = errs
+            .iter()
+            .position(|e| e.kind != ErrorKind::Cancelled)
+            .unwrap_or(0);
+        return Err(errs.swap_remove(first));
+    }
+
+    // Views (one may use another: repeated while some fail and others
+    // succeed), then routines, triggers and events in their own sql_mode.
+    let mut views: Vec<_> = index.tables.iter().filter(|t| t.kind == "view").collect();
+    let mut view_count = 0u64;
+    while !views.is_empty() {
+        let before = views.len();
+        let mut failed = Vec::new();
+        let mut last_err = None;
+        for v in views {
+            c.exec(format!("USE {}", sql::ident(&tgt(&v.db))))?;
+            let create = sql::rename_databases(&text(repo, file(&v.schema)?)?, &o.rename);
+            match c.exec(&create) {
+                Ok(()) => view_count += 1,
+                Err(e) => {
+                    last_err = Some(EngineError {
+                        message: format!("creating view {}.{}: {}", tgt(&v.db), v.name, e.message),
+                        ..e
+                    });
+                    failed.push(v);
+                }
+            }
+        }
+        if failed.len() == before {
+            return Err(last_err.expect("a failure"));
+        }
+        views = failed;
+    }
+    let mut objects = 0u64;
+    for ob in &index.objects {
+        c.exec(format!("USE {}", sql::ident(&tgt(&ob.db))))?;
+        c.exec(format!(
+            "SET SESSION sql_mode = {}",
+            sql::string_literal(&ob.sql_mode)
+        ))?;
+        let create = sql::rename_databases(&text(repo, file(&ob.file)?)?, &o.rename);
+        c.exec(&create).map_err(|e| EngineError {
+            message: format!(
+                "creating {} {}.{}: {}",
+                ob.kind,
+                tgt(&ob.db),
+                ob.name,
+                e.message
+            ),
+            ..e
+        })?;
+        objects += 1;
+    }
+    c.close();
+    Ok(serde_json::json!({
+        "databases": target.len(),
+        "tables": tables,
+        "views": view_count,
+        "objects": objects,
+        "rows": rows,
+        "statements": statements.load(Ordering::Relaxed),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn databases_are_created_under_their_new_name() {
+        assert_eq!(
+            create_database_as(
+                "CREATE DATABASE `shop` /*!40100 DEFAULT CHARACTER SET utf8mb4 */",
+                "shop2"
+            ),
+            "CREATE DATABASE `shop2` /*!40100 DEFAULT CHARACTER SET utf8mb4 */"
+        );
+        assert_eq!(
+            create_database_as("CREATE DATABASE `a``b`", "c"),
+            "CREATE DATABASE `c`"
+        );
+    }
+}

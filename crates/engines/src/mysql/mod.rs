@@ -1,0 +1,578 @@
+//! MySQL and MariaDB: a consistent, parallel logical backup spoken natively
+//! (`mysql_async` on rustls), and its restore into a running server.
+//!
+//! * `sql.rs`: the dump's SQL text as pure functions (literals, names,
+//!   statement boundaries that keep rows deduplicating across backups).
+//! * `dump.rs`: the backup. Workers each hold a transaction with a
+//!   consistent snapshot taken at one point of the binary log, and dump
+//!   tables in primary-key ranges into one archive (layout in
+//!   `docs/repository-format.md`).
+//! * `load.rs`: the restore into a server (renamed databases, parallel
+//!   loading, views, triggers and routines after the data).
+//!
+//! The driver is async; engines run on worker threads, so each backup or
+//! restore owns a small runtime whose threads drive the sockets while the
+//! workers wait on it (`Session`).
+
+pub mod dump;
+pub mod load;
+pub mod sql;
+
+use crate::{ConnSpec, EngineError, ErrorKind};
+use mysql_async::prelude::Queryable;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The archive a logical set's files are in.
+pub const ARCHIVE: &str = "dump";
+
+/// The engine behind `--engine mysql` (MySQL 8 and MariaDB 10.5+).
+pub struct MysqlLogical;
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> EngineError {
+    EngineError::new(kind, message)
+}
+
+/// Which server, for the statements that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    MariaDb,
+    MySql,
+}
+
+/// What the check step learns.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub flavor: Flavor,
+    /// `VERSION()` as the server says it ("10.11.19-MariaDB-0+deb12u1").
+    pub version_string: String,
+    /// major, minor, patch.
+    pub version: (u32, u32, u32),
+    pub log_bin: bool,
+    pub server_id: u64,
+}
+
+impl Facts {
+    /// "10.11.19" / "8.0.40".
+    pub fn version(&self) -> String {
+        format!("{}.{}.{}", self.version.0, self.version.1, self.version.2)
+    }
+
+    /// The statement that shows the binary log's current file and position
+    /// (MySQL 8.4 renamed it).
+    pub fn binlog_status_sql(&self) -> &'static str {
+        match self.flavor {
+            Flavor::MySql if self.version >= (8, 2, 0) => "SHOW BINARY LOG STATUS",
+            _ => "SHOW MASTER STATUS",
+        }
+    }
+}
+
+/// Parses `VERSION()`.
+pub fn parse_version(v: &str) -> (Flavor, (u32, u32, u32)) {
+    let flavor = if v.to_ascii_lowercase().contains("mariadb") {
+        Flavor::MariaDb
+    } else {
+        Flavor::MySql
+    };
+    // A replication-compatibility prefix ("5.5.5-10.11.6-MariaDB") is not
+    // the version.
+    let v = v.strip_prefix("5.5.5-").unwrap_or(v);
+    let mut nums = v
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut n = || nums.next().unwrap_or(0);
+    (flavor, (n(), n(), n()))
+}
+
+/// What [`Session::stream`] calls for every row: the result's columns and
+/// the row's raw values (`None`: NULL).
+pub type RowFn<'a> =
+    dyn FnMut(&[mysql_async::Column], Vec<Option<Vec<u8>>>) -> Result<(), EngineError> + 'a;
+
+/// One connection and the runtime that drives it, used from a blocking
+/// thread. Several sessions may share one runtime.
+pub struct Session {
+    rt: Arc<tokio::runtime::Runtime>,
+    conn: Option<mysql_async::Conn>,
+}
+
+/// The runtime a backup's or restore's sessions share: one thread drives
+/// every socket; the work (encoding, compression) stays on the workers.
+pub fn runtime() -> Result<Arc<tokio::runtime::Runtime>, EngineError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("stowage-mysql-io")
+        .enable_io()
+        .enable_time()
+        .build()
+        .map(Arc::new)
+        .map_err(|e| {
+            err(
+                ErrorKind::Filesystem,
+                format!("starting the MySQL driver: {e}"),
+            )
+        })
+}
+
+/// The instance's trusted roots (a PEM file, or the system's), as DER: the
+/// same roots the other engines verify with.
+fn tls_roots(conn: &ConnSpec) -> Result<Vec<Vec<u8>>, EngineError> {
+    let Some(p) = &conn.tls_root_cert else {
+        return Ok(Vec::new());
+    };
+    crate::tls::load_roots(p)?;
+    Ok(crate::tls::load_root_ders(p)?
+        .into_iter()
+        .map(|d| d.to_vec())
+        .collect())
+}
+
+fn opts(conn: &ConnSpec, tls: bool) -> Result<mysql_async::Opts, EngineError> {
+    use crate::tls::TlsMode;
+    let mut b = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(conn.host.clone())
+        .tcp_port(conn.port)
+        .user(Some(conn.user.clone()))
+        .pass(conn.password.as_ref().map(|p| p.expose().to_string()))
+        .db_name(None::<String>)
+        // Never switch to the server's unix socket behind the operator's
+        // back: the address checked is the address used.
+        .prefer_socket(false)
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(30_000u32))
+        .stmt_cache_size(0)
+        .max_allowed_packet(Some(1 << 30))
+        .wait_timeout(Some(28_800));
+    if !conn.addrs.is_empty() {
+        b = b.resolved_ips(Some(conn.addrs.iter().map(|a| a.ip()).collect::<Vec<_>>()));
+    }
+    if tls {
+        let mode = conn.tls_mode;
+        let roots = tls_roots(conn)?;
+        let ssl = mysql_async::SslOpts::default()
+            .with_root_certs(roots.into_iter().map(Into::into).collect())
+            .with_disable_built_in_roots(true)
+            .with_danger_accept_invalid_certs(!mode.verifies())
+            .with_danger_skip_domain_validation(mode != TlsMode::VerifyFull);
+        b = b.ssl_opts(Some(ssl));
+    }
+    Ok(b.into())
+}
+
+/// Maps a driver error to what went wrong, for people. `connected`: the
+/// session was up (a lost connection is then the server gone).
+pub fn driver_error(e: mysql_async::Error, connected: bool) -> EngineError {
+    use mysql_async::{DriverError, Error as E, IoError};
+    match e {
+        E::Server(s) => server_error(s.code, &s.message),
+        E::Io(IoError::Io(io)) if !connected => err(
+            ErrorKind::Unreachable,
+            format!("MySQL server unreachable: {io}"),
+        ),
+        E::Io(IoError::Io(io)) => err(
+            ErrorKind::ServerGone,
+            format!("the connection to the MySQL server was lost: {io}"),
+        ),
+        E::Io(IoError::Tls(t)) => err(ErrorKind::Unreachable, format!("TLS: {t}")),
+        E::Driver(DriverError::ConnectionClosed) => err(
+            ErrorKind::ServerGone,
+            "the connection to the MySQL server was lost",
+        ),
+        E::Driver(DriverError::NoClientSslFlagFromServer) => err(
+            ErrorKind::Unsupported,
+            "the server does not offer TLS (the instance's sslmode requires it)",
+        ),
+        E::Driver(d) => err(ErrorKind::Protocol, format!("MySQL driver: {d}")),
+        E::Other(o) => err(ErrorKind::Protocol, format!("MySQL: {o}")),
+        E::Url(u) => err(ErrorKind::Protocol, format!("MySQL: {u}")),
+    }
+}
+
+/// A server error by its number.
+pub fn server_error(code: u16, message: &str) -> EngineError {
+    let kind = match code {
+        // Access denied (wrong password, unknown user).
+        1045 | 1698 | 1251 => ErrorKind::Authentication,
+        // Database, table, column or specific privilege denied.
+        1044 | 1142 | 1143 | 1227 | 1370 | 1356 => ErrorKind::Permission,
+        // Too many connections, out of memory or disk.
+        1040 | 1203 | 1037 | 1041 | 1021 | 1114 => ErrorKind::Capacity,
+        // Server shutting down, connection killed.
+        1053 | 1927 | 1317 => ErrorKind::ServerGone,
+        _ => ErrorKind::Protocol,
+    };
+    let message = match code {
+        1412 => format!(
+            "a table was altered (DDL) during the backup, so its rows cannot be read at the backup's point; run the backup again ({message})"
+        ),
+        _ => format!("the MySQL server refused: {message} (error {code})"),
+    };
+    err(kind, message)
+}
+
+impl Session {
+    /// Connects (TLS as the instance's mode says; `prefer` falls back to a
+    /// plain connection when the server offers no TLS) and sets up the
+    /// dump's session.
+    pub fn connect(
+        rt: &Arc<tokio::runtime::Runtime>,
+        conn: &ConnSpec,
+    ) -> Result<Session, EngineError> {
+        use crate::tls::TlsMode;
+        let timeout = conn.connect_timeout.max(Duration::from_secs(1));
+        let attempt = |tls: bool| -> Result<mysql_async::Conn, EngineError> {
+            let o = opts(conn, tls)?;
+            rt.block_on(async {
+                match tokio::time::timeout(timeout, mysql_async::Conn::new(o)).await {
+                    Ok(r) => r.map_err(|e| driver_error(e, false)),
+                    Err(_) => Err(err(
+                        ErrorKind::Unreachable,
+                        format!(
+                            "MySQL server unreachable: no answer from {}:{} within {} s",
+                            conn.host,
+                            conn.port,
+                            timeout.as_secs()
+                        ),
+                    )),
+                }
+            })
+        };
+        let c = match conn.tls_mode {
+            TlsMode::Disable => attempt(false)?,
+            TlsMode::Prefer => match attempt(true) {
+                Err(e) if e.kind == ErrorKind::Unsupported => attempt(false)?,
+                r => r?,
+            },
+            _ => attempt(true)?,
+        };
+        let mut s = Session {
+            rt: rt.clone(),
+            conn: Some(c),
+        };
+        for q in sql::SESSION {
+            s.exec(q)?;
+        }
+        Ok(s)
+    }
+
+    fn conn(&mut self) -> &mut mysql_async::Conn {
+        self.conn.as_mut().expect("session open")
+    }
+
+    /// Runs a statement, discarding any result.
+    pub fn exec(&mut self, q: impl AsRef<[u8]>) -> Result<(), EngineError> {
+        let rt = self.rt.clone();
+        let c = self.conn();
+        rt.block_on(c.query_drop(q.as_ref()))
+            .map_err(|e| driver_error(e, true))
+    }
+
+    /// Runs a query and returns its rows as raw values (small results).
+    pub fn rows(&mut self, q: impl AsRef<[u8]>) -> Result<Vec<Vec<Option<Vec<u8>>>>, EngineError> {
+        let rt = self.rt.clone();
+        let c = self.conn();
+        rt.block_on(async {
+            let mut r = c.query_iter(q.as_ref()).await?;
+            let mut out = Vec::new();
+            while let Some(row) = r.next().await? {
+                out.push(raw(row));
+            }
+            Ok::<_, mysql_async::Error>(out)
+        })
+        .map_err(|e| driver_error(e, true))
+    }
+
+    /// Rows as text (names, statements: the server's UTF-8).
+    pub fn text_rows(
+        &mut self,
+        q: impl AsRef<[u8]>,
+    ) -> Result<Vec<Vec<Option<String>>>, EngineError> {
+        Ok(self
+            .rows(q)?
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The first column of the first row, as text.
+    pub fn value(&mut self, q: impl AsRef<[u8]>) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .text_rows(q)?
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten()))
+    }
+
+    /// Streams a query's rows: `each` gets the columns once, then every row
+    /// as raw values; rows are pulled in batches so the runtime is entered
+    /// once per batch, not per row.
+    pub fn stream(&mut self, q: impl AsRef<[u8]>, each: &mut RowFn<'_>) -> Result<(), EngineError> {
+        let rt = self.rt.clone();
+        let c = self.conn.as_mut().expect("session open");
+        let mut res = rt
+            .block_on(c.query_iter(q.as_ref()))
+            .map_err(|e| driver_error(e, true))?;
+        let cols: Arc<[mysql_async::Column]> = res.columns().unwrap_or_else(|| Arc::from(vec![]));
+        loop {
+            let batch = rt
+                .block_on(async {
+                    let mut batch = Vec::with_capacity(256);
+                    let mut bytes = 0usize;
+                    while bytes < 1 << 20 && batch.len() < 4096 {
+                        match res.next().await? {
+                            Some(row) => {
+                                let r = raw(row);
+                                bytes += r
+                                    .iter()
+                                    .map(|v| v.as_ref().map_or(1, Vec::len))
+                                    .sum::<usize>()
+                                    + 8;
+                                batch.push(r);
+                            }
+                            None => break,
+                        }
+                    }
+                    Ok::<_, mysql_async::Error>(batch)
+                })
+                .map_err(|e| driver_error(e, true))?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for r in batch {
+                each(&cols, r)?;
+            }
+        }
+    }
+
+    /// Closes the connection politely (errors ignored: the work is done).
+    pub fn close(mut self) {
+        if let Some(c) = self.conn.take() {
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), c.disconnect()).await
+            });
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A connection dropped outside the runtime is closed by the driver
+        // on the runtime; entering it keeps that from panicking.
+        if let Some(c) = self.conn.take() {
+            let _g = self.rt.enter();
+            drop(c);
+        }
+    }
+}
+
+fn raw(row: mysql_async::Row) -> Vec<Option<Vec<u8>>> {
+    row.unwrap_raw()
+        .into_iter()
+        .map(|v| match v {
+            None | Some(mysql_async::Value::NULL) => None,
+            Some(mysql_async::Value::Bytes(b)) => Some(b),
+            // The text protocol sends every value as bytes; anything else
+            // is written as the driver prints it.
+            Some(v) => Some(v.as_sql(true).into_bytes()),
+        })
+        .collect()
+}
+
+/// The privileges a backup needs, each with why, as `SHOW GRANTS` names
+/// them on this server.
+pub fn required_privileges(
+    f: &Facts,
+) -> Vec<(&'static str, &'static [&'static str], &'static str)> {
+    let binlog: &'static [&'static str] = match f.flavor {
+        Flavor::MariaDb => &["BINLOG MONITOR", "REPLICATION CLIENT"],
+        Flavor::MySql => &["REPLICATION CLIENT"],
+    };
+    vec![
+        ("SELECT", &["SELECT"], "to read the tables"),
+        (
+            "RELOAD",
+            &["RELOAD"],
+            "for the brief FLUSH TABLES WITH READ LOCK that lines up the workers' snapshots when tables are not transactional",
+        ),
+        (
+            "LOCK TABLES",
+            &["LOCK TABLES"],
+            "to hold non-transactional tables still while they are read",
+        ),
+        (
+            binlog[0],
+            binlog,
+            "to read the binary log position the backup is consistent at",
+        ),
+        ("SHOW VIEW", &["SHOW VIEW"], "to read view definitions"),
+        ("TRIGGER", &["TRIGGER"], "to read triggers"),
+        ("EVENT", &["EVENT"], "to read scheduled events"),
+    ]
+}
+
+/// Connects, learns the server and checks the user's global privileges.
+pub fn check_server(s: &mut Session, user: &str) -> Result<Facts, EngineError> {
+    let r = s.text_rows("SELECT VERSION(), @@log_bin, @@server_id")?;
+    let row = r.into_iter().next().unwrap_or_default();
+    let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let version_string = get(0);
+    let (flavor, version) = parse_version(&version_string);
+    let f = Facts {
+        flavor,
+        version_string,
+        version,
+        log_bin: get(1) == "1",
+        server_id: get(2).parse().unwrap_or(0),
+    };
+    if f.flavor == Flavor::MariaDb && f.version < (10, 5, 0)
+        || f.flavor == Flavor::MySql && f.version < (8, 0, 0)
+    {
+        return Err(err(
+            ErrorKind::Unsupported,
+            format!(
+                "{} is not supported: MariaDB 10.5 or later, or MySQL 8.0 or later",
+                f.version_string
+            ),
+        ));
+    }
+    let have: std::collections::BTreeSet<String> = s
+        .text_rows("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES")?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .map(|p| p.to_ascii_uppercase())
+        .collect();
+    let missing: Vec<_> = required_privileges(&f)
+        .into_iter()
+        .filter(|(_, names, _)| !names.iter().any(|n| have.contains(*n)))
+        .collect();
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|m| m.0).collect();
+        let why: Vec<String> = missing.iter().map(|m| format!("{} {}", m.0, m.2)).collect();
+        return Err(err(
+            ErrorKind::Permission,
+            format!(
+                "the user {user:?} lacks the global privilege{} {} ({}); grant {} with: GRANT {} ON *.* TO '{user}'@'<host>'",
+                if names.len() > 1 { "s" } else { "" },
+                names.join(", "),
+                why.join("; "),
+                if names.len() > 1 { "them" } else { "it" },
+                names.join(", ")
+            ),
+        ));
+    }
+    Ok(f)
+}
+
+impl crate::Engine for MysqlLogical {
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn method(&self) -> &'static str {
+        "logical"
+    }
+
+    fn check(&self, conn: &ConnSpec) -> Result<crate::ServerInfo, EngineError> {
+        let rt = runtime()?;
+        let mut s = Session::connect(&rt, conn)?;
+        let f = check_server(&mut s, &conn.user)?;
+        s.close();
+        Ok(crate::ServerInfo {
+            version: f.version(),
+            system_identifier: Some(format!("server_id {}", f.server_id)),
+            details: serde_json::json!({
+                "engine": "mysql",
+                "flavor": f.flavor,
+                "version": f.version_string,
+                "log_bin": f.log_bin,
+            }),
+        })
+    }
+
+    fn backup(
+        &self,
+        conn: &ConnSpec,
+        opts: &crate::BackupOptions,
+        writer: &mut stowage_repo::BackupWriter,
+        live: &stowage_core::LiveTask,
+    ) -> Result<crate::BackupOutcome, EngineError> {
+        dump::backup(conn, &dump::DumpOptions::from_backup(opts), writer, live)
+    }
+
+    fn restore_targets(
+        &self,
+        _m: &stowage_core::manifest::Manifest,
+        _target: &std::path::Path,
+    ) -> Result<Vec<(usize, std::path::PathBuf)>, EngineError> {
+        Err(err(
+            ErrorKind::Unsupported,
+            "a MySQL logical backup restores into a running server, not into a folder: restore it --into a registered MySQL instance",
+        ))
+    }
+
+    fn restore_into(
+        &self,
+        conn: &ConnSpec,
+        repo: &Arc<stowage_repo::Repository>,
+        m: &stowage_core::manifest::Manifest,
+        opts: &crate::RestoreIntoOptions,
+        live: &stowage_core::LiveTask,
+    ) -> Result<serde_json::Value, EngineError> {
+        if opts.part.as_deref().is_some_and(|p| p != ARCHIVE) {
+            return Err(err(
+                ErrorKind::Unsupported,
+                format!("a MySQL set has one part, {ARCHIVE}"),
+            ));
+        }
+        let o = load::LoadOptions {
+            rename: opts.rename.clone(),
+            drop: opts.drop,
+            threads: 0,
+        };
+        load::restore(conn, repo, m, &o, live)
+    }
+
+    fn after_restore(
+        &self,
+        _m: &stowage_core::manifest::Manifest,
+        _target: &std::path::Path,
+        _targets: &[(usize, std::path::PathBuf)],
+        _set_owner: bool,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read() {
+        assert_eq!(
+            parse_version("10.11.19-MariaDB-0+deb12u1-log"),
+            (Flavor::MariaDb, (10, 11, 19))
+        );
+        assert_eq!(
+            parse_version("5.5.5-10.6.12-MariaDB"),
+            (Flavor::MariaDb, (10, 6, 12))
+        );
+        assert_eq!(parse_version("8.0.40"), (Flavor::MySql, (8, 0, 40)));
+        assert_eq!(parse_version("8.4.3-log"), (Flavor::MySql, (8, 4, 3)));
+    }
+
+    #[test]
+    fn server_errors_are_classified() {
+        assert_eq!(server_error(1045, "x").kind, ErrorKind::Authentication);
+        assert_eq!(server_error(1227, "x").kind, ErrorKind::Permission);
+        assert_eq!(server_error(1040, "x").kind, ErrorKind::Capacity);
+        assert!(server_error(1412, "x").message.contains("altered"));
+    }
+}

@@ -1,0 +1,314 @@
+//! The SQL text of a logical MySQL/MariaDB dump, as pure functions: how a
+//! value becomes a literal, how names are quoted and turned into file names,
+//! where an `INSERT` statement ends, and what a schema looks like once the
+//! parts that change without a DDL (`AUTO_INCREMENT=`) are taken out.
+//!
+//! Values are written in the session's `binary` character set: a string's
+//! bytes go into the dump as the server stored them, whatever the column's
+//! character set, and come back unconverted (`SET NAMES binary` on both
+//! sides), so every value round-trips bit for bit.
+
+/// How a column's values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Integers, decimals, floating point, years: the server's text, bare.
+    Number,
+    /// `BIT(n)`: the raw bytes as a hexadecimal literal.
+    Bits,
+    /// Everything else (strings, binary, dates and times, JSON, spatial,
+    /// `ENUM`/`SET`): a quoted, escaped string of the raw bytes.
+    Quoted,
+}
+
+/// Appends `name` quoted as an identifier (backticks doubled).
+pub fn push_ident(out: &mut Vec<u8>, name: &str) {
+    out.push(b'`');
+    for b in name.bytes() {
+        if b == b'`' {
+            out.push(b'`');
+        }
+        out.push(b);
+    }
+    out.push(b'`');
+}
+
+/// `name` quoted as an identifier.
+pub fn ident(name: &str) -> String {
+    let mut v = Vec::with_capacity(name.len() + 2);
+    push_ident(&mut v, name);
+    String::from_utf8(v).expect("quoting keeps UTF-8")
+}
+
+/// `db`.`name`.
+pub fn qualified(db: &str, name: &str) -> String {
+    format!("{}.{}", ident(db), ident(name))
+}
+
+/// A string literal of `s` (for statements the dump itself issues).
+pub fn string_literal(s: &str) -> String {
+    let mut v = Vec::with_capacity(s.len() + 2);
+    push_value(&mut v, ValueKind::Quoted, Some(s.as_bytes()));
+    String::from_utf8(v).expect("escaping keeps UTF-8")
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends one value as a literal: `NULL`, a bare number, `0x…` for bits,
+/// or a quoted string with `\0 ' \\ \n \r \Z` escaped (the escapes every
+/// MySQL and MariaDB reads when `NO_BACKSLASH_ESCAPES` is off, which the
+/// dump's header and the restore's session make sure of).
+pub fn push_value(out: &mut Vec<u8>, kind: ValueKind, v: Option<&[u8]>) {
+    let Some(v) = v else {
+        out.extend_from_slice(b"NULL");
+        return;
+    };
+    match kind {
+        ValueKind::Number => out.extend_from_slice(v),
+        ValueKind::Bits => {
+            if v.is_empty() {
+                out.extend_from_slice(b"b''");
+                return;
+            }
+            out.extend_from_slice(b"0x");
+            for b in v {
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 15) as usize]);
+            }
+        }
+        ValueKind::Quoted => {
+            out.reserve(v.len() + 2);
+            out.push(b'\'');
+            let mut start = 0;
+            for (i, &b) in v.iter().enumerate() {
+                let esc = match b {
+                    0 => b'0',
+                    b'\'' => b'\'',
+                    b'\\' => b'\\',
+                    b'\n' => b'n',
+                    b'\r' => b'r',
+                    0x1a => b'Z',
+                    _ => continue,
+                };
+                out.extend_from_slice(&v[start..i]);
+                out.push(b'\\');
+                out.push(esc);
+                start = i + 1;
+            }
+            out.extend_from_slice(&v[start..]);
+            out.push(b'\'');
+        }
+    }
+}
+
+/// Whether the row whose literal text is `row` ends an `INSERT` statement.
+/// Decided by the row's own first bytes (its key, for tables whose key comes
+/// first), never by how much came before: a changed or new row moves at
+/// most the statement it is in, and the statements after it are the same
+/// bytes as in the previous backup, which is what lets rows deduplicate
+/// across backups. About one row in `2^bits` ends a statement.
+pub fn ends_statement(row: &[u8], bits: u32) -> bool {
+    // FNV-1a over at most 64 bytes: cheap, and enough to spread keys.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in &row[..row.len().min(64)] {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h >> 40) & ((1 << bits) - 1) == 0
+}
+
+/// A name as it appears in a file name of the dump: letters, digits, `_`,
+/// `-` and `$` kept, every other byte `%XX` (so `.` and `/` never appear,
+/// and two names never share a file).
+pub fn file_name(name: &str) -> String {
+    let mut s = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'$') {
+            s.push(b as char);
+        } else {
+            s.push('%');
+            s.push(HEX[(b >> 4) as usize].to_ascii_uppercase() as char);
+            s.push(HEX[(b & 15) as usize].to_ascii_uppercase() as char);
+        }
+    }
+    s
+}
+
+/// A `CREATE TABLE` without what changes as rows come and go
+/// (` AUTO_INCREMENT=n`), to tell a DDL from ordinary writes.
+pub fn schema_shape(create: &str) -> String {
+    let mut out = String::with_capacity(create.len());
+    let mut rest = create;
+    while let Some(i) = rest.find(" AUTO_INCREMENT=") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + " AUTO_INCREMENT=".len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Rewrites the database names a view, trigger, routine or event body
+/// qualifies its objects with (`` `old`.`` → `` `new`.``), for a restore
+/// into renamed databases. Only backquoted, qualified names are rewritten,
+/// which is how the server itself writes them in `SHOW CREATE`.
+pub fn rename_databases(sql: &str, rename: &std::collections::BTreeMap<String, String>) -> String {
+    if rename.is_empty() {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        if b[i] == b'`' {
+            // Read one quoted identifier.
+            let mut j = i + 1;
+            let mut name = Vec::new();
+            while j < b.len() {
+                if b[j] == b'`' {
+                    if j + 1 < b.len() && b[j + 1] == b'`' {
+                        name.push(b'`');
+                        j += 2;
+                        continue;
+                    }
+                    break;
+                }
+                name.push(b[j]);
+                j += 1;
+            }
+            let end = (j + 1).min(b.len());
+            if end < b.len()
+                && b[end] == b'.'
+                && let Some(new) = std::str::from_utf8(&name).ok().and_then(|n| rename.get(n))
+            {
+                out.push_str(&sql[copied..i]);
+                out.push_str(&ident(new));
+                copied = end;
+            }
+            i = end;
+        } else if b[i] == b'\'' || b[i] == b'"' {
+            // Skip string literals: a name inside one is data.
+            let q = b[i];
+            let mut j = i + 1;
+            while j < b.len() && b[j] != q {
+                if b[j] == b'\\' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            i = j + 1;
+        } else {
+            i += 1;
+        }
+    }
+    if copied < sql.len() {
+        out.push_str(&sql[copied.min(sql.len())..]);
+    }
+    out
+}
+
+/// The session every dump and restore statement runs in: values travel as
+/// raw bytes, times in UTC, zero dates and `0` in `AUTO_INCREMENT` columns
+/// kept as they are, backslash escapes on, checks that would only slow a
+/// load (or refuse rows the source holds) off. Also the header of an
+/// exported dump, so `mariadb < dump.sql` reads it the same way.
+pub const SESSION: &[&str] = &[
+    "SET NAMES binary",
+    "SET SESSION time_zone = '+00:00'",
+    "SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'",
+];
+
+/// What a restore or an exported dump adds for loading.
+pub const LOAD_SESSION: &[&str] = &[
+    "SET SESSION foreign_key_checks = 0",
+    "SET SESSION unique_checks = 0",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lit(kind: ValueKind, v: Option<&[u8]>) -> String {
+        let mut out = Vec::new();
+        push_value(&mut out, kind, v);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn values_become_literals() {
+        assert_eq!(lit(ValueKind::Number, None), "NULL");
+        assert_eq!(lit(ValueKind::Number, Some(b"-12.50")), "-12.50");
+        assert_eq!(lit(ValueKind::Bits, Some(&[0x01, 0xff])), "0x01ff");
+        assert_eq!(lit(ValueKind::Quoted, Some(b"")), "''");
+        assert_eq!(
+            lit(ValueKind::Quoted, Some(b"a'b\\c\nd\re\0f\x1ag\"")),
+            "'a\\'b\\\\c\\nd\\re\\0f\\Zg\"'"
+        );
+        // Bytes that are not UTF-8 pass through untouched.
+        let mut out = Vec::new();
+        push_value(&mut out, ValueKind::Quoted, Some(&[0xe9, 0xff, b'x']));
+        assert_eq!(out, b"'\xe9\xffx'");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(ident("t"), "`t`");
+        assert_eq!(ident("a`b"), "`a``b`");
+        assert_eq!(qualified("d b", "t"), "`d b`.`t`");
+        assert_eq!(string_literal("it's"), "'it\\'s'");
+    }
+
+    #[test]
+    fn file_names_are_safe_and_distinct() {
+        assert_eq!(file_name("shop_1"), "shop_1");
+        assert_eq!(file_name("a.b"), "a%2Eb");
+        assert_eq!(file_name("a/b"), "a%2Fb");
+        assert_eq!(file_name("é"), "%C3%A9");
+        assert_ne!(file_name("a.b"), file_name("a%2Eb"));
+    }
+
+    #[test]
+    fn statement_ends_depend_on_the_row_alone() {
+        let rows: Vec<Vec<u8>> = (0..100_000)
+            .map(|i| format!("({i},'name {i}')").into_bytes())
+            .collect();
+        let ends: Vec<bool> = rows.iter().map(|r| ends_statement(r, 8)).collect();
+        let n = ends.iter().filter(|e| **e).count();
+        // About one in 256.
+        assert!((200..700).contains(&n), "{n}");
+        // The same rows end statements whatever precedes them.
+        assert_eq!(
+            ends[50_000..],
+            rows[50_000..]
+                .iter()
+                .map(|r| ends_statement(r, 8))
+                .collect::<Vec<_>>()[..]
+        );
+    }
+
+    #[test]
+    fn schema_shape_ignores_auto_increment() {
+        let a = "CREATE TABLE `t` (\n  `id` int NOT NULL AUTO_INCREMENT\n) ENGINE=InnoDB AUTO_INCREMENT=17 DEFAULT CHARSET=utf8mb4";
+        let b = "CREATE TABLE `t` (\n  `id` int NOT NULL AUTO_INCREMENT\n) ENGINE=InnoDB AUTO_INCREMENT=9000 DEFAULT CHARSET=utf8mb4";
+        assert_eq!(schema_shape(a), schema_shape(b));
+        assert!(schema_shape(a).contains("`id` int NOT NULL AUTO_INCREMENT\n"));
+        assert_ne!(schema_shape(a), schema_shape(&a.replace("int", "bigint")));
+    }
+
+    #[test]
+    fn renames_only_qualified_database_names() {
+        let m: std::collections::BTreeMap<String, String> =
+            [("shop".to_string(), "shop2".to_string())].into();
+        let v = "CREATE VIEW `shop`.`v` AS select `shop`.`t`.`id` AS `id`, 'shop`.x' AS `s` from `shop`.`t` join `other`.`u`";
+        assert_eq!(
+            rename_databases(v, &m),
+            "CREATE VIEW `shop2`.`v` AS select `shop2`.`t`.`id` AS `id`, 'shop`.x' AS `s` from `shop2`.`t` join `other`.`u`"
+        );
+        // A column named like the database is left alone.
+        assert_eq!(
+            rename_databases("select `shop` from `t`", &m),
+            "select `shop` from `t`"
+        );
+    }
+}

@@ -515,6 +515,30 @@ struct Lineup {
     lock_ms: Option<u64>,
 }
 
+/// A snapshot's binary log file and position.
+type SnapshotPos = (Option<String>, Option<u64>);
+
+/// Starts a snapshot on `w` and reads its binary log position (MariaDB).
+fn snapshot_position(w: &mut Session) -> Result<SnapshotPos, EngineError> {
+    w.exec("START TRANSACTION WITH CONSISTENT SNAPSHOT")?;
+    let mut file = None;
+    let mut pos = None;
+    for r in w.text_rows("SHOW SESSION STATUS LIKE 'binlog_snapshot_%'")? {
+        match r.first().cloned().flatten().as_deref() {
+            Some("Binlog_snapshot_file") => file = r.get(1).cloned().flatten(),
+            Some("Binlog_snapshot_position") => {
+                pos = r
+                    .get(1)
+                    .cloned()
+                    .flatten()
+                    .and_then(|p| p.parse::<u64>().ok())
+            }
+            _ => {}
+        }
+    }
+    Ok((file, pos))
+}
+
 /// Starts every worker's snapshot at one point without a lock (MariaDB,
 /// binary log on): `None` when the positions never agreed.
 fn lineup_without_lock(
@@ -524,25 +548,17 @@ fn lineup_without_lock(
 ) -> Result<Option<(ConsistentPoint, u32)>, EngineError> {
     const ATTEMPTS: u32 = 8;
     for attempt in 1..=ATTEMPTS {
+        // All at once, so a commit between two of them is less likely.
+        let positions: Vec<Result<SnapshotPos, EngineError>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = workers
+                .iter_mut()
+                .map(|w| sc.spawn(move || snapshot_position(w)))
+                .collect();
+            join_all(handles, "a snapshot")
+        });
         let mut seen = BTreeSet::new();
-        for w in workers.iter_mut() {
-            w.exec("START TRANSACTION WITH CONSISTENT SNAPSHOT")?;
-            let mut file = None;
-            let mut pos = None;
-            for r in w.text_rows("SHOW SESSION STATUS LIKE 'binlog_snapshot_%'")? {
-                match r.first().cloned().flatten().as_deref() {
-                    Some("Binlog_snapshot_file") => file = r.get(1).cloned().flatten(),
-                    Some("Binlog_snapshot_position") => {
-                        pos = r
-                            .get(1)
-                            .cloned()
-                            .flatten()
-                            .and_then(|p| p.parse::<u64>().ok())
-                    }
-                    _ => {}
-                }
-            }
-            seen.insert((file, pos));
+        for p in positions {
+            seen.insert(p?);
         }
         if seen.len() == 1 {
             let (file, pos) = seen.into_iter().next().expect("one");

@@ -95,7 +95,7 @@ fn load_file(
                 };
                 if prev == Some(b';') {
                     stmt.extend_from_slice(&buf[start..i]);
-                    s.exec(&stmt)?;
+                    s.exec_retrying(&stmt)?;
                     statements += 1;
                     stmt.clear();
                     start = i + 1;
@@ -109,7 +109,7 @@ fn load_file(
         }
     }
     if stmt.iter().any(|b| !b.is_ascii_whitespace()) {
-        s.exec(&stmt)?;
+        s.exec_retrying(&stmt)?;
         statements += 1;
     }
     Ok(statements)

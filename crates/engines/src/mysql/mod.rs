@@ -270,6 +270,27 @@ impl Session {
             .map_err(|e| driver_error(e, true))
     }
 
+    /// Runs a statement that is atomic on its own (autocommit), again after
+    /// a deadlock or lock wait timeout, which roll it back whole: loads of
+    /// neighbouring key ranges of one table may meet in InnoDB's locks.
+    pub fn exec_retrying(&mut self, q: &[u8]) -> Result<(), EngineError> {
+        let rt = self.rt.clone();
+        let mut attempt = 0u32;
+        loop {
+            let c = self.conn();
+            match rt.block_on(c.query_drop(q)) {
+                Ok(()) => return Ok(()),
+                Err(mysql_async::Error::Server(se))
+                    if matches!(se.code, 1213 | 1205) && attempt < 20 =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(5 * attempt as u64));
+                }
+                Err(e) => return Err(driver_error(e, true)),
+            }
+        }
+    }
+
     /// Runs a query and returns its rows as raw values (small results).
     pub fn rows(&mut self, q: impl AsRef<[u8]>) -> Result<Vec<Vec<Option<Vec<u8>>>>, EngineError> {
         let rt = self.rt.clone();
@@ -443,7 +464,13 @@ pub fn check_server(s: &mut Session, user: &str) -> Result<Facts, EngineError> {
         ));
     }
     let have: std::collections::BTreeSet<String> = s
-        .text_rows("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES")?
+        // Only this user's rows: a user with global SELECT sees everyone's.
+        .text_rows(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = \
+             CONCAT('''', LEFT(CURRENT_USER(), LENGTH(CURRENT_USER()) - \
+             LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), \
+             '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
+        )?
         .into_iter()
         .filter_map(|r| r.into_iter().next().flatten())
         .map(|p| p.to_ascii_uppercase())

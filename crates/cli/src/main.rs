@@ -349,14 +349,14 @@ struct ServeArgs {
 enum InstanceCmd {
     /// Register a database. The password comes from STOWAGE_DB_PASSWORD or --password-file.
     #[command(
-        after_help = "Examples:\n  STOWAGE_DB_PASSWORD=... stowage instance add --name orders --host db1 --user backup\n  stowage instance add --name shop --engine mongodb --uri 'mongodb://m1:27017,m2:27017/?replicaSet=rs0' --user backup\n  stowage instance add --name big --engine mongodb --shard 'mongodb://s0:27018/?replicaSet=sh0' --shard 'mongodb://s1:27018/?replicaSet=sh1' --config 'mongodb://c1:27019/?replicaSet=cfg'\n  stowage instance add --name pg-tls --host db2 --sslmode verify-full --sslrootcert /etc/ssl/db-ca.pem\n  stowage instance add --name later --host 10.0.0.9 --no-check   # register without connecting"
+        after_help = "Examples:\n  STOWAGE_DB_PASSWORD=... stowage instance add --name orders --host db1 --user backup\n  stowage instance add --name shop --engine mongodb --uri 'mongodb://m1:27017,m2:27017/?replicaSet=rs0' --user backup\n  stowage instance add --name big --engine mongodb --shard 'mongodb://s0:27018/?replicaSet=sh0' --shard 'mongodb://s1:27018/?replicaSet=sh1' --config 'mongodb://c1:27019/?replicaSet=cfg'\n  stowage instance add --name shop --engine mysql --host db3 --user backup   # MySQL 8 / MariaDB 10.5+\n  stowage instance add --name pg-tls --host db2 --sslmode verify-full --sslrootcert /etc/ssl/db-ca.pem\n  stowage instance add --name later --host 10.0.0.9 --no-check   # register without connecting"
     )]
     Add {
         /// A name to refer to it by (1 to 64 letters, digits, '-', '_' or '.').
         #[arg(long)]
         name: String,
         /// Database engine.
-        #[arg(long, default_value = "postgresql", value_parser = ["postgresql", "mongodb"])]
+        #[arg(long, default_value = "postgresql", value_parser = ["postgresql", "mysql", "mongodb"])]
         engine: String,
         /// MongoDB: the replica set's connection string WITHOUT credentials
         /// (mongodb://h1:27017,h2:27017/?replicaSet=rs0); --user and the
@@ -380,11 +380,14 @@ enum InstanceCmd {
         /// Host name or IP address the server connects to.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
-        /// Port of the database server.
-        #[arg(long, default_value_t = 5432)]
-        port: u16,
+        /// Port of the database server (default 5432 for PostgreSQL, 3306 for MySQL).
+        #[arg(long)]
+        port: Option<u16>,
         /// Role to connect as (PostgreSQL: needs the REPLICATION attribute;
-        /// default postgres). MongoDB: the user to authenticate as, if any.
+        /// default postgres). MySQL/MariaDB: default root; a backup user
+        /// needs SELECT, RELOAD, LOCK TABLES, BINLOG MONITOR (MySQL:
+        /// REPLICATION CLIENT), SHOW VIEW, TRIGGER and EVENT on *.*.
+        /// MongoDB: the user to authenticate as, if any.
         #[arg(long)]
         user: Option<String>,
         /// Read the password from this file.
@@ -1108,6 +1111,11 @@ fn point(v: &Value) -> String {
             s(&v["replica_set"])
         );
     }
+    if let Some(p @ stowage_core::ConsistentPoint::Binlog { .. }) =
+        stowage_core::ConsistentPoint::from_json(v)
+    {
+        return p.to_string();
+    }
     match v {
         Value::Object(m) if !m.is_empty() => m
             .iter()
@@ -1205,7 +1213,10 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                         "--shard, --config and --mongos are for --engine mongodb".into(),
                     ));
                 } else {
-                    let user = user.unwrap_or_else(|| "postgres".into());
+                    let mysql = engine == "mysql";
+                    let user =
+                        user.unwrap_or_else(|| if mysql { "root" } else { "postgres" }.into());
+                    let port = port.unwrap_or(if mysql { 3306 } else { 5432 });
                     json!({"name": name, "engine": engine, "host": host, "port": port, "user": user, "password": password, "dbname": dbname, "dialect": dialect, "max_rate_kbps": max_rate_kbps, "sslmode": sslmode, "sslrootcert": sslrootcert, "check": !no_check, "uri": uri})
                 };
                 let v = c.post("/v1/instances", Some(&body))?;
@@ -1329,6 +1340,29 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                                 ", primary"
                             } else {
                                 ""
+                            }
+                        );
+                        return Ok(0);
+                    }
+                    if d["engine"] == "mysql" {
+                        out!(
+                            "ok: {} {} ({}), binary log {}, {}",
+                            if d["flavor"] == "mariadb" {
+                                "MariaDB"
+                            } else {
+                                "MySQL"
+                            },
+                            s(&v["server"]["version"]),
+                            s(&v["server"]["system_identifier"]),
+                            if d["log_bin"] == true {
+                                "on"
+                            } else {
+                                "off (sets record no binlog position)"
+                            },
+                            if d["tls"] == true {
+                                "over TLS"
+                            } else {
+                                "without TLS"
                             }
                         );
                         return Ok(0);
@@ -1967,6 +2001,14 @@ fn follow_job(
                 s(&v["result"]["views"]),
                 s(&v["result"]["indexes"]),
                 s(&v["result"]["oplog_applied"])
+            ),
+            "restore" if v["result"]["rows"].is_u64() => out!(
+                "restored {} rows in {} tables of {} databases ({} views; {} routines, triggers and events)",
+                s(&v["result"]["rows"]),
+                s(&v["result"]["tables"]),
+                s(&v["result"]["databases"]),
+                s(&v["result"]["views"]),
+                s(&v["result"]["objects"])
             ),
             "restore" => out!(
                 "restored {} into {}",

@@ -42,7 +42,7 @@ impl Dialect {
     /// MongoDB; an `rm-` one is a relational database).
     pub fn engines(self) -> &'static [&'static str] {
         match self {
-            Dialect::Rds | Dialect::Polardb => &["postgresql"],
+            Dialect::Rds | Dialect::Polardb => &["postgresql", "mysql"],
             Dialect::Dds | Dialect::TencentMongo => &["mongodb"],
         }
     }

@@ -680,7 +680,7 @@ impl Service {
         }
         if stowage_engines::engine_for(&n.engine).is_none() {
             return Err(ServiceError::invalid(format!(
-                "engine {:?} is not supported (supported: postgresql, mongodb)",
+                "engine {:?} is not supported (supported: postgresql, mysql, mongodb)",
                 n.engine
             )));
         }
@@ -774,6 +774,11 @@ impl Service {
             if n.uri.is_some() {
                 return Err(ServiceError::invalid(
                     "uri: only for --engine mongodb; PostgreSQL takes host, port and user",
+                ));
+            }
+            if n.engine == "mysql" && n.dbname.is_some() {
+                return Err(ServiceError::invalid(
+                    "dbname: a MySQL backup covers every database of the server; leave it out",
                 ));
             }
             let ssl_mode = Self::check_connection(&n)?;

@@ -7,6 +7,7 @@ mod download;
 mod download_pg;
 mod harness;
 mod mongo;
+mod mysql;
 mod postgres;
 mod safety;
 mod schedule;

@@ -510,6 +510,12 @@ impl crate::Engine for MysqlLogical {
         let rt = runtime()?;
         let mut s = Session::connect(&rt, conn)?;
         let f = check_server(&mut s, &conn.user)?;
+        let tls = s
+            .text_rows("SHOW SESSION STATUS LIKE 'Ssl_cipher'")?
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().nth(1).flatten())
+            .is_some_and(|c| !c.is_empty());
         s.close();
         Ok(crate::ServerInfo {
             version: f.version(),
@@ -519,6 +525,7 @@ impl crate::Engine for MysqlLogical {
                 "flavor": f.flavor,
                 "version": f.version_string,
                 "log_bin": f.log_bin,
+                "tls": tls,
             }),
         })
     }

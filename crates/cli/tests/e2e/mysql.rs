@@ -1,0 +1,245 @@
+//! MySQL/MariaDB instances through the product: registered (rds `rm-` and
+//! polardb `pc-` ids), checked with a least-privilege user, backed up into
+//! a set whose consistent point is a binlog position, restored into another
+//! registered instance; a crash of Stowage mid-backup leaves a failed task
+//! and a sound repository.
+
+use crate::harness::{Stowage, assert_fails, stderr};
+use stowage_testkit::{MariaDbOptions, MariaDbServer};
+
+const BACKUP_GRANTS: &str =
+    "SELECT, RELOAD, LOCK TABLES, BINLOG MONITOR, SHOW VIEW, TRIGGER, EVENT";
+
+fn add(
+    s: &Stowage,
+    name: &str,
+    m: &MariaDbServer,
+    pw_file: &std::path::Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let port = m.port.to_string();
+    let mut a = vec![
+        "instance",
+        "add",
+        "--name",
+        name,
+        "--engine",
+        "mysql",
+        "--port",
+        &port,
+        "--user",
+        "bk",
+        "--password-file",
+        pw_file.to_str().unwrap(),
+    ];
+    a.extend_from_slice(extra);
+    s.json(&a)
+}
+
+#[test]
+fn a_mariadb_server_is_registered_backed_up_and_restored_into_another() {
+    let src = MariaDbServer::start(MariaDbOptions::default());
+    src.sql(&format!(
+        "CREATE USER 'bk'@'127.0.0.1' IDENTIFIED BY 'right-pw'; GRANT {BACKUP_GRANTS} ON *.* TO 'bk'@'127.0.0.1';
+         CREATE USER 'weak'@'127.0.0.1' IDENTIFIED BY 'right-pw'; GRANT SELECT ON *.* TO 'weak'@'127.0.0.1';
+         CREATE DATABASE shop; USE shop;
+         CREATE TABLE orders (id INT PRIMARY KEY, note VARCHAR(100), total DECIMAL(10,2)) ENGINE=InnoDB;
+         INSERT INTO orders SELECT seq, CONCAT('order ', seq), seq / 100 FROM seq_1_to_20000;
+         CREATE VIEW big_orders AS SELECT id FROM orders WHERE total > 150;"
+    ));
+    let work = tempfile::tempdir().unwrap();
+    let pw = work.path().join("pw");
+    std::fs::write(&pw, "right-pw").unwrap();
+    let s = Stowage::start(&work.path().join("stowage"));
+
+    // A user without the privileges is refused at registration, by name.
+    let port = src.port.to_string();
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "weak",
+        "--engine",
+        "mysql",
+        "--port",
+        &port,
+        "--user",
+        "weak",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert_fails(&o, 2, "RELOAD");
+    assert!(stderr(&o).contains("GRANT"), "{}", stderr(&o));
+    // A wrong password: refused, the password never echoed.
+    let bad = work.path().join("bad");
+    std::fs::write(&bad, "wrong-pw").unwrap();
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "bad",
+        "--engine",
+        "mysql",
+        "--port",
+        &port,
+        "--user",
+        "bk",
+        "--password-file",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&o).contains("DatabaseAuthentication"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("wrong-pw"));
+    // dbname means nothing for MySQL: refused rather than ignored.
+    let o = s.cli(&[
+        "instance",
+        "add",
+        "--name",
+        "db",
+        "--engine",
+        "mysql",
+        "--port",
+        &port,
+        "--user",
+        "bk",
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--dbname",
+        "shop",
+    ]);
+    assert_fails(&o, 2, "dbname");
+
+    let v = add(&s, "shop", &src, &pw, &[]);
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("rm-"), "{v}");
+    assert_eq!(v["engine"], "mysql");
+    let pc = add(&s, "shop-pc", &src, &pw, &["--dialect", "polardb"]);
+    assert!(pc["id"].as_str().unwrap().starts_with("pc-"), "{pc}");
+    let out = s.ok(&["instance", "check", "shop"]);
+    assert!(
+        out.contains("MariaDB 10.11") && out.contains("binary log on"),
+        "{out}"
+    );
+
+    let out = s.ok(&["backup", "shop"]);
+    assert!(
+        out.contains("backup set") && out.contains("binlog binlog."),
+        "{out}"
+    );
+    let set = s.json(&["set", "list"])["sets"][0].clone();
+    assert_eq!(set["engine"], "mysql", "{set}");
+    assert_eq!(set["method"], "logical", "{set}");
+    assert!(
+        set["consistent_point"]["binlog_position"].as_u64().unwrap() > 0,
+        "{set}"
+    );
+    assert!(
+        set["consistent_point"]["gtid_set"]
+            .as_str()
+            .unwrap()
+            .starts_with("0-1-"),
+        "{set}"
+    );
+    let set_id = set["id"].to_string();
+    let files = s.ok(&["set", "show", &set_id, "--files"]);
+    assert!(
+        files.contains("dump/shop.orders.00000.sql")
+            && files.contains("dump/shop.orders-schema.sql")
+            && files.contains("dump/stowage-dump.json"),
+        "{files}"
+    );
+    // A folder restore says what to do instead.
+    let o = s.cli(&["restore", &set_id, "--target", "m1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--into"), "{}", stderr(&o));
+
+    // Into another registered server, renamed.
+    let dst = MariaDbServer::start(MariaDbOptions::default());
+    dst.sql("CREATE USER 'bk'@'127.0.0.1' IDENTIFIED BY 'right-pw'; GRANT ALL ON *.* TO 'bk'@'127.0.0.1'");
+    add(&s, "target", &dst, &pw, &[]);
+    let out = s.ok(&[
+        "restore",
+        &set_id,
+        "--into",
+        "target",
+        "--rename-db",
+        "shop=shop2",
+    ]);
+    assert!(
+        out.contains("restored 20000 rows in 1 tables of 1 databases (1 views"),
+        "{out}"
+    );
+    let sum = |m: &MariaDbServer, db: &str| {
+        m.sql(&format!("CHECKSUM TABLE {db}.orders"))
+            .split('\t')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(sum(&src, "shop"), sum(&dst, "shop2"));
+    assert_eq!(dst.sql("SELECT COUNT(*) FROM shop2.big_orders"), "5000");
+    let o = s.cli(&[
+        "restore",
+        &set_id,
+        "--into",
+        "target",
+        "--rename-db",
+        "shop=shop2",
+    ]);
+    assert_fails(&o, 1, "--drop");
+    s.ok(&[
+        "restore",
+        &set_id,
+        "--into",
+        "target",
+        "--rename-db",
+        "shop=shop2",
+        "--drop",
+    ]);
+    let restores = s.json(&["task", "list", "--kind", "restore"]);
+    assert_eq!(restores["tasks"][0]["state"], "finished", "{restores}");
+    assert!(s.log().lines().all(|l| !l.contains("right-pw")));
+}
+
+#[test]
+fn a_crash_of_stowage_mid_backup_leaves_a_failed_task_and_the_next_backup_works() {
+    let src = MariaDbServer::start(MariaDbOptions::default());
+    src.sql(&format!(
+        "CREATE USER 'bk'@'127.0.0.1' IDENTIFIED BY 'pw'; GRANT {BACKUP_GRANTS} ON *.* TO 'bk'@'127.0.0.1';
+         CREATE DATABASE d; USE d;
+         CREATE TABLE t (id INT PRIMARY KEY, pad VARCHAR(200)) ENGINE=InnoDB;
+         INSERT INTO t SELECT seq, REPEAT('p', 150) FROM seq_1_to_100000;"
+    ));
+    let work = tempfile::tempdir().unwrap();
+    let pw = work.path().join("pw");
+    std::fs::write(&pw, "pw").unwrap();
+    let dd = work.path().join("stowage");
+    let mut s = Stowage::start(&dd);
+    add(&s, "slow", &src, &pw, &["--max-rate-kbps", "2048"]);
+    let t = s.json(&["backup", "slow", "--no-wait"]);
+    let id = t["id"].as_i64().unwrap();
+    s.wait_task(id, "running with data", |v| {
+        v["state"] == "running" && v["progress"]["bytes_done"].as_u64().unwrap_or(0) > 1_000_000
+    });
+    s.kill9();
+    let s = Stowage::start(&dd);
+    let v = s.json(&["task", "show", &id.to_string()]);
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("interrupted"), "{v}");
+    assert!(
+        s.json(&["set", "list"])["sets"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.ok(&["verify"]).contains("repository OK"));
+    // No transaction or lock of the dead backup is left on the server
+    // beyond its connections' end.
+    s.ok(&["instance", "set", "slow", "--max-rate-kbps", "1048576"]);
+    let out = s.ok(&["backup", "slow"]);
+    assert!(out.contains("backup set"), "{out}");
+    assert!(s.ok(&["verify"]).contains("repository OK"));
+}

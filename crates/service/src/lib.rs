@@ -907,6 +907,9 @@ impl Service {
             // first backup records its own).
             if let serde_json::Value::Object(m) = &mut inst.options {
                 m.insert("server_version".into(), info.version.into());
+                if let Some(f) = info.details.get("flavor") {
+                    m.insert("server_flavor".into(), f.clone());
+                }
             }
         }
         self.catalog.insert_instance(&inst).await?;

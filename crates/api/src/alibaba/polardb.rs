@@ -6,8 +6,8 @@ use super::rpc::{
     RpcError, RpcRequest, backup_task_filter, ok_response, owned_instance, start_manual_backup,
 };
 use super::shared::{
-    Page, RowFilters, default_part, delete_sets, engine_version, mode_name, mode_of,
-    product_instances, query_sets, with_download_urls,
+    Page, RowFilters, default_part, delete_sets, engine_version, instance_engine, mode_name,
+    mode_of, product_instances, query_sets, with_download_urls,
 };
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -101,7 +101,9 @@ fn backup_json(s: &BackupSet) -> Value {
         "BackupEndTime": format_rfc3339(s.finished_ms),
         "BackupType": "FullBackup",
         "BackupMode": mode_name(s.mode),
-        "BackupMethod": "Snapshot",
+        // PostgreSQL sets are the cluster's files ("Snapshot" in the
+        // product); MySQL sets are logical.
+        "BackupMethod": if s.method == "logical" { "Logical" } else { "Snapshot" },
         "BackupSetSize": s.bytes_logical.to_string(),
         "BackupsLevel": "Level-1",
         "ConsistentTime": (s.finished_ms / 1000).to_string(),
@@ -156,7 +158,7 @@ async fn describe_db_clusters(svc: &Service, req: &RpcRequest) -> Result<Respons
             "DBClusterId": i.id,
             "DBClusterDescription": i.name,
             "DBClusterStatus": "Running",
-            "DBType": "PostgreSQL",
+            "DBType": instance_engine(&i),
             "DBVersion": engine_version(svc, req, &i.id).await?,
             "Engine": "POLARDB",
             "RegionId": region,

@@ -3,8 +3,9 @@
 use super::policy::{Names, Ty, next_time, policy_body, render_extra, update_from};
 use super::rpc::{RpcError, RpcRequest, ok_response, start_manual_backup};
 use super::shared::{
-    Page, RowFilters, default_part, delete_sets, engine_version, mode_of, product_instances,
-    query_sets, set_engine_version, with_download_urls,
+    Page, RowFilters, binlog_fields, default_part, delete_sets, engine_version, instance_engine,
+    mode_of, product_instances, query_sets, set_engine, set_engine_version, set_method,
+    with_download_urls,
 };
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -144,12 +145,19 @@ async fn create_backup(
     req: &RpcRequest,
 ) -> Result<Response, RpcError> {
     let inst = instance_id(svc, req).await?;
+    // Each engine takes one method: PostgreSQL's is physical, MySQL's
+    // logical (Snapshot is the cloud's disk-snapshot method).
+    let method = if svc.instance(&req.principal, &inst).await?.engine == "mysql" {
+        "Logical"
+    } else {
+        "Physical"
+    };
     if let Some(m) = req.get("BackupMethod")
-        && m != "Physical"
+        && m != method
     {
         return Err(RpcError::invalid(
             "BackupMethod",
-            "only Physical backups are supported for this instance",
+            &format!("only {method} backups are supported for this instance"),
         ));
     }
     if let Some(t) = req.get("BackupType")
@@ -190,7 +198,7 @@ async fn create_backup(
 
 fn backup_json(s: &BackupSet) -> Value {
     let version = set_engine_version(s);
-    json!({
+    let mut v = json!({
         "BackupId": s.id.to_string(),
         "DBInstanceId": s.instance_id,
         "BackupStatus": "Success",
@@ -198,18 +206,24 @@ fn backup_json(s: &BackupSet) -> Value {
         "BackupEndTime": format_rfc3339(s.finished_ms),
         "BackupType": "FullBackup",
         "BackupMode": if s.mode == TaskMode::Automated { "Automated" } else { "Manual" },
-        "BackupMethod": "Physical",
+        "BackupMethod": set_method(s),
         "BackupInitiator": if s.mode == TaskMode::Automated { "System" } else { "User" },
         // Size of the data the set holds (before dedup and compression).
         "BackupSize": s.bytes_logical,
         "ConsistentTime": s.finished_ms / 1000,
-        "Engine": "PostgreSQL",
+        "Engine": set_engine(s),
         "EngineVersion": version,
         "IsAvail": 1,
         "StoreStatus": "Disabled",
         "StorageClass": "0",
         "HostInstanceID": "",
-    })
+    });
+    // MySQL: where in the binary log the set is consistent (fields outside
+    // the SDK's model, which has none for it; its raw JSON carries them).
+    if let Value::Object(m) = &mut v {
+        m.extend(binlog_fields(s));
+    }
+    v
 }
 
 async fn describe_backups(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
@@ -255,7 +269,7 @@ async fn describe_db_instances(svc: &Service, req: &RpcRequest) -> Result<Respon
         rows.push(json!({
             "DBInstanceId": i.id,
             "DBInstanceDescription": i.name,
-            "Engine": "PostgreSQL",
+            "Engine": instance_engine(&i),
             "EngineVersion": engine_version(svc, req, &i.id).await?,
             "DBInstanceStatus": "Running",
             "DBInstanceType": "Primary",

@@ -212,6 +212,62 @@ pub async fn engine_version(
         .map(|v| product_version(&i.engine, v)))
 }
 
+/// The `Engine` the rds and polardb products show: PostgreSQL, MySQL or
+/// MariaDB (a MySQL-engine instance's server, as it said when registered
+/// or in its newest set).
+pub fn product_engine(engine: &str, flavor: Option<&str>) -> &'static str {
+    match (engine, flavor) {
+        ("mysql", Some("mariadb")) => "MariaDB",
+        ("mysql", _) => "MySQL",
+        ("mongodb", _) => "MongoDB",
+        _ => "PostgreSQL",
+    }
+}
+
+/// [`product_engine`] of an instance.
+pub fn instance_engine(i: &stowage_catalog::Instance) -> &'static str {
+    product_engine(
+        &i.engine,
+        i.options.get("server_flavor").and_then(Value::as_str),
+    )
+}
+
+/// [`product_engine`] of a set.
+pub fn set_engine(s: &BackupSet) -> &'static str {
+    product_engine(&s.engine, s.meta.get("flavor").and_then(Value::as_str))
+}
+
+/// `BackupMethod` as the products name it.
+pub fn set_method(s: &BackupSet) -> &'static str {
+    if s.method == "logical" {
+        "Logical"
+    } else {
+        "Physical"
+    }
+}
+
+/// The binary log position and GTID set a MySQL set is consistent at, in
+/// the fields the SDK models have; empty for other engines.
+pub fn binlog_fields(s: &BackupSet) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    if let Some(stowage_core::ConsistentPoint::Binlog {
+        binlog_file,
+        binlog_position,
+        gtid_set,
+        ..
+    }) = &s.consistent_point
+    {
+        if let (Some(f), Some(p)) = (binlog_file, binlog_position) {
+            m.insert("BinlogFile".into(), Value::from(f.as_str()));
+            m.insert("BinlogPosition".into(), Value::from(p.to_string()));
+        }
+        if let Some(g) = gtid_set {
+            m.insert("BackupGtid".into(), Value::from(g.as_str()));
+        }
+    }
+    m
+}
+
 pub fn set_engine_version(s: &BackupSet) -> Option<String> {
     s.engine_version
         .as_deref()
@@ -219,13 +275,13 @@ pub fn set_engine_version(s: &BackupSet) -> Option<String> {
 }
 
 /// A server version as the products name it: PostgreSQL by its major
-/// ("16"), MongoDB by major.minor ("8.2").
+/// ("16"), MySQL and MongoDB by major.minor ("8.0", "8.2").
 pub fn product_version(engine: &str, v: &str) -> String {
     let parts: Vec<&str> = v
         .split(|c: char| !c.is_ascii_digit())
         .take_while(|p| !p.is_empty())
         .collect();
-    let keep = if engine == "mongodb" { 2 } else { 1 };
+    let keep = if engine == "postgresql" { 1 } else { 2 };
     if parts.is_empty() {
         return v.to_string();
     }
@@ -286,11 +342,12 @@ impl RowFilters<'_> {
 }
 
 /// The part of a set a download link packages when the listing names none:
-/// PostgreSQL's data directory, a replica set's only part (a cluster's
-/// parts are listed per node, which names the part).
+/// PostgreSQL's data directory, a MySQL dump, a replica set's only part (a
+/// cluster's parts are listed per node, which names the part).
 pub fn default_part(s: &BackupSet) -> Option<String> {
     match s.engine.as_str() {
         "postgresql" => Some("base".into()),
+        "mysql" => Some("dump".into()),
         _ => s
             .meta
             .get("replica_set")

@@ -6,7 +6,7 @@
 use crate::harness::Stowage;
 use std::path::PathBuf;
 use std::process::Command;
-use stowage_testkit::{MongoOptions, MongoServer, PgServer};
+use stowage_testkit::{MariaDbOptions, MariaDbServer, MongoOptions, MongoServer, PgServer};
 
 /// The virtual environment with the official SDKs: built from the pinned
 /// `tests/compat/requirements.txt`, rebuilt when that file changes, checked
@@ -228,6 +228,50 @@ fn alibaba_sdks_drive_real_backups() {
         "alibaba_dds.py",
         &[("INSTANCE", &mongo), ("SHARDED", &sharded)],
         "all dds SDK checks passed",
+    );
+}
+
+/// The rds and polardb SDKs against MariaDB behind `rm-` and `pc-` ids:
+/// engine and version, logical backups through the task APIs, the binary
+/// log position in DescribeBackups, the dump behind its download link.
+#[test]
+fn alibaba_sdks_back_up_mariadb() {
+    let v = venv();
+    let work = tempfile::tempdir().unwrap();
+    let m = MariaDbServer::start(MariaDbOptions::default());
+    m.sql(
+        "CREATE DATABASE shop; USE shop;
+         CREATE TABLE orders (id INT PRIMARY KEY, pad VARCHAR(200)) ENGINE=InnoDB;
+         INSERT INTO orders SELECT seq, REPEAT('o', 150) FROM seq_1_to_20000;",
+    );
+    let s = Stowage::start(&work.path().join("stowage"));
+    let port = m.port.to_string();
+    let add = |name: &str, dialect: &str| -> String {
+        s.json(&[
+            "instance",
+            "add",
+            "--name",
+            name,
+            "--engine",
+            "mysql",
+            "--port",
+            &port,
+            "--dialect",
+            dialect,
+            "--max-rate-kbps",
+            "1024",
+        ])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (rds, cluster) = (add("maria", "rds"), add("maria-pc", "polardb"));
+    run_script(
+        &v,
+        &s,
+        "alibaba_mysql.py",
+        &[("INSTANCE", &rds), ("CLUSTER", &cluster)],
+        "all mysql SDK checks passed",
     );
 }
 

@@ -130,7 +130,10 @@ pub async fn serve_link(
     });
     let mut r = Response::builder()
         .status(status)
-        .header(header::CONTENT_TYPE, "application/x-tar")
+        .header(
+            header::CONTENT_TYPE,
+            stowage_service::downloads::content_type(&file),
+        )
         .header(header::CONTENT_LENGTH, count)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::ETAG, etag)
@@ -252,7 +255,10 @@ pub async fn serve_set_link(
     };
     let headers = |b: axum::http::response::Builder| {
         b.status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/x-tar")
+            .header(
+                header::CONTENT_TYPE,
+                stowage_service::downloads::content_type(&file),
+            )
             .header(header::CACHE_CONTROL, "no-store")
             .header(
                 header::CONTENT_DISPOSITION,

@@ -592,6 +592,9 @@ struct BackupBody {
     /// Take everything again rather than build on the newest set.
     #[serde(default)]
     full: bool,
+    /// `logical` or `physical` (MySQL); default the engine's own.
+    #[serde(default)]
+    method: Option<String>,
 }
 
 async fn create_backup(
@@ -613,6 +616,7 @@ async fn create_backup(
                 retention_days: b.retention_days,
                 comment: b.comment,
                 full: b.full,
+                method: b.method,
             },
         )
         .await?;

@@ -119,6 +119,12 @@ enum Cmd {
         /// bytes). No effect on PostgreSQL (always a full base backup).
         #[arg(long)]
         full: bool,
+        /// MySQL/MariaDB: logical (the default: SQL read over the connection,
+        /// restores into any server) or physical (mariadb-backup copies the data
+        /// directory; the server must be on the machine Stowage runs on; restores
+        /// into a folder that mariadbd starts on; admin keys only).
+        #[arg(long, value_parser = ["logical", "physical"])]
+        method: Option<String>,
     },
     /// Inspect and control backup tasks.
     #[command(subcommand)]
@@ -1439,8 +1445,9 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             comment,
             retention_days,
             full,
+            method,
         } => {
-            let mut body = json!({"client_token": client_token, "comment": comment, "retention_days": retention_days});
+            let mut body = json!({"client_token": client_token, "comment": comment, "retention_days": retention_days, "method": method});
             if full {
                 body["full"] = json!(true);
             }

@@ -180,6 +180,9 @@ pub struct BackupOptions {
     /// The instance's newest set, for engines that can build on it
     /// ([`Engine::builds_on_earlier_sets`]); `None` for a full backup.
     pub base: Option<BaseSet>,
+    /// The method asked for ([`Engine::takes_method`]); empty: the
+    /// engine's own ([`Engine::method`]).
+    pub method: String,
 }
 
 /// A finished set of the same instance a backup may build on: a logical
@@ -217,6 +220,12 @@ pub struct BackupOutcome {
 pub trait Engine: Send + Sync {
     fn name(&self) -> &'static str;
     fn method(&self) -> &'static str;
+
+    /// Whether a backup may be taken with `method` (`logical`,
+    /// `physical`). Default: only the engine's own.
+    fn takes_method(&self, method: &str) -> bool {
+        method == self.method()
+    }
 
     /// Checks an instance's engine-specific connection settings (a
     /// connection string, options) before anything connects; the message
@@ -294,15 +303,49 @@ pub trait Engine: Send + Sync {
         export::export_tar(repo, m, part, out)
     }
 
+    /// The file name extension of [`Engine::export_part`]'s format for
+    /// `part`.
+    fn export_extension(&self, _part: &str) -> &'static str {
+        "tar"
+    }
+
     /// Fix-ups after the files are in place (links, permissions).
+    /// Default: none (engines that restore into a server).
     fn after_restore(
         &self,
-        m: &Manifest,
-        target: &Path,
-        targets: &[(usize, PathBuf)],
-        set_owner: bool,
-    ) -> Result<(), EngineError>;
+        _m: &Manifest,
+        _target: &Path,
+        _targets: &[(usize, PathBuf)],
+        _set_owner: bool,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
+
+/// A regular file of a set as the engines write it (owner-only mode,
+/// written now).
+pub(crate) fn new_file(path: String) -> stowage_repo::writer::FileMeta {
+    stowage_repo::writer::FileMeta {
+        path,
+        kind: stowage_core::manifest::FileKind::File,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        mtime: stowage_repo::lock::now_ms() / 1000,
+        link_target: None,
+    }
+}
+
+/// The file a download of `part` of a set of `engine` is: the part's name
+/// and its export format's extension (`base.tar`, `dump.sql`).
+pub fn export_file_name(engine: &str, part: &str) -> String {
+    let ext = engine_for(engine).map_or("tar", |e| e.export_extension(part));
+    format!("{part}.{ext}")
+}
+
+/// The extensions exports have, and each one's media type.
+pub const EXPORT_TYPES: &[(&str, &str)] =
+    &[("tar", "application/x-tar"), ("sql", "application/sql")];
 
 /// The engine for an instance's engine name.
 pub fn engine_for(name: &str) -> Option<&'static dyn Engine> {

@@ -89,6 +89,26 @@ fn restore(
     load::restore(&conn(dst, "root", None), r, man, &o, &LiveTask::default())
 }
 
+/// Runs an SQL script with the `mariadb` client, as a user restoring a
+/// downloaded dump would.
+fn mariadb_stdin(m: &MariaDbServer, script: &[u8]) {
+    use std::io::Write;
+    let mut c = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "--protocol=TCP", "-h127.0.0.1", "-uroot"])
+        .arg(format!("-P{}", m.port))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(script).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "mariadb < dump.sql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `CHECKSUM TABLE` of every table of `db`, by table name.
 fn checksums(m: &MariaDbServer, db: &str) -> BTreeMap<String, String> {
     let tables = m.sql(&format!(
@@ -278,6 +298,24 @@ fn every_type_and_object_restores_bit_for_bit_into_renamed_databases() {
         "nightly\tDISABLED"
     );
 
+    // The export: one SQL script the mariadb client restores as it is.
+    let mut script = Vec::new();
+    let info = stowage_engines::mysql::export::export_sql(&r, &man, "dump", &mut script).unwrap();
+    assert_eq!(info.bytes, script.len() as u64);
+    let plain = MariaDbServer::start(MariaDbOptions::default());
+    mariadb_stdin(&plain, &script);
+    assert_eq!(checksums(&src, "shop"), checksums(&plain, "shop"));
+    assert_eq!(checksums(&src, "second"), checksums(&plain, "second"));
+    assert_eq!(
+        hex_rows(&src, "shop", "every_type", EVERY_TYPE_COLS),
+        hex_rows(&plain, "shop", "every_type", EVERY_TYPE_COLS)
+    );
+    assert_eq!(plain.sql("SELECT n FROM shop.v_on_v"), "9");
+    assert_eq!(plain.sql("SELECT shop.twice(4)"), "8");
+    assert_eq!(plain.sql("SELECT COUNT(*) FROM shop.audit"), "0");
+    plain.sql("INSERT INTO shop.legacy VALUES (50, 'x')");
+    assert_eq!(plain.sql("SELECT n FROM shop.audit"), "50");
+
     // Restoring again is refused while the databases exist, then replaces
     // them with --drop.
     let e = restore(&r, &man, &dst, &[("shop", "shop2")], false).unwrap_err();
@@ -361,6 +399,7 @@ fn replayed_to(src: &MariaDbServer, file: &str, pos: u64) -> MariaDbServer {
             "--gtid-strict-mode=0".into(),
             "--max-allowed-packet=256M".into(),
         ],
+        ..Default::default()
     });
     let script = format!(
         "mariadb-binlog --no-defaults --stop-position={pos} {} | mariadb --no-defaults --max-allowed-packet=256M --protocol=TCP -h127.0.0.1 -uroot -P{}",
@@ -591,6 +630,7 @@ fn a_table_altered_during_the_backup_fails_it_by_name() {
 fn a_64_mib_longblob_restores_bit_for_bit() {
     let big = MariaDbOptions {
         extra: vec!["--max-allowed-packet=512M".into()],
+        ..Default::default()
     };
     let src = MariaDbServer::start(big.clone());
     src.sql("CREATE DATABASE d; USE d; CREATE TABLE b (id INT PRIMARY KEY, v LONGBLOB) ENGINE=InnoDB; INSERT INTO b SELECT 1, RANDOM_BYTES(1024) FROM DUAL; UPDATE b SET v = REPEAT(CONCAT(v, x'00275C0A0D1A'), 65536) WHERE id = 1; INSERT INTO b VALUES (2, 'small');");
@@ -608,4 +648,96 @@ fn a_64_mib_longblob_restores_bit_for_bit() {
         src.sql("SELECT SHA2(v, 256) FROM d.b ORDER BY id"),
         dst.sql("SELECT SHA2(v, 256) FROM d.b ORDER BY id")
     );
+}
+
+#[test]
+fn a_physical_backup_under_writers_restores_into_a_folder_mariadbd_starts_on() {
+    use std::sync::atomic::AtomicBool;
+    use stowage_engines::mysql::physical;
+    let src = MariaDbServer::start(MariaDbOptions::default());
+    src.sql(
+        "CREATE DATABASE bank; USE bank;
+         CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB;
+         INSERT INTO accounts SELECT seq, 1000 FROM seq_0_to_199;
+         CREATE TABLE moves (id BIGINT PRIMARY KEY AUTO_INCREMENT, a INT, b INT, amt INT) ENGINE=InnoDB;
+         CREATE TABLE filler (id INT PRIMARY KEY, pad VARCHAR(200)) ENGINE=InnoDB;
+         INSERT INTO filler SELECT seq, REPEAT('f', 150) FROM seq_1_to_100000;
+         CREATE TABLE ledger (id BIGINT PRIMARY KEY AUTO_INCREMENT, a INT, amt INT) ENGINE=MyISAM;",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let r = repo(&work.path().join("repo"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|i| transfers(&src, 11 + i, true, Duration::ZERO, stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let live = LiveTask::default();
+    let mut bw = r.start_backup(2).unwrap();
+    let out = physical::backup(&conn(&src, "root", None), None, 2, &mut bw, &live).unwrap();
+    let (snap, man) = bw.finish(BTreeMap::new(), out.meta.clone()).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let _ = snap;
+    assert_eq!(man.archives.len(), 1);
+    assert_eq!(man.archives[0].name, "data");
+    let names: Vec<&str> = man.archives[0]
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert!(
+        names.contains(&"ibdata1")
+            && names.contains(&"xtrabackup_binlog_info")
+            && names.iter().any(|n| n.starts_with("bank/filler.")),
+        "{names:?}"
+    );
+    assert!(live.bytes_done.load(std::sync::atomic::Ordering::Relaxed) > 10_000_000);
+    let ConsistentPoint::Binlog {
+        binlog_file: Some(file),
+        binlog_position: Some(pos),
+        ..
+    } = &out.consistent_point
+    else {
+        panic!("{:?}", out.consistent_point)
+    };
+
+    // Into a folder, prepared: a data directory.
+    let target = work.path().join("restored");
+    let engine = stowage_engines::engine_for("mysql").unwrap();
+    let targets = engine.restore_targets(&man, &target).unwrap();
+    let plan = stowage_repo::restore::plan(&man, &r.index(), &targets).unwrap();
+    r.restore(
+        &plan,
+        &stowage_repo::restore::RestoreOptions::default(),
+        &|_, _| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    engine
+        .after_restore(&man, &target, &targets, false)
+        .unwrap();
+    let restored = MariaDbServer::start(MariaDbOptions {
+        data_from: Some(target),
+        ..Default::default()
+    });
+    assert_eq!(
+        restored.sql("SELECT SUM(balance) FROM bank.accounts"),
+        "200000"
+    );
+    let at_point = replayed_to(&src, file, *pos);
+    assert_eq!(checksums(&restored, "bank"), checksums(&at_point, "bank"));
+
+    // A physical set restores into a folder, not into a server.
+    let e = engine
+        .restore_into(
+            &conn(&at_point, "root", None),
+            &r,
+            &man,
+            &Default::default(),
+            &LiveTask::default(),
+        )
+        .unwrap_err();
+    assert!(e.message.contains("--target"), "{}", e.message);
 }

@@ -82,10 +82,11 @@ impl Downloads {
         hex::encode(m.finalize().into_bytes())
     }
 
-    /// The on-demand link of one part of a set of `account`, valid until
-    /// `expires`.
-    pub fn set_link(&self, account: &str, set: i64, part: &str, expires: i64) -> String {
-        let path = format!("sets/{account}/{set}/{part}.tar");
+    /// The on-demand link of one part of a set of `account` (`file`: the
+    /// part's export file, `stowage_engines::export_file_name`), valid
+    /// until `expires`.
+    pub fn set_link(&self, account: &str, set: i64, file: &str, expires: i64) -> String {
+        let path = format!("sets/{account}/{set}/{file}");
         let sig = self.mac_of(&format!("{path}\n{expires}"));
         format!("/v1/downloads/{path}?expires={expires}&sig={sig}")
     }
@@ -109,7 +110,7 @@ impl Downloads {
         if !same || now_s > expires || !valid_file_name(file) {
             return None;
         }
-        file.strip_suffix(".tar").map(str::to_string)
+        part_of(file).map(str::to_string)
     }
 
     /// The link's path and query for a task's file, valid until `expires`.
@@ -186,11 +187,30 @@ pub fn linkable_part(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// A file name a download may have: a part's name and `.tar`.
+/// The part a download's file is of (its name without the extension).
+pub fn part_of(file: &str) -> Option<&str> {
+    let (part, ext) = file.rsplit_once('.')?;
+    stowage_engines::EXPORT_TYPES
+        .iter()
+        .any(|(e, _)| *e == ext)
+        .then_some(part)
+}
+
+/// The media type of a download's file.
+pub fn content_type(file: &str) -> &'static str {
+    let ext = file.rsplit_once('.').map_or("", |(_, e)| e);
+    stowage_engines::EXPORT_TYPES
+        .iter()
+        .find(|(e, _)| *e == ext)
+        .map_or("application/octet-stream", |(_, t)| t)
+}
+
+/// A file name a download may have: a part's name and an export's
+/// extension (`.tar`, `.sql`).
 pub fn valid_file_name(f: &str) -> bool {
     !f.is_empty()
         && f.len() <= 200
-        && f.ends_with(".tar")
+        && part_of(f).is_some_and(|p| !p.is_empty())
         && !f.starts_with('.')
         && f.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.%".contains(&b))
@@ -199,6 +219,15 @@ pub fn valid_file_name(f: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_have_their_part_and_media_type() {
+        assert_eq!(part_of("dds-a_0.tar"), Some("dds-a_0"));
+        assert_eq!(part_of("dump.sql"), Some("dump"));
+        assert_eq!(part_of("dump.part"), None);
+        assert_eq!(content_type("base.tar"), "application/x-tar");
+        assert_eq!(content_type("dump.sql"), "application/sql");
+    }
 
     #[test]
     fn links_are_refused_when_changed_expired_or_foreign() {
@@ -241,11 +270,14 @@ mod tests {
             !valid_file_name("../x.tar")
                 && !valid_file_name(".tar")
                 && valid_file_name("cmgo-a_0.tar")
+                && valid_file_name("dump.sql")
+                && !valid_file_name("dump.tar.part")
+                && !valid_file_name("dump.exe")
         );
         assert!(a.set_link_secs(60).is_err() && a.set_link_secs(300).is_ok());
         // Set links: bound to the account, the set, the part and the expiry,
         // and never valid as a task link (or the other way round).
-        let sl = a.set_link("acme", 7, "rs0", 1000);
+        let sl = a.set_link("acme", 7, "rs0.tar", 1000);
         assert!(
             sl.starts_with("/v1/downloads/sets/acme/7/rs0.tar?expires=1000&sig="),
             "{sl}"

@@ -21,6 +21,7 @@ pub mod secrets;
 
 pub use runner::PartExport;
 pub use scheduler::PolicyUpdate;
+pub use stowage_engines::export_file_name;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
 pub use stowage_engines::ErrorKind as DbErrorKind;
@@ -149,6 +150,9 @@ pub struct BackupRequest {
     /// Take everything again: an engine that builds on the instance's
     /// newest set (MongoDB reuses its dump) takes a new one.
     pub full: bool,
+    /// `logical` or `physical` for an engine that takes both (MySQL);
+    /// `None`: the engine's own.
+    pub method: Option<String>,
 }
 
 /// A change to an instance's connection settings; `None` keeps a field.
@@ -1206,6 +1210,7 @@ impl Service {
             retention_days,
             comment,
             full,
+            method,
         } = r;
         if let Some(d) = retention_days {
             stowage_core::BackupPolicy::check_retention(d)
@@ -1232,6 +1237,35 @@ impl Service {
             ));
         }
         let i = self.instance(p, instance).await?;
+        let engine = stowage_engines::engine_for(&i.engine);
+        let method = match method {
+            None => engine.map_or("", |e| e.method()).to_string(),
+            Some(m) => {
+                if !engine.is_some_and(|e| e.takes_method(&m)) {
+                    return Err(ServiceError::invalid(
+                        format!(
+                            "method: a {} instance is backed up with method {}",
+                            i.engine,
+                            engine.map_or("", |e| e.method())
+                        ) + if i.engine == "mysql" {
+                            " or physical"
+                        } else {
+                            ""
+                        },
+                    ));
+                }
+                // The physical method reads the server's files on this
+                // machine, where the server says they are: the operator's
+                // call, never a tenant's.
+                if m == "physical" && i.engine == "mysql" && !p.admin {
+                    return Err(ServiceError::new(
+                        ErrorKind::Forbidden,
+                        "method physical: it reads the server's data directory on Stowage's machine; only the operator's (admin) keys may ask for it",
+                    ));
+                }
+                m
+            }
+        };
         let created = self
             .catalog
             .create_task(
@@ -1245,12 +1279,7 @@ impl Service {
                     } else {
                         serde_json::json!({})
                     },
-                    ..NewTask::backup(
-                        &p.account_id,
-                        &i.id,
-                        mode,
-                        stowage_engines::engine_for(&i.engine).map_or("", |e| e.method()),
-                    )
+                    ..NewTask::backup(&p.account_id, &i.id, mode, &method)
                 },
                 now_ms(),
             )
@@ -1674,6 +1703,11 @@ impl Service {
                 "a PostgreSQL set restores into a folder (target), not into a running server",
             ));
         }
+        if set.method == "physical" && set.engine == "mysql" {
+            return Err(ServiceError::invalid(
+                "a physical MySQL set restores into a folder (--target): the folder is then a data directory to start mariadbd on",
+            ));
+        }
         let valid_db = |n: &str| {
             !n.is_empty() && n.len() <= 63 && !n.contains(['/', '\\', '.', ' ', '"', '$', '\0'])
         };
@@ -1830,14 +1864,15 @@ impl Service {
         (expires >= now_ms() / 1000).then(|| (self.downloads.link(t.id, file, expires), expires))
     }
 
-    /// A download link for each `(set id, part)` of the caller's, to show
+    /// A download link for each `(set id, part, file)` of the caller's
+    /// (`file`: the part's export file, `stowage_engines::export_file_name`), to show
     /// with a backup listing: a finished download task's link while it works
     /// for at least ten more minutes, else an on-demand set link (packaged
     /// as it is fetched; see `downloads`). Unix-second expiries with them.
     pub async fn backup_links(
         &self,
         p: &Principal,
-        wanted: &[(i64, String)],
+        wanted: &[(i64, String, String)],
     ) -> ServiceResult<Vec<(String, i64)>> {
         let done = if wanted.is_empty() {
             Vec::new()
@@ -1846,7 +1881,7 @@ impl Service {
             let f = TaskFilter {
                 kinds: vec![TaskKind::Download],
                 states: vec![TaskState::Finished],
-                set_ids: wanted.iter().map(|(set, _)| *set).collect(),
+                set_ids: wanted.iter().map(|(set, _, _)| *set).collect(),
                 limit: Some(1000),
                 ..Default::default()
             };
@@ -1855,7 +1890,7 @@ impl Service {
         let now = now_ms() / 1000;
         Ok(wanted
             .iter()
-            .map(|(set, part)| {
+            .map(|(set, part, file)| {
                 done.iter()
                     .filter(|t| {
                         t.set_id == Some(*set)
@@ -1866,7 +1901,7 @@ impl Service {
                     .find(|(_, expires)| *expires > now + 600)
                     .unwrap_or_else(|| {
                         let expires = now + self.downloads.link_secs() as i64;
-                        let link = self.downloads.set_link(&p.account_id, *set, part, expires);
+                        let link = self.downloads.set_link(&p.account_id, *set, file, expires);
                         (link, expires)
                     })
             })
@@ -1889,10 +1924,13 @@ impl Service {
         else {
             return Ok(None);
         };
+        // The file's format is the set's engine's (a signed name always
+        // is; checked so a file is never served under another's type).
         Ok(self
             .catalog
             .backup_set(account, set)
             .await?
+            .filter(|s| export_file_name(&s.engine, &part) == file)
             .map(|s| (s, part)))
     }
 

@@ -438,6 +438,7 @@ pub(crate) async fn run_backup(
             .and_then(|v| v.as_u64())
             .map(|v| v as u32),
         base: None,
+        method: task.method.clone(),
     };
     // The newest set of the instance, for an engine that can build on it
     // (unless a full backup was asked for); its manifest is read once the
@@ -534,7 +535,11 @@ pub(crate) async fn run_backup(
                 snapshot_id: snap,
                 engine: inst.engine.clone(),
                 engine_version: Some(out.engine_version.clone()),
-                method: engine.method().into(),
+                method: if task.method.is_empty() {
+                    engine.method().into()
+                } else {
+                    task.method.clone()
+                },
                 started_ms: started,
                 finished_ms: m.finished_ms,
                 bytes_logical: m.summary.bytes_logical,
@@ -745,7 +750,7 @@ fn download_work(
         EngineError::new(kind, format!("{}: {e}", dir.display()))
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
-    let file = format!("{part}.tar");
+    let file = format!("{part}.{}", export.engine.export_extension(&part));
     let tmp = dir.join(format!("{file}.part"));
     // A `.part` left by an earlier attempt is started over.
     let _ = std::fs::remove_file(&tmp);

@@ -11,10 +11,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Extra `mariadbd` options (`--name=value`).
+/// How to start a server.
 #[derive(Clone, Debug, Default)]
 pub struct MariaDbOptions {
+    /// Extra `mariadbd` options (`--name=value`).
     pub extra: Vec<String>,
+    /// Start on a copy of this data directory (a restored backup) instead
+    /// of fresh system tables.
+    pub data_from: Option<PathBuf>,
 }
 
 pub struct MariaDbServer {
@@ -78,7 +82,7 @@ impl MariaDbServer {
             .tempdir()
             .unwrap();
         let data = dir.path().join("data");
-        copy_dir(template(), &data);
+        copy_dir(opts.data_from.as_deref().unwrap_or(template()), &data);
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let mut s = MariaDbServer {
             dir,

@@ -127,7 +127,7 @@ async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response,
             ));
         }
     }
-    let t = start_manual_backup(svc, req, &inst, "IncorrectDBInstanceState").await?;
+    let t = start_manual_backup(svc, req, &inst, "IncorrectDBInstanceState", None).await?;
     // The set a task produces gets the task's id (see the catalog).
     Ok(ok_response(
         json!({"BackupJobId": t.id.to_string(), "BackupId": t.id.to_string()}),

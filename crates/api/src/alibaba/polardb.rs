@@ -84,7 +84,8 @@ async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Respon
 
 async fn create_backup(svc: &Arc<Service>, req: &RpcRequest) -> Result<Response, RpcError> {
     let cluster = cluster_id(svc, req).await?;
-    let t = start_manual_backup(svc, req, &cluster, "OperationDenied.DBClusterStatus").await?;
+    let t =
+        start_manual_backup(svc, req, &cluster, "OperationDenied.DBClusterStatus", None).await?;
     Ok(ok_response(
         json!({"BackupJobId": t.id.to_string()}),
         &req.request_id,

@@ -145,21 +145,28 @@ async fn create_backup(
     req: &RpcRequest,
 ) -> Result<Response, RpcError> {
     let inst = instance_id(svc, req).await?;
-    // Each engine takes one method: PostgreSQL's is physical, MySQL's
-    // logical (Snapshot is the cloud's disk-snapshot method).
-    let method = if svc.instance(&req.principal, &inst).await?.engine == "mysql" {
-        "Logical"
-    } else {
-        "Physical"
+    // PostgreSQL takes Physical; MySQL Logical (its default) or Physical
+    // (mariadb-backup on the database's machine). Snapshot is the cloud's
+    // disk-snapshot method, which Stowage has not.
+    let mysql = svc.instance(&req.principal, &inst).await?.engine == "mysql";
+    let method = match (req.get("BackupMethod"), mysql) {
+        (None, _) => None,
+        (Some("Physical"), false) => None,
+        (Some("Logical"), true) => Some("logical"),
+        (Some("Physical"), true) => Some("physical"),
+        (Some(_), false) => {
+            return Err(RpcError::invalid(
+                "BackupMethod",
+                "only Physical backups are supported for this instance",
+            ));
+        }
+        (Some(_), true) => {
+            return Err(RpcError::invalid(
+                "BackupMethod",
+                "expected Logical or Physical for this instance",
+            ));
+        }
     };
-    if let Some(m) = req.get("BackupMethod")
-        && m != method
-    {
-        return Err(RpcError::invalid(
-            "BackupMethod",
-            &format!("only {method} backups are supported for this instance"),
-        ));
-    }
     if let Some(t) = req.get("BackupType")
         && !["Auto", "FullBackup", "IncrementalBackup"].contains(&t)
     {
@@ -189,7 +196,7 @@ async fn create_backup(
             "database-level backups are not supported: the whole instance is backed up",
         ));
     }
-    let t = start_manual_backup(svc, req, &inst, "IncorrectDBInstanceState").await?;
+    let t = start_manual_backup(svc, req, &inst, "IncorrectDBInstanceState", method).await?;
     Ok(ok_response(
         json!({"BackupJobId": t.id.to_string()}),
         &req.request_id,

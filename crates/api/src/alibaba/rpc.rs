@@ -241,6 +241,7 @@ pub async fn start_manual_backup(
     req: &RpcRequest,
     instance: &str,
     busy: &str,
+    method: Option<&str>,
 ) -> Result<stowage_catalog::Task, RpcError> {
     let token = req.get("ClientToken").map(str::to_string);
     // rds and dds: keep this set this many days (the cloud's 7 to 730;
@@ -269,6 +270,7 @@ pub async fn start_manual_backup(
                 retention_days: retention,
                 comment: req.get("Comment").map(str::to_string),
                 full: false,
+                method: method.map(str::to_string),
             },
         )
         .await

@@ -347,6 +347,7 @@ impl RowFilters<'_> {
 pub fn default_part(s: &BackupSet) -> Option<String> {
     match s.engine.as_str() {
         "postgresql" => Some("base".into()),
+        "mysql" if s.method == "physical" => Some("data".into()),
         "mysql" => Some("dump".into()),
         _ => s
             .meta
@@ -368,14 +369,19 @@ pub async fn with_download_urls(
     part: impl Fn(&BackupSet) -> Option<String>,
     to_json: impl Fn(&BackupSet) -> Value,
 ) -> Result<Vec<Value>, RpcError> {
-    let wanted: Vec<(usize, (i64, String))> = sets
+    let wanted: Vec<(usize, (i64, String, String))> = sets
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| part(s).map(|p| (i, (s.id, p))))
+        .filter_map(|(i, s)| {
+            part(s).map(|p| {
+                let file = stowage_service::export_file_name(&s.engine, &p);
+                (i, (s.id, p, file))
+            })
+        })
         // A part whose name a link cannot carry as is gets no URL.
-        .filter(|(_, (_, p))| stowage_service::downloads::linkable_part(p))
+        .filter(|(_, (_, p, _))| stowage_service::downloads::linkable_part(p))
         .collect();
-    let pairs: Vec<(i64, String)> = wanted.iter().map(|(_, w)| w.clone()).collect();
+    let pairs: Vec<(i64, String, String)> = wanted.iter().map(|(_, w)| w.clone()).collect();
     let links = svc.backup_links(&req.principal, &pairs).await?;
     let mut urls = vec![String::new(); sets.len()];
     for ((i, _), (path, _)) in wanted.iter().zip(links) {

@@ -392,6 +392,7 @@ async fn create_backup(svc: &Arc<Service>, req: &TcRequest) -> Result<Response, 
                 retention_days: retention,
                 comment: remark,
                 full: false,
+                method: None,
             },
         )
         .await

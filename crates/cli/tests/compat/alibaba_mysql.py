@@ -3,8 +3,10 @@ against a running Stowage whose rm- and pc- instances are MariaDB servers.
 ENDPOINT, AK, SK, INSTANCE (rm-), CLUSTER (pc-) from the environment; run by
 crates/cli/tests/e2e/sdk.rs."""
 
+import io
 import json
 import os
+import tarfile
 import time
 
 from alibabacloud_polardb20170801 import models as pdb
@@ -14,7 +16,7 @@ from alibabacloud_rds20140815.client import Client as RdsClient
 from alibabacloud_tea_openapi import models as open_api
 from alibabacloud_tea_openapi.exceptions import ClientException
 from darabonba.runtime import RuntimeOptions
-from links import fetch_tar
+import urllib.request
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkrds.request.v20140815.DescribeBackupsRequest import DescribeBackupsRequest
 
@@ -42,12 +44,12 @@ body = c.describe_dbinstances_with_options(
     rds.DescribeDBInstancesRequest(region_id="cn-hangzhou", engine="PostgreSQL"), RT).body
 assert body.items.dbinstance == [], body.to_map()
 
-# A physical backup is refused for a logical engine, naming the parameter.
+# The cloud's disk snapshots are not a method Stowage has.
 try:
-    c.create_backup_with_options(rds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_method="Physical"), RT)
-    raise AssertionError("Physical accepted")
+    c.create_backup_with_options(rds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_method="Snapshot"), RT)
+    raise AssertionError("Snapshot accepted")
 except ClientException as e:
-    assert e.code == "InvalidParameter" and "Logical" in e.message, (e.code, e.message)
+    assert e.code == "InvalidParameter" and "Logical or Physical" in e.message, (e.code, e.message)
 
 job = c.create_backup_with_options(
     rds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_method="Logical"), RT).body.backup_job_id
@@ -67,10 +69,12 @@ b = c.describe_backups_with_options(rds.DescribeBackupsRequest(dbinstance_id=INS
 assert b.backup_id == j.backup_id, (b.to_map(), j.to_map())
 assert (b.engine, b.engine_version, b.backup_method) == ("MariaDB", "10.11", "Logical"), b.to_map()
 assert int(b.backup_size) > 1_000_000, b.to_map()
-# The link serves the dump as a tar.
-names, disp = fetch_tar(b.backup_download_url)
-assert "stowage-dump.json" in names and "shop.orders.00000.sql" in names, names
-assert disp == 'attachment; filename="dump.tar"', disp
+# The link serves the dump as one SQL script (mariadb < dump.sql).
+r = urllib.request.urlopen(b.backup_download_url)
+assert r.headers["Content-Type"] == "application/sql", dict(r.headers)
+assert r.headers["Content-Disposition"] == 'attachment; filename="dump.sql"', dict(r.headers)
+script = r.read()
+assert script.startswith(b"-- Stowage dump of 10.11") and b"INSERT INTO `orders`" in script, script[:300]
 
 # The binary log position is outside the model: the raw JSON has it.
 req = DescribeBackupsRequest()
@@ -82,6 +86,28 @@ r = raw["Items"]["Backup"][0]
 assert r["BinlogFile"].startswith("binlog.") and int(r["BinlogPosition"]) > 4, r
 assert r["BackupGtid"].startswith("0-1-"), r
 print(f"rds mysql: job {job} -> set {b.backup_id}, progress {percents}, {r['BinlogFile']}:{r['BinlogPosition']}")
+
+# Physical: mariadb-backup on this machine; the set is the data directory.
+job = c.create_backup_with_options(
+    rds.CreateBackupRequest(dbinstance_id=INSTANCE, backup_method="Physical"), RT).body.backup_job_id
+while True:
+    j = c.describe_backup_tasks_with_options(
+        rds.DescribeBackupTasksRequest(dbinstance_id=INSTANCE, backup_job_id=int(job)), RT).body.items.backup_job[0]
+    if j.backup_status in ("Finished", "Failed"):
+        break
+    time.sleep(0.1)
+assert j.backup_status == "Finished", j.to_map()
+sets = c.describe_backups_with_options(rds.DescribeBackupsRequest(dbinstance_id=INSTANCE), RT).body.items.backup
+phys = [b for b in sets if b.backup_id == j.backup_id][0]
+assert phys.backup_method == "Physical" and phys.engine == "MariaDB", phys.to_map()
+r = urllib.request.urlopen(phys.backup_download_url)
+assert r.headers["Content-Disposition"] == 'attachment; filename="data.tar"', dict(r.headers)
+names = tarfile.open(fileobj=io.BytesIO(r.read())).getnames()
+# mariadb-backup's files as it streams them (a data directory after
+# mariadb-backup --prepare).
+assert "ibdata1" in names and "xtrabackup_checkpoints" in names, names[:30]
+assert any(n.startswith("shop/orders.") for n in names), names
+print(f"rds mysql physical: job {job} -> set {phys.backup_id}")
 
 p = PolarClient(cfg())
 cl = p.describe_dbclusters_with_options(

@@ -199,8 +199,90 @@ fn a_mariadb_server_is_registered_backed_up_and_restored_into_another() {
         "shop=shop2",
         "--drop",
     ]);
+    // The download: one SQL script that the mariadb client restores.
+    let url = s.ok(&["download", "create", &set_id]).trim().to_string();
+    assert!(url.contains("/dump.sql?"), "{url}");
+    let mut resp = ureq::get(&url).call().unwrap();
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "application/sql"
+    );
+    let mut script = Vec::new();
+    std::io::copy(&mut resp.body_mut().as_reader(), &mut script).unwrap();
+    let plain = MariaDbServer::start(MariaDbOptions::default());
+    let mut c = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "--protocol=TCP", "-h127.0.0.1", "-uroot"])
+        .arg(format!("-P{}", plain.port))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut c.stdin.take().unwrap(), &script).unwrap();
+    assert!(c.wait().unwrap().success());
+    assert_eq!(sum(&src, "shop"), sum(&plain, "shop"));
+    assert_eq!(plain.sql("SELECT COUNT(*) FROM shop.big_orders"), "5000");
+
+    // Physical: mariadb-backup on this machine, restored into a folder
+    // that mariadbd starts on. mariadb-backup needs PROCESS as well.
+    let o = s.cli(&["backup", "shop", "--method", "physical"]);
+    assert_fails(&o, 1, "PROCESS");
+    src.sql("GRANT PROCESS ON *.* TO 'bk'@'127.0.0.1'");
+    let out = s.ok(&["backup", "shop", "--method", "physical"]);
+    assert!(
+        out.contains("backup set") && out.contains("binlog binlog."),
+        "{out}"
+    );
+    let phys = s.json(&["set", "list"])["sets"][0].clone();
+    assert_eq!(phys["method"], "physical", "{phys}");
+    let phys_id = phys["id"].to_string();
+    let out = s.ok(&["restore", &phys_id, "--target", "maria-data"]);
+    assert!(out.contains("restored"), "{out}");
+    let folder = work.path().join("acc-default").join("maria-data");
+    assert!(folder.join("ibdata1").is_file(), "{out}");
+    let started = MariaDbServer::start(MariaDbOptions {
+        data_from: Some(folder),
+        ..Default::default()
+    });
+    assert_eq!(sum(&src, "shop"), sum(&started, "shop"));
+    let o = s.cli(&["restore", &phys_id, "--into", "target"]);
+    assert_fails(&o, 2, "--target");
+    // Only the operator may have the server's files read on this machine.
+    let (ak, sk) = s.new_account_key("tenant");
+    let tpw = work.path().join("tpw");
+    std::fs::write(&tpw, "right-pw").unwrap();
+    let o = s.cli_as(
+        &ak,
+        &sk,
+        &[
+            "instance",
+            "add",
+            "--name",
+            "t-shop",
+            "--engine",
+            "mysql",
+            "--port",
+            &port,
+            "--user",
+            "bk",
+            "--password-file",
+            tpw.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.cli_as(&ak, &sk, &["backup", "t-shop", "--method", "physical"]);
+    assert_fails(&o, 2, "Forbidden");
+    let o = s.cli(&["backup", "shop", "--method", "snapshot"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
     let restores = s.json(&["task", "list", "--kind", "restore"]);
     assert_eq!(restores["tasks"][0]["state"], "finished", "{restores}");
+    assert!(
+        restores["tasks"][0]["result"]["target"].is_string(),
+        "{restores}"
+    );
     assert!(s.log().lines().all(|l| !l.contains("right-pw")));
 }
 

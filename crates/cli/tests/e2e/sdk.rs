@@ -259,7 +259,7 @@ fn alibaba_sdks_back_up_mariadb() {
             "--dialect",
             dialect,
             "--max-rate-kbps",
-            "1024",
+            "4096",
         ])["id"]
             .as_str()
             .unwrap()

@@ -436,17 +436,7 @@ struct Coll {
     size: u64,
 }
 
-fn file(path: String) -> FileMeta {
-    FileMeta {
-        path,
-        kind: FileKind::File,
-        mode: 0o600,
-        uid: 0,
-        gid: 0,
-        mtime: stowage_repo::lock::now_ms() / 1000,
-        link_target: None,
-    }
-}
+pub(crate) use crate::new_file as file;
 
 fn dir(path: String) -> FileMeta {
     FileMeta {
@@ -1940,16 +1930,6 @@ impl crate::Engine for MongoLogical {
             "indexes": total.indexes,
             "oplog_applied": total.oplog_applied,
         }))
-    }
-
-    fn after_restore(
-        &self,
-        _m: &stowage_core::manifest::Manifest,
-        _target: &std::path::Path,
-        _targets: &[(usize, std::path::PathBuf)],
-        _set_owner: bool,
-    ) -> Result<(), EngineError> {
-        Ok(())
     }
 }
 

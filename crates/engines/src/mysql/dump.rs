@@ -23,14 +23,13 @@
 
 use super::sql::{self, ValueKind};
 use super::{ARCHIVE, Facts, Flavor, Session, check_server, err, runtime};
+use crate::new_file as file;
 use crate::{BackupOptions, BackupOutcome, ConnSpec, EngineError, ErrorKind, RateLimit, join_all};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use stowage_core::manifest::FileKind;
 use stowage_core::{ConsistentPoint, LiveTask, TaskState};
-use stowage_repo::writer::FileMeta;
 use stowage_repo::{ArchiveWriter, BackupWriter};
 
 /// The dump's own description of itself, the last file of the archive.
@@ -111,18 +110,6 @@ pub struct DumpIndex {
     pub databases: Vec<DatabaseEntry>,
     pub tables: Vec<TableEntry>,
     pub objects: Vec<ObjectEntry>,
-}
-
-fn file(path: String) -> FileMeta {
-    FileMeta {
-        path,
-        kind: FileKind::File,
-        mode: 0o600,
-        uid: 0,
-        gid: 0,
-        mtime: stowage_repo::lock::now_ms() / 1000,
-        link_target: None,
-    }
 }
 
 fn put(w: &mut ArchiveWriter, path: String, data: &[u8]) -> Result<(), EngineError> {

@@ -15,8 +15,11 @@
 //! workers wait on it (`Session`).
 
 pub mod dump;
+pub mod export;
 pub mod load;
+pub mod physical;
 pub mod sql;
+pub mod xbstream;
 
 use crate::{ConnSpec, EngineError, ErrorKind};
 use mysql_async::prelude::Queryable;
@@ -506,6 +509,10 @@ impl crate::Engine for MysqlLogical {
         "logical"
     }
 
+    fn takes_method(&self, method: &str) -> bool {
+        matches!(method, "logical" | "physical")
+    }
+
     fn check(&self, conn: &ConnSpec) -> Result<crate::ServerInfo, EngineError> {
         let rt = runtime()?;
         let mut s = Session::connect(&rt, conn)?;
@@ -537,18 +544,41 @@ impl crate::Engine for MysqlLogical {
         writer: &mut stowage_repo::BackupWriter,
         live: &stowage_core::LiveTask,
     ) -> Result<crate::BackupOutcome, EngineError> {
+        if opts.method == "physical" {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            return physical::backup(conn, opts.max_rate_kbps, threads, writer, live);
+        }
         dump::backup(conn, &dump::DumpOptions::from_backup(opts), writer, live)
     }
 
+    /// A physical set's data directory goes into the folder as it is.
     fn restore_targets(
         &self,
-        _m: &stowage_core::manifest::Manifest,
-        _target: &std::path::Path,
+        m: &stowage_core::manifest::Manifest,
+        target: &std::path::Path,
     ) -> Result<Vec<(usize, std::path::PathBuf)>, EngineError> {
-        Err(err(
-            ErrorKind::Unsupported,
-            "a MySQL logical backup restores into a running server, not into a folder: restore it --into a registered MySQL instance",
-        ))
+        match m.archives.iter().position(|a| a.name == physical::ARCHIVE) {
+            Some(i) => Ok(vec![(i, target.to_path_buf())]),
+            None => Err(err(
+                ErrorKind::Unsupported,
+                "a MySQL logical backup restores into a running server, not into a folder: restore it --into a registered MySQL instance",
+            )),
+        }
+    }
+
+    /// `mariadb-backup --prepare` on the restored folder: it is then a data
+    /// directory.
+    fn after_restore(
+        &self,
+        m: &stowage_core::manifest::Manifest,
+        target: &std::path::Path,
+        _targets: &[(usize, std::path::PathBuf)],
+        _set_owner: bool,
+    ) -> Result<(), EngineError> {
+        if m.archives.iter().any(|a| a.name == physical::ARCHIVE) {
+            physical::prepare(target)?;
+        }
+        Ok(())
     }
 
     fn restore_into(
@@ -559,6 +589,12 @@ impl crate::Engine for MysqlLogical {
         opts: &crate::RestoreIntoOptions,
         live: &stowage_core::LiveTask,
     ) -> Result<serde_json::Value, EngineError> {
+        if m.archives.iter().any(|a| a.name == physical::ARCHIVE) {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "a physical MySQL backup restores into a folder (--target): the folder is then a data directory to start mariadbd on",
+            ));
+        }
         if opts.part.as_deref().is_some_and(|p| p != ARCHIVE) {
             return Err(err(
                 ErrorKind::Unsupported,
@@ -573,14 +609,24 @@ impl crate::Engine for MysqlLogical {
         load::restore(conn, repo, m, &o, live)
     }
 
-    fn after_restore(
+    /// A logical set: one SQL script (`mariadb < dump.sql` restores it);
+    /// a physical one: a tar of the data directory.
+    fn export_part(
         &self,
-        _m: &stowage_core::manifest::Manifest,
-        _target: &std::path::Path,
-        _targets: &[(usize, std::path::PathBuf)],
-        _set_owner: bool,
-    ) -> Result<(), EngineError> {
-        Ok(())
+        repo: &Arc<stowage_repo::Repository>,
+        m: &stowage_core::manifest::Manifest,
+        part: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<crate::export::ExportInfo, EngineError> {
+        if part == ARCHIVE {
+            export::export_sql(repo, m, part, out)
+        } else {
+            crate::export::export_tar(repo, m, part, out)
+        }
+    }
+
+    fn export_extension(&self, part: &str) -> &'static str {
+        if part == ARCHIVE { "sql" } else { "tar" }
     }
 }
 

@@ -85,6 +85,7 @@ fn restore(
             .collect(),
         drop,
         threads: 2,
+        defer_indexes: true,
     };
     load::restore(&conn(dst, "root", None), r, man, &o, &LiveTask::default())
 }
@@ -173,7 +174,7 @@ INSERT INTO composite SELECT seq % 7, CONCAT('k', seq), seq FROM seq_1_to_3000;
 CREATE TABLE nokey (v VARCHAR(20), n INT) ENGINE=InnoDB;
 INSERT INTO nokey SELECT CONCAT('v', seq % 13), seq FROM seq_1_to_2000;
 INSERT INTO nokey VALUES ('dup', 1), ('dup', 1);
-CREATE TABLE big (id BIGINT PRIMARY KEY AUTO_INCREMENT, pad VARCHAR(200)) ENGINE=InnoDB;
+CREATE TABLE big (id BIGINT PRIMARY KEY AUTO_INCREMENT, pad VARCHAR(200), KEY pad_k (pad(10)), KEY both_k (pad(3), id)) ENGINE=InnoDB;
 INSERT INTO big (pad) SELECT REPEAT(CHAR(65 + seq % 26), 150) FROM seq_1_to_30000;
 CREATE TABLE legacy (id INT PRIMARY KEY, v VARCHAR(10)) ENGINE=MyISAM;
 INSERT INTO legacy VALUES (1, 'one'), (2, 'two');
@@ -238,6 +239,8 @@ fn every_type_and_object_restores_bit_for_bit_into_renamed_databases() {
     let dst = MariaDbServer::start(MariaDbOptions::default());
     let st = restore(&r, &man, &dst, &[("shop", "shop2")], false).unwrap();
     assert_eq!(st["databases"], 2, "{st}");
+    // `big`'s two secondary indexes were built after its rows.
+    assert_eq!(st["tables_with_deferred_indexes"], 1, "{st}");
     assert_eq!(st["views"], 3, "{st}");
     assert_eq!(st["objects"], 4, "{st}");
 

@@ -185,6 +185,7 @@ impl Service {
 
     async fn schedule_windows(&self, now: i64) -> ServiceResult<()> {
         for ip in self.catalog.instance_policies().await? {
+            let method = policy_method(&ip, self.admin_account.get().map(String::as_str));
             let policy = ip.policy.map(|s| s.policy).unwrap_or_default();
             let Some(o) = policy.occurrence(now) else {
                 continue;
@@ -194,7 +195,6 @@ impl Service {
             {
                 continue;
             }
-            let method = stowage_engines::engine_for(&ip.engine).map_or("", |e| e.method());
             let t = NewTask {
                 node: Some(self.node.clone()),
                 scheduled_ms: Some(o.start_ms),
@@ -361,5 +361,85 @@ impl Service {
         let job = self.start_gc(&p).await?;
         tracing::info!(job = job.id, "gc started to reclaim deleted sets");
         Ok(())
+    }
+}
+
+/// The method of an instance's automated backups: the policy's
+/// `BackupMethod` where its engine takes it (MySQL: `Physical`, for the
+/// operator's own instances only, since it reads the server's files on this
+/// machine), else the engine's own.
+pub fn policy_method(
+    ip: &stowage_catalog::InstancePolicy,
+    admin_account: Option<&str>,
+) -> &'static str {
+    let engine = stowage_engines::engine_for(&ip.engine);
+    let own = engine.map_or("", |e| e.method());
+    let asked = ip
+        .policy
+        .as_ref()
+        .and_then(|p| p.extra.get("BackupMethod"))
+        .and_then(|v| v.as_str())
+        .map(str::to_ascii_lowercase);
+    match asked.as_deref() {
+        Some("physical")
+            if admin_account == Some(ip.account_id.as_str())
+                && engine
+                    .is_some_and(|e| e.method() != "physical" && e.takes_method("physical")) =>
+        {
+            "physical"
+        }
+        _ => own,
+    }
+}
+
+#[cfg(test)]
+mod policy_method_tests {
+    use super::policy_method;
+    use stowage_catalog::{InstancePolicy, StoredPolicy};
+
+    fn ip(engine: &str, account: &str, method: Option<&str>) -> InstancePolicy {
+        InstancePolicy {
+            instance_id: "rm-x".into(),
+            account_id: account.into(),
+            engine: engine.into(),
+            policy: method.map(|m| StoredPolicy {
+                policy: Default::default(),
+                extra: [("BackupMethod".to_string(), serde_json::json!(m))]
+                    .into_iter()
+                    .collect(),
+                updated_ms: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_policy_chooses_the_method_its_engine_takes() {
+        let admin = Some("acc-admin");
+        assert_eq!(
+            policy_method(&ip("mysql", "acc-admin", None), admin),
+            "logical"
+        );
+        assert_eq!(
+            policy_method(&ip("mysql", "acc-admin", Some("Physical")), admin),
+            "physical"
+        );
+        assert_eq!(
+            policy_method(&ip("mysql", "acc-admin", Some("Logical")), admin),
+            "logical"
+        );
+        // A tenant's instance never gets the physical method.
+        assert_eq!(
+            policy_method(&ip("mysql", "acc-t", Some("Physical")), admin),
+            "logical"
+        );
+        // PostgreSQL is physical whatever the policy says.
+        assert_eq!(
+            policy_method(&ip("postgresql", "acc-admin", Some("Logical")), admin),
+            "physical"
+        );
+        assert_eq!(
+            policy_method(&ip("mongodb", "acc-admin", Some("Physical")), admin),
+            "logical"
+        );
     }
 }

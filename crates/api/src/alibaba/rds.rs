@@ -357,14 +357,19 @@ const POLICY: Names = Names {
 
 /// rds policy fields Stowage stores but does not act on, with the values a
 /// new instance shows (typed as the SDK model declares them).
-fn policy_defaults() -> Vec<(&'static str, Value)> {
+/// `mysql`: the instance is MySQL, whose automated backups are logical
+/// unless the policy says Physical.
+fn policy_defaults(mysql: bool) -> Vec<(&'static str, Value)> {
     vec![
         ("ArchiveBackupKeepCount", json!("1")),
         ("ArchiveBackupKeepPolicy", json!("ByMonth")),
         ("ArchiveBackupRetentionPeriod", json!("0")),
         ("BackupInterval", json!("-1")),
         ("BackupLog", json!("Enable")),
-        ("BackupMethod", json!("Physical")),
+        (
+            "BackupMethod",
+            json!(if mysql { "Logical" } else { "Physical" }),
+        ),
         ("BackupPriority", json!(1)),
         ("Category", json!("Standard")),
         ("CompressType", json!("1")),
@@ -396,9 +401,10 @@ async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Respo
     let inst = instance_id(svc, req).await?;
     check_policy_mode(req)?;
     let sp = svc.policy(&req.principal, &inst).await?;
+    let mysql = svc.instance(&req.principal, &inst).await?.engine == "mysql";
     let body = policy_body(
         &sp,
-        &policy_defaults(),
+        &policy_defaults(mysql),
         [
             ("BackupRetentionPeriod", json!(sp.policy.retention_days)),
             ("PreferredBackupTime", json!(sp.policy.window.to_string())),
@@ -423,9 +429,32 @@ async fn describe_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Respo
 async fn modify_backup_policy(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
     let inst = instance_id(svc, req).await?;
     check_policy_mode(req)?;
+    let mysql = svc.instance(&req.principal, &inst).await?.engine == "mysql";
+    // A MySQL instance's automated backups take the policy's method:
+    // Physical reads the server's files on Stowage's machine (the
+    // operator's keys only).
+    if mysql {
+        match req.get("BackupMethod") {
+            None | Some("Logical") => {}
+            Some("Physical") if req.principal.admin => {}
+            Some("Physical") => {
+                return Err(RpcError::new(
+                    StatusCode::FORBIDDEN,
+                    "OperationDenied",
+                    "BackupMethod Physical reads the server's data directory on Stowage's machine: only the operator's keys may choose it",
+                ));
+            }
+            Some(_) => {
+                return Err(RpcError::invalid(
+                    "BackupMethod",
+                    "expected Logical or Physical for this instance",
+                ));
+            }
+        }
+    }
     let u = update_from(req, &POLICY)?;
     let sp = svc.set_policy(&req.principal, &inst, u).await?;
-    let all = render_extra(&sp, &policy_defaults());
+    let all = render_extra(&sp, &policy_defaults(mysql));
     let mut body = serde_json::Map::new();
     body.insert("DBInstanceID".into(), json!(inst));
     for k in [

@@ -109,6 +109,19 @@ assert "ibdata1" in names and "xtrabackup_checkpoints" in names, names[:30]
 assert any(n.startswith("shop/orders.") for n in names), names
 print(f"rds mysql physical: job {job} -> set {phys.backup_id}")
 
+# The policy chooses the method of automated backups: Logical by default.
+pol = c.describe_backup_policy_with_options(rds.DescribeBackupPolicyRequest(dbinstance_id=INSTANCE), RT).body
+assert pol.backup_method == "Logical", pol.to_map()
+try:
+    c.modify_backup_policy_with_options(rds.ModifyBackupPolicyRequest(dbinstance_id=INSTANCE, backup_method="Snapshot"), RT)
+    raise AssertionError("Snapshot accepted")
+except ClientException as e:
+    assert e.code == "InvalidParameter", (e.code, e.message)
+c.modify_backup_policy_with_options(rds.ModifyBackupPolicyRequest(dbinstance_id=INSTANCE, backup_method="Physical"), RT)
+pol = c.describe_backup_policy_with_options(rds.DescribeBackupPolicyRequest(dbinstance_id=INSTANCE), RT).body
+assert pol.backup_method == "Physical", pol.to_map()
+print("rds mysql: policy BackupMethod ok")
+
 p = PolarClient(cfg())
 cl = p.describe_dbclusters_with_options(
     pdb.DescribeDBClustersRequest(region_id="cn-hangzhou", dbcluster_ids=CLUSTER), RT).body.items.dbcluster[0]

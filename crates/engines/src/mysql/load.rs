@@ -23,6 +23,10 @@ pub struct LoadOptions {
     pub drop: bool,
     /// Connections loading at once; 0: one per core.
     pub threads: usize,
+    /// Create plain secondary indexes after the rows are in (one sorted
+    /// build per index instead of an insert into each per row); tables with
+    /// foreign keys keep theirs.
+    pub defer_indexes: bool,
 }
 
 fn read_all(repo: &Arc<Repository>, f: &FileEntry) -> Result<Vec<u8>, EngineError> {
@@ -235,11 +239,18 @@ pub fn restore(
     }
     let tgt = |db: &str| target.get(db).cloned().unwrap_or_else(|| db.to_string());
     let mut data: Vec<(String, &FileEntry)> = Vec::new();
+    let mut alters: Vec<(String, String)> = Vec::new();
     let mut tables = 0u64;
     let mut rows = 0u64;
     for t in index.tables.iter().filter(|t| t.kind == "table") {
         c.exec(format!("USE {}", sql::ident(&tgt(&t.db))))?;
-        let create = sql::rename_databases(&text(repo, file(&t.schema)?)?, &o.rename);
+        let mut create = sql::rename_databases(&text(repo, file(&t.schema)?)?, &o.rename);
+        if o.defer_indexes
+            && let Some((table, alter)) = sql::defer_secondary_indexes(&create, &t.name)
+        {
+            create = table;
+            alters.push((tgt(&t.db), alter));
+        }
         c.exec(&create).map_err(|e| EngineError {
             message: format!("creating table {}.{}: {}", tgt(&t.db), t.name, e.message),
             ..e
@@ -311,6 +322,41 @@ pub fn restore(
         return Err(errs.swap_remove(first));
     }
 
+    // The deferred indexes, a table per connection at once.
+    let indexes = alters.len();
+    if !alters.is_empty() {
+        let queue = Mutex::new(alters);
+        let results: Vec<Result<(), EngineError>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..threads.min(indexes))
+                .map(|_| {
+                    let (queue, rt) = (&queue, &rt);
+                    sc.spawn(move || -> Result<(), EngineError> {
+                        let mut s = Session::connect(rt, conn)?;
+                        loop {
+                            let next = queue.lock().expect("queue").pop();
+                            let Some((db, alter)) = next else {
+                                s.close();
+                                return Ok(());
+                            };
+                            s.exec(format!("USE {}", sql::ident(&db)))?;
+                            s.exec(&alter).map_err(|e| EngineError {
+                                message: format!("adding the indexes in {db}: {}", e.message),
+                                ..e
+                            })?;
+                            if live.is_cancelled() {
+                                return Err(err(ErrorKind::Cancelled, "cancelled"));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            join_all(handles, "an index thread")
+        });
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e);
+        }
+    }
+
     // Views (one may use another: repeated while some fail and others
     // succeed), then routines, triggers and events in their own sql_mode.
     let mut views: Vec<_> = index.tables.iter().filter(|t| t.kind == "view").collect();
@@ -365,6 +411,7 @@ pub fn restore(
         "views": view_count,
         "objects": objects,
         "rows": rows,
+        "tables_with_deferred_indexes": indexes,
         "statements": statements.load(Ordering::Relaxed),
     }))
 }

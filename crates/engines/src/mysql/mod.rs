@@ -605,6 +605,7 @@ impl crate::Engine for MysqlLogical {
             rename: opts.rename.clone(),
             drop: opts.drop,
             threads: 0,
+            defer_indexes: std::env::var("STOWAGE_MYSQL_DEFER_INDEXES").map_or(true, |v| v != "0"),
         };
         load::restore(conn, repo, m, &o, live)
     }

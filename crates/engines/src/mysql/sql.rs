@@ -148,6 +148,45 @@ pub fn schema_shape(create: &str) -> String {
     out
 }
 
+/// A `CREATE TABLE` (as `SHOW CREATE TABLE` writes it, one definition per
+/// line) split into the table without its plain secondary indexes and the
+/// `ALTER TABLE` that adds them back, for loading the rows first and
+/// building the indexes once, sorted. `None` when nothing is to defer, or
+/// when the table has foreign keys (InnoDB wants their indexes as the rows
+/// arrive). Unique, full-text and spatial indexes stay where they are.
+pub fn defer_secondary_indexes(create: &str, table: &str) -> Option<(String, String)> {
+    if create.contains("FOREIGN KEY") {
+        return None;
+    }
+    let lines: Vec<&str> = create.lines().collect();
+    let is_key = |l: &str| l.starts_with("  KEY `");
+    let keys: Vec<&str> = lines.iter().copied().filter(|l| is_key(l)).collect();
+    if keys.is_empty() {
+        return None;
+    }
+    let kept: Vec<&str> = lines.iter().copied().filter(|l| !is_key(l)).collect();
+    // The definition before the closing line must not end with a comma.
+    let mut out: Vec<String> = kept.iter().map(|l| l.to_string()).collect();
+    if let Some(close) = out.iter().position(|l| l.starts_with(')')) {
+        if close > 0 {
+            let prev = &mut out[close - 1];
+            if prev.ends_with(',') {
+                prev.pop();
+            }
+        }
+    } else {
+        return None;
+    }
+    let adds: Vec<String> = keys
+        .iter()
+        .map(|k| format!("ADD {}", k.trim().trim_end_matches(',')))
+        .collect();
+    Some((
+        out.join("\n"),
+        format!("ALTER TABLE {} {}", ident(table), adds.join(", ")),
+    ))
+}
+
 /// Rewrites the database names a view, trigger, routine or event body
 /// qualifies its objects with (`` `old`.`` → `` `new`.``), for a restore
 /// into renamed databases. Only backquoted, qualified names are rewritten,
@@ -294,6 +333,28 @@ mod tests {
         assert_eq!(schema_shape(a), schema_shape(b));
         assert!(schema_shape(a).contains("`id` int NOT NULL AUTO_INCREMENT\n"));
         assert_ne!(schema_shape(a), schema_shape(&a.replace("int", "bigint")));
+    }
+
+    #[test]
+    fn secondary_indexes_are_deferred() {
+        let t = "CREATE TABLE `sbtest1` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `k` int(11) NOT NULL DEFAULT 0,\n  `c` char(120) NOT NULL DEFAULT '',\n  PRIMARY KEY (`id`),\n  UNIQUE KEY `u` (`c`),\n  KEY `k_1` (`k`),\n  KEY `k_2` (`k`,`c`)\n) ENGINE=InnoDB";
+        let (table, alter) = defer_secondary_indexes(t, "sbtest1").unwrap();
+        assert_eq!(
+            table,
+            "CREATE TABLE `sbtest1` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `k` int(11) NOT NULL DEFAULT 0,\n  `c` char(120) NOT NULL DEFAULT '',\n  PRIMARY KEY (`id`),\n  UNIQUE KEY `u` (`c`)\n) ENGINE=InnoDB"
+        );
+        assert_eq!(
+            alter,
+            "ALTER TABLE `sbtest1` ADD KEY `k_1` (`k`), ADD KEY `k_2` (`k`,`c`)"
+        );
+        assert!(
+            defer_secondary_indexes(
+                "CREATE TABLE `t` (\n  `id` int,\n  PRIMARY KEY (`id`)\n)",
+                "t"
+            )
+            .is_none()
+        );
+        assert!(defer_secondary_indexes("CREATE TABLE `t` (\n  `a` int,\n  KEY `a` (`a`),\n  CONSTRAINT `f` FOREIGN KEY (`a`) REFERENCES `p` (`id`)\n)", "t").is_none());
     }
 
     #[test]

@@ -480,7 +480,16 @@ fn consistent_under_writers(myisam: bool, pause: Duration) -> String {
     // Writes went on after the point, so the source has moved on …
     assert_ne!(checksums(&src, "bank"), checksums(&at_point, "bank"));
     // … and the restored data is exactly the state at the point.
-    assert_eq!(checksums(&dst, "bank"), checksums(&at_point, "bank"));
+    assert_eq!(
+        checksums(&dst, "bank"),
+        checksums(&at_point, "bank"),
+        "lineup {}; point {file}:{pos}; moves restored {} / at the point {} (max id {} / {})",
+        out.meta["lineup"],
+        dst.sql("SELECT COUNT(*) FROM bank.moves"),
+        at_point.sql("SELECT COUNT(*) FROM bank.moves"),
+        dst.sql("SELECT MAX(id) FROM bank.moves"),
+        at_point.sql("SELECT MAX(id) FROM bank.moves"),
+    );
     let n_moves: u64 = dst.sql("SELECT COUNT(*) FROM bank.moves").parse().unwrap();
     assert!(n_moves > 0 && n_moves < moved, "{n_moves} of {moved}");
     out.meta["lineup"]["method"].as_str().unwrap().to_string()

@@ -70,18 +70,82 @@ fn create_database_as(stmt: &str, name: &str) -> String {
     format!("CREATE DATABASE {}{rest}", sql::ident(name))
 }
 
+/// Consecutive `INSERT` statements of one table merged into one of up to
+/// `limit` bytes before they are sent: the dump keeps its small,
+/// deduplicating statements, the server gets fewer, larger ones.
+struct Batch {
+    pending: Vec<u8>,
+    /// Length of `pending`'s `INSERT INTO … VALUES\n` header.
+    header: usize,
+    limit: usize,
+    sent: u64,
+}
+
+impl Batch {
+    fn new(limit: usize) -> Batch {
+        Batch {
+            pending: Vec::with_capacity(limit.min(8 << 20)),
+            header: 0,
+            limit,
+            sent: 0,
+        }
+    }
+
+    /// The header of an `INSERT` statement: up to its first `VALUES\n`.
+    fn header_len(stmt: &[u8]) -> Option<usize> {
+        const V: &[u8] = b" VALUES\n";
+        if !stmt.starts_with(b"INSERT INTO ") {
+            return None;
+        }
+        stmt.windows(V.len())
+            .position(|w| w == V)
+            .map(|p| p + V.len())
+    }
+
+    /// Takes one complete statement (ending with `;`).
+    fn push(&mut self, s: &mut Session, stmt: &[u8]) -> Result<(), EngineError> {
+        let h = Self::header_len(stmt);
+        let same = h
+            .is_some_and(|h| self.header > 0 && h == self.header && stmt[..h] == self.pending[..h]);
+        if same && self.pending.len() + stmt.len() <= self.limit {
+            let h = h.expect("header");
+            // `…);` + `,\n` + the next statement's rows.
+            self.pending.pop();
+            self.pending.extend_from_slice(b",\n");
+            self.pending.extend_from_slice(&stmt[h..]);
+            return Ok(());
+        }
+        self.flush(s)?;
+        self.pending.extend_from_slice(stmt);
+        self.header = h.unwrap_or(0);
+        Ok(())
+    }
+
+    fn flush(&mut self, s: &mut Session) -> Result<(), EngineError> {
+        if self.pending.iter().any(|b| !b.is_ascii_whitespace()) {
+            s.exec_retrying(&self.pending)?;
+            self.sent += 1;
+        }
+        self.pending.clear();
+        self.header = 0;
+        Ok(())
+    }
+}
+
 /// Runs a data file's statements (each ends with `;` and a newline: a
-/// newline never occurs inside a value, the dump escapes it).
+/// newline never occurs inside a value, the dump escapes it), merged into
+/// statements of up to `limit` bytes.
 fn load_file(
     s: &mut Session,
     repo: &Arc<Repository>,
     f: &FileEntry,
     live: &LiveTask,
+    limit: usize,
 ) -> Result<u64, EngineError> {
     let mut r = repo.file_reader(f);
     let mut stmt: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut buf = vec![0u8; 1 << 18];
-    let mut statements = 0u64;
+    let mut batch = Batch::new(limit);
     loop {
         let n = r
             .read(&mut buf)
@@ -99,8 +163,7 @@ fn load_file(
                 };
                 if prev == Some(b';') {
                     stmt.extend_from_slice(&buf[start..i]);
-                    s.exec_retrying(&stmt)?;
-                    statements += 1;
+                    batch.push(s, &stmt)?;
                     stmt.clear();
                     start = i + 1;
                 }
@@ -113,10 +176,10 @@ fn load_file(
         }
     }
     if stmt.iter().any(|b| !b.is_ascii_whitespace()) {
-        s.exec_retrying(&stmt)?;
-        statements += 1;
+        batch.push(s, &stmt)?;
     }
-    Ok(statements)
+    batch.flush(s)?;
+    Ok(batch.sent)
 }
 
 /// Refuses what cannot be restored before anything is written: unknown
@@ -284,6 +347,13 @@ pub fn restore(
                     for l in sql::LOAD_SESSION {
                         s.exec(l)?;
                     }
+                    // Merged statements stay well inside the server's packet
+                    // limit (a single larger row is sent as it is).
+                    let packet: usize = s
+                        .value("SELECT @@max_allowed_packet")?
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(16 << 20);
+                    let limit = (packet / 2).clamp(64 << 10, 4 << 20);
                     let mut current_db = String::new();
                     loop {
                         let next = queue.lock().expect("queue").pop();
@@ -295,7 +365,7 @@ pub fn restore(
                             s.exec(format!("USE {}", sql::ident(&db)))?;
                             current_db = db.clone();
                         }
-                        match load_file(&mut s, repo, f, live) {
+                        match load_file(&mut s, repo, f, live, limit) {
                             Ok(n) => {
                                 statements.fetch_add(n, Ordering::Relaxed);
                             }
@@ -419,6 +489,14 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insert_headers_are_found() {
+        let st = b"INSERT INTO `t` (`a`,`b`) VALUES\n(1,'x VALUES\n'),\n(2,'y');";
+        assert_eq!(Batch::header_len(st), Some(33));
+        assert_eq!(&st[..33], b"INSERT INTO `t` (`a`,`b`) VALUES\n");
+        assert_eq!(Batch::header_len(b"CREATE TABLE x"), None);
+    }
 
     #[test]
     fn databases_are_created_under_their_new_name() {

@@ -191,6 +191,9 @@ CREATE PROCEDURE add_legacy(IN i INT) BEGIN INSERT INTO legacy VALUES (i, 'p'); 
 DELIMITER ;
 CREATE FUNCTION twice(x INT) RETURNS INT DETERMINISTIC RETURN x * 2;
 CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00' DISABLE DO DELETE FROM audit;
+CREATE SEQUENCE seq1 START WITH 100 INCREMENT BY 5 CACHE 10;
+CREATE TABLE numbered (n BIGINT PRIMARY KEY DEFAULT NEXTVAL(seq1), v INT) ENGINE=InnoDB;
+INSERT INTO numbered (v) SELECT seq FROM seq_1_to_25;
 CREATE DATABASE second;
 CREATE TABLE second.t (id INT PRIMARY KEY, ref_big BIGINT) ENGINE=InnoDB;
 INSERT INTO second.t VALUES (1, 1);
@@ -290,6 +293,23 @@ fn every_type_and_object_restores_bit_for_bit_into_renamed_databases() {
         "the cross-database view follows the rename"
     );
     assert_eq!(dst.sql("SELECT shop2.twice(21)"), "42");
+    // The sequence: same definition, and its next value is past every
+    // value the rows hold.
+    let def = |m: &MariaDbServer, db: &str| {
+        m.sql(&format!("SHOW CREATE SEQUENCE {db}.seq1"))
+            .split('\t')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(def(&src, "shop"), def(&dst, "shop2"));
+    let next: i64 = dst.sql("SELECT NEXTVAL(shop2.seq1)").parse().unwrap();
+    let max: i64 = dst
+        .sql("SELECT MAX(n) FROM shop2.numbered")
+        .parse()
+        .unwrap();
+    assert!(next > max, "{next} <= {max}");
+    dst.sql("INSERT INTO shop2.numbered (v) VALUES (99)");
     // The trigger did not fire on restored rows, and fires on new ones.
     assert_eq!(dst.sql("SELECT COUNT(*) FROM shop2.audit"), "0");
     dst.sql("CALL shop2.add_legacy(3)");
@@ -315,6 +335,8 @@ fn every_type_and_object_restores_bit_for_bit_into_renamed_databases() {
     );
     assert_eq!(plain.sql("SELECT n FROM shop.v_on_v"), "9");
     assert_eq!(plain.sql("SELECT shop.twice(4)"), "8");
+    let next: i64 = plain.sql("SELECT NEXTVAL(shop.seq1)").parse().unwrap();
+    assert!(next > 220, "{next}");
     assert_eq!(plain.sql("SELECT COUNT(*) FROM shop.audit"), "0");
     plain.sql("INSERT INTO shop.legacy VALUES (50, 'x')");
     assert_eq!(plain.sql("SELECT n FROM shop.audit"), "50");

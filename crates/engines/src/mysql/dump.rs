@@ -81,6 +81,10 @@ pub struct TableEntry {
     pub files: Vec<String>,
     #[serde(default)]
     pub rows: u64,
+    /// A sequence: the next value it hands out without reusing any (its
+    /// `next_not_cached_value`, read after the data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_value: Option<String>,
 }
 
 /// A routine, trigger or event: its file and the `sql_mode` it was made in.
@@ -165,10 +169,13 @@ fn int_type(t: &str) -> bool {
 }
 
 /// Reads the tables, their columns and keys.
-/// A view: its database and name.
-type ViewName = (String, String);
+/// A view or sequence: its database and name.
+type ObjectName = (String, String);
 
-fn list_tables(c: &mut Session) -> Result<(Vec<Table>, Vec<ViewName>), EngineError> {
+/// Base tables, views, sequences (MariaDB).
+type Listing = (Vec<Table>, Vec<ObjectName>, Vec<ObjectName>);
+
+fn list_tables(c: &mut Session) -> Result<Listing, EngineError> {
     let sys = system_db_list();
     let rows = c.text_rows(format!(
         "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_TYPE, ENGINE, DATA_LENGTH FROM information_schema.TABLES \
@@ -182,7 +189,7 @@ fn list_tables(c: &mut Session) -> Result<(Vec<Table>, Vec<ViewName>), EngineErr
         let (db, name, ty) = (g(0), g(1), g(2));
         match ty.as_str() {
             "VIEW" | "SYSTEM VIEW" => views.push((db, name)),
-            "SEQUENCE" => sequences.push(format!("{db}.{name}")),
+            "SEQUENCE" => sequences.push((db, name)),
             "TEMPORARY" => {}
             _ => {
                 let engine = g(3);
@@ -199,15 +206,6 @@ fn list_tables(c: &mut Session) -> Result<(Vec<Table>, Vec<ViewName>), EngineErr
                 });
             }
         }
-    }
-    if !sequences.is_empty() {
-        return Err(err(
-            ErrorKind::Unsupported,
-            format!(
-                "sequences are not backed up yet (found {}); nothing was stored",
-                sequences.join(", ")
-            ),
-        ));
     }
     let idx: BTreeMap<(String, String), usize> = tables
         .iter()
@@ -251,7 +249,7 @@ fn list_tables(c: &mut Session) -> Result<(Vec<Table>, Vec<ViewName>), EngineErr
                 .get(&(i, t.key[0].clone()))
                 .is_some_and(|ty| int_type(ty));
     }
-    Ok((tables, views))
+    Ok((tables, views, sequences))
 }
 
 /// `SHOW CREATE TABLE` of every table, by position.
@@ -585,7 +583,7 @@ pub fn backup(
     let mut c = Session::connect(&rt, conn)?;
     let f = check_server(&mut c, &conn.user)?;
     live.set_state(TaskState::Preparing);
-    let (tables, views) = list_tables(&mut c)?;
+    let (tables, views, sequences) = list_tables(&mut c)?;
     let before = table_schemas(&mut c, &tables)?;
     let work = plan(&mut c, &tables, o.range_bytes)?;
     let threads = if o.threads == 0 {
@@ -803,6 +801,7 @@ pub fn backup(
             columns: t.columns.clone(),
             files: mine.iter().map(|(p, _)| p.clone()).collect(),
             rows: mine.iter().map(|(_, n)| n).sum(),
+            next_value: None,
         });
     }
     for (db, name) in &views {
@@ -832,6 +831,42 @@ pub fn backup(
             columns: Vec::new(),
             files: Vec::new(),
             rows: 0,
+            next_value: None,
+        });
+    }
+    // Sequences (MariaDB): their definition, and the next value read after
+    // the data, so a restored sequence never hands out a value a restored
+    // row holds.
+    for (db, name) in &sequences {
+        let q = sql::qualified(db, name);
+        let create = c
+            .text_rows(format!("SHOW CREATE SEQUENCE {q}"))?
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().nth(1).flatten())
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::Protocol,
+                    format!("SHOW CREATE SEQUENCE {db}.{name} returned nothing"),
+                )
+            })?;
+        let next = c.value(format!("SELECT next_not_cached_value FROM {q}"))?;
+        let schema = format!(
+            "{}.{}-schema-sequence.sql",
+            sql::file_name(db),
+            sql::file_name(name)
+        );
+        put(&mut w, schema.clone(), format!("{create};\n").as_bytes())?;
+        entries.push(TableEntry {
+            db: db.clone(),
+            name: name.clone(),
+            kind: "sequence".into(),
+            engine: None,
+            schema,
+            columns: Vec::new(),
+            files: Vec::new(),
+            rows: 0,
+            next_value: next,
         });
     }
     let objects = schema_objects(&mut c, &mut w)?;
@@ -862,6 +897,7 @@ pub fn backup(
             "databases": dbs.iter().collect::<Vec<_>>(),
             "tables": tables.len(),
             "views": views.len(),
+            "sequences": sequences.len(),
             "objects": index.objects.len(),
             "rows": rows,
             "workers": threads,

@@ -110,6 +110,23 @@ pub fn export_sql(
             None => create.into_owned(),
         };
         w.put(format!("\n{create};\nUSE {};\n", sql::ident(&d.name)).as_bytes())?;
+        for q in index
+            .tables
+            .iter()
+            .filter(|t| t.kind == "sequence" && t.db == d.name)
+        {
+            w.put(b"\n")?;
+            w.put(&statement(repo, file(&q.schema)?)?)?;
+            w.put(b";\n")?;
+            if let Some(v) = q
+                .next_value
+                .as_deref()
+                .filter(|v| v.parse::<i128>().is_ok())
+            {
+                w.put(format!("DO SETVAL({}, {v}, 0);\n", sql::ident(&q.name)).as_bytes())?;
+            }
+            files += 1;
+        }
         for t in index
             .tables
             .iter()

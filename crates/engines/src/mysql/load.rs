@@ -305,6 +305,24 @@ pub fn restore(
     let mut alters: Vec<(String, String)> = Vec::new();
     let mut tables = 0u64;
     let mut rows = 0u64;
+    // Sequences first: a table's default may take its next value.
+    let mut sequences = 0u64;
+    for q in index.tables.iter().filter(|t| t.kind == "sequence") {
+        c.exec(format!("USE {}", sql::ident(&tgt(&q.db))))?;
+        let create = text(repo, file(&q.schema)?)?;
+        c.exec(&create).map_err(|e| EngineError {
+            message: format!("creating sequence {}.{}: {}", tgt(&q.db), q.name, e.message),
+            ..e
+        })?;
+        if let Some(v) = q
+            .next_value
+            .as_deref()
+            .filter(|v| v.parse::<i128>().is_ok())
+        {
+            c.exec(format!("DO SETVAL({}, {v}, 0)", sql::ident(&q.name)))?;
+        }
+        sequences += 1;
+    }
     for t in index.tables.iter().filter(|t| t.kind == "table") {
         c.exec(format!("USE {}", sql::ident(&tgt(&t.db))))?;
         let mut create = sql::rename_databases(&text(repo, file(&t.schema)?)?, &o.rename);
@@ -479,6 +497,7 @@ pub fn restore(
         "databases": target.len(),
         "tables": tables,
         "views": view_count,
+        "sequences": sequences,
         "objects": objects,
         "rows": rows,
         "tables_with_deferred_indexes": indexes,

@@ -21,7 +21,7 @@ pub struct ExportInfo {
     pub files: u64,
 }
 
-fn io(e: std::io::Error) -> EngineError {
+pub(crate) fn io(e: std::io::Error) -> EngineError {
     let kind = if crate::io_is_transient(&e) {
         ErrorKind::Busy
     } else {

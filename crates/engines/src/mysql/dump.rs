@@ -116,6 +116,79 @@ pub struct DumpIndex {
     pub objects: Vec<ObjectEntry>,
 }
 
+/// A logical set's dump opened for reading: its files by path and its
+/// index (what a restore and an export both start from).
+pub struct OpenedDump<'a> {
+    repo: &'a std::sync::Arc<stowage_repo::Repository>,
+    by_path: BTreeMap<&'a str, &'a stowage_core::manifest::FileEntry>,
+    pub index: DumpIndex,
+}
+
+impl<'a> OpenedDump<'a> {
+    pub fn open(
+        repo: &'a std::sync::Arc<stowage_repo::Repository>,
+        m: &'a stowage_core::manifest::Manifest,
+    ) -> Result<OpenedDump<'a>, EngineError> {
+        let a = m
+            .archives
+            .iter()
+            .find(|a| a.name == ARCHIVE)
+            .ok_or_else(|| err(ErrorKind::Unsupported, "this set holds no MySQL dump"))?;
+        let mut d = OpenedDump {
+            repo,
+            by_path: a.files.iter().map(|f| (f.path.as_str(), f)).collect(),
+            index: DumpIndex {
+                format: 0,
+                flavor: Flavor::MariaDb,
+                server_version: String::new(),
+                point: ConsistentPoint::Binlog {
+                    server_id: 0,
+                    binlog_file: None,
+                    binlog_position: None,
+                    gtid_set: None,
+                },
+                databases: Vec::new(),
+                tables: Vec::new(),
+                objects: Vec::new(),
+            },
+        };
+        d.index = serde_json::from_slice(&d.read(INDEX_FILE)?)
+            .map_err(|e| err(ErrorKind::Protocol, format!("{INDEX_FILE}: {e}")))?;
+        Ok(d)
+    }
+
+    /// A file the index names.
+    pub fn file(&self, p: &str) -> Result<&'a stowage_core::manifest::FileEntry, EngineError> {
+        self.by_path.get(p).copied().ok_or_else(|| {
+            err(
+                ErrorKind::Repository,
+                format!("the set lacks {p}, which its dump index names"),
+            )
+        })
+    }
+
+    /// A whole (small) file.
+    pub fn read(&self, p: &str) -> Result<Vec<u8>, EngineError> {
+        use std::io::Read;
+        let f = self.file(p)?;
+        let mut v = Vec::new();
+        self.repo
+            .file_reader(f)
+            .read_to_end(&mut v)
+            .map_err(|e| err(ErrorKind::Repository, format!("{}: {e}", f.path)))?;
+        Ok(v)
+    }
+
+    /// A statement as stored, without its trailing `;` and newlines.
+    pub fn statement(&self, p: &str) -> Result<Vec<u8>, EngineError> {
+        let mut v = self.read(p)?;
+        while matches!(v.last(), Some(b'\n' | b';' | b'\r')) {
+            v.pop();
+        }
+        Ok(v)
+    }
+}
+
 fn put(w: &mut ArchiveWriter, path: String, data: &[u8]) -> Result<(), EngineError> {
     w.begin_file(file(path))?;
     w.write(data)?;

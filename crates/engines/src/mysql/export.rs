@@ -4,15 +4,14 @@
 //! then views, then routines, triggers and events in their own `sql_mode`
 //! (so no trigger fires on the rows).
 
-use super::dump::{DumpIndex, INDEX_FILE};
+use super::dump::OpenedDump;
 use super::sql;
 use super::{ARCHIVE, err};
 use crate::export::ExportInfo;
 use crate::{EngineError, ErrorKind};
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
-use stowage_core::manifest::{FileEntry, Manifest};
+use stowage_core::manifest::Manifest;
 use stowage_repo::Repository;
 
 struct Counting<'a> {
@@ -22,36 +21,10 @@ struct Counting<'a> {
 
 impl Counting<'_> {
     fn put(&mut self, b: &[u8]) -> Result<(), EngineError> {
-        self.out.write_all(b).map_err(io)?;
+        self.out.write_all(b).map_err(crate::export::io)?;
         self.n += b.len() as u64;
         Ok(())
     }
-}
-
-fn io(e: std::io::Error) -> EngineError {
-    let kind = if crate::io_is_transient(&e) {
-        ErrorKind::Busy
-    } else {
-        ErrorKind::Filesystem
-    };
-    EngineError::new(kind, format!("export stream: {e}"))
-}
-
-fn read_all(repo: &Arc<Repository>, f: &FileEntry) -> Result<Vec<u8>, EngineError> {
-    let mut v = Vec::new();
-    repo.file_reader(f)
-        .read_to_end(&mut v)
-        .map_err(|e| err(ErrorKind::Repository, format!("{}: {e}", f.path)))?;
-    Ok(v)
-}
-
-/// A statement as stored, without its trailing `;` and newlines.
-fn statement(repo: &Arc<Repository>, f: &FileEntry) -> Result<Vec<u8>, EngineError> {
-    let mut v = read_all(repo, f)?;
-    while matches!(v.last(), Some(b'\n' | b';' | b'\r')) {
-        v.pop();
-    }
-    Ok(v)
 }
 
 /// Writes the set's dump as one SQL script.
@@ -67,23 +40,9 @@ pub fn export_sql(
             format!("a MySQL set has one part, {ARCHIVE} (not {part:?})"),
         ));
     }
-    let a = m
-        .archives
-        .iter()
-        .find(|a| a.name == ARCHIVE)
-        .ok_or_else(|| err(ErrorKind::Unsupported, "this set holds no MySQL dump"))?;
-    let by_path: BTreeMap<&str, &FileEntry> =
-        a.files.iter().map(|f| (f.path.as_str(), f)).collect();
-    let file = |p: &str| -> Result<&FileEntry, EngineError> {
-        by_path.get(p).copied().ok_or_else(|| {
-            err(
-                ErrorKind::Repository,
-                format!("the set lacks {p}, which its dump index names"),
-            )
-        })
-    };
-    let index: DumpIndex = serde_json::from_slice(&read_all(repo, file(INDEX_FILE)?)?)
-        .map_err(|e| err(ErrorKind::Protocol, format!("{INDEX_FILE}: {e}")))?;
+    let d = OpenedDump::open(repo, m)?;
+    let index = &d.index;
+    let file = |p: &str| d.file(p);
     let mut w = Counting { out, n: 0 };
     let mut files = 0u64;
     w.put(
@@ -102,21 +61,21 @@ pub fn export_sql(
     for s in sql::SESSION.iter().chain(sql::LOAD_SESSION) {
         w.put(format!("{s};\n").as_bytes())?;
     }
-    for d in &index.databases {
-        let create = statement(repo, file(&d.file)?)?;
+    for db in &index.databases {
+        let create = d.statement(&db.file)?;
         let create = String::from_utf8_lossy(&create);
         let create = match create.strip_prefix("CREATE DATABASE ") {
             Some(rest) => format!("CREATE DATABASE IF NOT EXISTS {rest}"),
             None => create.into_owned(),
         };
-        w.put(format!("\n{create};\nUSE {};\n", sql::ident(&d.name)).as_bytes())?;
+        w.put(format!("\n{create};\nUSE {};\n", sql::ident(&db.name)).as_bytes())?;
         for q in index
             .tables
             .iter()
-            .filter(|t| t.kind == "sequence" && t.db == d.name)
+            .filter(|t| t.kind == "sequence" && t.db == db.name)
         {
             w.put(b"\n")?;
-            w.put(&statement(repo, file(&q.schema)?)?)?;
+            w.put(&d.statement(&q.schema)?)?;
             w.put(b";\n")?;
             if let Some(v) = q
                 .next_value
@@ -130,10 +89,10 @@ pub fn export_sql(
         for t in index
             .tables
             .iter()
-            .filter(|t| t.kind == "table" && t.db == d.name)
+            .filter(|t| t.kind == "table" && t.db == db.name)
         {
             w.put(b"\n")?;
-            w.put(&statement(repo, file(&t.schema)?)?)?;
+            w.put(&d.statement(&t.schema)?)?;
             w.put(b";\n")?;
             files += 1;
             for f in &t.files {
@@ -155,7 +114,7 @@ pub fn export_sql(
     }
     for v in index.tables.iter().filter(|t| t.kind == "view") {
         w.put(format!("\nUSE {};\n", sql::ident(&v.db)).as_bytes())?;
-        w.put(&statement(repo, file(&v.schema)?)?)?;
+        w.put(&d.statement(&v.schema)?)?;
         w.put(b";\n")?;
         files += 1;
     }
@@ -168,11 +127,11 @@ pub fn export_sql(
             )
             .as_bytes(),
         )?;
-        w.put(&statement(repo, file(&o.file)?)?)?;
+        w.put(&d.statement(&o.file)?)?;
         w.put(b";;\nDELIMITER ;\n")?;
         files += 1;
     }
     w.put(b"\n-- end of dump\n")?;
-    w.out.flush().map_err(io)?;
+    w.out.flush().map_err(crate::export::io)?;
     Ok(ExportInfo { bytes: w.n, files })
 }

@@ -3,9 +3,9 @@
 //! once (largest first), then views, routines, triggers and events, so no
 //! trigger fires on restored rows.
 
-use super::dump::{DumpIndex, INDEX_FILE, SYSTEM_DATABASES};
+use super::dump::{DumpIndex, OpenedDump, SYSTEM_DATABASES};
 use super::sql;
-use super::{ARCHIVE, Session, err, runtime};
+use super::{Session, err, runtime};
 use crate::{ConnSpec, EngineError, ErrorKind, join_all};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -29,21 +29,9 @@ pub struct LoadOptions {
     pub defer_indexes: bool,
 }
 
-fn read_all(repo: &Arc<Repository>, f: &FileEntry) -> Result<Vec<u8>, EngineError> {
-    let mut v = Vec::new();
-    repo.file_reader(f)
-        .read_to_end(&mut v)
-        .map_err(|e| err(ErrorKind::Repository, format!("{}: {e}", f.path)))?;
-    Ok(v)
-}
-
-fn text(repo: &Arc<Repository>, f: &FileEntry) -> Result<String, EngineError> {
-    let v = read_all(repo, f)?;
-    let mut s = String::from_utf8_lossy(&v).into_owned();
-    while s.ends_with('\n') || s.ends_with(';') {
-        s.pop();
-    }
-    Ok(s)
+/// A statement file's text, without its trailing `;` and newlines.
+fn text(d: &OpenedDump<'_>, p: &str) -> Result<String, EngineError> {
+    Ok(String::from_utf8_lossy(&d.statement(p)?).into_owned())
 }
 
 /// `CREATE DATABASE `a` …` for database `b`: the statement with its name
@@ -265,26 +253,12 @@ pub fn restore(
     live: &LiveTask,
 ) -> Result<serde_json::Value, EngineError> {
     live.set_state(TaskState::Checking);
-    let arch = m
-        .archives
-        .iter()
-        .find(|a| a.name == ARCHIVE)
-        .ok_or_else(|| err(ErrorKind::Unsupported, "this set holds no MySQL dump"))?;
-    let by_path: BTreeMap<&str, &FileEntry> =
-        arch.files.iter().map(|f| (f.path.as_str(), f)).collect();
-    let file = |p: &str| -> Result<&FileEntry, EngineError> {
-        by_path.get(p).copied().ok_or_else(|| {
-            err(
-                ErrorKind::Repository,
-                format!("the set lacks {p}, which its dump index names"),
-            )
-        })
-    };
-    let index: DumpIndex = serde_json::from_slice(&read_all(repo, file(INDEX_FILE)?)?)
-        .map_err(|e| err(ErrorKind::Protocol, format!("{INDEX_FILE}: {e}")))?;
+    let d = OpenedDump::open(repo, m)?;
+    let index = &d.index;
+    let file = |p: &str| d.file(p);
     let rt = runtime()?;
     let mut c = Session::connect(&rt, conn)?;
-    let target = preflight(&mut c, &index, o)?;
+    let target = preflight(&mut c, index, o)?;
     live.set_state(TaskState::Preparing);
     for l in sql::LOAD_SESSION {
         c.exec(l)?;
@@ -293,12 +267,12 @@ pub fn restore(
         if o.drop {
             c.exec(format!("DROP DATABASE IF EXISTS {}", sql::ident(to)))?;
         }
-        let d = index
+        let db = index
             .databases
             .iter()
-            .find(|d| &d.name == from)
+            .find(|x| &x.name == from)
             .expect("from the index");
-        c.exec(create_database_as(&text(repo, file(&d.file)?)?, to))?;
+        c.exec(create_database_as(&text(&d, &db.file)?, to))?;
     }
     let tgt = |db: &str| target.get(db).cloned().unwrap_or_else(|| db.to_string());
     let mut data: Vec<(String, &FileEntry)> = Vec::new();
@@ -309,7 +283,7 @@ pub fn restore(
     let mut sequences = 0u64;
     for q in index.tables.iter().filter(|t| t.kind == "sequence") {
         c.exec(format!("USE {}", sql::ident(&tgt(&q.db))))?;
-        let create = text(repo, file(&q.schema)?)?;
+        let create = text(&d, &q.schema)?;
         c.exec(&create).map_err(|e| EngineError {
             message: format!("creating sequence {}.{}: {}", tgt(&q.db), q.name, e.message),
             ..e
@@ -325,7 +299,7 @@ pub fn restore(
     }
     for t in index.tables.iter().filter(|t| t.kind == "table") {
         c.exec(format!("USE {}", sql::ident(&tgt(&t.db))))?;
-        let mut create = sql::rename_databases(&text(repo, file(&t.schema)?)?, &o.rename);
+        let mut create = sql::rename_databases(&text(&d, &t.schema)?, &o.rename);
         if o.defer_indexes
             && let Some((table, alter)) = sql::defer_secondary_indexes(&create, &t.name)
         {
@@ -455,7 +429,7 @@ pub fn restore(
         let mut last_err = None;
         for v in views {
             c.exec(format!("USE {}", sql::ident(&tgt(&v.db))))?;
-            let create = sql::rename_databases(&text(repo, file(&v.schema)?)?, &o.rename);
+            let create = sql::rename_databases(&text(&d, &v.schema)?, &o.rename);
             match c.exec(&create) {
                 Ok(()) => view_count += 1,
                 Err(e) => {
@@ -479,7 +453,7 @@ pub fn restore(
             "SET SESSION sql_mode = {}",
             sql::string_literal(&ob.sql_mode)
         ))?;
-        let create = sql::rename_databases(&text(repo, file(&ob.file)?)?, &o.rename);
+        let create = sql::rename_databases(&text(&d, &ob.file)?, &o.rename);
         c.exec(&create).map_err(|e| EngineError {
             message: format!(
                 "creating {} {}.{}: {}",

@@ -775,3 +775,88 @@ fn a_physical_backup_under_writers_restores_into_a_folder_mariadbd_starts_on() {
         .unwrap_err();
     assert!(e.message.contains("--target"), "{}", e.message);
 }
+
+#[test]
+fn objects_that_would_act_on_the_original_engines_whose_rows_live_elsewhere_and_odd_names() {
+    let src = MariaDbServer::start(MariaDbOptions::default());
+    src.sql(
+        "SET GLOBAL event_scheduler = OFF;
+         CREATE DATABASE a; USE a;
+         CREATE TABLE log (n INT) ENGINE=InnoDB;
+         CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB;
+         CREATE TRIGGER t_ins AFTER INSERT ON t FOR EACH ROW INSERT INTO a.log VALUES (NEW.id);
+         CREATE EVENT tick ON SCHEDULE EVERY 1 HOUR DO INSERT INTO `a`.`log` VALUES (0);
+         CREATE TABLE m1 (id INT, v INT) ENGINE=MyISAM; CREATE TABLE m2 (id INT, v INT) ENGINE=MyISAM;
+         INSERT INTO m1 VALUES (1, 1), (2, 2); INSERT INTO m2 VALUES (3, 3);
+         CREATE TABLE m (id INT, v INT) ENGINE=MRG_MyISAM UNION=(m1, m2);
+         CREATE TABLE p (created DATE NOT NULL, id INT NOT NULL AUTO_INCREMENT, v INT,
+           PRIMARY KEY (created, id), KEY id (id), KEY v (v)) ENGINE=InnoDB;
+         INSERT INTO p (created, v) SELECT '2024-01-01' + INTERVAL seq DAY, seq FROM seq_1_to_500;
+         CREATE VIEW z_v AS SELECT id FROM t; CREATE VIEW a_v AS SELECT * FROM z_v;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo(dir.path());
+    let (man, out) = backup(&r, &src, &opts(2, 1 << 20)).unwrap();
+    // The MERGE table's rows are its underlying tables': not dumped twice.
+    let files: Vec<&str> = man.archives[0]
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert!(!files.iter().any(|f| f.starts_with("a.m.0")), "{files:?}");
+    assert!(files.contains(&"a.m-schema.sql"), "{files:?}");
+    // MyISAM tables: lined up under the lock; the MERGE table alone would not.
+    assert_eq!(out.meta["lineup"]["method"], "read_lock", "{}", out.meta);
+
+    // Into another name: the trigger names `a` unquoted, which the rename
+    // cannot follow; refused before anything is written.
+    let dst = MariaDbServer::start(MariaDbOptions::default());
+    let e = restore(&r, &man, &dst, &[("a", "b")], false).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unsupported);
+    assert!(
+        e.message.contains("trigger a.t_ins") && e.message.contains("without backquotes"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        dst.sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'b'"),
+        "0"
+    );
+    // Under its own name it restores whole: MERGE rows once, the table whose
+    // AUTO_INCREMENT column's index must stay, views in dependency order.
+    let st = restore(&r, &man, &dst, &[], false).unwrap();
+    assert_eq!(st["events_disabled"].as_array().unwrap().len(), 0, "{st}");
+    assert_eq!(dst.sql("SELECT COUNT(*) FROM a.m"), "3");
+    assert_eq!(checksums(&src, "a"), checksums(&dst, "a"));
+    assert_eq!(
+        src.sql("SHOW CREATE TABLE a.p").split('\t').nth(1),
+        dst.sql("SHOW CREATE TABLE a.p").split('\t').nth(1)
+    );
+    // The SQL download restores with the client too (views in order).
+    let mut script = Vec::new();
+    stowage_engines::mysql::export::export_sql(&r, &man, "dump", &mut script).unwrap();
+    assert!(script.starts_with(b"/*M!999999\\- enable the sandbox mode */\n"));
+    let plain = MariaDbServer::start(MariaDbOptions::default());
+    mariadb_stdin(&plain, &script);
+    assert_eq!(checksums(&src, "a"), checksums(&plain, "a"));
+    assert_eq!(plain.sql("SELECT COUNT(*) FROM a.a_v"), "0");
+
+    // A renamed restore of objects that quote their names: events disabled.
+    src.sql("DROP TRIGGER a.t_ins; USE a; CREATE TRIGGER t_ins AFTER INSERT ON t FOR EACH ROW INSERT INTO `a`.`log` VALUES (NEW.id);");
+    let (man2, _) = backup(&r, &src, &opts(2, 1 << 20)).unwrap();
+    let st = restore(&r, &man2, &dst, &[("a", "b")], false).unwrap();
+    assert_eq!(st["events_disabled"], serde_json::json!(["b.tick"]), "{st}");
+    assert_eq!(
+        dst.sql("SELECT STATUS FROM information_schema.EVENTS WHERE EVENT_SCHEMA = 'b'"),
+        "DISABLED"
+    );
+    dst.sql("INSERT INTO b.t VALUES (7)");
+    assert_eq!(dst.sql("SELECT n FROM b.log"), "7");
+    assert_eq!(src.sql("SELECT COUNT(*) FROM a.log"), "0");
+
+    // A name a dump cannot carry: refused at backup, by name.
+    src.sql("CREATE DATABASE `x\n\\! echo pwned`");
+    let e = backup(&r, &src, &opts(2, 1 << 20)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unsupported);
+    assert!(e.message.contains("control character"), "{}", e.message);
+}

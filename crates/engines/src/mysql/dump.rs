@@ -216,6 +216,25 @@ struct Table {
     int_key: bool,
 }
 
+/// Engines whose rows are not the table's own (a MERGE table's are its
+/// underlying tables', a FEDERATED/CONNECT/SPIDER table's another server's,
+/// a BLACKHOLE table keeps none): their definition is backed up, their rows
+/// are not (as mysqldump does), or a restore would duplicate them or write
+/// them into another server.
+pub fn data_is_elsewhere(engine: &str) -> bool {
+    matches!(
+        engine.to_ascii_uppercase().as_str(),
+        "MRG_MYISAM"
+            | "MRG_MYISAM_LEGACY"
+            | "MERGE"
+            | "FEDERATED"
+            | "FEDERATEDX"
+            | "CONNECT"
+            | "SPIDER"
+            | "BLACKHOLE"
+    )
+}
+
 /// One piece of work: a table or a key range of one.
 #[derive(Debug, Clone)]
 struct Work {
@@ -260,6 +279,9 @@ fn list_tables(c: &mut Session) -> Result<Listing, EngineError> {
     for r in rows {
         let g = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
         let (db, name, ty) = (g(0), g(1), g(2));
+        sql::check_name("database", &db).map_err(|m| err(ErrorKind::Unsupported, m))?;
+        sql::check_name("table", &format!("{db}.{name}"))
+            .map_err(|m| err(ErrorKind::Unsupported, m))?;
         match ty.as_str() {
             "VIEW" | "SYSTEM VIEW" => views.push((db, name)),
             "SEQUENCE" => sequences.push((db, name)),
@@ -294,6 +316,8 @@ fn list_tables(c: &mut Session) -> Result<Listing, EngineError> {
         let Some(&t) = idx.get(&(g(0), g(1))) else {
             continue;
         };
+        sql::check_name("column", &format!("{}.{}.{}", g(0), g(1), g(2)))
+            .map_err(|m| err(ErrorKind::Unsupported, m))?;
         let extra = g(3).to_ascii_uppercase();
         key_types.insert((t, g(2)), g(4));
         if extra.contains("VIRTUAL") || extra.contains("STORED") || extra.contains("PERSISTENT") {
@@ -352,6 +376,9 @@ fn table_schemas(c: &mut Session, tables: &[Table]) -> Result<Vec<String>, Engin
 fn plan(c: &mut Session, tables: &[Table], range_bytes: u64) -> Result<Vec<Work>, EngineError> {
     let mut work = Vec::new();
     for (i, t) in tables.iter().enumerate() {
+        if data_is_elsewhere(&t.engine) {
+            continue;
+        }
         let pieces = t.data_length.div_ceil(range_bytes.max(1)).clamp(1, 1024);
         let mut ranges: Vec<Option<(Option<i128>, Option<i128>)>> = vec![None];
         if t.int_key && pieces > 1 {
@@ -393,16 +420,30 @@ fn plan(c: &mut Session, tables: &[Table], range_bytes: u64) -> Result<Vec<Work>
     Ok(work)
 }
 
+/// What the workers of one dump share.
+#[derive(Clone, Copy)]
+struct RunState<'a> {
+    live: &'a LiveTask,
+    limit: &'a RateLimit,
+    rows_done: &'a AtomicU64,
+    /// Set by the first worker that fails.
+    abort: &'a std::sync::atomic::AtomicBool,
+}
+
 /// Reads a table's (or range's) rows and writes them as `INSERT` statements.
 fn dump_work(
     s: &mut Session,
     t: &Table,
     w: &Work,
     out: &mut ArchiveWriter,
-    live: &LiveTask,
-    limit: &RateLimit,
-    rows_done: &AtomicU64,
+    run: &RunState<'_>,
 ) -> Result<(String, u64), EngineError> {
+    let RunState {
+        live,
+        limit,
+        rows_done,
+        abort,
+    } = *run;
     let path = format!(
         "{}.{}.{:05}.sql",
         sql::file_name(&t.db),
@@ -493,7 +534,7 @@ fn dump_work(
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
             limit.consume(buf.len() as u64, live);
             buf.clear();
-            if live.is_cancelled() {
+            if live.is_cancelled() || abort.load(Ordering::Relaxed) {
                 return Err(err(ErrorKind::Cancelled, "cancelled"));
             }
         }
@@ -531,6 +572,7 @@ fn value_kind(c: &mysql_async::Column) -> ValueKind {
         | T::MYSQL_TYPE_NEWDECIMAL
         | T::MYSQL_TYPE_YEAR => ValueKind::Number,
         T::MYSQL_TYPE_BIT => ValueKind::Bits,
+        T::MYSQL_TYPE_JSON => ValueKind::Json,
         _ => ValueKind::Quoted,
     }
 }
@@ -672,7 +714,10 @@ pub fn backup(
         s.exec("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")?;
         workers.push(s);
     }
-    let non_tx: Vec<&Table> = tables.iter().filter(|t| !t.transactional).collect();
+    let non_tx: Vec<&Table> = tables
+        .iter()
+        .filter(|t| !t.transactional && !data_is_elsewhere(&t.engine))
+        .collect();
     let why_lock = if o.force_lock {
         Some("asked for".to_string())
     } else if !non_tx.is_empty() {
@@ -730,6 +775,20 @@ pub fn backup(
         point = Some(binlog_now(&mut c, &f)?);
     }
     let point = point.expect("lined up");
+    // A table created or dropped while the snapshots were lined up may or
+    // may not be at the point: listed again, the list must be the same.
+    let (again, _, _) = list_tables(&mut c)?;
+    let names = |ts: &[Table]| {
+        ts.iter()
+            .map(|t| (t.db.clone(), t.name.clone()))
+            .collect::<BTreeSet<_>>()
+    };
+    if names(&again) != names(&tables) {
+        return Err(err(
+            ErrorKind::Protocol,
+            "tables were created or dropped while the backup began, so the set could miss one; nothing was stored; run the backup again",
+        ));
+    }
     tracing::info!(point = %point, method = lineup.method, "MySQL snapshots lined up");
 
     live.bytes_total.store(
@@ -747,13 +806,17 @@ pub fn backup(
     // Runs a queue of work on every worker at once.
     let run = |queue: Vec<Work>, workers: Vec<(Session, ArchiveWriter)>| {
         let queue = Mutex::new(queue.into_iter().rev().collect::<Vec<_>>());
+        // Set by the first worker that fails: the others stop at their next
+        // write instead of finishing their tables (under the global read
+        // lock, every writer of the server waits for them).
+        let abort = std::sync::atomic::AtomicBool::new(false);
         let results: Vec<Result<(Session, ArchiveWriter), EngineError>> =
             std::thread::scope(|sc| {
                 let handles: Vec<_> = workers
                     .into_iter()
                     .map(|(mut s, mut w)| {
-                        let (queue, tables, files, limit, rows_done) =
-                            (&queue, &tables, &files, &limit, &rows_done);
+                        let (queue, tables, files, limit, rows_done, abort) =
+                            (&queue, &tables, &files, &limit, &rows_done, &abort);
                         sc.spawn(move || -> Result<(Session, ArchiveWriter), EngineError> {
                             loop {
                                 let next = queue.lock().expect("queue").pop();
@@ -761,7 +824,13 @@ pub fn backup(
                                     return Ok((s, w));
                                 };
                                 let t = &tables[job.table];
-                                let r = dump_work(&mut s, t, &job, &mut w, live, limit, rows_done);
+                                let state = RunState {
+                                    live,
+                                    limit,
+                                    rows_done,
+                                    abort,
+                                };
+                                let r = dump_work(&mut s, t, &job, &mut w, &state);
                                 match r {
                                     Ok(done) => {
                                         files
@@ -770,7 +839,8 @@ pub fn backup(
                                             .insert((job.table, job.seq), done);
                                     }
                                     Err(e) => {
-                                        // The others stop at their next batch.
+                                        // The others stop at their next write.
+                                        abort.store(true, Ordering::Relaxed);
                                         queue.lock().expect("queue").clear();
                                         return Err(e);
                                     }
@@ -840,6 +910,9 @@ pub fn backup(
         .into_iter()
         .filter_map(|r| r.into_iter().next().flatten())
         .collect();
+    for db in &dbs {
+        sql::check_name("database", db).map_err(|m| err(ErrorKind::Unsupported, m))?;
+    }
     let mut databases = Vec::new();
     for db in &dbs {
         let create = c
@@ -1005,6 +1078,10 @@ fn schema_objects(c: &mut Session, w: &mut ArchiveWriter) -> Result<Vec<ObjectEn
         found.push((g(0), g(1), "event".into()));
     }
     let mut out = Vec::new();
+    for (db, name, kind) in &found {
+        sql::check_name(kind, &format!("{db}.{name}"))
+            .map_err(|m| err(ErrorKind::Unsupported, m))?;
+    }
     for (seq, (db, name, kind)) in found.into_iter().enumerate() {
         let (what, col) = match kind.as_str() {
             "procedure" => ("PROCEDURE", 2),

@@ -47,19 +47,31 @@ pub fn export_sql(
     let mut files = 0u64;
     w.put(
         format!(
-            "-- Stowage dump of {} ({}), consistent at {}\n\
+            "/*M!999999\\- enable the sandbox mode */\n\
+             -- Stowage dump of {} ({}), consistent at {}\n\
              -- Restore into a server without these databases: mariadb < dump.sql (or mysql < dump.sql)\n",
-            index.server_version,
+            sql::comment_text(&index.server_version),
             match index.flavor {
                 super::Flavor::MariaDb => "MariaDB",
                 super::Flavor::MySql => "MySQL",
             },
-            index.point
+            sql::comment_text(&index.point.to_string())
         )
         .as_bytes(),
     )?;
     for s in sql::SESSION.iter().chain(sql::LOAD_SESSION) {
         w.put(format!("{s};\n").as_bytes())?;
+    }
+    // Names come from a set whose backup refused control characters; checked
+    // again, since a newline would end a client command (`USE`) early.
+    for n in index
+        .databases
+        .iter()
+        .map(|x| x.name.as_str())
+        .chain(index.tables.iter().map(|t| t.db.as_str()))
+        .chain(index.objects.iter().map(|o| o.db.as_str()))
+    {
+        sql::check_name("database", n).map_err(|m| err(ErrorKind::Unsupported, m))?;
     }
     for db in &index.databases {
         let create = d.statement(&db.file)?;
@@ -112,9 +124,18 @@ pub fn export_sql(
             }
         }
     }
+    // Views after every table, each after the views it uses.
+    let mut views = Vec::new();
     for v in index.tables.iter().filter(|t| t.kind == "view") {
-        w.put(format!("\nUSE {};\n", sql::ident(&v.db)).as_bytes())?;
-        w.put(&d.statement(&v.schema)?)?;
+        views.push((
+            v.db.as_str(),
+            v.name.as_str(),
+            String::from_utf8_lossy(&d.statement(&v.schema)?).into_owned(),
+        ));
+    }
+    for (db, _, create) in sql::order_views(views) {
+        w.put(format!("\nUSE {};\n", sql::ident(db)).as_bytes())?;
+        w.put(create.as_bytes())?;
         w.put(b";\n")?;
         files += 1;
     }

@@ -259,6 +259,45 @@ pub fn restore(
     let rt = runtime()?;
     let mut c = Session::connect(&rt, conn)?;
     let target = preflight(&mut c, index, o)?;
+    // A renamed restore must not leave objects acting on the original: a
+    // reference the rename cannot follow (an unquoted `db.t`) is refused
+    // before anything is written.
+    let renamed: Vec<&String> = o
+        .rename
+        .iter()
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a)
+        .collect();
+    if !renamed.is_empty() {
+        let mut bodies: Vec<(String, String, String)> = Vec::new();
+        for v in index.tables.iter().filter(|t| t.kind == "view") {
+            bodies.push((
+                "view".into(),
+                format!("{}.{}", v.db, v.name),
+                text(&d, &v.schema)?,
+            ));
+        }
+        for ob in &index.objects {
+            bodies.push((
+                ob.kind.clone(),
+                format!("{}.{}", ob.db, ob.name),
+                text(&d, &ob.file)?,
+            ));
+        }
+        for (kind, name, body) in &bodies {
+            if let Some(db) = renamed
+                .iter()
+                .find(|db| sql::names_database_unquoted(body, db))
+            {
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{kind} {name} names database {db} without backquotes, which a restore into another name cannot follow (the copy would act on {db}); restore without --rename-db, or quote the name in its definition"
+                    ),
+                ));
+            }
+        }
+    }
     live.set_state(TaskState::Preparing);
     for l in sql::LOAD_SESSION {
         c.exec(l)?;
@@ -422,6 +461,16 @@ pub fn restore(
     // Views (one may use another: repeated while some fail and others
     // succeed), then routines, triggers and events in their own sql_mode.
     let mut views: Vec<_> = index.tables.iter().filter(|t| t.kind == "view").collect();
+    // In dependency order where the definitions say (fewer rounds).
+    let mut order = Vec::new();
+    for v in &views {
+        order.push((v.db.as_str(), v.name.as_str(), text(&d, &v.schema)?));
+    }
+    let order: Vec<(String, String)> = sql::order_views(order)
+        .into_iter()
+        .map(|(db, n, _)| (db.to_string(), n.to_string()))
+        .collect();
+    views.sort_by_key(|v| order.iter().position(|(db, n)| *db == v.db && *n == v.name));
     let mut view_count = 0u64;
     while !views.is_empty() {
         let before = views.len();
@@ -447,6 +496,7 @@ pub fn restore(
         views = failed;
     }
     let mut objects = 0u64;
+    let mut events_disabled = Vec::new();
     for ob in &index.objects {
         c.exec(format!("USE {}", sql::ident(&tgt(&ob.db))))?;
         c.exec(format!(
@@ -464,6 +514,11 @@ pub fn restore(
             ),
             ..e
         })?;
+        // A copy under another name does not run the original's schedule.
+        if ob.kind == "event" && !renamed.is_empty() {
+            c.exec(format!("ALTER EVENT {} DISABLE", sql::ident(&ob.name)))?;
+            events_disabled.push(format!("{}.{}", tgt(&ob.db), ob.name));
+        }
         objects += 1;
     }
     c.close();
@@ -475,6 +530,7 @@ pub fn restore(
         "objects": objects,
         "rows": rows,
         "tables_with_deferred_indexes": indexes,
+        "events_disabled": events_disabled,
         "statements": statements.load(Ordering::Relaxed),
     }))
 }

@@ -455,13 +455,14 @@ pub fn check_server(s: &mut Session, user: &str) -> Result<Facts, EngineError> {
         log_bin: get(1) == "1",
         server_id: get(2).parse().unwrap_or(0),
     };
+    // MySQL 8.0.17: CAST(… AS DOUBLE), which the dump reads FLOAT with.
     if f.flavor == Flavor::MariaDb && f.version < (10, 5, 0)
-        || f.flavor == Flavor::MySql && f.version < (8, 0, 0)
+        || f.flavor == Flavor::MySql && f.version < (8, 0, 17)
     {
         return Err(err(
             ErrorKind::Unsupported,
             format!(
-                "{} is not supported: MariaDB 10.5 or later, or MySQL 8.0 or later",
+                "{} is not supported: MariaDB 10.5 or later, or MySQL 8.0.17 or later",
                 f.version_string
             ),
         ));

@@ -46,6 +46,14 @@ struct OptionsFile {
 
 impl OptionsFile {
     fn new(conn: &ConnSpec) -> Result<OptionsFile, EngineError> {
+        // A line break would end the value and start another option.
+        let bad = |v: &str| v.contains(['\n', '\r', '\0']);
+        if bad(&conn.user) || conn.password.as_ref().is_some_and(|p| bad(p.expose())) {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "the physical method cannot pass a user or password with a line break to mariadb-backup",
+            ));
+        }
         let dir = tempfile::Builder::new()
             .prefix("stowage-mariadb-backup-")
             .tempdir()
@@ -171,7 +179,33 @@ pub fn backup(
         ));
     }
     let datadir = c.value("SELECT @@datadir")?.unwrap_or_default();
+    let server_host = c.value("SELECT @@hostname")?.unwrap_or_default();
     c.close();
+    // The files are read where the server says they are, on this machine:
+    // the server must be this machine's (a loopback address, and its host
+    // name this machine's), never a remote one whose data directory happens
+    // to have the same path as a local server's.
+    let loopback = if conn.addrs.is_empty() {
+        conn.host == "localhost"
+            || conn
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    } else {
+        conn.addrs.iter().all(|a| a.ip().is_loopback())
+    };
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if !loopback || (!here.is_empty() && server_host != here) {
+        return Err(err(
+            ErrorKind::Unsupported,
+            format!(
+                "the physical method reads the server's files on the machine Stowage runs on: the instance must be reached on a loopback address ({}:{}) and be this machine's server (it calls itself {server_host:?}, this machine is {here:?}); use the logical method for a server elsewhere",
+                conn.host, conn.port
+            ),
+        ));
+    }
     let datadir = PathBuf::from(datadir.trim_end_matches('/'));
     if !datadir.join("ibdata1").is_file() && !datadir.join("mysql").is_dir() {
         return Err(err(

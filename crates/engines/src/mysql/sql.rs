@@ -18,6 +18,9 @@ pub enum ValueKind {
     /// Everything else (strings, binary, dates and times, JSON, spatial,
     /// `ENUM`/`SET`): a quoted, escaped string of the raw bytes.
     Quoted,
+    /// MySQL's `JSON` type, which refuses a string in the `binary`
+    /// character set: quoted as `Quoted`, marked `_utf8mb4`.
+    Json,
 }
 
 /// Appends `name` quoted as an identifier (backticks doubled).
@@ -30,6 +33,27 @@ pub fn push_ident(out: &mut Vec<u8>, name: &str) {
         out.push(b);
     }
     out.push(b'`');
+}
+
+/// Refuses a name a dump cannot carry: a control character (a newline
+/// above all) would end a statement, or a `mariadb` client command line, in
+/// the middle of the name.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} {:?} has a control character in its name, which a dump cannot carry safely; rename it",
+            name
+        ));
+    }
+    Ok(())
+}
+
+/// Text from the server for a `--` comment line: control characters become
+/// `?`, so it can never end the comment.
+pub fn comment_text(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// `name` quoted as an identifier.
@@ -75,7 +99,10 @@ pub fn push_value(out: &mut Vec<u8>, kind: ValueKind, v: Option<&[u8]>) {
                 out.push(HEX[(b & 15) as usize]);
             }
         }
-        ValueKind::Quoted => {
+        ValueKind::Json | ValueKind::Quoted => {
+            if kind == ValueKind::Json {
+                out.extend_from_slice(b"_utf8mb4");
+            }
             out.reserve(v.len() + 2);
             out.push(b'\'');
             let mut start = 0;
@@ -159,7 +186,20 @@ pub fn defer_secondary_indexes(create: &str, table: &str) -> Option<(String, Str
         return None;
     }
     let lines: Vec<&str> = create.lines().collect();
-    let is_key = |l: &str| l.starts_with("  KEY `");
+    // InnoDB wants an index that starts with the AUTO_INCREMENT column.
+    let auto: Option<String> = lines
+        .iter()
+        .find(|l| l.starts_with("  `") && l.contains(" AUTO_INCREMENT"))
+        .and_then(|l| l[2..].split("` ").next())
+        .map(|n| format!("{n}`"));
+    let is_key = |l: &str| {
+        l.starts_with("  KEY `")
+            && !auto.as_deref().is_some_and(|a| {
+                l.split_once(" (").is_some_and(|(_, cols)| {
+                    cols.starts_with(a) && cols[a.len()..].starts_with([',', '(', ')'])
+                })
+            })
+    };
     let keys: Vec<&str> = lines.iter().copied().filter(|l| is_key(l)).collect();
     if keys.is_empty() {
         return None;
@@ -226,6 +266,9 @@ pub fn rename_databases(sql: &str, rename: &std::collections::BTreeMap<String, S
                 copied = end;
             }
             i = end;
+        } else if let Some(end) = comment_end(b, i) {
+            // Comments are left as they are.
+            i = end;
         } else if b[i] == b'\'' || b[i] == b'"' {
             // Skip string literals: a name inside one is data.
             let q = b[i];
@@ -243,6 +286,83 @@ pub fn rename_databases(sql: &str, rename: &std::collections::BTreeMap<String, S
     }
     if copied < sql.len() {
         out.push_str(&sql[copied.min(sql.len())..]);
+    }
+    out
+}
+
+/// Where a comment starting at `i` ends (`-- `, `#` to the end of the
+/// line; `/* … */`), if one starts there.
+fn comment_end(b: &[u8], i: usize) -> Option<usize> {
+    let rest = &b[i..];
+    if rest.starts_with(b"-- ") || rest.starts_with(b"--\t") || rest.starts_with(b"#") {
+        return Some(
+            rest.iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |p| i + p + 1),
+        );
+    }
+    if rest.starts_with(b"/*") {
+        return Some(
+            rest.windows(2)
+                .skip(2)
+                .position(|w| w == b"*/")
+                .map_or(b.len(), |p| i + 2 + p + 2),
+        );
+    }
+    None
+}
+
+/// Whether `sql` names database `db` without backquotes (`db.t`), outside
+/// strings and comments: a reference [`rename_databases`] cannot follow.
+pub fn names_database_unquoted(sql: &str, db: &str) -> bool {
+    let b = sql.as_bytes();
+    let d = db.as_bytes();
+    let ident_byte = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(end) = comment_end(b, i) {
+            i = end;
+        } else if matches!(b[i], b'\'' | b'"' | b'`') {
+            let q = b[i];
+            let mut j = i + 1;
+            while j < b.len() && b[j] != q {
+                if b[j] == b'\\' && q != b'`' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            i = j + 1;
+        } else if ident_byte(b[i]) {
+            let start = i;
+            while i < b.len() && ident_byte(b[i]) {
+                i += 1;
+            }
+            if b[start..i].eq_ignore_ascii_case(d) && b.get(i) == Some(&b'.') {
+                return true;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// Orders views so that each comes after the views it uses (their
+/// definitions, as `SHOW CREATE VIEW` writes them, name other views
+/// `` `db`.`view` ``); a cycle keeps its listed order.
+pub fn order_views<'a>(views: Vec<(&'a str, &'a str, String)>) -> Vec<(&'a str, &'a str, String)> {
+    let mut left = views;
+    let mut out: Vec<(&str, &str, String)> = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let names: Vec<String> = left.iter().map(|(db, v, _)| qualified(db, v)).collect();
+        let pos = (0..left.len()).find(|&k| {
+            let body = &left[k].2;
+            names
+                .iter()
+                .enumerate()
+                .all(|(j, n)| j == k || !body.contains(n.as_str()))
+        });
+        out.push(left.remove(pos.unwrap_or(0)));
     }
     out
 }
@@ -280,6 +400,10 @@ mod tests {
         assert_eq!(lit(ValueKind::Number, Some(b"-12.50")), "-12.50");
         assert_eq!(lit(ValueKind::Bits, Some(&[0x01, 0xff])), "0x01ff");
         assert_eq!(lit(ValueKind::Quoted, Some(b"")), "''");
+        assert_eq!(
+            lit(ValueKind::Json, Some(b"{\"a\": 1}")),
+            "_utf8mb4'{\"a\": 1}'"
+        );
         assert_eq!(
             lit(ValueKind::Quoted, Some(b"a'b\\c\nd\re\0f\x1ag\"")),
             "'a\\'b\\\\c\\nd\\re\\0f\\Zg\"'"
@@ -355,6 +479,73 @@ mod tests {
             .is_none()
         );
         assert!(defer_secondary_indexes("CREATE TABLE `t` (\n  `a` int,\n  KEY `a` (`a`),\n  CONSTRAINT `f` FOREIGN KEY (`a`) REFERENCES `p` (`id`)\n)", "t").is_none());
+    }
+
+    #[test]
+    fn the_auto_increment_columns_index_stays() {
+        let t = "CREATE TABLE `p` (\n  `created` date NOT NULL,\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `v` int(11) DEFAULT NULL,\n  PRIMARY KEY (`created`,`id`),\n  KEY `id` (`id`),\n  KEY `v` (`v`)\n) ENGINE=InnoDB";
+        let (table, alter) = defer_secondary_indexes(t, "p").unwrap();
+        assert!(table.contains("  KEY `id` (`id`)\n) ENGINE"), "{table}");
+        assert_eq!(alter, "ALTER TABLE `p` ADD KEY `v` (`v`)");
+        // Only its own index: `id2` is another column.
+        let t2 = t.replace("KEY `v` (`v`)", "KEY `v` (`id2`)");
+        let (_, alter) = defer_secondary_indexes(&t2, "p").unwrap();
+        assert_eq!(alter, "ALTER TABLE `p` ADD KEY `v` (`id2`)");
+    }
+
+    #[test]
+    fn control_characters_are_kept_out_of_names_and_comments() {
+        assert!(check_name("table", "a b.ü").is_ok());
+        assert!(check_name("database", "x\n\\! sh").is_err());
+        assert_eq!(comment_text("10.11\n\\! rm"), "10.11?\\! rm");
+    }
+
+    #[test]
+    fn unquoted_references_are_found_outside_strings_and_comments() {
+        assert!(names_database_unquoted(
+            "INSERT INTO shop.audit VALUES (1)",
+            "shop"
+        ));
+        assert!(names_database_unquoted("insert into SHOP.audit", "shop"));
+        assert!(!names_database_unquoted(
+            "INSERT INTO `shop`.`audit`",
+            "shop"
+        ));
+        assert!(!names_database_unquoted(
+            "SELECT 'shop.x' -- shop.y\n",
+            "shop"
+        ));
+        assert!(!names_database_unquoted("INSERT INTO myshop.a", "shop"));
+        assert!(!names_database_unquoted("/* shop.a */ SELECT 1", "shop"));
+    }
+
+    #[test]
+    fn views_come_after_the_views_they_use() {
+        let v = vec![
+            (
+                "d",
+                "a",
+                "CREATE VIEW `a` AS select * from `d`.`b`".to_string(),
+            ),
+            (
+                "d",
+                "b",
+                "CREATE VIEW `b` AS select * from `d`.`t`".to_string(),
+            ),
+            ("d", "c", "CREATE VIEW `c` AS select 1".to_string()),
+        ];
+        let names: Vec<&str> = order_views(v).iter().map(|x| x.1).collect();
+        assert_eq!(names, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn comments_do_not_confuse_renames() {
+        let m: std::collections::BTreeMap<String, String> =
+            [("shop".to_string(), "shop2".to_string())].into();
+        assert_eq!(
+            rename_databases("-- don't\nINSERT INTO `shop`.`a` VALUES ('`shop`.x')", &m),
+            "-- don't\nINSERT INTO `shop2`.`a` VALUES ('`shop`.x')"
+        );
     }
 
     #[test]

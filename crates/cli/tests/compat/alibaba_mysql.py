@@ -74,7 +74,9 @@ r = urllib.request.urlopen(b.backup_download_url)
 assert r.headers["Content-Type"] == "application/sql", dict(r.headers)
 assert r.headers["Content-Disposition"] == 'attachment; filename="dump.sql"', dict(r.headers)
 script = r.read()
-assert script.startswith(b"-- Stowage dump of 10.11") and b"INSERT INTO `orders`" in script, script[:300]
+first, second = script.split(b"\n", 2)[:2]
+assert first == b"/*M!999999\\- enable the sandbox mode */", first
+assert second.startswith(b"-- Stowage dump of 10.11") and b"INSERT INTO `orders`" in script, script[:300]
 
 # The binary log position is outside the model: the raw JSON has it.
 req = DescribeBackupsRequest()

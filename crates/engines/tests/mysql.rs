@@ -675,6 +675,16 @@ fn a_64_mib_longblob_restores_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let r = repo(dir.path());
     let (man, _) = backup(&r, &src, &opts(2, 64 << 20)).unwrap();
+    // A target with the default packet size cannot take the row: refused
+    // before anything is written, saying what to raise.
+    let small = MariaDbServer::start(MariaDbOptions::default());
+    let e = restore(&r, &man, &small, &[], false).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unsupported);
+    assert!(e.message.contains("max_allowed_packet"), "{}", e.message);
+    assert_eq!(
+        small.sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'd'"),
+        "0"
+    );
     let dst = MariaDbServer::start(big);
     restore(&r, &man, &dst, &[], false).unwrap();
     assert_eq!(checksums(&src, "d"), checksums(&dst, "d"));

@@ -114,6 +114,11 @@ pub struct DumpIndex {
     pub databases: Vec<DatabaseEntry>,
     pub tables: Vec<TableEntry>,
     pub objects: Vec<ObjectEntry>,
+    /// The largest `INSERT` statement of the data files, in bytes: a
+    /// server restored into must take packets this large
+    /// (`max_allowed_packet`).
+    #[serde(default)]
+    pub max_statement: u64,
 }
 
 /// A logical set's dump opened for reading: its files by path and its
@@ -150,6 +155,7 @@ impl<'a> OpenedDump<'a> {
                 databases: Vec::new(),
                 tables: Vec::new(),
                 objects: Vec::new(),
+                max_statement: 0,
             },
         };
         d.index = serde_json::from_slice(&d.read(INDEX_FILE)?)
@@ -428,6 +434,8 @@ struct RunState<'a> {
     rows_done: &'a AtomicU64,
     /// Set by the first worker that fails.
     abort: &'a std::sync::atomic::AtomicBool,
+    /// The largest statement written (a restore's target must take it).
+    max_statement: &'a AtomicU64,
 }
 
 /// Reads a table's (or range's) rows and writes them as `INSERT` statements.
@@ -443,6 +451,7 @@ fn dump_work(
         limit,
         rows_done,
         abort,
+        max_statement,
     } = *run;
     let path = format!(
         "{}.{}.{:05}.sql",
@@ -520,8 +529,9 @@ fn dump_work(
             stmt_bytes = 0;
         }
         buf.extend_from_slice(&row);
-        stmt_bytes += row.len();
+        stmt_bytes += row.len() + 2;
         rows += 1;
+        max_statement.fetch_max((header.len() + stmt_bytes) as u64, Ordering::Relaxed);
         if sql::ends_statement(&row, 8) || stmt_bytes >= 1 << 20 {
             buf.extend_from_slice(b";\n");
             in_statement = false;
@@ -798,6 +808,7 @@ pub fn backup(
     live.set_state(TaskState::Running);
     let limit = RateLimit::new(o.max_rate_kbps);
     let rows_done = AtomicU64::new(0);
+    let max_statement = AtomicU64::new(0);
     let files: Mutex<BTreeMap<(usize, usize), (String, u64)>> = Mutex::new(BTreeMap::new());
     let (nt_work, tx_work): (Vec<Work>, Vec<Work>) = work
         .into_iter()
@@ -815,8 +826,15 @@ pub fn backup(
                 let handles: Vec<_> = workers
                     .into_iter()
                     .map(|(mut s, mut w)| {
-                        let (queue, tables, files, limit, rows_done, abort) =
-                            (&queue, &tables, &files, &limit, &rows_done, &abort);
+                        let (queue, tables, files, limit, rows_done, abort, max_statement) = (
+                            &queue,
+                            &tables,
+                            &files,
+                            &limit,
+                            &rows_done,
+                            &abort,
+                            &max_statement,
+                        );
                         sc.spawn(move || -> Result<(Session, ArchiveWriter), EngineError> {
                             loop {
                                 let next = queue.lock().expect("queue").pop();
@@ -829,6 +847,7 @@ pub fn backup(
                                     limit,
                                     rows_done,
                                     abort,
+                                    max_statement,
                                 };
                                 let r = dump_work(&mut s, t, &job, &mut w, &state);
                                 match r {
@@ -1024,6 +1043,7 @@ pub fn backup(
         databases,
         tables: entries,
         objects,
+        max_statement: max_statement.load(Ordering::Relaxed),
     };
     let json = serde_json::to_vec_pretty(&index).expect("index serializes");
     put(&mut w, INDEX_FILE.into(), &json)?;

@@ -178,6 +178,22 @@ fn preflight(
     index: &DumpIndex,
     o: &LoadOptions,
 ) -> Result<BTreeMap<String, String>, EngineError> {
+    // The set's largest statement (a row that large) must fit the target's
+    // packets, or the load would stop halfway.
+    let packet: u64 = c
+        .value("SELECT @@max_allowed_packet")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    if index.max_statement + 1024 > packet {
+        return Err(err(
+            ErrorKind::Unsupported,
+            format!(
+                "the set holds a statement of {} bytes (a row that large), and the target server takes packets of at most {packet} bytes (max_allowed_packet); raise it (SET GLOBAL max_allowed_packet = {}) and restore again",
+                index.max_statement,
+                (index.max_statement + (1 << 20)).next_power_of_two()
+            ),
+        ));
+    }
     let names: BTreeSet<&str> = index.databases.iter().map(|d| d.name.as_str()).collect();
     for from in o.rename.keys() {
         if !names.contains(from.as_str()) {

@@ -356,6 +356,18 @@ fn every_type_and_object_restores_bit_for_bit_into_renamed_databases() {
     assert!(e.message.contains("server's own"), "{}", e.message);
 }
 
+/// The binlog file and position a set is consistent at.
+fn binlog_point(out: &stowage_engines::BackupOutcome) -> (String, u64) {
+    match &out.consistent_point {
+        ConsistentPoint::Binlog {
+            binlog_file: Some(file),
+            binlog_position: Some(pos),
+            ..
+        } => (file.clone(), *pos),
+        p => panic!("{p:?}"),
+    }
+}
+
 /// Moves money between 200 accounts in transactions (and, with `myisam`,
 /// appends to a MyISAM ledger in the same loop) until `stop`.
 fn transfers(
@@ -486,14 +498,7 @@ fn consistent_under_writers(myisam: bool, pause: Duration) -> String {
     if myisam {
         assert_eq!(out.meta["lineup"]["method"], "read_lock", "{}", out.meta);
     }
-    let ConsistentPoint::Binlog {
-        binlog_file: Some(file),
-        binlog_position: Some(pos),
-        ..
-    } = &out.consistent_point
-    else {
-        panic!("{:?}", out.consistent_point)
-    };
+    let (file, pos) = &binlog_point(&out);
     let dst = MariaDbServer::start(MariaDbOptions::default());
     restore(&r, &man, &dst, &[], false).unwrap();
     // No money made or lost.
@@ -738,14 +743,7 @@ fn a_physical_backup_under_writers_restores_into_a_folder_mariadbd_starts_on() {
         "{names:?}"
     );
     assert!(live.bytes_done.load(std::sync::atomic::Ordering::Relaxed) > 10_000_000);
-    let ConsistentPoint::Binlog {
-        binlog_file: Some(file),
-        binlog_position: Some(pos),
-        ..
-    } = &out.consistent_point
-    else {
-        panic!("{:?}", out.consistent_point)
-    };
+    let (file, pos) = &binlog_point(&out);
 
     // Into a folder, prepared: a data directory.
     let target = work.path().join("restored");

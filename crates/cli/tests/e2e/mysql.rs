@@ -10,15 +10,16 @@ use stowage_testkit::{MariaDbOptions, MariaDbServer};
 const BACKUP_GRANTS: &str =
     "SELECT, RELOAD, LOCK TABLES, BINLOG MONITOR, SHOW VIEW, TRIGGER, EVENT";
 
-fn add(
-    s: &Stowage,
+/// `instance add` of a MySQL instance on 127.0.0.1:`port` as `user`, the
+/// password read from `pw_file`.
+fn add_args(
     name: &str,
-    m: &MariaDbServer,
+    port: u16,
+    user: &str,
     pw_file: &std::path::Path,
     extra: &[&str],
-) -> serde_json::Value {
-    let port = m.port.to_string();
-    let mut a = vec![
+) -> Vec<String> {
+    let mut a: Vec<String> = [
         "instance",
         "add",
         "--name",
@@ -26,14 +27,31 @@ fn add(
         "--engine",
         "mysql",
         "--port",
-        &port,
+        &port.to_string(),
         "--user",
-        "bk",
+        user,
         "--password-file",
         pw_file.to_str().unwrap(),
-    ];
-    a.extend_from_slice(extra);
-    s.json(&a)
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
+fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+fn add(
+    s: &Stowage,
+    name: &str,
+    m: &MariaDbServer,
+    pw_file: &std::path::Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    s.json(&strs(&add_args(name, m.port, "bk", pw_file, extra)))
 }
 
 #[test]
@@ -53,40 +71,13 @@ fn a_mariadb_server_is_registered_backed_up_and_restored_into_another() {
     let s = Stowage::start(&work.path().join("stowage"));
 
     // A user without the privileges is refused at registration, by name.
-    let port = src.port.to_string();
-    let o = s.cli(&[
-        "instance",
-        "add",
-        "--name",
-        "weak",
-        "--engine",
-        "mysql",
-        "--port",
-        &port,
-        "--user",
-        "weak",
-        "--password-file",
-        pw.to_str().unwrap(),
-    ]);
+    let o = s.cli(&strs(&add_args("weak", src.port, "weak", &pw, &[])));
     assert_fails(&o, 2, "RELOAD");
     assert!(stderr(&o).contains("GRANT"), "{}", stderr(&o));
     // A wrong password: refused, the password never echoed.
     let bad = work.path().join("bad");
     std::fs::write(&bad, "wrong-pw").unwrap();
-    let o = s.cli(&[
-        "instance",
-        "add",
-        "--name",
-        "bad",
-        "--engine",
-        "mysql",
-        "--port",
-        &port,
-        "--user",
-        "bk",
-        "--password-file",
-        bad.to_str().unwrap(),
-    ]);
+    let o = s.cli(&strs(&add_args("bad", src.port, "bk", &bad, &[])));
     assert!(
         stderr(&o).contains("DatabaseAuthentication"),
         "{}",
@@ -94,22 +85,13 @@ fn a_mariadb_server_is_registered_backed_up_and_restored_into_another() {
     );
     assert!(!stderr(&o).contains("wrong-pw"));
     // dbname means nothing for MySQL: refused rather than ignored.
-    let o = s.cli(&[
-        "instance",
-        "add",
-        "--name",
+    let o = s.cli(&strs(&add_args(
         "db",
-        "--engine",
-        "mysql",
-        "--port",
-        &port,
-        "--user",
+        src.port,
         "bk",
-        "--password-file",
-        pw.to_str().unwrap(),
-        "--dbname",
-        "shop",
-    ]);
+        &pw,
+        &["--dbname", "shop"],
+    )));
     assert_fails(&o, 2, "dbname");
 
     let v = add(&s, "shop", &src, &pw, &[]);
@@ -256,20 +238,7 @@ fn a_mariadb_server_is_registered_backed_up_and_restored_into_another() {
     let o = s.cli_as(
         &ak,
         &sk,
-        &[
-            "instance",
-            "add",
-            "--name",
-            "t-shop",
-            "--engine",
-            "mysql",
-            "--port",
-            &port,
-            "--user",
-            "bk",
-            "--password-file",
-            tpw.to_str().unwrap(),
-        ],
+        &strs(&add_args("t-shop", src.port, "bk", &tpw, &[])),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let o = s.cli_as(&ak, &sk, &["backup", "t-shop", "--method", "physical"]);

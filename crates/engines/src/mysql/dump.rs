@@ -355,26 +355,53 @@ fn list_tables(c: &mut Session) -> Result<Listing, EngineError> {
     Ok((tables, views, sequences))
 }
 
+/// `SHOW CREATE <what> <name>`'s statement (its second column), `None`
+/// when the server returns no row.
+fn show_create(c: &mut Session, what: &str, name: &str) -> Result<Option<String>, EngineError> {
+    Ok(c.text_rows(format!("SHOW CREATE {what} {name}"))?
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().nth(1).flatten()))
+}
+
+/// [`show_create`] of `db`.`name`, which must exist.
+fn show_create_of(
+    c: &mut Session,
+    what: &str,
+    db: &str,
+    name: &str,
+) -> Result<String, EngineError> {
+    show_create(c, what, &sql::qualified(db, name))?.ok_or_else(|| {
+        err(
+            ErrorKind::Protocol,
+            format!("SHOW CREATE {what} {db}.{name} returned nothing"),
+        )
+    })
+}
+
 /// `SHOW CREATE TABLE` of every table, by position.
 fn table_schemas(c: &mut Session, tables: &[Table]) -> Result<Vec<String>, EngineError> {
     tables
         .iter()
-        .map(|t| {
-            let r = c.text_rows(format!(
-                "SHOW CREATE TABLE {}",
-                sql::qualified(&t.db, &t.name)
-            ))?;
-            r.into_iter()
-                .next()
-                .and_then(|r| r.into_iter().nth(1).flatten())
-                .ok_or_else(|| {
-                    err(
-                        ErrorKind::Protocol,
-                        format!("SHOW CREATE TABLE {}.{} returned nothing", t.db, t.name),
-                    )
-                })
-        })
+        .map(|t| show_create_of(c, "TABLE", &t.db, &t.name))
         .collect()
+}
+
+impl TableEntry {
+    /// A view or sequence: its definition's file, no data.
+    fn definition(db: &str, name: &str, kind: &str, schema: String) -> TableEntry {
+        TableEntry {
+            db: db.to_string(),
+            name: name.to_string(),
+            kind: kind.to_string(),
+            engine: None,
+            schema,
+            columns: Vec::new(),
+            files: Vec::new(),
+            rows: 0,
+            next_value: None,
+        }
+    }
 }
 
 /// Cuts tables into work: integer-keyed tables larger than `range_bytes`
@@ -934,11 +961,7 @@ pub fn backup(
     }
     let mut databases = Vec::new();
     for db in &dbs {
-        let create = c
-            .text_rows(format!("SHOW CREATE DATABASE {}", sql::ident(db)))?
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().nth(1).flatten())
+        let create = show_create(&mut c, "DATABASE", &sql::ident(db))?
             .unwrap_or_else(|| format!("CREATE DATABASE {}", sql::ident(db)));
         let path = format!("{}-schema-create.sql", sql::file_name(db));
         put(&mut w, path.clone(), format!("{create};\n").as_bytes())?;
@@ -970,52 +993,24 @@ pub fn backup(
         });
     }
     for (db, name) in &views {
-        let create = c
-            .text_rows(format!("SHOW CREATE VIEW {}", sql::qualified(db, name)))?
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().nth(1).flatten())
-            .ok_or_else(|| {
-                err(
-                    ErrorKind::Protocol,
-                    format!("SHOW CREATE VIEW {db}.{name} returned nothing"),
-                )
-            })?;
+        let create = show_create_of(&mut c, "VIEW", db, name)?;
         let schema = format!(
             "{}.{}-schema-view.sql",
             sql::file_name(db),
             sql::file_name(name)
         );
         put(&mut w, schema.clone(), format!("{create};\n").as_bytes())?;
-        entries.push(TableEntry {
-            db: db.clone(),
-            name: name.clone(),
-            kind: "view".into(),
-            engine: None,
-            schema,
-            columns: Vec::new(),
-            files: Vec::new(),
-            rows: 0,
-            next_value: None,
-        });
+        entries.push(TableEntry::definition(db, name, "view", schema));
     }
     // Sequences (MariaDB): their definition, and the next value read after
     // the data, so a restored sequence never hands out a value a restored
     // row holds.
     for (db, name) in &sequences {
-        let q = sql::qualified(db, name);
-        let create = c
-            .text_rows(format!("SHOW CREATE SEQUENCE {q}"))?
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().nth(1).flatten())
-            .ok_or_else(|| {
-                err(
-                    ErrorKind::Protocol,
-                    format!("SHOW CREATE SEQUENCE {db}.{name} returned nothing"),
-                )
-            })?;
-        let next = c.value(format!("SELECT next_not_cached_value FROM {q}"))?;
+        let create = show_create_of(&mut c, "SEQUENCE", db, name)?;
+        let next = c.value(format!(
+            "SELECT next_not_cached_value FROM {}",
+            sql::qualified(db, name)
+        ))?;
         let schema = format!(
             "{}.{}-schema-sequence.sql",
             sql::file_name(db),
@@ -1023,15 +1018,8 @@ pub fn backup(
         );
         put(&mut w, schema.clone(), format!("{create};\n").as_bytes())?;
         entries.push(TableEntry {
-            db: db.clone(),
-            name: name.clone(),
-            kind: "sequence".into(),
-            engine: None,
-            schema,
-            columns: Vec::new(),
-            files: Vec::new(),
-            rows: 0,
             next_value: next,
+            ..TableEntry::definition(db, name, "sequence", schema)
         });
     }
     let objects = schema_objects(&mut c, &mut w)?;

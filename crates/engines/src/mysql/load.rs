@@ -284,23 +284,25 @@ pub fn restore(
         .filter(|(a, b)| a != b)
         .map(|(a, _)| a)
         .collect();
+    // Views' and objects' definitions, read once.
+    let mut view_defs = Vec::new();
+    for v in index.tables.iter().filter(|t| t.kind == "view") {
+        view_defs.push((v.db.as_str(), v.name.as_str(), text(&d, &v.schema)?));
+    }
+    let mut object_defs = Vec::new();
+    for ob in &index.objects {
+        object_defs.push((ob, text(&d, &ob.file)?));
+    }
     if !renamed.is_empty() {
-        let mut bodies: Vec<(String, String, String)> = Vec::new();
-        for v in index.tables.iter().filter(|t| t.kind == "view") {
-            bodies.push((
-                "view".into(),
-                format!("{}.{}", v.db, v.name),
-                text(&d, &v.schema)?,
-            ));
-        }
-        for ob in &index.objects {
-            bodies.push((
-                ob.kind.clone(),
-                format!("{}.{}", ob.db, ob.name),
-                text(&d, &ob.file)?,
-            ));
-        }
-        for (kind, name, body) in &bodies {
+        let bodies = view_defs
+            .iter()
+            .map(|(db, n, body)| ("view", format!("{db}.{n}"), body))
+            .chain(
+                object_defs
+                    .iter()
+                    .map(|(ob, body)| (ob.kind.as_str(), format!("{}.{}", ob.db, ob.name), body)),
+            );
+        for (kind, name, body) in bodies {
             if let Some(db) = renamed
                 .iter()
                 .find(|db| sql::names_database_unquoted(body, db))
@@ -476,30 +478,22 @@ pub fn restore(
 
     // Views (one may use another: repeated while some fail and others
     // succeed), then routines, triggers and events in their own sql_mode.
-    let mut views: Vec<_> = index.tables.iter().filter(|t| t.kind == "view").collect();
     // In dependency order where the definitions say (fewer rounds).
-    let mut order = Vec::new();
-    for v in &views {
-        order.push((v.db.as_str(), v.name.as_str(), text(&d, &v.schema)?));
-    }
-    let order: Vec<(String, String)> = sql::order_views(order)
-        .into_iter()
-        .map(|(db, n, _)| (db.to_string(), n.to_string()))
-        .collect();
-    views.sort_by_key(|v| order.iter().position(|(db, n)| *db == v.db && *n == v.name));
+    let mut views = sql::order_views(view_defs);
     let mut view_count = 0u64;
     while !views.is_empty() {
         let before = views.len();
         let mut failed = Vec::new();
         let mut last_err = None;
         for v in views {
-            c.exec(format!("USE {}", sql::ident(&tgt(&v.db))))?;
-            let create = sql::rename_databases(&text(&d, &v.schema)?, &o.rename);
+            let (db, name, body) = &v;
+            c.exec(format!("USE {}", sql::ident(&tgt(db))))?;
+            let create = sql::rename_databases(body, &o.rename);
             match c.exec(&create) {
                 Ok(()) => view_count += 1,
                 Err(e) => {
                     last_err = Some(EngineError {
-                        message: format!("creating view {}.{}: {}", tgt(&v.db), v.name, e.message),
+                        message: format!("creating view {}.{name}: {}", tgt(db), e.message),
                         ..e
                     });
                     failed.push(v);
@@ -513,13 +507,13 @@ pub fn restore(
     }
     let mut objects = 0u64;
     let mut events_disabled = Vec::new();
-    for ob in &index.objects {
+    for (ob, body) in &object_defs {
         c.exec(format!("USE {}", sql::ident(&tgt(&ob.db))))?;
         c.exec(format!(
             "SET SESSION sql_mode = {}",
             sql::string_literal(&ob.sql_mode)
         ))?;
-        let create = sql::rename_databases(&text(&d, &ob.file)?, &o.rename);
+        let create = sql::rename_databases(body, &o.rename);
         c.exec(&create).map_err(|e| EngineError {
             message: format!(
                 "creating {} {}.{}: {}",

@@ -441,6 +441,21 @@ pub fn required_privileges(
     ]
 }
 
+/// The session user's global privileges, upper case. Only its own rows: a
+/// user with global SELECT sees everyone's in `USER_PRIVILEGES`.
+pub fn own_privileges(s: &mut Session) -> Result<std::collections::BTreeSet<String>, EngineError> {
+    Ok(s.text_rows(
+        "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = \
+             CONCAT('''', LEFT(CURRENT_USER(), LENGTH(CURRENT_USER()) - \
+             LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), \
+             '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
+    )?
+    .into_iter()
+    .filter_map(|r| r.into_iter().next().flatten())
+    .map(|p| p.to_ascii_uppercase())
+    .collect())
+}
+
 /// Connects, learns the server and checks the user's global privileges.
 pub fn check_server(s: &mut Session, user: &str) -> Result<Facts, EngineError> {
     let r = s.text_rows("SELECT VERSION(), @@log_bin, @@server_id")?;
@@ -467,18 +482,7 @@ pub fn check_server(s: &mut Session, user: &str) -> Result<Facts, EngineError> {
             ),
         ));
     }
-    let have: std::collections::BTreeSet<String> = s
-        // Only this user's rows: a user with global SELECT sees everyone's.
-        .text_rows(
-            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = \
-             CONCAT('''', LEFT(CURRENT_USER(), LENGTH(CURRENT_USER()) - \
-             LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), \
-             '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
-        )?
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .map(|p| p.to_ascii_uppercase())
-        .collect();
+    let have = own_privileges(s)?;
     let missing: Vec<_> = required_privileges(&f)
         .into_iter()
         .filter(|(_, names, _)| !names.iter().any(|n| have.contains(*n)))

@@ -18,6 +18,7 @@ use super::{Facts, Flavor, Session, check_server, err, runtime};
 use crate::{BackupOutcome, ConnSpec, EngineError, ErrorKind, RateLimit};
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -77,7 +78,7 @@ impl OptionsFile {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode_0600()
+            .mode(0o600)
             .open(&path)
             .map_err(|e| err(ErrorKind::Filesystem, format!("{}: {e}", path.display())))?;
         f.write_all(body.as_bytes())
@@ -87,17 +88,6 @@ impl OptionsFile {
 
     fn path(&self) -> PathBuf {
         self.dir.path().join("my.cnf")
-    }
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
     }
 }
 
@@ -161,15 +151,7 @@ pub fn backup(
             "the physical method runs mariadb-backup, which backs up MariaDB; for MySQL use the logical method",
         ));
     }
-    let process = c
-        .value(
-            "SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'PROCESS' AND GRANTEE = \
-             CONCAT('''', LEFT(CURRENT_USER(), LENGTH(CURRENT_USER()) - \
-             LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), \
-             '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
-        )?
-        .unwrap_or_default();
-    if process != "1" {
+    if !super::own_privileges(&mut c)?.contains("PROCESS") {
         return Err(err(
             ErrorKind::Permission,
             format!(

@@ -48,6 +48,8 @@ pub struct DumpOptions {
     pub range_bytes: u64,
     /// Always line the snapshots up under the brief global read lock (tests).
     pub force_lock: bool,
+    /// The instance's newest set, to build on ([`super::binlog`]).
+    pub base: Option<crate::BaseSet>,
 }
 
 impl DumpOptions {
@@ -57,6 +59,7 @@ impl DumpOptions {
             max_rate_kbps: o.max_rate_kbps,
             range_bytes: 64 << 20,
             force_lock: false,
+            base: o.base.clone(),
         }
     }
 }
@@ -171,6 +174,11 @@ impl<'a> OpenedDump<'a> {
                 format!("the set lacks {p}, which its dump index names"),
             )
         })
+    }
+
+    /// Whether the set has this file.
+    pub fn has(&self, p: &str) -> bool {
+        self.by_path.contains_key(p)
     }
 
     /// A whole (small) file.
@@ -734,6 +742,25 @@ pub fn backup(
     let rt = runtime()?;
     let mut c = Session::connect(&rt, conn)?;
     let f = check_server(&mut c, &conn.user)?;
+    // Built on the newest set (its dump and the binary log since) where it
+    // can be; else a new dump, which says why.
+    let mut why_new = None;
+    if let Some(b) = &o.base {
+        match super::binlog::plan(&mut c, &f, &conn.user, b, writer)? {
+            Ok(p) => match super::binlog::build_on(&rt, conn, &mut c, &f, p, writer, live)? {
+                Ok(out) => {
+                    c.close();
+                    return Ok(out);
+                }
+                Err(why) => why_new = Some(format!("set {} not built on: {why}", b.id)),
+            },
+            Err(why) => why_new = Some(format!("set {} not built on: {why}", b.id)),
+        }
+        if let Some(why) = &why_new {
+            tracing::info!(base = b.id, reason = %why, "taking a new MySQL dump");
+        }
+    }
+    let started_ms = stowage_repo::lock::now_ms();
     live.set_state(TaskState::Preparing);
     let (tables, views, sequences) = list_tables(&mut c)?;
     let before = table_schemas(&mut c, &tables)?;
@@ -1042,10 +1069,21 @@ pub fn backup(
     writer.add_archive(w)?;
     c.close();
     let rows = rows_done.load(Ordering::Relaxed);
+    let end = super::binlog::Position::of(&point);
+    let mut dump = serde_json::json!({
+        "set": null,
+        "started_ms": started_ms,
+        "point": end,
+    });
+    if let Some(why) = why_new {
+        dump["why_new"] = why.into();
+    }
     Ok(BackupOutcome {
         consistent_point: point,
         engine_version: f.version(),
         meta: serde_json::json!({
+            "dump": dump,
+            "binlog_end": end,
             "flavor": f.flavor,
             "server_version": f.version_string,
             "databases": dbs.iter().collect::<Vec<_>>(),

@@ -42,6 +42,11 @@ pub fn export_sql(
     }
     let d = OpenedDump::open(repo, m)?;
     let index = &d.index;
+    let logged = super::binlog::open_index(&d)?;
+    let point = match &logged {
+        Some(l) => l.end.point(),
+        None => index.point.clone(),
+    };
     let file = |p: &str| d.file(p);
     let mut w = Counting { out, n: 0 };
     let mut files = 0u64;
@@ -55,7 +60,7 @@ pub fn export_sql(
                 super::Flavor::MariaDb => "MariaDB",
                 super::Flavor::MySql => "MySQL",
             },
-            sql::comment_text(&index.point.to_string())
+            sql::comment_text(&point.to_string())
         )
         .as_bytes(),
     )?;
@@ -151,6 +156,10 @@ pub fn export_sql(
         w.put(&d.statement(&o.file)?)?;
         w.put(b";;\nDELIMITER ;\n")?;
         files += 1;
+    }
+    if let Some(l) = &logged {
+        super::binlog::export(repo, &d, l, &mut |b| w.put(b))?;
+        files += l.segments.len() as u64;
     }
     w.put(b"\n-- end of dump\n")?;
     w.out.flush().map_err(crate::export::io)?;

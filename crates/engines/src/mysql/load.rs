@@ -176,6 +176,7 @@ fn load_file(
 fn preflight(
     c: &mut Session,
     index: &DumpIndex,
+    logged: &[String],
     o: &LoadOptions,
 ) -> Result<BTreeMap<String, String>, EngineError> {
     // The set's largest statement (a row that large) must fit the target's
@@ -194,7 +195,13 @@ fn preflight(
             ),
         ));
     }
-    let names: BTreeSet<&str> = index.databases.iter().map(|d| d.name.as_str()).collect();
+    // The dump's databases, and those only the binary log since names.
+    let names: BTreeSet<&str> = index
+        .databases
+        .iter()
+        .map(|d| d.name.as_str())
+        .chain(logged.iter().map(String::as_str))
+        .collect();
     for from in o.rename.keys() {
         if !names.contains(from.as_str()) {
             return Err(err(
@@ -206,16 +213,12 @@ fn preflight(
             ));
         }
     }
-    let target: BTreeMap<String, String> = index
-        .databases
+    let target: BTreeMap<String, String> = names
         .iter()
         .map(|d| {
             (
-                d.name.clone(),
-                o.rename
-                    .get(&d.name)
-                    .cloned()
-                    .unwrap_or_else(|| d.name.clone()),
+                d.to_string(),
+                o.rename.get(*d).cloned().unwrap_or_else(|| d.to_string()),
             )
         })
         .collect();
@@ -274,7 +277,16 @@ pub fn restore(
     let file = |p: &str| d.file(p);
     let rt = runtime()?;
     let mut c = Session::connect(&rt, conn)?;
-    let target = preflight(&mut c, index, o)?;
+    let logged = super::binlog::open_index(&d)?;
+    let target = preflight(
+        &mut c,
+        index,
+        logged.as_ref().map_or(&[][..], |l| &l.databases[..]),
+        o,
+    )?;
+    if let Some(l) = &logged {
+        super::binlog::preflight(&mut c, repo, &d, l, &o.rename)?;
+    }
     // A renamed restore must not leave objects acting on the original: a
     // reference the rename cannot follow (an unquoted `db.t`) is refused
     // before anything is written.
@@ -324,12 +336,10 @@ pub fn restore(
         if o.drop {
             c.exec(format!("DROP DATABASE IF EXISTS {}", sql::ident(to)))?;
         }
-        let db = index
-            .databases
-            .iter()
-            .find(|x| &x.name == from)
-            .expect("from the index");
-        c.exec(create_database_as(&text(&d, &db.file)?, to))?;
+        // A database only the binary log names is created by its replay.
+        if let Some(db) = index.databases.iter().find(|x| &x.name == from) {
+            c.exec(create_database_as(&text(&d, &db.file)?, to))?;
+        }
     }
     let tgt = |db: &str| target.get(db).cloned().unwrap_or_else(|| db.to_string());
     let mut data: Vec<(String, &FileEntry)> = Vec::new();
@@ -374,8 +384,18 @@ pub fn restore(
         }
     }
     data.sort_by_key(|d| std::cmp::Reverse(d.1.size));
-    live.bytes_total
-        .store(data.iter().map(|(_, f)| f.size).sum(), Ordering::Relaxed);
+    let log_bytes: u64 = match &logged {
+        Some(l) => l
+            .segments
+            .iter()
+            .map(|s| d.file(&s.path).map(|f| f.size))
+            .sum::<Result<u64, EngineError>>()?,
+        None => 0,
+    };
+    live.bytes_total.store(
+        data.iter().map(|(_, f)| f.size).sum::<u64>() + log_bytes,
+        Ordering::Relaxed,
+    );
     live.set_state(TaskState::Running);
 
     let threads = if o.threads == 0 {
@@ -532,7 +552,14 @@ pub fn restore(
         objects += 1;
     }
     c.close();
+    // The binary log since the dump, on top of it all (its statements may
+    // fire the triggers and use the views, as they did on the source).
+    let replayed = match &logged {
+        Some(l) => super::binlog::replay(&rt, conn, repo, &d, l, &o.rename, live)?,
+        None => 0,
+    };
     Ok(serde_json::json!({
+        "binlog_statements": replayed,
         "databases": target.len(),
         "tables": tables,
         "views": view_count,

@@ -14,6 +14,7 @@
 //! restore owns a small runtime whose threads drive the sockets while the
 //! workers wait on it (`Session`).
 
+pub mod binlog;
 pub mod dump;
 pub mod export;
 pub mod load;
@@ -224,6 +225,16 @@ impl Session {
         rt: &Arc<tokio::runtime::Runtime>,
         conn: &ConnSpec,
     ) -> Result<Session, EngineError> {
+        Session::connect_with(rt, conn, sql::SESSION)
+    }
+
+    /// Connects and runs `setup` (an empty one leaves the server's session
+    /// defaults, as a replayed binary log expects them).
+    pub fn connect_with(
+        rt: &Arc<tokio::runtime::Runtime>,
+        conn: &ConnSpec,
+        setup: &[&str],
+    ) -> Result<Session, EngineError> {
         use crate::tls::TlsMode;
         let timeout = conn.connect_timeout.max(Duration::from_secs(1));
         let attempt = |tls: bool| -> Result<mysql_async::Conn, EngineError> {
@@ -255,10 +266,37 @@ impl Session {
             rt: rt.clone(),
             conn: Some(c),
         };
-        for q in sql::SESSION {
+        for q in setup {
             s.exec(q)?;
         }
         Ok(s)
+    }
+
+    /// Turns the session into a reader of the server's binary log from
+    /// `file`:`pos` (the replication protocol, as a replica that announces
+    /// MariaDB's GTID events; the server ends the stream at the log's
+    /// current end instead of waiting). `server_id` must be unique among
+    /// the server's replicas.
+    pub fn into_binlog(
+        mut self,
+        server_id: u32,
+        file: &str,
+        pos: u64,
+    ) -> Result<BinlogReader, EngineError> {
+        self.exec("SET @mariadb_slave_capability = 4")?;
+        let c = self.conn.take().expect("session open");
+        let rt = self.rt.clone();
+        let req = mysql_async::BinlogStreamRequest::new(server_id)
+            .with_filename(file.as_bytes())
+            .with_pos(pos)
+            .with_non_blocking();
+        let stream = rt
+            .block_on(c.get_binlog_stream(req))
+            .map_err(|e| driver_error(e, true))?;
+        Ok(BinlogReader {
+            rt,
+            stream: Some(stream),
+        })
     }
 
     fn conn(&mut self) -> &mut mysql_async::Conn {
@@ -396,6 +434,88 @@ impl Drop for Session {
     }
 }
 
+/// A binary log read as a replica reads it.
+pub struct BinlogReader {
+    rt: Arc<tokio::runtime::Runtime>,
+    stream: Option<mysql_async::BinlogStream>,
+}
+
+impl BinlogReader {
+    /// The next events (up to `max`; empty at the log's end). A server that
+    /// sends nothing for `idle` is taken as gone.
+    pub fn next_batch(
+        &mut self,
+        max: usize,
+        idle: Duration,
+    ) -> Result<Vec<mysql_async::binlog::events::Event>, EngineError> {
+        use futures_core::Stream;
+        let Some(s) = self.stream.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let (out, ended) = self.rt.block_on(async {
+            let mut out = Vec::new();
+            while out.len() < max {
+                let r = if out.is_empty() {
+                    // Wait for the first event.
+                    let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_next(cx));
+                    match tokio::time::timeout(idle, next).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Err(err(
+                                ErrorKind::ServerGone,
+                                format!(
+                                    "the MySQL server sent no binary log events for {} s",
+                                    idle.as_secs()
+                                ),
+                            ));
+                        }
+                    }
+                } else {
+                    // Then take what has arrived already.
+                    let now = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(match std::pin::Pin::new(&mut *s).poll_next(cx) {
+                            std::task::Poll::Ready(v) => Some(v),
+                            std::task::Poll::Pending => None,
+                        })
+                    })
+                    .await;
+                    match now {
+                        Some(r) => r,
+                        None => break,
+                    }
+                };
+                match r {
+                    Some(Ok(e)) => out.push(e),
+                    Some(Err(e)) => return Err(driver_error(e, true)),
+                    None => return Ok((out, true)),
+                }
+            }
+            Ok((out, false))
+        })?;
+        if ended {
+            self.close();
+        }
+        Ok(out)
+    }
+
+    fn close(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), s.close()).await });
+        }
+    }
+}
+
+impl Drop for BinlogReader {
+    fn drop(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let _g = self.rt.enter();
+            drop(s);
+        }
+    }
+}
+
 fn raw(row: mysql_async::Row) -> Vec<Option<Vec<u8>>> {
     row.unwrap_raw()
         .into_iter()
@@ -516,6 +636,12 @@ impl crate::Engine for MysqlLogical {
 
     fn takes_method(&self, method: &str) -> bool {
         matches!(method, "logical" | "physical")
+    }
+
+    /// A logical backup builds on the newest logical set (its dump and the
+    /// binary log since; [`binlog`]).
+    fn builds_on_earlier_sets(&self) -> bool {
+        true
     }
 
     fn check(&self, conn: &ConnSpec) -> Result<crate::ServerInfo, EngineError> {

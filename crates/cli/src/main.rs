@@ -1061,9 +1061,14 @@ fn show_set(v: &Value) {
     ];
     // A logical set's dump: taken by its backup, or reused from an earlier
     // set with only the oplog since stored.
+    let log = if v["engine"] == "mysql" {
+        "binary log"
+    } else {
+        "oplog"
+    };
     let dump_line = |d: &Value| match (&d["reused_from_set"], &d["why_new"]) {
         (Value::Number(n), _) => {
-            format!("reused from set {n}, with the oplog since (a complete set)")
+            format!("reused from set {n}, with the {log} since (a complete set)")
         }
         (_, Value::String(why)) => format!("new ({why})"),
         _ => "new".into(),

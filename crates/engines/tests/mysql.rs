@@ -947,7 +947,7 @@ fn chain_of_sets(format: &str) {
     std::thread::sleep(Duration::from_millis(300));
     // The second set is taken while the writers go on.
     let (man2, out2, stored2) = backup_on(&r, &src, Some((1, &man1)));
-    assert_eq!(out2.meta["dump"]["reused_from"], 1, "{}", out2.meta);
+    assert_eq!(out2.meta["dump"]["reused_from_set"], 1, "{}", out2.meta);
     assert!(out2.meta["dump"].get("why_new").is_none(), "{}", out2.meta);
     src.sql("USE bank; INSERT INTO notes VALUES (3, 'third', NOW()); DROP TABLE later.t; CREATE TABLE later.u (x INT PRIMARY KEY); INSERT INTO later.u VALUES (5);");
     std::thread::sleep(Duration::from_millis(200));
@@ -956,7 +956,7 @@ fn chain_of_sets(format: &str) {
     for w in writers {
         w.join().unwrap();
     }
-    assert_eq!(out3.meta["dump"]["reused_from"], 2, "{}", out3.meta);
+    assert_eq!(out3.meta["dump"]["reused_from_set"], 2, "{}", out3.meta);
     assert_eq!(out3.meta["dump"]["set"], 1, "{}", out3.meta);
     eprintln!(
         "{format}: stored {stored1} / {stored2} / {stored3} bytes; events {} / {}",

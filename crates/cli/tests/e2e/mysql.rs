@@ -207,6 +207,53 @@ fn a_mariadb_server_is_registered_backed_up_and_restored_into_another() {
     assert_eq!(sum(&src, "shop"), sum(&plain, "shop"));
     assert_eq!(plain.sql("SELECT COUNT(*) FROM shop.big_orders"), "5000");
 
+    // The next backup builds on the newest set where the user may read the
+    // binary log (REPLICATION SLAVE): the dump by reference, only the log
+    // since stored. Without the privilege: a new dump that says why.
+    src.sql("UPDATE shop.orders SET total = total + 1 WHERE id % 100 = 0; INSERT INTO shop.orders VALUES (20001, 'late', 1.00)");
+    s.ok(&["backup", "shop"]);
+    let second = s.json(&["set", "list"])["sets"][0].clone();
+    let shown = s.ok(&["set", "show", &second["id"].to_string()]);
+    assert!(
+        shown.contains("new (set") && shown.contains("REPLICATION SLAVE"),
+        "{shown}"
+    );
+    src.sql("GRANT REPLICATION SLAVE ON *.* TO 'bk'@'127.0.0.1'; UPDATE shop.orders SET note = 'changed' WHERE id % 50 = 0");
+    s.ok(&["backup", "shop"]);
+    let third = s.json(&["set", "list"])["sets"][0].clone();
+    assert_eq!(
+        third["meta"]["dump"]["reused_from_set"], second["id"],
+        "{third}"
+    );
+    assert!(
+        third["bytes_stored"].as_u64().unwrap() * 5 < second["bytes_stored"].as_u64().unwrap(),
+        "{third} {second}"
+    );
+    let third_id = third["id"].to_string();
+    let shown = s.ok(&["set", "show", &third_id]);
+    assert!(shown.contains("with the binary log since"), "{shown}");
+    let out = s.ok(&[
+        "restore",
+        &third_id,
+        "--into",
+        "target",
+        "--rename-db",
+        "shop=shop3",
+    ]);
+    assert!(out.contains("restored"), "{out}");
+    assert_eq!(sum(&src, "shop"), sum(&dst, "shop3"));
+    assert_eq!(
+        dst.sql("SELECT note FROM shop3.orders WHERE id = 50"),
+        "changed"
+    );
+    // `--full` takes a new dump whatever the newest set.
+    s.ok(&["backup", "shop", "--full"]);
+    let fourth = s.json(&["set", "list"])["sets"][0].clone();
+    assert!(
+        fourth["meta"]["dump"]["reused_from_set"].is_null(),
+        "{fourth}"
+    );
+
     // Physical: mariadb-backup on this machine, restored into a folder
     // that mariadbd starts on. mariadb-backup needs PROCESS as well.
     let o = s.cli(&["backup", "shop", "--method", "physical"]);

@@ -781,7 +781,7 @@ pub fn build_on(
     writer.add_archive(w)?;
     let mut meta = p.base.manifest.engine_meta.clone();
     let mut dump = p.dump;
-    dump["reused_from"] = p.base.id.into();
+    dump["reused_from_set"] = p.base.id.into();
     if let Some(o) = dump.as_object_mut() {
         o.remove("why_new");
     }

@@ -444,14 +444,23 @@ pub(crate) async fn run_backup(
     // (unless a full backup was asked for); its manifest is read once the
     // repository is held, so gc cannot take its chunks meanwhile.
     let full = task.params.get("full").and_then(|v| v.as_bool()) == Some(true);
+    // The newest set of this engine and method (a physical set in between
+    // is no base for a logical backup).
+    let method = if task.method.is_empty() {
+        engine.method().to_string()
+    } else {
+        task.method.clone()
+    };
     let base_set = if engine.builds_on_earlier_sets() && !full {
         let f = stowage_catalog::SetFilter {
             instance_id: Some(inst.id.clone()),
-            limit: Some(1),
+            limit: Some(20),
             ..Default::default()
         };
         match svc.catalog.list_backup_sets(&inst.account_id, &f).await {
-            Ok(v) => v.into_iter().find(|s| s.engine == inst.engine),
+            Ok(v) => v
+                .into_iter()
+                .find(|s| s.engine == inst.engine && s.method == method),
             Err(e) => {
                 tracing::warn!(error = %e, "could not list the instance's sets; taking a full backup");
                 None

@@ -705,18 +705,7 @@ pub fn build_on(
 ) -> Result<Result<crate::BackupOutcome, String>, EngineError> {
     use stowage_core::TaskState;
     // The end: the log's current end, the GTID position there.
-    let row = c
-        .text_rows(f.binlog_status_sql())?
-        .into_iter()
-        .next()
-        .unwrap_or_default();
-    let (Some(file), Some(position)) = (
-        row.first().cloned().flatten(),
-        row.get(1)
-            .cloned()
-            .flatten()
-            .and_then(|v| v.parse::<u64>().ok()),
-    ) else {
+    let Some((file, position)) = super::dump::binlog_status(c, f)? else {
         return Ok(Err("the server reports no binary log position".into()));
     };
     let gtid = c
@@ -775,9 +764,7 @@ pub fn build_on(
         databases: databases.into_iter().collect(),
     };
     let json = serde_json::to_vec_pretty(&index).expect("index serializes");
-    w.begin_file(crate::new_file(INDEX_FILE.into()))?;
-    w.write(&json)?;
-    w.end_file()?;
+    super::dump::put(&mut w, INDEX_FILE.into(), &json)?;
     writer.add_archive(w)?;
     let mut meta = p.base.manifest.engine_meta.clone();
     let mut dump = p.dump;
@@ -1227,11 +1214,13 @@ pub fn replay(
             if is_skipped(&st.sql) {
                 return Ok(());
             }
-            let alone = leading_words(&st.sql, 1).first().map(String::as_str) == Some("BINLOG");
+            let first = leading_words(&st.sql, 1);
+            let first = first.first().map(String::as_str);
+            let alone = first == Some("BINLOG");
             if alone {
                 flush(&mut s, &mut batch, &mut in_batch, &mut first_at)?;
             }
-            let sql = if is_binlog_or_use(&st.sql) {
+            let sql = if alone || first == Some("USE") {
                 st.sql
             } else {
                 match std::str::from_utf8(&st.sql) {

@@ -203,7 +203,8 @@ impl<'a> OpenedDump<'a> {
     }
 }
 
-fn put(w: &mut ArchiveWriter, path: String, data: &[u8]) -> Result<(), EngineError> {
+/// One whole file into the archive.
+pub(super) fn put(w: &mut ArchiveWriter, path: String, data: &[u8]) -> Result<(), EngineError> {
     w.begin_file(file(path))?;
     w.write(data)?;
     w.end_file()?;
@@ -622,18 +623,39 @@ fn value_kind(c: &mysql_async::Column) -> ValueKind {
     }
 }
 
+/// The binary log file and position the server writes at now
+/// (`SHOW MASTER STATUS`); `None` when it reports none.
+pub(super) fn binlog_status(
+    c: &mut Session,
+    f: &Facts,
+) -> Result<Option<(String, u64)>, EngineError> {
+    let row = c
+        .text_rows(f.binlog_status_sql())?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    Ok(
+        match (
+            row.first().cloned().flatten(),
+            row.get(1).cloned().flatten().and_then(|p| p.parse().ok()),
+        ) {
+            (Some(file), Some(pos)) => Some((file, pos)),
+            _ => None,
+        },
+    )
+}
+
 /// The binary log position (and GTID set) the server is at now; for use
 /// under the global read lock.
 fn binlog_now(c: &mut Session, f: &Facts) -> Result<ConsistentPoint, EngineError> {
-    let mut file = None;
-    let mut pos = None;
-    if f.log_bin {
-        let r = c.text_rows(f.binlog_status_sql())?;
-        if let Some(row) = r.into_iter().next() {
-            file = row.first().cloned().flatten();
-            pos = row.get(1).cloned().flatten().and_then(|p| p.parse().ok());
+    let (file, pos) = if f.log_bin {
+        match binlog_status(c, f)? {
+            Some((file, pos)) => (Some(file), Some(pos)),
+            None => (None, None),
         }
-    }
+    } else {
+        (None, None)
+    };
     let gtid = match f.flavor {
         Flavor::MariaDb => c.value("SELECT @@gtid_binlog_pos")?,
         Flavor::MySql => c.value("SELECT @@gtid_executed")?,

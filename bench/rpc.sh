@@ -6,6 +6,7 @@
 #
 #   bench/rpc.sh                       # defaults: 8 clients, 20 s
 #   bench/rpc.sh --clients 4 --seconds 30 --tasks 10000 --instances 20
+#   bench/rpc.sh --nodes 3             # three servers on one PostgreSQL catalog
 #
 # The load generator runs on the same machine as the server and PostgreSQL
 # (all share the 2 cores). Needs root on Debian 12 (installs PostgreSQL).

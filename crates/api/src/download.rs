@@ -61,8 +61,13 @@ impl futures_core::Stream for FileStream {
     }
 }
 
+/// `GET /v1/downloads/{task}/{file}`: a download task's link. The node
+/// that packaged the file serves it from disk; another node (a shared
+/// catalog and repository) packages the same part again while it streams,
+/// as for a set link (no `Content-Length`, no `Range`).
 pub async fn serve_link(
     State(svc): State<Arc<Service>>,
+    method: axum::http::Method,
     Path((task, file)): Path<(i64, String)>,
     Query(q): Query<LinkQuery>,
     headers: HeaderMap,
@@ -71,8 +76,18 @@ pub async fn serve_link(
         return refused();
     };
     let now = stowage_service::now_ms() / 1000;
-    let Some(path) = svc.downloads.open_link(task, &file, expires, &sig, now) else {
+    if !svc.downloads.link_ok(task, &file, expires, &sig, now) {
         return refused();
+    }
+    let Some(path) = svc.downloads.local_file(task, &file) else {
+        return match svc.task_link_source(task, &file).await {
+            Ok(Some((set, part))) => stream_export(svc, method, set, part, file).await,
+            Ok(None) => refused(),
+            Err(e) => {
+                tracing::error!(error = %e.message, "reading a download link's task failed");
+                server_error()
+            }
+        };
     };
     let Ok(mut f) = std::fs::File::open(&path) else {
         return refused();
@@ -253,6 +268,20 @@ pub async fn serve_set_link(
             return server_error();
         }
     };
+    stream_export(svc, method, set, part, file).await
+}
+
+/// One part of a set packaged while it is sent (`file`: its export file's
+/// name). A `HEAD` is answered without packaging anything; 503 with
+/// `Retry-After` when the repository is busy or
+/// [`stowage_service::downloads::STREAMS`] streams already run.
+async fn stream_export(
+    svc: Arc<Service>,
+    method: axum::http::Method,
+    set: stowage_catalog::BackupSet,
+    part: String,
+    file: String,
+) -> Response {
     let headers = |b: axum::http::response::Builder| {
         b.status(StatusCode::OK)
             .header(

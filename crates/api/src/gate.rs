@@ -16,7 +16,14 @@ pub enum Refused {
     Throttled(u64),
     /// The nonce was used within the timestamp window: a replay.
     NonceUsed,
+    /// The shared catalog could not record the nonce (the request may be
+    /// retried).
+    Unavailable,
 }
+
+/// How long a nonce is remembered: a request's timestamp is accepted up to
+/// `MAX_SKEW_MS` either side of the server's clock.
+const NONCE_KEEP_MS: i64 = 2 * crate::alibaba::signature::MAX_SKEW_MS;
 
 /// Shared by the dialects of one server.
 pub struct Gate {
@@ -41,22 +48,48 @@ impl Gate {
     }
 
     /// Lets a verified request through: within its key's rate, and (when it
-    /// carries one) with a nonce not seen in the window.
-    pub fn admit(&self, key_id: &str, nonce: Option<&str>, now_ms: i64) -> Result<(), Refused> {
+    /// carries one) with a nonce not seen in the window: by this node, and
+    /// with a shared catalog by any node (recorded in the catalog).
+    pub async fn admit(
+        &self,
+        key_id: &str,
+        nonce: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), Refused> {
         self.limiter
             .lock()
             .expect("rate limiter")
             .take(key_id, now_ms)
             .map_err(Refused::Throttled)?;
-        if let Some(n) = nonce
-            && !self
+        let Some(n) = nonce else {
+            return Ok(());
+        };
+        if !self.svc.shared_catalog() {
+            let fresh = self
                 .nonces
                 .lock()
                 .expect("nonce cache")
-                .check_and_insert(key_id, n, now_ms)
-        {
-            return Err(Refused::NonceUsed);
+                .check_and_insert(key_id, n, now_ms);
+            return if fresh {
+                Ok(())
+            } else {
+                Err(Refused::NonceUsed)
+            };
         }
-        Ok(())
+        // Only the catalog remembers (by its clock): a request refused
+        // because it could not be recorded may be retried as it is.
+        let now = self.svc.catalog_now_ms();
+        match self
+            .svc
+            .remember_nonce(key_id, n, now, now + NONCE_KEEP_MS)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Refused::NonceUsed),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "could not record a request's nonce");
+                Err(Refused::Unavailable)
+            }
+        }
     }
 }

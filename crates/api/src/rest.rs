@@ -317,6 +317,8 @@ pub fn task_json(t: &Task) -> Value {
         "updated_at": ts(Some(t.updated_ms)),
         "duration_ms": t.finished_ms.map(|f| f - t.created_ms),
         "error": t.error,
+        "node": t.node,
+        "attempts": t.attempts,
     });
     let m = v.as_object_mut().expect("object");
     if let Some(parent) = t.parent_id {
@@ -977,6 +979,10 @@ struct RestoreBody {
     /// shard's id, `dds-…_0`).
     #[serde(default)]
     part: Option<String>,
+    /// With `into` (MySQL): also create the set's user accounts and their
+    /// grants (accounts the target has are left as they are).
+    #[serde(default)]
+    accounts: bool,
 }
 
 async fn restore_set(
@@ -988,8 +994,10 @@ async fn restore_set(
     let set = parse_id(&id, "set")?;
     let j = match (b.target, b.into) {
         (Some(t), None) => {
-            if !b.rename_db.is_empty() || b.drop || b.part.is_some() {
-                return Err(invalid("rename_db, drop and part go with into, not target"));
+            if !b.rename_db.is_empty() || b.drop || b.part.is_some() || b.accounts {
+                return Err(invalid(
+                    "rename_db, drop, part and accounts go with into, not target",
+                ));
             }
             svc.start_restore(&p, set, &t, b.force).await?
         }
@@ -997,8 +1005,13 @@ async fn restore_set(
             if b.force {
                 return Err(invalid("force goes with target; into takes drop"));
             }
-            svc.start_restore_into(&p, set, &i, b.rename_db, b.drop, b.part)
-                .await?
+            let opts = stowage_service::RestoreIntoOptions {
+                rename: b.rename_db,
+                drop: b.drop,
+                part: b.part,
+                accounts: b.accounts,
+            };
+            svc.start_restore_into(&p, set, &i, opts).await?
         }
         _ => {
             return Err(invalid(

@@ -1,8 +1,8 @@
 //! The catalog: what Stowage knows about accounts, instances, tasks and sets.
 //!
-//! [`Catalog`] is the seam: the service talks only to the trait, so a
-//! PostgreSQL catalog (shared by several nodes) can be added next to
-//! [`sqlite::SqliteCatalog`] without touching the service or the engines.
+//! [`Catalog`] is the seam: the service talks only to the trait.
+//! [`sql::SqlCatalog`] implements it on SQLite (the embedded default) and on
+//! PostgreSQL (shared by several nodes), one code path for both.
 //!
 //! # Invariants kept here
 //!
@@ -23,7 +23,7 @@
 //!   indistinguishable from missing rows.
 
 pub mod model;
-pub mod sqlite;
+pub mod sql;
 
 pub use model::*;
 
@@ -42,6 +42,9 @@ pub enum CatalogError {
     Transition(#[from] stowage_core::TransitionError),
     #[error("catalog database error: {0}")]
     Db(String),
+    /// A write by a node that no longer holds the task's lease.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
 }
 
 impl From<sqlx::Error> for CatalogError {
@@ -59,10 +62,33 @@ pub struct StateUpdate {
     pub progress: Option<Progress>,
     pub consistent_point: Option<serde_json::Value>,
     pub result: Option<serde_json::Value>,
+    /// The lease the writer holds: refused (`LeaseLost`) once the task was
+    /// taken over by another node. `None`: unfenced (parts, single node).
+    pub lease_epoch: Option<i64>,
 }
 
 #[async_trait]
 pub trait Catalog: Send + Sync + 'static {
+    /// The catalog database's own clock, in Unix ms: the one clock every
+    /// node of a shared catalog judges leases by (a SQLite catalog: this
+    /// machine's).
+    async fn clock_ms(&self) -> CatalogResult<i64>;
+
+    // deployment-wide settings
+    /// The stored value of a setting, storing `value` first if it has none:
+    /// of nodes racing to set it, all read the first one's value.
+    async fn setting_or_insert(&self, name: &str, value: &str) -> CatalogResult<String>;
+    async fn set_setting(&self, name: &str, value: &str) -> CatalogResult<()>;
+    /// Re-seals every stored secret (access-key secrets, instance
+    /// passwords) with `reseal` and stores `check` as the server key's check
+    /// value, in one transaction: all or nothing (`reseal` returning `None`
+    /// for any secret aborts it). Returns how many secrets were re-sealed.
+    async fn reseal_secrets(
+        &self,
+        reseal: &(dyn for<'a> Fn(&'a [u8]) -> Option<Vec<u8>> + Send + Sync),
+        check: &str,
+    ) -> CatalogResult<u64>;
+
     // accounts and keys
     async fn create_account(&self, name: &str, now_ms: i64) -> CatalogResult<Account>;
     async fn account_by_name(&self, name: &str) -> CatalogResult<Option<Account>>;
@@ -97,6 +123,23 @@ pub trait Catalog: Send + Sync + 'static {
     /// token already used returns the first task.
     async fn create_task(&self, t: &NewTask, now_ms: i64) -> CatalogResult<Task>;
     async fn task(&self, account_id: &str, id: i64) -> CatalogResult<Option<Task>>;
+    /// A task of any account: only for a caller whose permission is not an
+    /// account's (a download link's signature names the task).
+    async fn task_by_id(&self, id: i64) -> CatalogResult<Option<Task>>;
+
+    // signature nonces of signed requests (shared by the nodes)
+    /// Records a signed request's nonce of `key_id` until `until_ms`: false
+    /// when it is recorded already and has not expired at `now_ms` (a
+    /// replay). Of nodes racing with one nonce exactly one gets true.
+    async fn remember_nonce(
+        &self,
+        key_id: &str,
+        nonce: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> CatalogResult<bool>;
+    /// Deletes the nonces expired before `now_ms`; how many.
+    async fn forget_nonces(&self, now_ms: i64) -> CatalogResult<u64>;
     async fn list_tasks(&self, account_id: &str, f: &TaskFilter) -> CatalogResult<Vec<Task>>;
     /// How many tasks `f` matches (its order, offset and limit aside).
     async fn count_tasks(&self, account_id: &str, f: &TaskFilter) -> CatalogResult<u64>;
@@ -109,7 +152,46 @@ pub trait Catalog: Send + Sync + 'static {
         u: StateUpdate,
         now_ms: i64,
     ) -> CatalogResult<Task>;
-    async fn set_task_progress(&self, id: i64, p: Progress, now_ms: i64) -> CatalogResult<()>;
+    /// Progress of a task not yet ended; with `lease_epoch`, only while the
+    /// writer still holds that lease (else silently nothing).
+    async fn set_task_progress(
+        &self,
+        id: i64,
+        p: Progress,
+        now_ms: i64,
+        lease_epoch: Option<i64>,
+    ) -> CatalogResult<()>;
+    /// Extends the lease `epoch` of a task not yet ended to `until_ms`:
+    /// `None` when the lease is no longer this holder's (taken over, or the
+    /// task ended), else whether a cancel was asked for.
+    async fn renew_lease(&self, id: i64, epoch: i64, until_ms: i64) -> CatalogResult<Option<bool>>;
+    /// Takes over one top-level task whose lease expired before `now_ms`
+    /// (its node died or was cut off, or this node lost its final write;
+    /// never one of `running`, the tasks `node` still runs itself): the
+    /// task gets this node, the next epoch, a lease until `until_ms`, one
+    /// more attempt and progress from zero; its parts' attempt ends failed.
+    /// Of nodes racing for it exactly one gets it.
+    async fn claim_expired_task(
+        &self,
+        node: &str,
+        until_ms: i64,
+        now_ms: i64,
+        running: &[i64],
+    ) -> CatalogResult<Option<Task>>;
+    /// Asks the node that runs a task to cancel it (read when it renews its
+    /// lease). False when the task already ended.
+    async fn request_cancel(&self, account_id: &str, id: i64) -> CatalogResult<bool>;
+    /// Takes or keeps a role (the scheduler) until `until_ms`: true when
+    /// `node` holds it now. Held by another node whose lease has not
+    /// expired: false. Of nodes racing for it exactly one gets it.
+    async fn acquire_role(
+        &self,
+        role: &str,
+        node: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> CatalogResult<bool>;
+    async fn release_role(&self, role: &str, node: &str) -> CatalogResult<()>;
     /// Records the set and marks the backup task finished, atomically.
     async fn finish_backup_task(
         &self,
@@ -162,7 +244,14 @@ pub trait Catalog: Send + Sync + 'static {
     async fn due_scheduled_tasks(&self, now_ms: i64) -> CatalogResult<Vec<Task>>;
     /// Gives a scheduled task the instance's active slot and this node;
     /// `InstanceBusy` while another backup of the instance is active.
-    async fn claim_scheduled_task(&self, id: i64, node: &str, now_ms: i64) -> CatalogResult<()>;
+    /// With `lease_until_ms`, the node runs it under the next lease epoch.
+    async fn claim_scheduled_task(
+        &self,
+        id: i64,
+        node: &str,
+        now_ms: i64,
+        lease_until_ms: Option<i64>,
+    ) -> CatalogResult<()>;
     /// Cancels the unclaimed scheduled tasks of an instance, except the one
     /// for window `keep_ms`; they no longer count for their window.
     async fn drop_scheduled_tasks(

@@ -80,6 +80,13 @@ pub struct Task {
     pub retention_days: Option<u32>,
     /// The caller's note; copied into the set's `meta.comment`.
     pub comment: Option<String>,
+    /// How many leases the task was given (0: never leased); a node's
+    /// writes carry the one it holds.
+    pub lease_epoch: i64,
+    /// 1, plus one per takeover by another node.
+    pub attempts: u32,
+    /// A cancel was asked through another node than the one running it.
+    pub cancel_requested: bool,
 }
 
 impl Task {
@@ -180,6 +187,10 @@ pub struct NewTask {
     pub retention_days: Option<u32>,
     /// A note kept with the task and its set.
     pub comment: Option<String>,
+    /// The creating node runs it at once under a lease until then (epoch
+    /// 1); `None`: no lease (an automated task waiting for its window, a
+    /// part, a single node's task).
+    pub lease_until_ms: Option<i64>,
 }
 
 impl NewTask {
@@ -200,6 +211,7 @@ impl NewTask {
             scheduled_ms: None,
             retention_days: None,
             comment: None,
+            lease_until_ms: None,
         }
     }
 
@@ -232,6 +244,7 @@ impl NewTask {
             scheduled_ms: None,
             retention_days: None,
             comment: None,
+            lease_until_ms: None,
         }
     }
 }
@@ -250,6 +263,8 @@ pub struct NewSet {
     pub consistent_point: Option<stowage_core::ConsistentPoint>,
     pub meta: serde_json::Value,
     pub expires_ms: Option<i64>,
+    /// The lease the finishing node holds (see `StateUpdate::lease_epoch`).
+    pub lease_epoch: Option<i64>,
 }
 
 /// An instance's backup policy as stored, with the product fields Stowage

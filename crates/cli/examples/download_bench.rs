@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use stowage_api::tencent::signature as tc;
-use stowage_catalog::sqlite::SqliteCatalog;
+use stowage_catalog::sql::SqlCatalog;
 use stowage_catalog::{Catalog, NewTask, StateUpdate};
 use stowage_core::{TaskKind, TaskState};
 use stowage_testkit::{PgOptions, PgServer};
@@ -365,7 +365,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let c = SqliteCatalog::open(&dd.join("catalog.db")).await.unwrap();
+        let c = SqlCatalog::open(&dd.join("catalog.db")).await.unwrap();
         let acc = c.account_by_name("default").await.unwrap().unwrap().id;
         let t = Instant::now();
         for i in 0..a.tasks {

@@ -9,17 +9,21 @@
 //! `--seconds`: 90 % the default listing of a random instance (its running
 //! task, live progress), 10 % one historical task by `BackupJobId`.
 //! Prints p50/p90/p99/max latency, requests/s, and the catalog's query plans.
+//!
+//! `--nodes N` (N > 1): N servers on one PostgreSQL catalog (a second test
+//! PostgreSQL) and one repository folder; the backups are started through
+//! the nodes in turn and the clients spread over them.
 
 use serde_json::json;
 use std::time::{Duration, Instant};
 use stowage_api::alibaba::signature as sig;
-use stowage_catalog::sqlite::SqliteCatalog;
+use stowage_catalog::sql::SqlCatalog;
 use stowage_catalog::{Catalog, NewSet, NewTask, StateUpdate};
 use stowage_core::{TaskMode, TaskState};
 use stowage_testkit::{PgOptions, PgServer};
 
 mod bench_common;
-use bench_common::{Rng, agent, pct, rest, start_server};
+use bench_common::{Rng, agent, pct, rest, start_server_with};
 
 struct Args {
     seconds: u64,
@@ -27,6 +31,7 @@ struct Args {
     tasks: usize,
     instances: usize,
     scale: u32,
+    nodes: usize,
 }
 
 fn args() -> Args {
@@ -36,6 +41,7 @@ fn args() -> Args {
         tasks: 10_000,
         instances: 20,
         scale: 10,
+        nodes: 1,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -47,6 +53,7 @@ fn args() -> Args {
             "--tasks" => a.tasks = n as usize,
             "--instances" => a.instances = n as usize,
             "--scale" => a.scale = n as u32,
+            "--nodes" => a.nodes = (n as usize).max(1),
             o => panic!("unknown argument {o}"),
         }
         i += 2;
@@ -55,28 +62,9 @@ fn args() -> Args {
 }
 
 fn signed_query(id: &str, secret: &str, params: &[(&str, &str)]) -> String {
-    let mut all: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     let ts = stowage_core::time::format_rfc3339(stowage_service::now_ms());
     let nonce = stowage_service::secrets::random_uuid();
-    for (k, v) in [
-        ("AccessKeyId", id),
-        ("SignatureMethod", "HMAC-SHA1"),
-        ("SignatureVersion", "1.0"),
-        ("SignatureNonce", nonce.as_str()),
-        ("Timestamp", ts.as_str()),
-        ("Format", "JSON"),
-    ] {
-        all.push((k.into(), v.into()));
-    }
-    let s = sig::rpc_signature(secret, &sig::rpc_string_to_sign("GET", &all));
-    all.push(("Signature".into(), s));
-    all.iter()
-        .map(|(k, v)| format!("{}={}", sig::encode(k), sig::encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    sig::signed_rpc_query("GET", id, secret, &ts, &nonce, params)
 }
 
 fn main() {
@@ -94,12 +82,52 @@ fn main() {
 
     let work = tempfile::tempdir().unwrap();
     let dd = work.path().join("stowage");
-    let mut srv = start_server(&dd, &work.path().join("serve.log"));
+    // Several nodes: a PostgreSQL catalog and a shared repository folder.
+    let catalog_pg = (a.nodes > 1).then(|| {
+        let c = PgServer::start(PgOptions::default());
+        c.psql("CREATE DATABASE stowage");
+        c
+    });
+    let cat_url = catalog_pg
+        .as_ref()
+        .map(|c| format!("postgres://postgres@127.0.0.1:{}/stowage", c.port));
+    let shared: Vec<String> = match &cat_url {
+        Some(u) => vec![
+            "--catalog".into(),
+            u.clone(),
+            "--repository".into(),
+            work.path().join("repository").display().to_string(),
+        ],
+        None => vec![],
+    };
+    let mut servers = vec![start_server_with(
+        &dd,
+        &work.path().join("serve.log"),
+        &shared,
+    )];
+    for n in 1..a.nodes {
+        let ndd = work.path().join(format!("node{n}"));
+        std::fs::create_dir_all(&ndd).unwrap();
+        std::fs::copy(dd.join("admin-credentials"), ndd.join("admin-credentials")).unwrap();
+        let mut extra = shared.clone();
+        extra.extend([
+            "--server-key-file".into(),
+            dd.join("server.key").display().to_string(),
+            "--repo-password-file".into(),
+            dd.join("repository.password").display().to_string(),
+        ]);
+        servers.push(start_server_with(
+            &ndd,
+            &work.path().join(format!("serve{n}.log")),
+            &extra,
+        ));
+    }
+    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
     let (url, ak, sk, auth) = (
-        srv.url.clone(),
-        srv.ak.clone(),
-        srv.sk.clone(),
-        srv.auth.clone(),
+        servers[0].url.clone(),
+        servers[0].ak.clone(),
+        servers[0].sk.clone(),
+        servers[0].auth.clone(),
     );
     let insts: Vec<String> = (0..a.instances)
         .map(|i| {
@@ -119,7 +147,10 @@ fn main() {
         .build()
         .unwrap();
     let (history, plans) = rt.block_on(async {
-        let c = SqliteCatalog::open(&dd.join("catalog.db")).await.unwrap();
+        let c = match &cat_url {
+            Some(u) => SqlCatalog::open_postgres(u).await.unwrap(),
+            None => SqlCatalog::open(&dd.join("catalog.db")).await.unwrap(),
+        };
         let acc = c.account_by_name("default").await.unwrap().unwrap().id;
         let t = Instant::now();
         let mut ids = Vec::with_capacity(a.tasks);
@@ -172,6 +203,7 @@ fn main() {
                     }),
                     meta: json!({"server_version_num": 150000}),
                     expires_ms: None,
+                    lease_epoch: None,
                 },
                 now + 30_000,
             )
@@ -180,13 +212,20 @@ fn main() {
             ids.push(task.id);
         }
         eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64());
+        if cat_url.is_some() && std::env::var("RPC_BENCH_ANALYZE").is_ok_and(|v| v == "1") {
+            sqlx::query("ANALYZE").execute(c.pool()).await.unwrap();
+        }
         (ids, c.task_query_plans().await.unwrap())
     });
 
-    eprintln!("starting {} throttled backups", insts.len());
-    for i in &insts {
+    eprintln!(
+        "starting {} throttled backups through {} node(s)",
+        insts.len(),
+        urls.len()
+    );
+    for (k, i) in insts.iter().enumerate() {
         rest(
-            &url,
+            &urls[k % urls.len()],
             &auth,
             "POST",
             &format!("/v1/instances/{i}/backups"),
@@ -216,7 +255,7 @@ fn main() {
     let handles: Vec<_> = (0..a.clients)
         .map(|c| {
             let (url, ak, sk, insts, history) = (
-                url.clone(),
+                urls[c % urls.len()].clone(),
                 ak.clone(),
                 sk.clone(),
                 insts.clone(),
@@ -270,14 +309,29 @@ fn main() {
     let running = rest(&url, &auth, "GET", "/v1/tasks?state=running", None)["tasks"]
         .as_array()
         .map_or(0, |t| t.len());
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM"))
-        .unwrap_or("VmHWM: ?")
-        .to_string();
+    let hwm: Vec<String> = servers
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(format!("/proc/{}/status", s.child.id()))
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .unwrap_or("VmHWM: ?")
+                .trim_start_matches("VmHWM:")
+                .trim()
+                .to_string()
+        })
+        .collect();
     println!("DescribeBackupTasks (rds, RPC HMAC-SHA1 signed, fresh nonce per request)");
+    println!(
+        "nodes: {} ({} catalog)",
+        urls.len(),
+        if cat_url.is_some() {
+            "one PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    );
     println!(
         "catalog: {} finished tasks over {} instances; {} backups running at the end ({} at the start)",
         a.tasks,
@@ -303,15 +357,15 @@ fn main() {
         pct(&lat, 0.99),
         pct(&lat, 1.0)
     );
-    println!(
-        "server peak RSS: {}",
-        hwm.trim_start_matches("VmHWM:").trim()
-    );
+    println!("server peak RSS: {}", hwm.join(", "));
     println!("catalog query plans:");
     for (shape, plan) in plans {
         println!("  {shape}: {plan}");
     }
-    stowage_testkit::signal(srv.child.id(), "TERM");
-    let _ = srv.child.wait();
+    for mut s in servers {
+        stowage_testkit::signal(s.child.id(), "TERM");
+        let _ = s.child.wait();
+    }
     drop(pg);
+    drop(catalog_pg);
 }

@@ -87,6 +87,12 @@ struct Global {
 enum Cmd {
     /// Run the server: REST API, task engine and repository, with embedded defaults.
     Serve(ServeArgs),
+    /// Re-seal the catalog's secrets with a new server key (offline: stop
+    /// every node first, then start them all with the new key file).
+    #[command(
+        after_help = "Examples:\n  stowage rotate-server-key --new-key-file /etc/stowage/server.key.new\n  STOWAGE_CATALOG=postgres://stowage@db/stowage stowage rotate-server-key \\\n    --server-key-file /etc/stowage/server.key --new-key-file /etc/stowage/server.key.new"
+    )]
+    RotateServerKey(RotateArgs),
     /// Register, list, check and remove database instances.
     #[command(subcommand)]
     Instance(InstanceCmd),
@@ -168,6 +174,12 @@ enum Cmd {
         /// restores whole into a cluster with as many shards.
         #[arg(long, requires = "into")]
         part: Option<String>,
+        /// With --into (MySQL): also create the set's user accounts with their
+        /// grants (databases renamed as with --rename-db). Accounts the target
+        /// already has are left exactly as they are. Needs CREATE USER and
+        /// GRANT OPTION on the target.
+        #[arg(long, requires = "into")]
+        accounts: bool,
         /// Return at once instead of following the restore.
         #[arg(long)]
         no_wait: bool,
@@ -304,14 +316,80 @@ enum KeyCmd {
 }
 
 #[derive(Args)]
+struct RotateArgs {
+    /// The catalog (as `serve --catalog`); default the SQLite catalog in the data dir.
+    #[arg(
+        long,
+        env = "STOWAGE_CATALOG",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    catalog: Option<String>,
+    /// The key the catalog's secrets are sealed with now (default <data-dir>/server.key).
+    #[arg(long, env = "STOWAGE_SERVER_KEY_FILE", value_name = "FILE")]
+    server_key_file: Option<PathBuf>,
+    /// The new key: created (mode 0600) if the file does not exist.
+    #[arg(long, value_name = "FILE")]
+    new_key_file: PathBuf,
+}
+
+#[derive(Args)]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "STOWAGE_LISTEN", default_value = "127.0.0.1:8420")]
     listen: String,
-    /// Repository: a local folder or file:///path (default: <data-dir>/repository).
-    /// Other schemes (s3://…) are refused: not supported by this build yet.
+    /// Repository: a local folder, file:///path, or s3://bucket/prefix on
+    /// S3 or an S3-compatible store (default: <data-dir>/repository). An S3
+    /// repository takes its credentials from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), and its endpoint and
+    /// region from the flags below or AWS_ENDPOINT_URL and AWS_REGION.
     #[arg(long, env = "STOWAGE_REPOSITORY")]
     repository: Option<String>,
+    /// Endpoint of an S3-compatible store (http(s)://host:port) for an
+    /// s3:// repository; default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL,
+    /// else AWS itself.
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// Region of an s3:// repository; default AWS_REGION or
+    /// AWS_DEFAULT_REGION, else us-east-1.
+    #[arg(long, value_name = "REGION")]
+    s3_region: Option<String>,
+    /// Request style of an s3:// repository: `path` (endpoint/bucket/key)
+    /// or `virtual` (bucket.endpoint/key); default: path with an endpoint,
+    /// virtual on AWS.
+    #[arg(long, value_name = "STYLE", value_parser = ["path", "virtual"])]
+    s3_addressing: Option<String>,
+    /// How long a request to an s3:// repository is retried through
+    /// transient failures (timeouts, 5xx, SlowDown, connection errors)
+    /// before the task that made it fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    s3_retry_secs: u64,
+    /// PEM file of certificates to trust for an https:// S3 endpoint besides
+    /// the system's (a private CA); default AWS_CA_BUNDLE.
+    #[arg(long, value_name = "FILE")]
+    s3_ca_file: Option<PathBuf>,
+    /// Catalog: a PostgreSQL database shared by several nodes
+    /// (postgres://user@host:port/database; the password in PGPASSWORD,
+    /// TLS with ?sslmode=verify-full&sslrootcert=…). Default: the SQLite
+    /// file <data-dir>/catalog.db.
+    #[arg(
+        long,
+        env = "STOWAGE_CATALOG",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    catalog: Option<String>,
+    /// Key the catalog's secrets (access-key secrets, database passwords)
+    /// are sealed with; every node sharing a catalog needs the same file
+    /// (default: <data-dir>/server.key, created on first start).
+    #[arg(long, env = "STOWAGE_SERVER_KEY_FILE", value_name = "FILE")]
+    server_key_file: Option<PathBuf>,
+    /// With a shared catalog: how long a node's lease on a task it runs
+    /// lasts. The node renews it every quarter of that; a task whose node
+    /// stops renewing (killed, cut off) is taken over by another node
+    /// after at most this long.
+    #[arg(long, env = "STOWAGE_LEASE_SECS", value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=600))]
+    lease_secs: u64,
     /// Folder that directory restores may write into (repeatable; default
     /// <data-dir>/restores). Each account restores into <root>/<account-id>/;
     /// only the admin account may use the whole root.
@@ -325,9 +403,12 @@ struct ServeArgs {
     /// File holding the repository password (default: generated into <data-dir>/repository.password).
     #[arg(long, env = "STOWAGE_REPO_PASSWORD_FILE")]
     repo_password_file: Option<PathBuf>,
-    /// Name of this node.
-    #[arg(long, env = "STOWAGE_NODE", default_value = "local")]
-    node: String,
+    /// Name of this node: on restart it fails the tasks it left running,
+    /// so nodes sharing a catalog need distinct names. Default: `local`
+    /// with the SQLite catalog; with a shared catalog, the host name and a
+    /// hash of the data dir (stable across restarts).
+    #[arg(long, env = "STOWAGE_NODE")]
+    node: Option<String>,
     /// Cloud-dialect requests per second per access key before `Throttling.User`.
     #[arg(long, env = "STOWAGE_RATE_PER_KEY", default_value_t = 5000)]
     rate_per_key: u32,
@@ -648,6 +729,7 @@ fn main() -> ExitCode {
     let data_dir = cli.g.data_dir.clone();
     match cli.cmd {
         Cmd::Serve(a) => serve(a, data_dir),
+        Cmd::RotateServerKey(a) => rotate_server_key(a, data_dir),
         cmd => {
             let c = match client_for(&cli.g, &data_dir) {
                 Ok(c) => c,
@@ -692,6 +774,47 @@ fn client_for(g: &Global, data_dir: &std::path::Path) -> Result<Client, CallErro
     Client::new(&g.server, &id, &secret)
 }
 
+fn rotate_server_key(a: RotateArgs, data_dir: PathBuf) -> ExitCode {
+    let data_dir = absolute(&data_dir);
+    let old = absolute(
+        &a.server_key_file
+            .unwrap_or_else(|| data_dir.join("server.key")),
+    );
+    let new = absolute(&a.new_key_file);
+    if old == new {
+        eprintln!("error: the new key file is the current one");
+        return ExitCode::from(2);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(stowage_service::rotate_server_key(
+        &data_dir,
+        a.catalog.as_deref(),
+        &old,
+        &new,
+    )) {
+        Ok(0) => {
+            println!("the catalog already uses {}", new.display());
+            ExitCode::SUCCESS
+        }
+        Ok(n) => {
+            println!(
+                "re-sealed {n} secrets with {}; start every node with --server-key-file {} (or put it in place of {})",
+                new.display(),
+                new.display(),
+                old.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
     // Relative to where the server starts: made absolute once, so the
     // restore roots, repository and lock derived from it are too.
@@ -727,8 +850,24 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
         let cfg = stowage_service::Config {
             data_dir: data_dir.clone(),
             repository: a.repository,
+            s3: stowage_service::S3Settings {
+                endpoint: a.s3_endpoint,
+                region: a.s3_region,
+                path_style: a.s3_addressing.map(|s| s == "path"),
+                retry_secs: Some(a.s3_retry_secs),
+                ca_file: a.s3_ca_file.map(|f| absolute(&f)),
+            },
             repo_password,
-            node: a.node,
+            catalog: a.catalog.clone(),
+            server_key_file: a.server_key_file.map(|f| absolute(&f)),
+            lease: std::time::Duration::from_secs(a.lease_secs),
+            node: a.node.unwrap_or_else(|| match &a.catalog {
+                None => "local".into(),
+                Some(_) => {
+                    let h = blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex();
+                    format!("{}-{}", stowage_repo::lock::hostname(), &h[..8])
+                }
+            }),
             insecure_fast_kdf: std::env::var("STOWAGE_INSECURE_FAST_KDF").is_ok_and(|v| v == "1"),
             chunker: a.chunk_avg_kib.map(|k| stowage_repo::ChunkerParams { min: k * 256, avg: k * 1024, max: k * 4096 }),
             restore_roots: a.restore_roots.iter().map(|r| absolute(r)).collect(),
@@ -752,8 +891,11 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
                 a.max_automated_backups,
             );
         }
+        // With a shared catalog: take over the tasks of nodes that stopped.
+        svc.spawn_lease_keeper();
         svc.downloads.set_link_secs(a.download_link_secs).map_err(|e| e.message)?;
-        // Expired download files go, whether or not the scheduler runs.
+        // Expired download files (and shared nonces) go, whether or not
+        // the scheduler runs.
         let s3 = svc.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -762,6 +904,9 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
                 let n = s3.clean_downloads();
                 if n > 0 {
                     tracing::info!(count = n, "expired download files deleted");
+                }
+                if let Err(e) = s3.forget_expired_nonces().await {
+                    tracing::warn!(error = %e.message, "could not delete expired request nonces");
                 }
             }
         });
@@ -1187,7 +1332,7 @@ fn read_password(
 fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
     let json = g.json;
     match cmd {
-        Cmd::Serve(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::RotateServerKey(_) => unreachable!("handled in main"),
         Cmd::Instance(ic) => match ic {
             InstanceCmd::Add {
                 name,
@@ -1672,6 +1817,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
             rename_db,
             drop,
             part,
+            accounts,
             no_wait,
         } => {
             let body = match into {
@@ -1683,7 +1829,7 @@ fn run(c: &Client, g: &Global, cmd: Cmd) -> Result<u8, CallError> {
                         })?;
                         rename.insert(a.to_string(), b.into());
                     }
-                    json!({"into": i, "rename_db": rename, "drop": drop, "part": part})
+                    json!({"into": i, "rename_db": rename, "drop": drop, "part": part, "accounts": accounts})
                 }
                 // Sent as given: the server decides what a relative path means.
                 None => json!({"target": target, "force": force}),
@@ -2014,14 +2160,37 @@ fn follow_job(
                 s(&v["result"]["indexes"]),
                 s(&v["result"]["oplog_applied"])
             ),
-            "restore" if v["result"]["rows"].is_u64() => out!(
-                "restored {} rows in {} tables of {} databases ({} views; {} routines, triggers and events)",
-                s(&v["result"]["rows"]),
-                s(&v["result"]["tables"]),
-                s(&v["result"]["databases"]),
-                s(&v["result"]["views"]),
-                s(&v["result"]["objects"])
-            ),
+            "restore" if v["result"]["rows"].is_u64() => {
+                out!(
+                    "restored {} rows in {} tables of {} databases ({} views; {} routines, triggers and events)",
+                    s(&v["result"]["rows"]),
+                    s(&v["result"]["tables"]),
+                    s(&v["result"]["databases"]),
+                    s(&v["result"]["views"]),
+                    s(&v["result"]["objects"])
+                );
+                let a = &v["result"]["accounts"];
+                if a.is_object() {
+                    let list = |k: &str| {
+                        let names: Vec<&str> = a[k]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|n| n.as_str())
+                            .collect();
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    };
+                    out!(
+                        "accounts created with their grants: {}; left as the target had them: {}",
+                        list("created"),
+                        list("kept")
+                    );
+                }
+            }
             "restore" => out!(
                 "restored {} into {}",
                 bytes(&v["result"]["bytes"]),

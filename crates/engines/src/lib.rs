@@ -204,6 +204,8 @@ pub struct RestoreIntoOptions {
     /// Restore only this part of the set (a shard's id): into a replica
     /// set, or the same part of a cluster.
     pub part: Option<String>,
+    /// MySQL: also create the set's user accounts with their grants.
+    pub accounts: bool,
 }
 
 /// What a finished backup stream established.

@@ -87,6 +87,7 @@ fn restore(
         drop,
         threads: 2,
         defer_indexes: true,
+        accounts: false,
     };
     load::restore(&conn(dst, "root", None), r, man, &o, &LiveTask::default())
 }
@@ -1045,4 +1046,232 @@ fn sets_built_on_the_binary_log_restore_to_their_point_row_format() {
 #[test]
 fn sets_built_on_the_binary_log_restore_to_their_point_mixed_format() {
     chain_of_sets("MIXED");
+}
+
+/// A server that takes only TLS connections: the instance's TLS mode and CA
+/// reach both the logical backup's connections and mariadb-backup's.
+#[test]
+fn verify_full_backs_up_a_server_that_requires_tls_logical_and_physical() {
+    use stowage_engines::mysql::physical;
+    use stowage_engines::tls::TlsMode;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, crt, key) = stowage_testkit::test_ca_and_cert(certs.path(), "localhost");
+    let (other_ca, _, _) = stowage_testkit::test_ca_and_cert(certs.path(), "elsewhere");
+    let src = MariaDbServer::start(MariaDbOptions {
+        extra: vec![
+            format!("--ssl-ca={}", ca.display()),
+            format!("--ssl-cert={}", crt.display()),
+            format!("--ssl-key={}", key.display()),
+            "--require-secure-transport=ON".into(),
+        ],
+        ..Default::default()
+    });
+    src.sql(
+        "CREATE DATABASE t; CREATE TABLE t.a (id INT PRIMARY KEY, v VARCHAR(10)) ENGINE=InnoDB;
+         INSERT INTO t.a VALUES (1, 'x'), (2, 'y');",
+    );
+    // As the service hands it over: the name the certificate carries, the
+    // address it resolved to.
+    let secure = |mode: TlsMode, root: Option<&std::path::Path>| ConnSpec {
+        host: "localhost".into(),
+        tls_mode: mode,
+        tls_root_cert: root.map(Into::into),
+        addrs: vec![std::net::SocketAddr::from(([127, 0, 0, 1], src.port))],
+        ..conn(&src, "root", None)
+    };
+    let work = tempfile::tempdir().unwrap();
+    let r = repo(&work.path().join("repo"));
+    let c = secure(TlsMode::VerifyFull, Some(&ca));
+    let mut bw = r.start_backup(2).unwrap();
+    let out = dump::backup(&c, &opts(2, 1 << 26), &mut bw, &LiveTask::default()).unwrap();
+    let (_, man) = bw.finish(BTreeMap::new(), out.meta.clone()).unwrap();
+    let dst = MariaDbServer::start(MariaDbOptions::default());
+    restore(&r, &man, &dst, &[], false).unwrap();
+    assert_eq!(checksums(&dst, "t"), checksums(&src, "t"));
+
+    let mut bw = r.start_backup(2).unwrap();
+    let out = physical::backup(&c, None, 2, &mut bw, &LiveTask::default()).unwrap();
+    let (_, man) = bw.finish(BTreeMap::new(), out.meta.clone()).unwrap();
+    assert!(
+        man.archives[0]
+            .files
+            .iter()
+            .any(|f| f.path.starts_with("t/a.")),
+        "{:?}",
+        man.archives[0]
+            .files
+            .iter()
+            .map(|f| &f.path)
+            .collect::<Vec<_>>()
+    );
+
+    // A certificate another CA signed, and a connection without TLS, fail
+    // clearly before anything is read.
+    for (c, want) in [
+        (secure(TlsMode::VerifyFull, Some(&other_ca)), "certificate"),
+        (secure(TlsMode::Disable, None), "refused"),
+    ] {
+        let mut bw = r.start_backup(2).unwrap();
+        let e = dump::backup(&c, &opts(2, 1 << 26), &mut bw, &LiveTask::default()).unwrap_err();
+        assert!(e.message.contains(want), "{:?}: {}", c.tls_mode, e.message);
+    }
+}
+
+/// `SHOW GRANTS FOR` an account, one statement per line.
+fn grants_of(m: &MariaDbServer, account: &str) -> String {
+    m.sql(&format!("SHOW GRANTS FOR {account}"))
+}
+
+/// Whether `user` logs in with `password` (the client's exit status).
+fn logs_in(m: &MariaDbServer, user: &str, password: &str) -> bool {
+    std::process::Command::new("mariadb")
+        .args(["--no-defaults", "--protocol=TCP", "-h127.0.0.1", "-N", "-B"])
+        .arg(format!("-P{}", m.port))
+        .arg(format!("-u{user}"))
+        .arg(format!("-p{password}"))
+        .args(["-e", "SELECT 1"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn accounts_and_grants_restore_when_asked_and_the_targets_own_are_left_alone() {
+    let src = MariaDbServer::start(MariaDbOptions::default());
+    src.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.t (id INT PRIMARY KEY, secret VARCHAR(10));
+         INSERT INTO shop.t VALUES (1, 'a');
+         CREATE PROCEDURE shop.p() SELECT 1;
+         CREATE ROLE reader; GRANT SELECT ON shop.* TO reader;
+         CREATE USER 'app'@'%' IDENTIFIED BY 'app-pw';
+         GRANT INSERT, UPDATE ON shop.t TO 'app'@'%';
+         GRANT SELECT (id) ON shop.t TO 'app'@'%';
+         GRANT EXECUTE ON PROCEDURE shop.p TO 'app'@'%';
+         GRANT reader TO 'app'@'%'; SET DEFAULT ROLE reader FOR 'app'@'%';
+         CREATE USER 'ops'@'127.0.0.1' IDENTIFIED BY 'ops-pw' WITH MAX_QUERIES_PER_HOUR 100;
+         GRANT PROCESS ON *.* TO 'ops'@'127.0.0.1';
+         CREATE USER 'keep'@'%' IDENTIFIED BY 'source-pw'; GRANT SELECT ON shop.* TO 'keep'@'%';",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let r = repo(&work.path().join("repo"));
+    let (man, out) = backup(&r, &src, &opts(2, 1 << 26)).unwrap();
+    assert!(out.meta["accounts"].as_u64().unwrap() >= 4, "{}", out.meta);
+    let load = |dst: &MariaDbServer, accounts: bool, drop: bool| {
+        let o = load::LoadOptions {
+            rename: [("shop".to_string(), "shop2".to_string())].into(),
+            drop,
+            threads: 2,
+            defer_indexes: true,
+            accounts,
+        };
+        load::restore(&conn(dst, "root", None), &r, &man, &o, &LiveTask::default())
+    };
+
+    // The target has an account of the same name, with its own password.
+    let dst = MariaDbServer::start(MariaDbOptions::default());
+    dst.sql("CREATE USER 'keep'@'%' IDENTIFIED BY 'target-pw';");
+    // Without being asked, no account is created.
+    load(&dst, false, false).unwrap();
+    // The restoring account's own grants stay as they are (MariaDB gives
+    // the creator of a role its admin option: taken back).
+    let me = dst.sql("SELECT CURRENT_USER()");
+    let (u, h) = me.rsplit_once('@').unwrap();
+    let root = format!("'{u}'@'{h}'");
+    let root_before = grants_of(&dst, &root);
+    assert_eq!(
+        dst.sql("SELECT COUNT(*) FROM mysql.user WHERE User IN ('app', 'ops', 'reader')"),
+        "0"
+    );
+    let res = load(&dst, true, true).unwrap();
+    let created: Vec<&str> = res["accounts"]["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        ["`reader`", "'app'@'%'", "'ops'@'127.0.0.1'"]
+            .iter()
+            .all(|a| created.contains(a))
+            && !created.iter().any(|a| a.contains("root")),
+        "{res}"
+    );
+    assert_eq!(res["accounts"]["kept"], serde_json::json!(["'keep'@'%'"]));
+    assert_eq!(grants_of(&dst, &root), root_before);
+    // Each created account holds what it held, on the renamed database.
+    for a in ["reader", "'app'@'%'", "'ops'@'127.0.0.1'"] {
+        assert_eq!(
+            grants_of(&dst, a),
+            grants_of(&src, a).replace("`shop`", "`shop2`"),
+            "{a}"
+        );
+    }
+    // Passwords and the default role work; the kept account is the target's.
+    assert_eq!(
+        dst.sql_as("app", "app-pw", "SELECT secret FROM shop2.t"),
+        "a"
+    );
+    assert!(logs_in(&dst, "ops", "ops-pw"));
+    assert!(logs_in(&dst, "keep", "target-pw") && !logs_in(&dst, "keep", "source-pw"));
+    assert_eq!(
+        grants_of(&dst, "'keep'@'%'").lines().count(),
+        1,
+        "{}",
+        grants_of(&dst, "'keep'@'%'")
+    );
+
+    // A restoring user who may not create accounts is refused before
+    // anything is written.
+    let other = MariaDbServer::start(MariaDbOptions::default());
+    other.sql(
+        "CREATE USER 'loader'@'%' IDENTIFIED BY 'l-pw'; GRANT ALL ON shop2.* TO 'loader'@'%';
+         GRANT SELECT ON *.* TO 'loader'@'%';",
+    );
+    let o = load::LoadOptions {
+        rename: [("shop".to_string(), "shop2".to_string())].into(),
+        drop: false,
+        threads: 2,
+        defer_indexes: true,
+        accounts: true,
+    };
+    let e = load::restore(
+        &conn(&other, "loader", Some("l-pw")),
+        &r,
+        &man,
+        &o,
+        &LiveTask::default(),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("CREATE USER"), "{}", e.message);
+    assert_eq!(
+        other.sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'shop2'"),
+        "0"
+    );
+
+    // A grant the restoring user may not give (PROCESS, to ops) fails the
+    // restore after the data: the accounts it created are dropped again.
+    other.sql(
+        "CREATE USER 'half'@'%' IDENTIFIED BY 'h-pw';
+         GRANT ALL ON *.* TO 'half'@'%' WITH GRANT OPTION;
+         REVOKE PROCESS ON *.* FROM 'half'@'%';",
+    );
+    let e = load::restore(
+        &conn(&other, "half", Some("h-pw")),
+        &r,
+        &man,
+        &o,
+        &LiveTask::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("'ops'@'127.0.0.1'") && e.message.contains("dropped again"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        other.sql("SELECT COUNT(*) FROM mysql.user WHERE User IN ('app', 'ops', 'reader', 'keep')"),
+        "0"
+    );
+    assert_eq!(other.sql("SELECT secret FROM shop2.t"), "a");
 }

@@ -122,7 +122,7 @@ impl Repository {
     /// verify or restore holds the repository.
     pub fn gc(&self) -> Result<GcReport, RepoError> {
         let _g = self.gc_mutex.lock().expect("gc mutex");
-        let _lock = self.lock(LockKind::Exclusive, "gc")?;
+        let lock = self.lock(LockKind::Exclusive, "gc")?;
         let mut plan = self.gc_plan()?;
         if plan.delete_packs.is_empty() {
             return Ok(GcReport {
@@ -171,6 +171,8 @@ impl Repository {
                 flush(builder, &mut plan.new_index)?;
             }
         }
+        // Nothing is named or deleted unless the lock is still ours.
+        lock.ensure_held()?;
         let groups = plan.new_index.by_pack();
         let mut new_name = None;
         if !groups.is_empty() {
@@ -183,6 +185,7 @@ impl Repository {
                 self.storage.delete(FileType::Index, old)?;
             }
         }
+        *self.index_files.lock().expect("index files") = new_name.iter().cloned().collect();
         *self.index.write().expect("index lock") = std::sync::Arc::new(plan.new_index.clone());
         let mut rep = GcReport {
             packs_kept: plan.keep_packs,
@@ -191,6 +194,7 @@ impl Repository {
             ..Default::default()
         };
         let mut deleted_bytes = 0u64;
+        lock.ensure_held()?;
         for (name, size) in &plan.delete_packs {
             self.storage.delete(FileType::Pack, name)?;
             rep.packs_deleted += 1;

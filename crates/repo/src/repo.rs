@@ -77,6 +77,10 @@ pub struct Repository {
     pub(crate) config: RepoConfig,
     /// Committed index: every entry is in an index file whose packs exist.
     pub(crate) index: RwLock<Arc<Index>>,
+    /// The index files `index` was read from (or written by this process):
+    /// another process's files since are found by listing, a gc's removals
+    /// by their absence (`refresh_index`).
+    pub(crate) index_files: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Serialises index reloads and gc inside one process.
     pub(crate) gc_mutex: std::sync::Mutex<()>,
 }
@@ -111,19 +115,70 @@ impl Repository {
             &lock::hostname(),
         )?;
         let kname = hex::encode(crate::crypto::random_bytes::<16>());
+        let config = RepoConfig::new(chunker);
+        // The key file first, then the config, create-only: of several
+        // nodes initialising one empty storage at once exactly one config
+        // is written; the others remove their key and open that one
+        // (`open_or_init`). A start stopped between the two leaves a key
+        // without a config, which `open_or_init` completes.
         storage.put(
             FileType::Key,
             &kname,
             &serde_json::to_vec_pretty(&kf).expect("json"),
         )?;
-        let config = RepoConfig::new(chunker);
-        storage.put(
-            FileType::Config,
-            "config",
-            &key.cipher()
-                .seal(Role::Config, &serde_json::to_vec(&config).expect("json")),
-        )?;
+        let sealed = key
+            .cipher()
+            .seal(Role::Config, &serde_json::to_vec(&config).expect("json"));
+        if !storage.put_new(FileType::Config, "config", &sealed)? {
+            // Ours after all? (A create retried after its answer was lost
+            // finds its own object.)
+            if let Some(c) = Repository::config_under(&*storage, &key)? {
+                return Ok(Repository::assemble(storage, key, c));
+            }
+            let _ = storage.delete(FileType::Key, &kname);
+            return Err(RepoError::AlreadyInitialized(storage.location()));
+        }
         Ok(Repository::assemble(storage, key, config))
+    }
+
+    /// The config, if it exists and opens with `key`.
+    fn config_under(
+        storage: &dyn Storage,
+        key: &MasterKey,
+    ) -> Result<Option<RepoConfig>, RepoError> {
+        let raw = match storage.get(FileType::Config, "config") {
+            Err(StorageError::NotFound(_)) => return Ok(None),
+            r => r?,
+        };
+        let Ok(plain) = key.cipher().open(Role::Config, &raw) else {
+            return Ok(None);
+        };
+        let config: RepoConfig = serde_json::from_slice(&plain)
+            .map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
+        if config.version != FORMAT_VERSION {
+            return Err(RepoError::UnsupportedVersion(config.version));
+        }
+        Ok(Some(config))
+    }
+
+    /// The master keys the password opens.
+    fn keys_for(storage: &dyn Storage, password: &str) -> Result<Vec<MasterKey>, RepoError> {
+        let mut out = Vec::new();
+        for (name, _) in storage.list(FileType::Key)? {
+            let bytes = match storage.get(FileType::Key, &name) {
+                Ok(b) => b,
+                // Removed meanwhile (a node that lost an init race).
+                Err(StorageError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Ok(kf) = serde_json::from_slice::<KeyFile>(&bytes) else {
+                continue;
+            };
+            if let Ok(k) = kf.unwrap(password.as_bytes()) {
+                out.push(k);
+            }
+        }
+        Ok(out)
     }
 
     fn assemble(storage: Arc<dyn Storage>, key: MasterKey, config: RepoConfig) -> Repository {
@@ -133,58 +188,81 @@ impl Repository {
             key,
             config,
             index: RwLock::new(Arc::new(Index::default())),
+            index_files: Default::default(),
             gc_mutex: Default::default(),
         }
     }
 
-    /// Opens an existing repository and loads its index.
+    /// Opens an existing repository and loads its index. Every key file
+    /// the password opens is tried against the config (a key of a node that
+    /// lost an init race may linger for a moment).
     pub fn open(storage: Arc<dyn Storage>, password: &str) -> Result<Repository, RepoError> {
-        let keys = storage.list(FileType::Key)?;
-        if keys.is_empty() {
+        if storage.list(FileType::Key)?.is_empty() {
             return Err(RepoError::NotInitialized(storage.location()));
         }
-        let mut key = None;
-        for (name, _) in keys {
-            let bytes = storage.get(FileType::Key, &name)?;
-            let kf: KeyFile = match serde_json::from_slice(&bytes) {
-                Ok(kf) => kf,
-                Err(_) => continue,
-            };
-            if let Ok(k) = kf.unwrap(password.as_bytes()) {
-                key = Some(k);
-                break;
+        let keys = Repository::keys_for(&*storage, password)?;
+        if keys.is_empty() {
+            return Err(RepoError::WrongPassword(storage.location()));
+        }
+        if storage.list(FileType::Config)?.is_empty() {
+            return Err(RepoError::NotInitialized(storage.location()));
+        }
+        for key in keys {
+            if let Some(config) = Repository::config_under(&*storage, &key)? {
+                let repo = Repository::assemble(storage, key, config);
+                repo.reload_index()?;
+                return Ok(repo);
             }
         }
-        let key = key.ok_or_else(|| RepoError::WrongPassword(storage.location()))?;
-        let cipher = key.cipher();
-        let raw = match storage.get(FileType::Config, "config") {
-            Err(StorageError::NotFound(_)) => {
-                return Err(RepoError::NotInitialized(storage.location()));
-            }
-            r => r?,
-        };
-        let config: RepoConfig = serde_json::from_slice(&cipher.open(Role::Config, &raw)?)
-            .map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
-        if config.version != FORMAT_VERSION {
-            return Err(RepoError::UnsupportedVersion(config.version));
-        }
-        let repo = Repository::assemble(storage, key, config);
-        repo.reload_index()?;
-        Ok(repo)
+        Err(RepoError::Corrupt(
+            "the config does not open with any key the password opens".into(),
+        ))
     }
 
     /// Opens the repository, creating it first if the storage is empty.
+    /// Several nodes may call this at once on one empty storage: one
+    /// creates it, the others open it. Keys without a config (a start that
+    /// stopped between the two, or another node's init in progress) are
+    /// completed after a few seconds with a key the password opens.
     pub fn open_or_init(
         storage: Arc<dyn Storage>,
         password: &str,
         chunker: ChunkerParams,
         kdf: KdfParams,
     ) -> Result<Repository, RepoError> {
-        if storage.list(FileType::Key)?.is_empty() {
-            Repository::init(storage, password, chunker, kdf)
-        } else {
-            Repository::open(storage, password)
+        for attempt in 0..40 {
+            if storage.list(FileType::Key)?.is_empty() {
+                match Repository::init(storage.clone(), password, chunker, kdf) {
+                    Err(RepoError::AlreadyInitialized(_)) => {}
+                    r => return r,
+                }
+            }
+            match Repository::open(storage.clone(), password) {
+                Err(RepoError::NotInitialized(_)) => {
+                    if attempt >= 12 {
+                        // Still no config: complete the init with a key
+                        // the password opens (nothing can have been
+                        // written without a config).
+                        chunker.validate().map_err(RepoError::Invalid)?;
+                        if let Some(key) = Repository::keys_for(&*storage, password)?.pop() {
+                            let config = RepoConfig::new(chunker);
+                            let sealed = key
+                                .cipher()
+                                .seal(Role::Config, &serde_json::to_vec(&config).expect("json"));
+                            if storage.put_new(FileType::Config, "config", &sealed)? {
+                                tracing::warn!(
+                                    "the repository had a key but no config (an interrupted init); completed it"
+                                );
+                                return Ok(Repository::assemble(storage, key, config));
+                            }
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                r => return r,
+            }
         }
+        Err(RepoError::NotInitialized(storage.location()))
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -201,8 +279,43 @@ impl Repository {
 
     /// Reads every index file again.
     pub fn reload_index(&self) -> Result<(), RepoError> {
-        let (idx, _) = self.read_all_index()?;
+        let (idx, names) = self.read_all_index()?;
+        let mut files = self.index_files.lock().expect("index files");
         *self.index.write().expect("index lock") = Arc::new(idx);
+        *files = names.into_iter().collect();
+        Ok(())
+    }
+
+    /// Brings the in-memory index up to the repository's index files, as
+    /// other processes (another node, a `stowage` command, a gc) left them.
+    /// Call it holding the repository's lock, so the files cannot change
+    /// under the caller afterwards: a backup deduplicates only against
+    /// chunks whose packs a gc cannot be deleting, a restore reads packs
+    /// where they are now. Files only added since are read alone; any file
+    /// gone (a gc rewrote the index) reloads everything.
+    pub fn refresh_index(&self) -> Result<(), RepoError> {
+        let listed: std::collections::BTreeSet<String> = self
+            .storage
+            .list(FileType::Index)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let mut files = self.index_files.lock().expect("index files");
+        if *files == listed {
+            return Ok(());
+        }
+        if !files.is_subset(&listed) {
+            drop(files);
+            return self.reload_index();
+        }
+        let mut idx = (*self.index()).clone();
+        let mut read = Vec::new();
+        for name in listed.difference(&files) {
+            self.read_index_file(name, &mut idx)?;
+            read.push(name.clone());
+        }
+        *self.index.write().expect("index lock") = Arc::new(idx);
+        files.extend(read);
         Ok(())
     }
 
@@ -211,22 +324,34 @@ impl Repository {
         let mut idx = Index::default();
         let mut names = Vec::new();
         for (name, _) in self.storage.list(FileType::Index)? {
-            let bytes = self.storage.get(FileType::Index, &name)?;
-            let packs = index::decode(&bytes, &self.cipher)
-                .map_err(|e| RepoError::Corrupt(format!("index {name}: {e}")))?;
-            for (p, entries) in packs {
-                idx.add_pack(p, &entries);
-            }
+            self.read_index_file(&name, &mut idx)?;
             names.push(name);
         }
         Ok((idx, names))
+    }
+
+    /// Adds one index file's entries to `idx`.
+    fn read_index_file(&self, name: &str, idx: &mut Index) -> Result<(), RepoError> {
+        let bytes = self.storage.get(FileType::Index, name)?;
+        let packs = index::decode(&bytes, &self.cipher)
+            .map_err(|e| RepoError::Corrupt(format!("index {name}: {e}")))?;
+        for (p, entries) in packs {
+            idx.add_pack(p, &entries);
+        }
+        Ok(())
     }
 
     pub fn index(&self) -> Arc<Index> {
         self.index.read().expect("index lock").clone()
     }
 
-    pub(crate) fn commit_index(&self, new: &Index) {
+    /// Adds a backup's new index file (`name`, holding `new`) to the
+    /// in-memory index.
+    pub(crate) fn commit_index(&self, name: &str, new: &Index) {
+        self.index_files
+            .lock()
+            .expect("index files")
+            .insert(name.to_string());
         let mut g = self.index.write().expect("index lock");
         let mut merged = (**g).clone();
         merged.merge(new);

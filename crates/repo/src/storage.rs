@@ -82,10 +82,26 @@ pub trait Storage: Send + Sync + 'static {
     fn list(&self, ft: FileType) -> StorageResult<Vec<(String, u64)>>;
     fn stat(&self, ft: FileType, name: &str) -> StorageResult<u64>;
     fn delete(&self, ft: FileType, name: &str) -> StorageResult<()>;
+    /// Writes the object only if no object of that name exists: `Ok(false)`
+    /// (and nothing written) when one does. Atomic: of two writers racing
+    /// for one name exactly one gets `Ok(true)`.
+    fn put_new(&self, ft: FileType, name: &str, data: &[u8]) -> StorageResult<bool>;
+    /// When the object was last written, in ms since the epoch by the
+    /// storage's own clock (the file system's, the object store's): locks
+    /// compare these with each other, never with this machine's clock, so
+    /// clock skew between nodes cannot make a live lock look stale.
+    fn modified_ms(&self, ft: FileType, name: &str) -> StorageResult<i64>;
+    /// How many `put`s a backup runs at once (packs upload while the next
+    /// fills): a local disk gains little past two, an object store over the
+    /// network more.
+    fn write_concurrency(&self) -> usize {
+        2
+    }
 }
 
-/// Object names are lowercase hex, or `config` for the config object.
-fn valid_name(ft: FileType, name: &str) -> bool {
+/// Object names are lowercase hex, or `config` for the config object. Every
+/// backend refuses other names (they could escape its layout).
+pub fn valid_name(ft: FileType, name: &str) -> bool {
     if ft == FileType::Config {
         return name == "config";
     }
@@ -234,14 +250,24 @@ impl Storage for LocalStorage {
             };
             for e in rd {
                 let e = e.map_err(|e| io_err(&d, e))?;
-                let ty = e.file_type().map_err(|err| io_err(&e.path(), err))?;
+                let ty = match e.file_type() {
+                    Ok(t) => t,
+                    // Removed since the directory was read.
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(io_err(&e.path(), err)),
+                };
                 if ty.is_dir() && ft == FileType::Pack && d == dir {
                     dirs.push(e.path());
                 } else if ty.is_file() {
                     let name = e.file_name().to_string_lossy().to_string();
                     if valid_name(ft, &name) {
-                        let len = e.metadata().map_err(|err| io_err(&e.path(), err))?.len();
-                        out.push((name, len));
+                        // Removed between the directory read and the stat
+                        // (a lock released, a pack collected): not listed.
+                        match e.metadata() {
+                            Ok(m) => out.push((name, m.len())),
+                            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                            Err(err) => return Err(io_err(&e.path(), err)),
+                        }
                     }
                 }
             }
@@ -261,6 +287,44 @@ impl Storage for LocalStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&p, e)),
         }
+    }
+
+    fn put_new(&self, ft: FileType, name: &str, data: &[u8]) -> StorageResult<bool> {
+        let dest = self.path(ft, name)?;
+        let parent = dest.parent().expect("object paths have a parent");
+        if !parent.exists() {
+            fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+        }
+        let tmp = self.root.join("tmp").join(random_hex(16));
+        // A hard link fails when the name exists: of two racing writers
+        // exactly one links its complete, synced file into place.
+        let write = || -> io::Result<bool> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            match fs::hard_link(&tmp, &dest) {
+                Ok(()) => {
+                    fsync_dir(parent)?;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        let r = write();
+        let _ = fs::remove_file(&tmp);
+        r.map_err(|e| io_err(&dest, e))
+    }
+
+    fn modified_ms(&self, ft: FileType, name: &str) -> StorageResult<i64> {
+        let p = self.path(ft, name)?;
+        let m = fs::metadata(&p)
+            .and_then(|m| m.modified())
+            .map_err(|e| io_err(&p, e))?;
+        Ok(m.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0))
     }
 }
 
@@ -311,6 +375,38 @@ pub mod conformance {
         // Rewriting (locks are refreshed this way) replaces the content.
         s.put(FileType::Lock, &name, b"second").unwrap();
         assert_eq!(s.get(FileType::Lock, &name).unwrap(), b"second");
+        // Create-only writes: exactly one of racing writers wins, the
+        // loser writes nothing.
+        let fresh = "cd".to_string() + &"02".repeat(31);
+        assert!(s.put_new(FileType::Key, &fresh, b"first").unwrap());
+        assert!(!s.put_new(FileType::Key, &fresh, b"second").unwrap());
+        assert_eq!(s.get(FileType::Key, &fresh).unwrap(), b"first");
+        let racers: Vec<bool> = std::thread::scope(|sc| {
+            let fresh = &fresh;
+            let hs: Vec<_> = (0..4u8)
+                .map(|i| sc.spawn(move || s.put_new(FileType::Snapshot, fresh, &[i; 64]).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(racers.iter().filter(|w| **w).count(), 1, "{racers:?}");
+        assert_eq!(s.get(FileType::Snapshot, &fresh).unwrap().len(), 64);
+        s.delete(FileType::Key, &fresh).unwrap();
+        s.delete(FileType::Snapshot, &fresh).unwrap();
+        // Modification times by the storage's clock: a rewrite moves them on
+        // (locks are judged by them; object stores keep whole seconds).
+        assert!(matches!(
+            s.modified_ms(FileType::Lock, &fresh),
+            Err(StorageError::NotFound(_))
+        ));
+        s.put(FileType::Lock, &fresh, b"1").unwrap();
+        let t1 = s.modified_ms(FileType::Lock, &fresh).unwrap();
+        let local = crate::lock::now_ms();
+        assert!((t1 - local).abs() < 10 * 60_000, "{t1} vs {local}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        s.put(FileType::Lock, &fresh, b"2").unwrap();
+        let t2 = s.modified_ms(FileType::Lock, &fresh).unwrap();
+        assert!(t2 > t1, "rewrite did not move the time: {t1} → {t2}");
+        s.delete(FileType::Lock, &fresh).unwrap();
         // Config has its own name.
         s.put(FileType::Config, "config", b"cfg").unwrap();
         assert_eq!(s.get(FileType::Config, "config").unwrap(), b"cfg");

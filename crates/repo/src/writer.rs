@@ -89,7 +89,7 @@ pub struct BackupWriter {
     /// Archive writers handed out and not yet added back.
     outstanding: Arc<AtomicU64>,
     started_ms: i64,
-    _lock: LockGuard,
+    lock: LockGuard,
 }
 
 /// One archive of a backup written on a thread of its own, at the same time
@@ -107,6 +107,10 @@ impl Repository {
     /// Starts a backup with `threads` compression workers (0 = one per core).
     pub fn start_backup(self: &Arc<Self>, threads: usize) -> Result<BackupWriter, RepoError> {
         let lock = self.lock(LockKind::Shared, "backup")?;
+        // Deduplicate only against the index files as they are now, under
+        // the lock: another process's gc may have deleted packs this
+        // process's index still names.
+        self.refresh_index()?;
         let threads = crate::threads_or_cores(threads);
         let failure = Arc::new(Mutex::new(None));
         let stats = Arc::new(BackupStats::default());
@@ -156,7 +160,7 @@ impl Repository {
             archives: Vec::new(),
             outstanding: Default::default(),
             started_ms: lock::now_ms(),
-            _lock: lock,
+            lock,
         })
     }
 }
@@ -342,6 +346,11 @@ fn seal_worker(rx: Receiver<Job>, tx: Sender<Sealed>, cipher: Cipher, level: i32
     }
 }
 
+/// Appends sealed groups to packs; each full pack goes to uploader threads
+/// (as many as the storage writes at once, [`crate::storage::Storage::write_concurrency`])
+/// through a one-slot queue, so the next pack fills while others upload and
+/// at most `uploaders + 2` packs are in memory. A pack is only recorded
+/// once its `put` returned (a backend verifies its writes before that).
 fn packer(
     repo: Arc<Repository>,
     rx: Receiver<Sealed>,
@@ -349,46 +358,65 @@ fn packer(
     stats: Arc<BackupStats>,
 ) -> PackerResult {
     let target = repo.config.pack_size as usize;
-    let mut done = Vec::new();
-    let mut pack = PackBuilder::new(target + target / 8);
-    let mut error: Option<RepoError> = None;
-    let mut flush = |pack: PackBuilder, error: &mut Option<RepoError>| {
-        if error.is_some() {
-            return;
+    let done = Mutex::new(Vec::new());
+    let error: Mutex<Option<RepoError>> = Mutex::new(None);
+    let failed = || failure.lock().expect("failure lock").is_some();
+    let (utx, urx) = bounded::<(String, Vec<u8>, Vec<BlobEntry>)>(1);
+    std::thread::scope(|sc| {
+        for i in 0..repo.storage.write_concurrency().max(1) {
+            let urx = urx.clone();
+            let (repo, done, error, failure, stats) = (&repo, &done, &error, &failure, &stats);
+            std::thread::Builder::new()
+                .name(format!("repo-upload-{i}"))
+                .spawn_scoped(sc, move || {
+                    for (name, bytes, entries) in urx {
+                        if failure.lock().expect("failure lock").is_some() {
+                            continue;
+                        }
+                        match repo.storage.put(FileType::Pack, &name, &bytes) {
+                            Ok(()) => {
+                                stats
+                                    .bytes_stored
+                                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                                let mut id = [0u8; 32];
+                                hex::decode_to_slice(&name, &mut id).expect("hex name");
+                                done.lock().expect("done").push((id, entries));
+                            }
+                            Err(e) => {
+                                let mut f = failure.lock().expect("failure lock");
+                                if f.is_none() {
+                                    *f = Some(e.to_string());
+                                    *error.lock().expect("error") = Some(e.into());
+                                }
+                            }
+                        }
+                    }
+                })
+                .expect("spawn uploader");
         }
-        let (name, bytes, entries) = pack.finish(&repo.cipher);
-        match repo.storage.put(FileType::Pack, &name, &bytes) {
-            Ok(()) => {
-                stats
-                    .bytes_stored
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                let mut id = [0u8; 32];
-                hex::decode_to_slice(&name, &mut id).expect("hex name");
-                done.push((id, entries));
+        drop(urx);
+        let mut pack = PackBuilder::new(target + target / 8);
+        for s in rx {
+            // Keep draining after an error so workers never block; drop the data.
+            if failed() {
+                continue;
             }
-            Err(e) => {
-                *failure.lock().expect("failure lock") = Some(e.to_string());
-                *error = Some(e.into());
+            pack.add(&s.sealed, s.raw_len, s.compression, &s.chunks);
+            if pack.len() >= target {
+                let full = std::mem::replace(&mut pack, PackBuilder::new(target + target / 8));
+                if utx.send(full.finish(&repo.cipher)).is_err() {
+                    break;
+                }
             }
         }
-    };
-    for s in rx {
-        // Keep draining after an error so workers never block; drop the data.
-        if error.is_some() {
-            continue;
+        if !pack.is_empty() && !failed() {
+            let _ = utx.send(pack.finish(&repo.cipher));
         }
-        pack.add(&s.sealed, s.raw_len, s.compression, &s.chunks);
-        if pack.len() >= target {
-            let full = std::mem::replace(&mut pack, PackBuilder::new(target + target / 8));
-            flush(full, &mut error);
-        }
-    }
-    if !pack.is_empty() {
-        flush(pack, &mut error);
-    }
-    match error {
+        drop(utx);
+    });
+    match error.into_inner().expect("error") {
         Some(e) => Err(e),
-        None => Ok(done),
+        None => Ok(done.into_inner().expect("done")),
     }
 }
 
@@ -520,14 +548,17 @@ impl BackupWriter {
         for (p, entries) in &packs {
             new_index.add_pack(*p, entries);
         }
+        // Only under a lock others still see: a gc that took this one for
+        // stale may have deleted the packs just written (not yet indexed).
+        self.lock.ensure_held()?;
         if !packs.is_empty() {
             let (name, bytes) = index::encode(&packs, &self.repo.cipher);
             self.repo.storage.put(FileType::Index, &name, &bytes)?;
             self.stats
                 .bytes_stored
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.repo.commit_index(&name, &new_index);
         }
-        self.repo.commit_index(&new_index);
         let files = self.archives.iter().map(|a| a.files.len() as u64).sum();
         let bytes_logical = self
             .archives
@@ -552,6 +583,7 @@ impl BackupWriter {
             engine_meta,
         };
         self.repo.check_manifest_complete(&manifest)?;
+        self.lock.ensure_held()?;
         let id = self.repo.write_snapshot(&manifest)?;
         Ok((id, manifest))
     }

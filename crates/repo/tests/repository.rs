@@ -590,3 +590,106 @@ fn files_of_an_earlier_set_are_reused_and_continued() {
     assert_eq!(read("log"), [log, more].concat());
     assert!(repo.verify_snapshot(&snap, 2, &|_, _| {}).unwrap().ok());
 }
+
+/// Two processes on one repository: two `Repository` values opened on the
+/// same folder, each with its own in-memory index, as separate processes
+/// (another node, a `stowage` command) have. A backup deduplicates only
+/// against the index files as they are once it holds the repository's
+/// lock: never against packs another process's gc deleted, and against
+/// what another process stored since.
+#[test]
+fn a_backup_deduplicates_only_against_the_index_files_as_they_are_under_its_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let a = new_repo(d.path());
+    let open = || {
+        let s: Arc<dyn Storage> = Arc::new(LocalStorage::new(d.path()).unwrap());
+        Arc::new(Repository::open(s, "pw").unwrap())
+    };
+    let stored = |r: &Arc<Repository>, data: &[u8]| {
+        let mut w = r.start_backup(2).unwrap();
+        w.begin_archive("base", None).unwrap();
+        w.begin_file(meta("x", FileKind::File)).unwrap();
+        w.write(data).unwrap();
+        w.end_file().unwrap();
+        let (snap, m) = w.finish(BTreeMap::new(), serde_json::Value::Null).unwrap();
+        (snap, m.summary.bytes_stored_new)
+    };
+    let data = pseudo_random(400_000, 7);
+    let (s1, first) = stored(&a, &data);
+    assert!(first > 100_000, "{first}");
+    // B reads the index now: it names s1's chunks.
+    let b = open();
+    // A forgets the set and collects it: the packs B's index names are gone.
+    a.delete_snapshot(&s1).unwrap();
+    assert!(a.gc().unwrap().packs_deleted > 0);
+    // B backs up the same data: stored again, not named in deleted packs.
+    let (s2, again) = stored(&b, &data);
+    assert!(
+        again > 100_000,
+        "B deduplicated against deleted packs: {again}"
+    );
+    let c = open();
+    assert!(c.verify(2, &|_, _| {}).unwrap().ok());
+    let t = tempfile::tempdir().unwrap();
+    restore_to(&b, &s2, t.path());
+    assert_eq!(std::fs::read(t.path().join("x")).unwrap(), data);
+
+    // What A stores now, B finds without being reopened.
+    let more = pseudo_random(300_000, 9);
+    let (_, by_a) = stored(&a, &more);
+    assert!(by_a > 100_000, "{by_a}");
+    let (s3, by_b) = stored(&b, &more);
+    assert!(by_b < 10_000, "B stored A's chunks again: {by_b}");
+    // And a restore by A of B's set reads packs where they are.
+    let t = tempfile::tempdir().unwrap();
+    a.refresh_index().unwrap();
+    restore_to(&a, &s3, t.path());
+    assert_eq!(std::fs::read(t.path().join("x")).unwrap(), more);
+}
+
+/// Several servers creating one repository at once end up on the same one;
+/// an init stopped between its key file and its config is completed by the
+/// next start.
+#[test]
+fn racing_inits_share_one_repository_and_a_half_init_is_completed() {
+    let d = tempfile::tempdir().unwrap();
+    let s: Arc<dyn Storage> = Arc::new(LocalStorage::new(d.path()).unwrap());
+    let ids: Vec<String> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                sc.spawn(move || {
+                    Repository::open_or_init(s, "pw", small_chunks(), KdfParams::insecure_fast())
+                        .unwrap()
+                        .config()
+                        .id
+                        .clone()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    assert_eq!(
+        s.list(FileType::Key).unwrap().len(),
+        1,
+        "losers removed their keys"
+    );
+
+    // A key file without a config.
+    let d = tempfile::tempdir().unwrap();
+    let s: Arc<dyn Storage> = Arc::new(LocalStorage::new(d.path()).unwrap());
+    Repository::init(s.clone(), "pw", small_chunks(), KdfParams::insecure_fast()).unwrap();
+    s.delete(FileType::Config, "config").unwrap();
+    assert!(matches!(
+        Repository::open(s.clone(), "pw"),
+        Err(stowage_repo::RepoError::NotInitialized(_))
+    ));
+    let r = Arc::new(
+        Repository::open_or_init(s.clone(), "pw", small_chunks(), KdfParams::insecure_fast())
+            .unwrap(),
+    );
+    backup(&r, &[("a", pseudo_random(10_000, 1))]);
+    assert!(r.verify(0, &|_, _| {}).unwrap().ok());
+    Repository::open(s, "pw").unwrap();
+}

@@ -3,10 +3,15 @@
 //!
 //! A link is `/v1/downloads/<task id>/<file>?expires=<unix s>&sig=<hex>`,
 //! the signature an HMAC-SHA256 over `<task id>/<file>\n<expires>` with a
-//! key only this server holds (`<data-dir>/download.key`, 0600): no access
-//! key travels in it, it names one file, and it stops working at `expires`
-//! (the file is deleted once that has passed). Another server's link, a
-//! changed one or an expired one is refused alike, revealing nothing.
+//! key derived from the server key (`SecretBox::link_key`; every node of a
+//! deployment shares the server key, so any node checks any node's links):
+//! no access key travels in it, it names one file, and it stops working at
+//! `expires` (the file is deleted once that has passed). Another
+//! deployment's link, a changed one or an expired one is refused alike,
+//! revealing nothing. The node that packaged the file serves it from disk
+//! (with `Content-Length` and `Range`); another node of a shared catalog
+//! and repository packages the same part again while it streams, like a
+//! set link. Rotating the server key ends every link given out before.
 //!
 //! A set link, `/v1/downloads/sets/<account>/<set id>/<part>.tar?expires&sig`
 //! (HMAC over `sets/<account>/<set id>/<part>.tar\n<expires>`), is made on
@@ -37,9 +42,8 @@ pub struct Downloads {
 }
 
 impl Downloads {
-    /// The folder and key under `data_dir` (the key created on first start).
-    pub fn open(data_dir: &Path) -> ServiceResult<Downloads> {
-        let key = crate::secrets::load_or_create_key(&data_dir.join("download.key"))?;
+    /// The folder under `data_dir`; links signed with `key`.
+    pub fn open(data_dir: &Path, key: [u8; 32]) -> ServiceResult<Downloads> {
         let dir = data_dir.join("downloads");
         std::fs::create_dir_all(&dir)
             .map_err(|e| ServiceError::internal(format!("{}: {e}", dir.display())))?;
@@ -121,23 +125,19 @@ impl Downloads {
         )
     }
 
-    /// The file a link names, if its signature is this server's, it has not
-    /// expired at `now_s` and the file is there.
-    pub fn open_link(
-        &self,
-        task: i64,
-        file: &str,
-        expires: i64,
-        sig: &str,
-        now_s: i64,
-    ) -> Option<PathBuf> {
+    /// Whether a task's link is this deployment's, unchanged, and has not
+    /// expired at `now_s`.
+    pub fn link_ok(&self, task: i64, file: &str, expires: i64, sig: &str, now_s: i64) -> bool {
         let same =
             crate::constant_time_eq(self.mac(task, file, expires).as_bytes(), sig.as_bytes());
-        if !same || now_s > expires || !valid_file_name(file) {
-            return None;
-        }
+        same && now_s <= expires && valid_file_name(file)
+    }
+
+    /// The file a valid link names, if this node packaged it and it is
+    /// still there.
+    pub fn local_file(&self, task: i64, file: &str) -> Option<PathBuf> {
         let p = self.task_dir(task).join(file);
-        p.is_file().then_some(p)
+        (valid_file_name(file) && p.is_file()).then_some(p)
     }
 
     /// Deletes the task folders whose file's link has expired at `now_s`
@@ -232,40 +232,26 @@ mod tests {
     #[test]
     fn links_are_refused_when_changed_expired_or_foreign() {
         let d = tempfile::tempdir().unwrap();
-        let a = Downloads::open(d.path()).unwrap();
+        let a = Downloads::open(d.path(), [1; 32]).unwrap();
         std::fs::create_dir_all(a.task_dir(7)).unwrap();
         std::fs::write(a.task_dir(7).join("rs0.tar"), b"x").unwrap();
         let link = a.link(7, "rs0.tar", 1000);
         let sig = link.rsplit_once("sig=").unwrap().1;
-        assert!(a.open_link(7, "rs0.tar", 1000, sig, 999).is_some());
-        assert!(
-            a.open_link(7, "rs0.tar", 1000, sig, 1001).is_none(),
-            "expired"
-        );
-        assert!(
-            a.open_link(7, "rs0.tar", 2000, sig, 999).is_none(),
-            "expiry changed"
-        );
-        assert!(
-            a.open_link(8, "rs0.tar", 1000, sig, 999).is_none(),
-            "task changed"
-        );
-        assert!(
-            a.open_link(7, "rs1.tar", 1000, sig, 999).is_none(),
-            "file changed"
-        );
-        assert!(
-            a.open_link(7, "rs0.tar", 1000, &sig.replace('a', "b"), 999)
-                .is_none()
-        );
-        // The same key survives a restart; another server's key does not match.
-        let again = Downloads::open(d.path()).unwrap();
-        assert!(again.open_link(7, "rs0.tar", 1000, sig, 999).is_some());
+        assert!(a.link_ok(7, "rs0.tar", 1000, sig, 999));
+        assert!(a.local_file(7, "rs0.tar").is_some() && a.local_file(8, "rs0.tar").is_none());
+        assert!(!a.link_ok(7, "rs0.tar", 1000, sig, 1001), "expired");
+        assert!(!a.link_ok(7, "rs0.tar", 2000, sig, 999), "expiry changed");
+        assert!(!a.link_ok(8, "rs0.tar", 1000, sig, 999), "task changed");
+        assert!(!a.link_ok(7, "rs1.tar", 1000, sig, 999), "file changed");
+        assert!(!a.link_ok(7, "rs0.tar", 1000, &sig.replace('a', "b"), 999));
+        // The same key after a restart matches; another deployment's does not.
+        let again = Downloads::open(d.path(), [1; 32]).unwrap();
+        assert!(again.link_ok(7, "rs0.tar", 1000, sig, 999));
         let other_dir = tempfile::tempdir().unwrap();
-        let other = Downloads::open(other_dir.path()).unwrap();
+        let other = Downloads::open(other_dir.path(), [2; 32]).unwrap();
         let theirs = other.link(7, "rs0.tar", 1000);
         let their_sig = theirs.rsplit_once("sig=").unwrap().1;
-        assert!(a.open_link(7, "rs0.tar", 1000, their_sig, 999).is_none());
+        assert!(!a.link_ok(7, "rs0.tar", 1000, their_sig, 999));
         assert!(
             !valid_file_name("../x.tar")
                 && !valid_file_name(".tar")
@@ -308,10 +294,7 @@ mod tests {
                 .is_none(),
             "part"
         );
-        assert!(
-            a.open_link(7, "rs0.tar", 1000, ssig, 999).is_none(),
-            "not a task link"
-        );
+        assert!(!a.link_ok(7, "rs0.tar", 1000, ssig, 999), "not a task link");
         assert!(
             a.open_set_link("acme", 7, "rs0.tar", 1000, sig, 999)
                 .is_none(),

@@ -75,6 +75,7 @@ impl From<CatalogError> for ServiceError {
                     "instance {i} already has a backup task in progress; wait for it or cancel it"
                 ),
             ),
+            CatalogError::LeaseLost(m) => ServiceError::new(ErrorKind::Conflict, m),
             CatalogError::Transition(t) => {
                 ServiceError::new(ErrorKind::InvalidState, t.to_string())
             }

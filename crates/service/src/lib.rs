@@ -21,6 +21,7 @@ pub mod secrets;
 
 pub use runner::PartExport;
 pub use scheduler::PolicyUpdate;
+pub use stowage_engines::RestoreIntoOptions;
 pub use stowage_engines::export_file_name;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
@@ -31,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use stowage_catalog::sqlite::SqliteCatalog;
+use stowage_catalog::sql::SqlCatalog;
 use stowage_catalog::{AccessKey, BackupSet, Catalog, Instance, NewTask, Task, TaskFilter};
 use stowage_core::ids::{Dialect, InstanceId};
 use stowage_core::{LiveTask, Progress, Secret, TaskKind, TaskMode, TaskState};
@@ -46,8 +47,22 @@ pub fn now_ms() -> i64 {
 pub struct Config {
     /// Holds `catalog.db`, `repository/`, `server.key`, `admin-credentials`.
     pub data_dir: PathBuf,
-    /// Repository: a folder or a `file://` URL; default `<data_dir>/repository`.
+    /// Repository: a folder, a `file://` URL or `s3://bucket/prefix`;
+    /// default `<data_dir>/repository`.
     pub repository: Option<String>,
+    /// How an `s3://` repository is reached, over what the environment
+    /// says in AWS's names (credentials come only from there).
+    pub s3: S3Settings,
+    /// The catalog: `postgres://…` (shared by several nodes); default the
+    /// SQLite file `<data_dir>/catalog.db`.
+    pub catalog: Option<String>,
+    /// The key the catalog's secrets are sealed with; default
+    /// `<data_dir>/server.key` (created on first start). Every node of a
+    /// deployment must use the same one.
+    pub server_key_file: Option<PathBuf>,
+    /// Lease of a task run on a shared catalog: renewed while it runs,
+    /// taken over by another node once it expires (default 30 s).
+    pub lease: std::time::Duration,
     /// Repository password; default: generated once into `<data_dir>/repository.password`.
     pub repo_password: Option<Secret>,
     /// Name of this node (tasks it runs are failed if it restarts mid-way).
@@ -63,9 +78,134 @@ pub struct Config {
     pub tenant_allow: Vec<netpolicy::AllowRule>,
 }
 
-/// The local folder a `--repository` value names. Only local folders (a
-/// path or `file://`) are supported; any other scheme is refused rather
-/// than taken for a folder name.
+/// Settings of an `s3://` repository given by flags; unset ones come from
+/// the environment (`stowage_s3::S3Options::from_url`).
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style requests; default: on where an endpoint is given.
+    pub path_style: Option<bool>,
+    /// Retry budget for transient failures, in seconds (default 120).
+    pub retry_secs: Option<u64>,
+    /// PEM certificates to trust besides the system's (default AWS_CA_BUNDLE).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The storage a `--repository` value names, opened (an `s3://` bucket is
+/// asked once, so refused credentials fail the start), and the local
+/// folder it is, if it is one.
+fn open_storage(
+    repository: Option<&str>,
+    data_dir: &Path,
+    s3: &S3Settings,
+) -> ServiceResult<(Arc<dyn Storage>, Option<PathBuf>)> {
+    if let Some(url) = repository.filter(|r| r.starts_with("s3://")) {
+        let mut o = stowage_s3::S3Options::from_url(url, |k| std::env::var(k).ok())
+            .map_err(ServiceError::invalid)?;
+        if let Some(e) = &s3.endpoint {
+            o.endpoint = Some(e.clone());
+            o.path_style = true;
+        }
+        if let Some(r) = &s3.region {
+            o.region = r.clone();
+        }
+        if let Some(p) = s3.path_style {
+            o.path_style = p;
+        }
+        if let Some(f) = &s3.ca_file {
+            o.ca_file = Some(f.clone());
+        }
+        if let Some(t) = s3.retry_secs {
+            o.retry_timeout = std::time::Duration::from_secs(t);
+        }
+        o.check().map_err(ServiceError::invalid)?;
+        let st = stowage_s3::S3Storage::open(o)
+            .map_err(|e| ServiceError::invalid(format!("repository: {e}")))?;
+        return Ok((Arc::new(st), None));
+    }
+    let dir = match repository {
+        Some(r) => repository_path(r)?,
+        None => data_dir.join("repository"),
+    };
+    let st = LocalStorage::new(&dir).map_err(|e| ServiceError::internal(e.to_string()))?;
+    Ok((Arc::new(st), Some(dir)))
+}
+
+/// The catalog a `--catalog` value names: PostgreSQL, or by default the
+/// SQLite file in the data dir.
+async fn open_catalog(url: Option<&str>, data_dir: &Path) -> ServiceResult<Arc<dyn Catalog>> {
+    Ok(match url {
+        None => Arc::new(SqlCatalog::open(&data_dir.join("catalog.db")).await?),
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            Arc::new(SqlCatalog::open_postgres(u).await?)
+        }
+        Some(_) => {
+            return Err(ServiceError::invalid(
+                "catalog: give a postgres://user@host:port/database URL (the SQLite catalog in the data dir is the default)",
+            ));
+        }
+    })
+}
+
+/// Whether `key` opens a secret of the catalog (an access key of the
+/// `default` account); true for a catalog without one yet.
+async fn key_opens_catalog(catalog: &dyn Catalog, key: &SecretBox) -> ServiceResult<bool> {
+    let Some(acc) = catalog.account_by_name("default").await? else {
+        return Ok(true);
+    };
+    Ok(match catalog.list_access_keys(&acc.id).await?.first() {
+        Some(k) => key.open(&k.secret_enc).is_ok(),
+        None => true,
+    })
+}
+
+/// Re-seals every secret of the catalog with the key in `new_key` (created,
+/// 0600, if the file does not exist) and records it as the catalog's key,
+/// in one transaction. Every node must be stopped: a running node keeps
+/// sealing with the old key (and a node started with the old key after
+/// this is refused). With the SQLite catalog the data dir's lock makes
+/// sure `serve` is not running. Returns how many secrets were re-sealed;
+/// 0 when the catalog already uses the new key.
+pub async fn rotate_server_key(
+    data_dir: &Path,
+    catalog: Option<&str>,
+    old_key: &Path,
+    new_key: &Path,
+) -> ServiceResult<u64> {
+    let _lock = match catalog {
+        None => Some(datadir::DataDirLock::acquire(data_dir)?),
+        Some(_) => None,
+    };
+    let old = SecretBox::load(old_key)?;
+    let new = SecretBox::load_or_create(new_key)?;
+    let catalog = open_catalog(catalog, data_dir).await?;
+    if !key_opens_catalog(&*catalog, &old).await? && !key_opens_catalog(&*catalog, &new).await? {
+        return Err(ServiceError::invalid(format!(
+            "the server key {} does not open this catalog's secrets",
+            old_key.display()
+        )));
+    }
+    let stored = catalog
+        .setting_or_insert("server_key_check", old.check_value())
+        .await?;
+    if stored == new.check_value() {
+        return Ok(0);
+    }
+    if stored != old.check_value() {
+        return Err(ServiceError::invalid(format!(
+            "the server key {} is not the key this catalog's secrets are sealed with",
+            old_key.display()
+        )));
+    }
+    Ok(catalog
+        .reseal_secrets(&|s| old.reseal(s, &new), new.check_value())
+        .await?)
+}
+
+/// The local folder a `--repository` value names (a path or `file://`);
+/// any other scheme but `s3://` is refused rather than taken for a folder
+/// name.
 pub fn repository_path(s: &str) -> ServiceResult<PathBuf> {
     if let Some(rest) = s.strip_prefix("file://") {
         if !rest.starts_with('/') {
@@ -82,8 +222,8 @@ pub fn repository_path(s: &str) -> ServiceResult<PathBuf> {
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
     {
         return Err(ServiceError::invalid(format!(
-            "repository {s:?}: the {scheme}:// scheme is not supported by this build; \
-             use a local folder (a path or file:///path)"
+            "repository {s:?}: the {scheme}:// scheme is not supported; \
+             use a local folder (a path or file:///path) or s3://bucket/prefix"
         )));
     }
     if s.is_empty() {
@@ -91,6 +231,13 @@ pub fn repository_path(s: &str) -> ServiceResult<PathBuf> {
     }
     Ok(PathBuf::from(s))
 }
+
+/// How long an access key read from the catalog is used without reading
+/// it again (see `Service::key_cache`): a key disabled, deleted or limited
+/// through another node of a shared catalog stops working within this.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Keys remembered at most (expired ones are dropped first, then all).
+const KEY_CACHE_MAX: usize = 10_000;
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -272,8 +419,36 @@ pub struct Service {
     restoring: Mutex<std::collections::HashSet<String>>,
     /// Download files and the key their links are signed with.
     pub downloads: downloads::Downloads,
+    /// How long a task's lease lasts (a shared catalog only; `None`: one
+    /// node, no leases).
+    lease: Option<std::time::Duration>,
+    /// Leases this node holds, by task id. Every write it makes for such a task carries the epoch (refused once
+    /// taken over).
+    leases: Mutex<HashMap<i64, Held>>,
+    /// The catalog's clock minus this machine's, in ms (a shared catalog:
+    /// leases are given and judged by the catalog's clock, so nodes whose
+    /// clocks disagree still agree on when a lease expires).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// Active access keys read from the catalog in the last
+    /// [`KEY_CACHE_TTL`], by id: a signed request does not read its key
+    /// (and open its secret) again. A change made through this node drops
+    /// the entry at once; one made through another node of a shared
+    /// catalog is seen within the TTL.
+    key_cache: Mutex<HashMap<String, (std::time::Instant, Principal, Secret)>>,
+    /// Bumped by every key change through this node: a key read that
+    /// raced with one is not remembered.
+    key_generation: std::sync::atomic::AtomicU64,
     /// Held for the server's life: one process per data directory.
     _data_dir_lock: datadir::DataDirLock,
+}
+
+/// A lease this node holds on a task.
+struct Held {
+    epoch: i64,
+    /// The last successful renewal.
+    renewed: std::time::Instant,
+    /// The last renewal tried (successful or not).
+    tried: std::time::Instant,
 }
 
 /// An account's restore slot, freed however the restore ends.
@@ -306,13 +481,34 @@ impl Service {
         })?;
         // Before anything else is read or written: one process per data dir.
         let lock = datadir::DataDirLock::acquire(dd)?;
-        let repo_dir = match &cfg.repository {
-            Some(r) => repository_path(r)?,
-            None => dd.join("repository"),
-        };
-        let secrets = SecretBox::load_or_create(&dd.join("server.key"))?;
-        let catalog = SqliteCatalog::open(&dd.join("catalog.db")).await?;
-        let catalog: Arc<dyn Catalog> = Arc::new(catalog);
+        let key_file = cfg
+            .server_key_file
+            .clone()
+            .unwrap_or_else(|| dd.join("server.key"));
+        let secrets = SecretBox::load_or_create(&key_file)?;
+        let catalog = open_catalog(cfg.catalog.as_deref(), dd).await?;
+        // The catalog's secrets open only with the key they were sealed
+        // with: a node with another key is refused before it serves. A
+        // catalog without a check value yet (made before it existed) must
+        // open a secret with this key before the key is recorded.
+        if !key_opens_catalog(&*catalog, &secrets).await? {
+            return Err(ServiceError::invalid(format!(
+                "the server key {} does not open this catalog's secrets: every node of a \
+                 deployment uses the same key file (--server-key-file)",
+                key_file.display()
+            )));
+        }
+        let stored = catalog
+            .setting_or_insert("server_key_check", secrets.check_value())
+            .await?;
+        if stored != secrets.check_value() {
+            return Err(ServiceError::invalid(format!(
+                "the server key {} is not the key this catalog's secrets are sealed with: \
+                 every node of a deployment uses the same key file; copy it from a node \
+                 that already serves this catalog (--server-key-file)",
+                key_file.display()
+            )));
+        }
 
         let password = match &cfg.repo_password {
             Some(p) => p.clone(),
@@ -334,20 +530,17 @@ impl Service {
             KdfParams::default()
         };
         let chunker = cfg.chunker.unwrap_or_default();
-        let rd = repo_dir.clone();
-        let repo = tokio::task::spawn_blocking(move || -> ServiceResult<Repository> {
-            let storage: Arc<dyn Storage> = Arc::new(
-                LocalStorage::new(&rd).map_err(|e| ServiceError::internal(e.to_string()))?,
-            );
-            Ok(Repository::open_or_init(
-                storage,
-                password.expose(),
-                chunker,
-                kdf,
-            )?)
-        })
-        .await
-        .map_err(|e| ServiceError::internal(e.to_string()))??;
+        let (repository, ddir, s3) = (cfg.repository.clone(), dd.clone(), cfg.s3.clone());
+        let (repo, repo_dir) =
+            tokio::task::spawn_blocking(move || -> ServiceResult<(Repository, Option<PathBuf>)> {
+                let (storage, dir) = open_storage(repository.as_deref(), &ddir, &s3)?;
+                Ok((
+                    Repository::open_or_init(storage, password.expose(), chunker, kdf)?,
+                    dir,
+                ))
+            })
+            .await
+            .map_err(|e| ServiceError::internal(e.to_string()))??;
         if cfg.chunker.is_some() && repo.config().chunker != chunker {
             let c = repo.config().chunker;
             tracing::warn!(
@@ -362,10 +555,11 @@ impl Service {
         } else {
             cfg.restore_roots.clone()
         };
-        let restore_roots = restore_target::RestoreRoots::new(&roots, dd, Some(&repo_dir))?;
+        let restore_roots = restore_target::RestoreRoots::new(&roots, dd, repo_dir.as_deref())?;
         let interrupted = catalog
             .fail_interrupted(&cfg.node, "interrupted: the server stopped while the task ran; its partial data is reclaimed by gc", now_ms())
             .await?;
+        let link_key = secrets.link_key();
         let svc = Arc::new(Service {
             catalog,
             repo: Arc::new(repo),
@@ -382,10 +576,17 @@ impl Service {
             restore_roots,
             tenant_allow: cfg.tenant_allow.clone(),
             restoring: Default::default(),
-            downloads: downloads::Downloads::open(dd)?,
+            downloads: downloads::Downloads::open(dd, link_key)?,
+            lease: cfg.catalog.is_some().then_some(cfg.lease),
+            leases: Default::default(),
+            key_cache: Default::default(),
+            key_generation: Default::default(),
+            clock_offset_ms: Default::default(),
             _data_dir_lock: lock,
         });
         let admin_credentials_file = svc.ensure_admin(dd).await?;
+        // Leases are given by the catalog's clock from the first one on.
+        svc.measure_catalog_clock().await?;
         Ok((
             svc.clone(),
             Bootstrap {
@@ -444,6 +645,77 @@ impl Service {
 
     /// The account and clear secret of an active key (for signature checks).
     pub async fn key_secret(&self, key_id: &str) -> ServiceResult<(Principal, Secret)> {
+        if let Some((at, p, s)) = self.key_cache.lock().expect("key cache").get(key_id)
+            && at.elapsed() < KEY_CACHE_TTL
+        {
+            return Ok((p.clone(), s.clone()));
+        }
+        let generation = self
+            .key_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        let (p, s) = self.read_key(key_id).await?;
+        let mut cache = self.key_cache.lock().expect("key cache");
+        // A key changed through this node while it was read: maybe read
+        // before the change, not kept.
+        if self
+            .key_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            != generation
+        {
+            return Ok((p, s));
+        }
+        if cache.len() >= KEY_CACHE_MAX {
+            cache.retain(|_, (at, _, _)| at.elapsed() < KEY_CACHE_TTL);
+            if cache.len() >= KEY_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            key_id.to_string(),
+            (std::time::Instant::now(), p.clone(), s.clone()),
+        );
+        Ok((p, s))
+    }
+
+    /// Whether the catalog is shared by several nodes (PostgreSQL).
+    pub fn shared_catalog(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Records a signed request's nonce in the shared catalog until
+    /// `until_ms`: false when any node recorded it before (a replay).
+    pub async fn remember_nonce(
+        &self,
+        key_id: &str,
+        nonce: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> ServiceResult<bool> {
+        Ok(self
+            .catalog
+            .remember_nonce(key_id, nonce, now_ms, until_ms)
+            .await?)
+    }
+
+    /// Deletes the shared catalog's expired nonces (none kept otherwise).
+    pub async fn forget_expired_nonces(&self) -> ServiceResult<u64> {
+        if !self.shared_catalog() {
+            return Ok(0);
+        }
+        Ok(self.catalog.forget_nonces(self.catalog_now_ms()).await?)
+    }
+
+    /// Forgets what [`Service::key_secret`] remembers of a key (it was
+    /// changed or deleted).
+    fn forget_key(&self, key_id: &str) {
+        let mut cache = self.key_cache.lock().expect("key cache");
+        self.key_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        cache.remove(key_id);
+    }
+
+    /// An active key, its principal and its secret, from the catalog.
+    async fn read_key(&self, key_id: &str) -> ServiceResult<(Principal, Secret)> {
         let k = self
             .catalog
             .access_key(key_id)
@@ -645,10 +917,11 @@ impl Service {
         enabled: bool,
     ) -> ServiceResult<()> {
         let k = self.managed_key(p, key_id).await?;
-        Ok(self
-            .catalog
+        self.catalog
             .set_access_key_status(&k.id, if enabled { "active" } else { "disabled" })
-            .await?)
+            .await?;
+        self.forget_key(&k.id);
+        Ok(())
     }
 
     /// Limits a key with a RAM-style policy (`None` lifts the limit).
@@ -663,15 +936,18 @@ impl Service {
                 .map_err(|e| ServiceError::invalid(e.to_string()))?;
         }
         let k = self.managed_key(p, key_id).await?;
-        Ok(self
-            .catalog
+        self.catalog
             .set_access_key_policy(&k.id, doc.as_ref())
-            .await?)
+            .await?;
+        self.forget_key(&k.id);
+        Ok(())
     }
 
     pub async fn delete_key(&self, p: &Principal, key_id: &str) -> ServiceResult<()> {
         let k = self.managed_key(p, key_id).await?;
-        Ok(self.catalog.delete_access_key(&k.id).await?)
+        self.catalog.delete_access_key(&k.id).await?;
+        self.forget_key(&k.id);
+        Ok(())
     }
 
     // ---- instances ----
@@ -1270,6 +1546,7 @@ impl Service {
             .catalog
             .create_task(
                 &NewTask {
+                    lease_until_ms: self.lease_until(),
                     client_token,
                     node: Some(self.node.clone()),
                     retention_days,
@@ -1291,7 +1568,9 @@ impl Service {
             }
             Err(e) => return Err(e.into()),
         };
-        if task.state == TaskState::Pending {
+        // A retry with the same client token gets the first task back; it
+        // runs where it was created (another node holds it under its lease).
+        if task.state == TaskState::Pending && task.node.as_deref() == Some(self.node.as_str()) {
             self.launch(task.clone(), i).await?;
         }
         Ok(task)
@@ -1373,6 +1652,7 @@ impl Service {
             live_tasks.insert(task.id, live.clone());
             live
         };
+        self.hold(&task);
         let svc = self.clone();
         tokio::spawn(async move { runner::run_backup(svc, task, i, spec, live).await });
         Ok(())
@@ -1454,6 +1734,11 @@ impl Service {
         let live = self.live_tasks.lock().expect("lock").get(&id).cloned();
         match live {
             Some(l) => l.cancel(),
+            // Running on another node: its holder reads the request when
+            // it renews the lease.
+            None if t.lease_epoch > 0 && self.lease.is_some() => {
+                self.catalog.request_cancel(&p.account_id, id).await?;
+            }
             // An automated task still waiting for its window.
             None if t.state == TaskState::Pending && t.scheduled_ms.is_some() => {
                 self.catalog
@@ -1605,6 +1890,7 @@ impl Service {
             .catalog
             .create_task(
                 &NewTask {
+                    lease_until_ms: self.lease_until(),
                     params: serde_json::json!({"target": target, "force": force}),
                     node: Some(self.node.clone()),
                     ..NewTask::of_kind(&p.account_id, TaskKind::Restore, Some(set_id))
@@ -1634,10 +1920,14 @@ impl Service {
         p: &Principal,
         set_id: i64,
         instance: &str,
-        rename: std::collections::BTreeMap<String, String>,
-        drop: bool,
-        part: Option<String>,
+        opts: stowage_engines::RestoreIntoOptions,
     ) -> ServiceResult<Task> {
+        let stowage_engines::RestoreIntoOptions {
+            rename,
+            drop,
+            part,
+            accounts,
+        } = opts;
         let set = self.set(p, set_id).await?;
         let i = self.instance(p, instance).await?;
         // The set's shape against the target's, before anything runs.
@@ -1703,6 +1993,12 @@ impl Service {
                 "a PostgreSQL set restores into a folder (target), not into a running server",
             ));
         }
+        if accounts && set.engine != "mysql" {
+            return Err(ServiceError::invalid(format!(
+                "accounts: only MySQL sets carry user accounts; set {set_id} is a {} backup",
+                set.engine
+            )));
+        }
         if set.method == "physical" && set.engine == "mysql" {
             return Err(ServiceError::invalid(
                 "a physical MySQL set restores into a folder (--target): the folder is then a data directory to start mariadbd on",
@@ -1729,8 +2025,9 @@ impl Service {
             .catalog
             .create_task(
                 &NewTask {
+                    lease_until_ms: self.lease_until(),
                     instance_id: Some(i.id.clone()),
-                    params: serde_json::json!({"into": i.id, "rename": rename, "drop": drop, "part": part}),
+                    params: serde_json::json!({"into": i.id, "rename": rename, "drop": drop, "part": part, "accounts": accounts}),
                     node: Some(self.node.clone()),
                     ..NewTask::of_kind(&p.account_id, TaskKind::Restore, Some(set_id))
                 },
@@ -1749,7 +2046,12 @@ impl Service {
             runner::JobWork::RestoreInto {
                 set: Box::new(set),
                 spec: Box::new(spec),
-                opts: stowage_engines::RestoreIntoOptions { rename, drop, part },
+                opts: stowage_engines::RestoreIntoOptions {
+                    rename,
+                    drop,
+                    part,
+                    accounts,
+                },
             },
         );
         Ok(job)
@@ -1776,6 +2078,7 @@ impl Service {
             .catalog
             .create_task(
                 &NewTask {
+                    lease_until_ms: self.lease_until(),
                     node: Some(self.node.clone()),
                     ..NewTask::of_kind(&p.account_id, TaskKind::Verify, set)
                 },
@@ -1794,6 +2097,7 @@ impl Service {
             .catalog
             .create_task(
                 &NewTask {
+                    lease_until_ms: self.lease_until(),
                     node: Some(self.node.clone()),
                     ..NewTask::of_kind(&p.account_id, TaskKind::Gc, None)
                 },
@@ -1829,6 +2133,7 @@ impl Service {
             .catalog
             .create_task(
                 &NewTask {
+                    lease_until_ms: self.lease_until(),
                     node: Some(self.node.clone()),
                     params: {
                         let mut m = extra;
@@ -1934,6 +2239,40 @@ impl Service {
             .map(|s| (s, part)))
     }
 
+    /// The set and part behind a download task's link (already checked:
+    /// its signature is the permission, no account asked) when this node
+    /// does not hold the file: another node packaged it. `None` unless the
+    /// task is a finished download of that file whose set still exists.
+    pub async fn task_link_source(
+        &self,
+        task: i64,
+        file: &str,
+    ) -> ServiceResult<Option<(BackupSet, String)>> {
+        let Some(t) = self.catalog.task_by_id(task).await? else {
+            return Ok(None);
+        };
+        let r = t.result.as_ref();
+        let (Some(set_id), Some(part)) = (
+            t.set_id,
+            r.and_then(|r| r.get("part")).and_then(|p| p.as_str()),
+        ) else {
+            return Ok(None);
+        };
+        if t.kind != TaskKind::Download
+            || t.state != TaskState::Finished
+            || r.and_then(|r| r.get("file")).and_then(|f| f.as_str()) != Some(file)
+        {
+            return Ok(None);
+        }
+        let part = part.to_string();
+        Ok(self
+            .catalog
+            .backup_set(&t.account_id, set_id)
+            .await?
+            .filter(|s| export_file_name(&s.engine, &part) == file)
+            .map(|s| (s, part)))
+    }
+
     /// Opens one part of a set for export (blocking: reads the manifest).
     pub fn open_export(
         &self,
@@ -1954,12 +2293,272 @@ impl Service {
             .lock()
             .expect("lock")
             .insert(job.id, live.clone());
+        self.hold(&job);
         let svc = self.clone();
         tokio::spawn(async move { runner::run_job(svc, job, work, live).await });
     }
 
     pub fn repository(&self) -> &Arc<Repository> {
         &self.repo
+    }
+
+    /// When a lease given now ends (`None`: no leases, one node), by the
+    /// catalog's clock.
+    pub(crate) fn lease_until(&self) -> Option<i64> {
+        self.lease
+            .map(|d| self.catalog_now_ms() + d.as_millis() as i64)
+    }
+
+    /// Now by the catalog's clock (as last measured; this machine's clock
+    /// with one node).
+    pub fn catalog_now_ms(&self) -> i64 {
+        now_ms()
+            + self
+                .clock_offset_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Measures how far the catalog's clock is from this machine's (half
+    /// the round trip taken as the reading's moment).
+    pub async fn measure_catalog_clock(&self) -> ServiceResult<i64> {
+        if self.lease.is_none() {
+            return Ok(0);
+        }
+        let t0 = now_ms();
+        let db = self.catalog.clock_ms().await?;
+        let t1 = now_ms();
+        let offset = db - (t0 + t1) / 2;
+        let before = self
+            .clock_offset_ms
+            .swap(offset, std::sync::atomic::Ordering::Relaxed);
+        if (offset - before).abs() > 1_000 {
+            tracing::warn!(
+                offset_ms = offset,
+                "this machine's clock differs from the catalog's; leases follow the catalog's"
+            );
+        }
+        Ok(offset)
+    }
+
+    /// Records the lease this node runs `t` under.
+    fn hold(&self, t: &Task) {
+        if self.lease.is_some() && t.lease_epoch > 0 {
+            let now = std::time::Instant::now();
+            self.leases.lock().expect("lock").insert(
+                t.id,
+                Held {
+                    epoch: t.lease_epoch,
+                    renewed: now,
+                    tried: now,
+                },
+            );
+        }
+    }
+
+    /// The lease epoch this node holds on task `id`, if any.
+    pub(crate) fn lease_of(&self, id: i64) -> Option<i64> {
+        self.leases.lock().expect("lock").get(&id).map(|h| h.epoch)
+    }
+
+    pub(crate) fn release(&self, id: i64) {
+        self.leases.lock().expect("lock").remove(&id);
+    }
+
+    /// [`Service::renew`] when a quarter lease has passed since this node
+    /// last tried to renew its lease on `id` (the runners call it as often
+    /// as they like); true when nothing was due.
+    pub(crate) async fn renew_if_due(&self, id: i64, live: &LiveTask) -> bool {
+        let Some(lease) = self.lease else {
+            return true;
+        };
+        {
+            let mut m = self.leases.lock().expect("lock");
+            let Some(h) = m.get_mut(&id) else {
+                return true;
+            };
+            if h.tried.elapsed() < lease / 4 {
+                return true;
+            }
+            h.tried = std::time::Instant::now();
+        }
+        self.renew(id, live).await
+    }
+
+    /// Extends this node's lease on `id` while its work runs: false once
+    /// the lease was taken over by another node (the work must stop). A
+    /// cancel asked through another node cancels `live`.
+    pub(crate) async fn renew(&self, id: i64, live: &LiveTask) -> bool {
+        let (Some(epoch), Some(until)) = (self.lease_of(id), self.lease_until()) else {
+            return true;
+        };
+        match self.catalog.renew_lease(id, epoch, until).await {
+            Ok(Some(cancel)) => {
+                if let Some(h) = self.leases.lock().expect("lock").get_mut(&id) {
+                    h.renewed = std::time::Instant::now();
+                }
+                if cancel && !live.is_cancelled() {
+                    tracing::info!(task = id, "cancel asked through another node");
+                    live.cancel();
+                }
+                true
+            }
+            Ok(None) => {
+                if !live.is_cancelled() {
+                    tracing::warn!(
+                        task = id,
+                        epoch,
+                        "lease lost: another node took the task over; stopping this attempt"
+                    );
+                    live.cancel();
+                }
+                false
+            }
+            // The catalog unreachable: keep working a while; once the lease
+            // may be about to expire (another node may take the task over),
+            // stop, so two attempts never run for long side by side.
+            Err(e) => {
+                let since = self
+                    .leases
+                    .lock()
+                    .expect("lock")
+                    .get(&id)
+                    .map(|h| h.renewed.elapsed());
+                let lease = self.lease.unwrap_or_default();
+                if since.is_some_and(|s| s > lease * 3 / 4) {
+                    tracing::warn!(task = id, error = %e, "the task's lease could not be renewed for most of its time; stopping this attempt");
+                    live.cancel();
+                    return false;
+                }
+                tracing::warn!(task = id, error = %e, "could not renew the task's lease");
+                true
+            }
+        }
+    }
+
+    /// Takes over, one at a time, the tasks whose lease expired (their node
+    /// died or was cut off) and runs them here: a backup, verify, gc or
+    /// download again from the start as a new attempt of the same task; a
+    /// restore fails (its target may be half-written, and a folder target
+    /// is on the other node's machine).
+    pub fn spawn_lease_keeper(self: &Arc<Self>) {
+        let Some(lease) = self.lease else {
+            return;
+        };
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let every = (lease / 4).max(std::time::Duration::from_millis(250));
+            loop {
+                tokio::time::sleep(every).await;
+                if svc.is_shutting_down() {
+                    break;
+                }
+                if let Err(e) = svc.measure_catalog_clock().await {
+                    tracing::warn!(error = %e.message, "could not read the catalog's clock");
+                }
+                while let Some(until) = svc.lease_until() {
+                    // Its own expired tasks too (a final write lost while
+                    // the catalog was away), unless it still runs them.
+                    let mut running: Vec<i64> =
+                        svc.leases.lock().expect("lock").keys().copied().collect();
+                    running.extend(svc.live_tasks.lock().expect("lock").keys().copied());
+                    match svc
+                        .catalog
+                        .claim_expired_task(&svc.node, until, svc.catalog_now_ms(), &running)
+                        .await
+                    {
+                        Ok(Some(t)) => svc.take_over(t).await,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not look for tasks to take over");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    async fn take_over(self: &Arc<Self>, t: Task) {
+        tracing::warn!(
+            task = t.id,
+            kind = t.kind.as_str(),
+            attempt = t.attempts,
+            "taking over a task whose node stopped renewing its lease"
+        );
+        self.hold(&t);
+        let started = match t.kind {
+            TaskKind::Backup => match self
+                .catalog
+                .instance(&t.account_id, t.instance())
+                .await
+            {
+                Ok(Some(i)) => self.launch(t.clone(), i).await.map_err(|e| e.message),
+                Ok(None) => Err("its instance was removed".to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            TaskKind::Verify | TaskKind::Download => {
+                let set = match t.set_id {
+                    Some(id) => match self.catalog.backup_set(&t.account_id, id).await {
+                        Ok(Some(s)) => Some(s),
+                        Ok(None) => {
+                            self.take_over_failed(&t, "its set was deleted").await;
+                            return;
+                        }
+                        Err(e) => {
+                            self.take_over_failed(&t, &e.to_string()).await;
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                let work = match (t.kind, set) {
+                    (TaskKind::Verify, s) => runner::JobWork::Verify {
+                        snapshot: s.map(|s| s.snapshot_id),
+                    },
+                    (_, Some(set)) => runner::JobWork::Download {
+                        part: t
+                            .params
+                            .get("part")
+                            .and_then(|p| p.as_str())
+                            .map(String::from),
+                        set: Box::new(set),
+                    },
+                    (_, None) => {
+                        self.take_over_failed(&t, "it names no set").await;
+                        return;
+                    }
+                };
+                self.spawn_job(t.clone(), work);
+                Ok(())
+            }
+            TaskKind::Gc => {
+                self.spawn_job(t.clone(), runner::JobWork::Gc);
+                Ok(())
+            }
+            TaskKind::Restore => Err(
+                "its node stopped while it ran; a restore is not repeated elsewhere (its target may be half-written, a folder target is on that node's machine): check the target and start the restore again"
+                    .into(),
+            ),
+        };
+        if let Err(why) = started {
+            self.take_over_failed(&t, &why).await;
+        }
+    }
+
+    async fn take_over_failed(&self, t: &Task, why: &str) {
+        let u = stowage_catalog::StateUpdate {
+            error: Some(why.to_string()),
+            lease_epoch: self.lease_of(t.id),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .catalog
+            .set_task_state(t.id, TaskState::Failed, u, now_ms())
+            .await
+        {
+            tracing::error!(task = t.id, error = %e, "could not record a task that could not be taken over");
+        }
+        self.release(t.id);
     }
 
     /// Number of tasks (and parts) running on this node.
@@ -1985,6 +2584,13 @@ impl Service {
         let deadline = tokio::time::Instant::now() + grace;
         while self.running() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Another node schedules from now on, without waiting for the
+        // role's lease to expire.
+        if self.lease.is_some()
+            && let Err(e) = self.catalog.release_role("scheduler", &self.node).await
+        {
+            tracing::warn!(error = %e, "could not release the scheduler role");
         }
         self.running()
     }

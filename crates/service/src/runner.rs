@@ -61,8 +61,11 @@ async fn persist_state(
     svc: &Service,
     id: i64,
     to: TaskState,
-    u: StateUpdate,
+    mut u: StateUpdate,
 ) -> Result<(), String> {
+    // Fenced by the lease this node holds: refused once another node took
+    // the task over.
+    u.lease_epoch = svc.lease_of(id);
     svc.catalog
         .set_task_state(id, to, u, now_ms())
         .await
@@ -122,9 +125,11 @@ struct Mirror {
 impl Mirror {
     fn new(task: Task, live: Arc<LiveTask>) -> Mirror {
         Mirror {
+            // A task taken over from another node goes on from the state
+            // recorded (states only move forward).
+            persisted: task.state,
             task,
             live,
-            persisted: TaskState::Pending,
             last: Progress::default(),
             throttle: Throttle::new(PROGRESS_INTERVAL_MS),
             parts: Vec::new(),
@@ -188,13 +193,18 @@ impl Mirror {
         if fault("panic-with-parts") && !self.parts.is_empty() {
             panic!("injected fault: panic-with-parts");
         }
+        svc.renew_if_due(self.task.id, &self.live).await;
         let progress_due = self.throttle.due(now_ms() as u64);
         for part in &mut self.parts {
             let p = part.live.progress();
             sync(svc, part.id, part.live.state(), p, &mut part.persisted).await;
             if p != part.last && progress_due {
                 part.last = p;
-                if let Err(e) = svc.catalog.set_task_progress(part.id, p, now_ms()).await {
+                if let Err(e) = svc
+                    .catalog
+                    .set_task_progress(part.id, p, now_ms(), None)
+                    .await
+                {
                     tracing::warn!(error = %e, "could not persist progress");
                 }
             }
@@ -205,7 +215,7 @@ impl Mirror {
             self.last = p;
             if let Err(e) = svc
                 .catalog
-                .set_task_progress(self.task.id, p, now_ms())
+                .set_task_progress(self.task.id, p, now_ms(), svc.lease_of(self.task.id))
                 .await
             {
                 tracing::warn!(error = %e, "could not persist progress");
@@ -336,6 +346,7 @@ impl Drop for SlotGuard {
             });
         }
         if !self.armed {
+            self.svc.release(self.id);
             return;
         }
         tracing::error!(
@@ -354,10 +365,15 @@ impl Drop for SlotGuard {
                 for part in part_ids {
                     let _ = persist_state(&svc, part, TaskState::Failed, u.clone()).await;
                 }
+                // Still fenced by the lease (released only after): a task
+                // another node took over is not failed by this one.
                 if let Err(e) = persist_state(&svc, id, TaskState::Failed, u).await {
                     tracing::error!(error = %e, "could not record a task whose runner stopped");
                 }
+                svc.release(id);
             });
+        } else {
+            self.svc.release(self.id);
         }
     }
 }
@@ -556,6 +572,7 @@ pub(crate) async fn run_backup(
                 consistent_point: Some(out.consistent_point),
                 meta: out.meta,
                 expires_ms: Some(policy.expiry(m.finished_ms)),
+                lease_epoch: svc.lease_of(t),
             };
             match svc
                 .catalog
@@ -631,6 +648,9 @@ fn open_set(
         EngineError::new(ErrorKind::Unsupported, format!("no engine {}", set.engine))
     })?;
     let lock = svc.repo.lock(LockKind::Shared, "restore")?;
+    // Read packs where they are now (another process's gc may have
+    // repacked them since this process read the index).
+    svc.repo.refresh_index()?;
     let m = svc.repo.read_snapshot(&set.snapshot_id)?;
     Ok((engine, lock, m))
 }
@@ -903,6 +923,12 @@ impl JobWork {
                 set: set.clone(),
                 part: part.clone(),
             }),
+            // Both only read or reclaim: a gc or verify that found the
+            // repository locked (a backup through another node) tries again.
+            JobWork::Verify { snapshot } => Some(JobWork::Verify {
+                snapshot: snapshot.clone(),
+            }),
+            JobWork::Gc => Some(JobWork::Gc),
             _ => None,
         }
     }
@@ -977,7 +1003,7 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Task, work: JobWork, live: A
     let guard = SlotGuard::new(&svc, t, &live);
     tracing::info!(job = job.id, kind = %job.kind.as_str(), "job started");
     let mut next = Some(work);
-    let mut persisted = TaskState::Pending;
+    let mut persisted = job.state;
     let mut attempt = 0;
     while let Some(work) = next.take() {
         let again = work.again();
@@ -1082,6 +1108,7 @@ async fn wait_for_retry(
         if live.is_cancelled() || svc.is_shutting_down() {
             return false;
         }
+        svc.renew_if_due(t, live).await;
         tokio::time::sleep(POLL).await;
     }
     !live.is_cancelled()

@@ -177,6 +177,17 @@ impl Service {
 
     /// One pass of the scheduler (see the module docs).
     pub async fn scheduler_tick(self: &Arc<Self>, now: i64) -> ServiceResult<()> {
+        // On a shared catalog one node schedules at a time (a leased role):
+        // a window never gets two automated tasks, sets are expired and gc
+        // started once.
+        if let Some(until) = self.lease_until()
+            && !self
+                .catalog
+                .acquire_role("scheduler", &self.node, until, self.catalog_now_ms())
+                .await?
+        {
+            return Ok(());
+        }
         self.schedule_windows(now).await?;
         self.start_due(now).await?;
         self.expire_sets(now).await?;
@@ -283,7 +294,7 @@ impl Service {
             }
             match self
                 .catalog
-                .claim_scheduled_task(t.id, &self.node, now)
+                .claim_scheduled_task(t.id, &self.node, now, self.lease_until())
                 .await
             {
                 Ok(()) => {}
@@ -297,6 +308,11 @@ impl Service {
                 "automated backup starting"
             );
             let id = t.id;
+            // The claim gave it the next lease epoch.
+            let t = stowage_catalog::Task {
+                lease_epoch: t.lease_epoch + 1,
+                ..t
+            };
             if let Err(e) = self.launch(t, inst).await {
                 // Recorded on the task; the other instances go on.
                 tracing::warn!(task = id, error = %e, "automated backup could not start");

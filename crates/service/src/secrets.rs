@@ -13,7 +13,13 @@ use std::path::Path;
 use stowage_core::Secret;
 use stowage_repo::crypto::{Cipher, Role, random_bytes};
 
-pub struct SecretBox(Cipher);
+pub struct SecretBox {
+    cipher: Cipher,
+    check: String,
+    /// The key download links are signed with, derived from the server key:
+    /// every node of a deployment signs and checks them alike.
+    link_key: [u8; 32],
+}
 
 /// A 32-byte key kept hex-encoded in `path`, created (0600) on first use.
 pub fn load_or_create_key(path: &Path) -> ServiceResult<[u8; 32]> {
@@ -38,15 +44,52 @@ pub fn load_or_create_key(path: &Path) -> ServiceResult<[u8; 32]> {
 impl SecretBox {
     /// Loads the key file, creating it (0600) on first start.
     pub fn load_or_create(path: &Path) -> ServiceResult<SecretBox> {
-        Ok(SecretBox(Cipher::from_key(&load_or_create_key(path)?)))
+        Ok(SecretBox::from_key(&load_or_create_key(path)?))
+    }
+
+    pub fn from_key(key: &[u8; 32]) -> SecretBox {
+        SecretBox {
+            cipher: Cipher::from_key(key),
+            check: hex::encode(blake3::keyed_hash(key, b"stowage server key check v1").as_bytes()),
+            link_key: *blake3::keyed_hash(key, b"stowage download link key v1").as_bytes(),
+        }
+    }
+
+    /// The key download links are signed with (see `downloads`).
+    pub fn link_key(&self) -> [u8; 32] {
+        self.link_key
+    }
+
+    /// A value that tells keys apart and reveals nothing of them: the
+    /// catalog keeps the one of the key its secrets are sealed with, so a
+    /// node started with another key is refused (`Service::start`).
+    pub fn check_value(&self) -> &str {
+        &self.check
+    }
+
+    /// Loads an existing key file (never creates one).
+    pub fn load(path: &Path) -> ServiceResult<SecretBox> {
+        if !path.exists() {
+            return Err(ServiceError::invalid(format!(
+                "server key {}: no such file",
+                path.display()
+            )));
+        }
+        SecretBox::load_or_create(path)
+    }
+
+    /// `sealed` opened with this key and sealed with `to`'s.
+    pub fn reseal(&self, sealed: &[u8], to: &SecretBox) -> Option<Vec<u8>> {
+        let raw = self.cipher.open(Role::CatalogSecret, sealed).ok()?;
+        Some(to.cipher.seal(Role::CatalogSecret, &raw))
     }
 
     pub fn seal(&self, s: &Secret) -> Vec<u8> {
-        self.0.seal(Role::CatalogSecret, s.expose().as_bytes())
+        self.cipher.seal(Role::CatalogSecret, s.expose().as_bytes())
     }
 
     pub fn open(&self, sealed: &[u8]) -> ServiceResult<Secret> {
-        let raw = self.0.open(Role::CatalogSecret, sealed).map_err(|_| {
+        let raw = self.cipher.open(Role::CatalogSecret, sealed).map_err(|_| {
             ServiceError::internal(
                 "a stored secret does not open with this server's key (was server.key replaced?)",
             )

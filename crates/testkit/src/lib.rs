@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 mod mariadb;
 pub use mariadb::{MariaDbOptions, MariaDbServer};
+mod s3;
+pub use s3::{S3Server, seaweed_venv};
 
 fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
@@ -377,10 +379,9 @@ impl PgServer {
     }
 }
 
-/// Sends a signal (by name: INT, TERM, KILL) to a process we started.
-/// Sends `sig` to a server we started, waits up to 30 s for it to exit,
+/// Sends `sig` to a process we started, waits up to 30 s for it to exit,
 /// then kills it.
-fn stop_child(mut c: Child, sig: &str) {
+pub fn stop_child(mut c: Child, sig: &str) {
     signal(c.id(), sig);
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(30) {
@@ -393,6 +394,7 @@ fn stop_child(mut c: Child, sig: &str) {
     let _ = c.wait();
 }
 
+/// Sends a signal (by name: INT, TERM, KILL) to a process we started.
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -457,6 +459,21 @@ pub fn required_modules(req: &str) -> Vec<String> {
         .collect()
 }
 
+/// The programs a requirements file's `# bin:` comments name (installed
+/// into the venv's `bin/` by a wheel that ships a binary).
+pub fn required_bins(req: &str) -> Vec<String> {
+    req.lines()
+        .filter_map(|l| l.split_once("# bin:"))
+        .flat_map(|(_, m)| m.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Whether the venv has every module and program a requirements file names.
+fn venv_ready(venv: &Path, mods: &[String], bins: &[String]) -> bool {
+    (mods.is_empty() || venv_imports(venv, mods))
+        && bins.iter().all(|b| venv.join("bin").join(b).is_file())
+}
+
 /// Whether the venv's python imports every module.
 pub fn venv_imports(venv: &Path, mods: &[String]) -> bool {
     Command::new(venv.join("bin/python"))
@@ -469,18 +486,20 @@ pub fn venv_imports(venv: &Path, mods: &[String]) -> bool {
 
 /// A Python virtual environment built from a pinned requirements file:
 /// rebuilt when the file changes (a copy is kept in the venv), checked by
-/// importing every module its `# import:` comments name.
+/// importing every module its `# import:` comments name and finding every
+/// program its `# bin:` comments name.
 pub fn pinned_venv(venv: &Path, req_file: &Path) -> PathBuf {
     let req =
         std::fs::read_to_string(req_file).unwrap_or_else(|e| panic!("{}: {e}", req_file.display()));
     let mods = required_modules(&req);
+    let bins = required_bins(&req);
     assert!(
-        !mods.is_empty(),
-        "{} names no modules to import",
+        !mods.is_empty() || !bins.is_empty(),
+        "{} names no modules to import and no programs",
         req_file.display()
     );
     let stamp = venv.join("stowage-requirements.txt");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == req) && venv_imports(venv, &mods) {
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == req) && venv_ready(venv, &mods, &bins) {
         return venv.to_path_buf();
     }
     eprintln!(
@@ -502,8 +521,8 @@ pub fn pinned_venv(venv: &Path, req_file: &Path) -> PathBuf {
         .expect("pip");
     assert!(st.success(), "pip install -r {} failed", req_file.display());
     assert!(
-        venv_imports(venv, &mods),
-        "the venv does not import {mods:?}"
+        venv_ready(venv, &mods, &bins),
+        "the venv does not import {mods:?} or lacks {bins:?}"
     );
     std::fs::write(&stamp, &req).unwrap();
     venv.to_path_buf()

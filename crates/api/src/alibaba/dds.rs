@@ -74,7 +74,8 @@ fn job_json(t: &Task) -> Value {
 }
 
 async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
-    let inst = instance_id(svc, req).await?;
+    // Ownership is checked with the listing (`owned_instance_tasks`).
+    let inst = req.required("DBInstanceId")?.to_string();
     let f = backup_task_filter(req, inst)?;
     let mode = match req.get("BackupMode") {
         Some(m) => Some(
@@ -83,13 +84,13 @@ async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Respon
         ),
         None => None,
     };
-    let jobs: Vec<Value> = svc
-        .list_tasks(&req.principal, &f)
-        .await?
-        .iter()
-        .filter(|t| mode.is_none_or(|m| t.mode == m))
-        .map(job_json)
-        .collect();
+    let jobs: Vec<Value> =
+        super::rpc::owned_instance_tasks(svc, req, "DBInstanceId", "dds-", instance_not_found, &f)
+            .await?
+            .iter()
+            .filter(|t| mode.is_none_or(|m| t.mode == m))
+            .map(job_json)
+            .collect();
     // A flat array: a wrapper object here gives SDK callers a None body.
     Ok(ok_response(json!({"BackupJobs": jobs}), &req.request_id))
 }

@@ -92,7 +92,8 @@ pub async fn dispatch(
 }
 
 async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Response, RpcError> {
-    let inst = instance_id(svc, req).await?;
+    // Ownership is checked with the listing (`owned_instance_tasks`).
+    let inst = req.required("DBInstanceId")?.to_string();
     let mut f = TaskFilter {
         kinds: vec![stowage_core::TaskKind::Backup],
         instance_id: Some(inst),
@@ -128,7 +129,9 @@ async fn describe_backup_tasks(svc: &Service, req: &RpcRequest) -> Result<Respon
         }
         None => {}
     }
-    let tasks = svc.list_tasks(&req.principal, &f).await?;
+    let tasks =
+        super::rpc::owned_instance_tasks(svc, req, "DBInstanceId", "rm-", instance_not_found, &f)
+            .await?;
     let jobs: Vec<Value> = tasks
         .iter()
         .filter(|t| mode.is_none_or(|m| t.mode == m))

@@ -157,6 +157,37 @@ pub async fn owned_instance(
     }
 }
 
+/// The tasks `f` lists (its instance: the one `param` names), refused as
+/// not found unless the caller owns that instance. An unfinished backup
+/// among them proves it (an instance is deleted only without one: its
+/// slot holder blocks the delete, and the delete cancels the pending
+/// automated ones in the same transaction), which spares the instance's
+/// lookup on the hot path: a client polling its running backup.
+pub async fn owned_instance_tasks(
+    svc: &Service,
+    req: &RpcRequest,
+    param: &str,
+    prefix: &str,
+    not_found: fn(&str) -> RpcError,
+    f: &stowage_catalog::TaskFilter,
+) -> Result<Vec<stowage_catalog::Task>, RpcError> {
+    let id = req.required(param)?;
+    if !id.starts_with(prefix) || f.instance_id.as_deref() != Some(id) {
+        return Err(not_found(id));
+    }
+    let tasks = svc.list_tasks(&req.principal, f).await?;
+    let proven = tasks.iter().any(|t| {
+        t.kind == stowage_core::TaskKind::Backup
+            && t.parent_id.is_none()
+            && t.state.is_active()
+            && t.instance_id.as_deref() == Some(id)
+    });
+    if !proven {
+        owned_instance(svc, req, param, prefix, not_found).await?;
+    }
+    Ok(tasks)
+}
+
 /// Per-key token buckets: `rate` requests a second, bursts up to `rate`.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -607,7 +638,7 @@ async fn authenticate(
             )
         }
     };
-    match st.gate.admit(&key_id, Some(&nonce), now) {
+    match st.gate.admit(&key_id, Some(&nonce), now).await {
         Ok(()) => {}
         Err(crate::gate::Refused::Throttled(wait_ms)) => {
             let mut e = RpcError::new(
@@ -623,6 +654,13 @@ async fn authenticate(
                 StatusCode::BAD_REQUEST,
                 "SignatureNonceUsed",
                 "The request signature nonce has been used.",
+            ));
+        }
+        Err(crate::gate::Refused::Unavailable) => {
+            return Err(RpcError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The request has failed due to a temporary failure of the server.",
             ));
         }
     }

@@ -335,7 +335,7 @@ async fn authenticate(
         }
         None => return Err(TcError::missing("Version")),
     }
-    match st.gate.admit(&key_id, nonce.as_deref(), now) {
+    match st.gate.admit(&key_id, nonce.as_deref(), now).await {
         Ok(()) => {}
         Err(Refused::Throttled(_)) => {
             return Err(TcError::new(
@@ -347,6 +347,12 @@ async fn authenticate(
             return Err(TcError::new(
                 "AuthFailure.SignatureExpire",
                 "The request was already received (its Nonce was used): a replay is refused.",
+            ));
+        }
+        Err(Refused::Unavailable) => {
+            return Err(TcError::new(
+                "InternalError",
+                "The request could not be recorded (a temporary failure); retry it.",
             ));
         }
     }

@@ -68,6 +68,13 @@ pub struct Server {
 /// Starts the release `stowage` next to this example on `dd` (created),
 /// its log in `log`, and waits until it answers.
 pub fn start_server(dd: &Path, log: &Path) -> Server {
+    start_server_with(dd, log, &[])
+}
+
+/// [`start_server`] with more `serve` arguments (a shared catalog …). A
+/// node joining others finds the admin key in `dd/admin-credentials`,
+/// copied there beforehand.
+pub fn start_server_with(dd: &Path, log: &Path, extra: &[String]) -> Server {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -83,6 +90,7 @@ pub fn start_server(dd: &Path, log: &Path) -> Server {
         .args(["serve", "--listen", &host, "--no-scheduler"])
         .args(["--rate-per-key", "100000000", "--data-dir"])
         .arg(dd)
+        .args(extra)
         .env("STOWAGE_INSECURE_FAST_KDF", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())

@@ -64,26 +64,7 @@ pub(crate) fn rpc_query(
     ts: &str,
     nonce: &str,
 ) -> String {
-    let mut all: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    for (k, v) in [
-        ("AccessKeyId", id),
-        ("SignatureMethod", "HMAC-SHA1"),
-        ("SignatureVersion", "1.0"),
-        ("SignatureNonce", nonce),
-        ("Timestamp", ts),
-        ("Format", "JSON"),
-    ] {
-        all.push((k.into(), v.into()));
-    }
-    let signature = sig::rpc_signature(secret, &sig::rpc_string_to_sign(method, &all));
-    all.push(("Signature".into(), signature));
-    all.iter()
-        .map(|(k, v)| format!("{}={}", sig::encode(k), sig::encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    sig::signed_rpc_query(method, id, secret, ts, nonce, params)
 }
 
 const RDS: [(&str, &str); 3] = [

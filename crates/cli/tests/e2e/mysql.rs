@@ -172,7 +172,10 @@ fn a_mariadb_server_is_registered_backed_up_and_restored_into_another() {
         "shop=shop2",
     ]);
     assert_fails(&o, 1, "--drop");
-    s.ok(&[
+    // Again, replacing the copy, with the source's accounts: refused while
+    // the target's user may not pass on privileges, before anything is
+    // written; then the target's own bk is left as it is.
+    let o = s.cli(&[
         "restore",
         &set_id,
         "--into",
@@ -180,7 +183,33 @@ fn a_mariadb_server_is_registered_backed_up_and_restored_into_another() {
         "--rename-db",
         "shop=shop2",
         "--drop",
+        "--accounts",
     ]);
+    assert_fails(&o, 1, "GRANT OPTION");
+    dst.sql("GRANT ALL ON *.* TO 'bk'@'127.0.0.1' WITH GRANT OPTION");
+    let out = s.ok(&[
+        "restore",
+        &set_id,
+        "--into",
+        "target",
+        "--rename-db",
+        "shop=shop2",
+        "--drop",
+        "--accounts",
+    ]);
+    assert!(
+        out.contains("accounts created with their grants: 'weak'@'127.0.0.1'; left as the target had them: 'bk'@'127.0.0.1'"),
+        "{out}"
+    );
+    assert_eq!(
+        dst.sql("SHOW GRANTS FOR 'weak'@'127.0.0.1'"),
+        src.sql("SHOW GRANTS FOR 'weak'@'127.0.0.1'")
+    );
+    assert!(
+        dst.sql("SHOW GRANTS FOR 'bk'@'127.0.0.1'")
+            .contains("GRANT ALL PRIVILEGES"),
+        "the target's own account changed"
+    );
     // The download: one SQL script that the mariadb client restores.
     let url = s.ok(&["download", "create", &set_id]).trim().to_string();
     assert!(url.contains("/dump.sql?"), "{url}");

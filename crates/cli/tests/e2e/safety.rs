@@ -138,7 +138,7 @@ fn unsupported_repository_scheme_is_refused() {
     let work = tempfile::tempdir().unwrap();
     let o = Command::new(bin())
         .current_dir(work.path())
-        .args(["serve", "--repository", "s3://bucket/prefix", "--listen"])
+        .args(["serve", "--repository", "gs://bucket/prefix", "--listen"])
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--data-dir")
         .arg(work.path().join("dd"))
@@ -146,11 +146,11 @@ fn unsupported_repository_scheme_is_refused() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("s3:// scheme is not supported"),
+        stderr(&o).contains("gs:// scheme is not supported"),
         "{}",
         stderr(&o)
     );
-    assert!(!work.path().join("s3:").exists());
+    assert!(!work.path().join("gs:").exists());
 }
 
 /// A tenant's key reaches nothing on the server's filesystem outside its

@@ -13,7 +13,7 @@ use stowage_testkit::{MariaDbOptions, MariaDbServer, MongoOptions, MongoServer, 
 /// by importing every module the scripts use. `STOWAGE_SDK_UNPINNED=1` takes
 /// the venv as it is (`scripts/sdk-newest.sh` fills one with the newest
 /// releases).
-fn venv() -> PathBuf {
+pub(crate) fn venv() -> PathBuf {
     static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     VENV.get_or_init(|| {
         let v = PathBuf::from(
@@ -37,7 +37,13 @@ fn venv() -> PathBuf {
 
 /// Runs one compatibility script against `s` with the admin key; it must
 /// print `done` at the end.
-fn run_script(v: &std::path::Path, s: &Stowage, script: &str, env: &[(&str, &str)], done: &str) {
+pub(crate) fn run_script(
+    v: &std::path::Path,
+    s: &Stowage,
+    script: &str,
+    env: &[(&str, &str)],
+    done: &str,
+) {
     let (ak, sk) = s.credentials();
     let out = Command::new(v.join("bin/python"))
         .arg(stowage_testkit::repo_file(&format!(

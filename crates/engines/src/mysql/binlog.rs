@@ -731,9 +731,16 @@ pub fn build_on(
     live.bytes_done.store(reused, Ordering::Relaxed);
     live.set_state(TaskState::Running);
     let mut w = writer.archive_writer(ARCHIVE, None);
-    for f in p.archive.files.iter().filter(|f| f.path != INDEX_FILE) {
+    // The accounts are read again: the log leaves account management out.
+    for f in p
+        .archive
+        .files
+        .iter()
+        .filter(|f| f.path != INDEX_FILE && f.path != super::accounts::FILE)
+    {
         w.reuse_file(f)?;
     }
+    let accounts = super::accounts::store(c, f, &mut w)?;
     let slice = match capture(
         rt,
         conn,
@@ -776,6 +783,8 @@ pub fn build_on(
     meta["binlog_end"] = serde_json::to_value(&to).expect("serializes");
     meta["binlog"] = serde_json::to_value(&index).expect("serializes");
     meta["binlog_events"] = slice.events.into();
+    meta["accounts"] = accounts.as_ref().ok().copied().into();
+    meta["accounts_skipped"] = accounts.err().into();
     meta["server_version"] = f.version_string.clone().into();
     let mut dbs: BTreeSet<String> = meta
         .get("databases")

@@ -462,6 +462,40 @@ fn plan(c: &mut Session, tables: &[Table], range_bytes: u64) -> Result<Vec<Work>
     Ok(work)
 }
 
+/// One range's share of the dump's progress. The total starts as the
+/// sum of the server's estimates (`information_schema` DATA_LENGTH, stale
+/// right after a bulk load, and not the size of the SQL text), and each
+/// range corrects it by its own error: a range read past its estimate
+/// grows the total as it goes, one that ends short shrinks it. So the
+/// total is always what was read plus what the unread ranges are
+/// estimated at, and the bar never sits at 100 % while ranges remain.
+struct Tally {
+    est: u64,
+    counted: u64,
+}
+
+impl Tally {
+    fn new(est: u64) -> Tally {
+        Tally { est, counted: 0 }
+    }
+
+    fn add(&mut self, live: &LiveTask, n: u64) {
+        let over = (self.counted + n).saturating_sub(self.counted.max(self.est));
+        self.counted += n;
+        if over > 0 {
+            live.bytes_total.fetch_add(over, Ordering::Relaxed);
+        }
+        live.bytes_done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn finish(self, live: &LiveTask) {
+        if self.counted < self.est {
+            live.bytes_total
+                .fetch_sub(self.est - self.counted, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the workers of one dump share.
 #[derive(Clone, Copy)]
 struct RunState<'a> {
@@ -526,6 +560,7 @@ fn dump_work(
     header.extend_from_slice(cols.join(",").as_bytes());
     header.extend_from_slice(b") VALUES\n");
 
+    let mut tally = Tally::new(w.est);
     out.begin_file(file(path.clone()))?;
     s.exec("SAVEPOINT stowage_range")?;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 18);
@@ -576,8 +611,7 @@ fn dump_work(
         }
         if buf.len() >= 1 << 18 {
             out.write(&buf)?;
-            live.bytes_done
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            tally.add(live, buf.len() as u64);
             limit.consume(buf.len() as u64, live);
             buf.clear();
             if live.is_cancelled() || abort.load(Ordering::Relaxed) {
@@ -596,8 +630,8 @@ fn dump_work(
         buf.extend_from_slice(b";\n");
     }
     out.write(&buf)?;
-    live.bytes_done
-        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+    tally.add(live, buf.len() as u64);
+    tally.finish(live);
     out.end_file()?;
     s.exec("ROLLBACK TO SAVEPOINT stowage_range")?;
     rows_done.fetch_add(rows, Ordering::Relaxed);
@@ -877,10 +911,9 @@ pub fn backup(
     }
     tracing::info!(point = %point, method = lineup.method, "MySQL snapshots lined up");
 
-    live.bytes_total.store(
-        tables.iter().map(|t| t.data_length).sum(),
-        Ordering::Relaxed,
-    );
+    // The server's estimates (corrected per range as it is read: `Tally`).
+    live.bytes_total
+        .store(work.iter().map(|w| w.est).sum(), Ordering::Relaxed);
     live.set_state(TaskState::Running);
     let limit = RateLimit::new(o.max_rate_kbps);
     let rows_done = AtomicU64::new(0);
@@ -1072,6 +1105,7 @@ pub fn backup(
         });
     }
     let objects = schema_objects(&mut c, &mut w)?;
+    let accounts = super::accounts::store(&mut c, &f, &mut w)?;
     let index = DumpIndex {
         format: 1,
         flavor: f.flavor,
@@ -1116,6 +1150,8 @@ pub fn backup(
             "rows": rows,
             "workers": threads,
             "lineup": lineup,
+            "accounts": accounts.as_ref().ok(),
+            "accounts_skipped": accounts.err(),
         }),
     })
 }
@@ -1183,4 +1219,48 @@ fn schema_objects(c: &mut Session, w: &mut ArchiveWriter) -> Result<Vec<ObjectEn
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::Tally;
+    use std::sync::atomic::Ordering;
+    use stowage_core::LiveTask;
+
+    fn state(live: &LiveTask) -> (u64, u64) {
+        (
+            live.bytes_done.load(Ordering::Relaxed),
+            live.bytes_total.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn the_total_is_what_was_read_plus_the_unread_estimates() {
+        let live = LiveTask::default();
+        // Two ranges estimated at 100 bytes each.
+        live.bytes_total.store(200, Ordering::Relaxed);
+        let mut a = Tally::new(100);
+        a.add(&live, 60);
+        assert_eq!(state(&live), (60, 200));
+        // Past its estimate: the total grows with it.
+        a.add(&live, 90);
+        assert_eq!(state(&live), (150, 250));
+        a.finish(&live);
+        assert_eq!(state(&live), (150, 250));
+        // The other ends short: the total shrinks to what was read.
+        let mut b = Tally::new(100);
+        b.add(&live, 30);
+        b.finish(&live);
+        assert_eq!(state(&live), (180, 180));
+    }
+
+    #[test]
+    fn a_table_the_server_estimates_at_nothing_still_moves_the_total() {
+        let live = LiveTask::default();
+        let mut t = Tally::new(0);
+        t.add(&live, 10);
+        t.add(&live, 5);
+        t.finish(&live);
+        assert_eq!(state(&live), (15, 15));
+    }
 }

@@ -27,6 +27,9 @@ pub struct LoadOptions {
     /// build per index instead of an insert into each per row); tables with
     /// foreign keys keep theirs.
     pub defer_indexes: bool,
+    /// Also create the set's user accounts with their grants (those the
+    /// target lacks; `accounts.rs`).
+    pub accounts: bool,
 }
 
 /// A statement file's text, without its trailing `;` and newlines.
@@ -287,6 +290,13 @@ pub fn restore(
     if let Some(l) = &logged {
         super::binlog::preflight(&mut c, repo, &d, l, &o.rename)?;
     }
+    let accounts = if o.accounts {
+        let list = super::accounts::of_set(&d, m)?;
+        super::accounts::preflight(&mut c, &list)?;
+        Some(list)
+    } else {
+        None
+    };
     // A renamed restore must not leave objects acting on the original: a
     // reference the rename cannot follow (an unquoted `db.t`) is refused
     // before anything is written.
@@ -558,7 +568,19 @@ pub fn restore(
         Some(l) => super::binlog::replay(&rt, conn, repo, &d, l, &o.rename, live)?,
         None => 0,
     };
+    // Accounts last: their grants may name any restored object, and a
+    // refused grant leaves the data restored (the error says which).
+    let accounts = match &accounts {
+        Some(list) => {
+            let mut c = Session::connect(&rt, conn)?;
+            let a = super::accounts::apply(&mut c, list, &o.rename)?;
+            c.close();
+            Some(a)
+        }
+        None => None,
+    };
     Ok(serde_json::json!({
+        "accounts": accounts,
         "binlog_statements": replayed,
         "databases": target.len(),
         "tables": tables,

@@ -14,6 +14,7 @@
 //! restore owns a small runtime whose threads drive the sockets while the
 //! workers wait on it (`Session`).
 
+pub mod accounts;
 pub mod binlog;
 pub mod dump;
 pub mod export;
@@ -334,17 +335,48 @@ impl Session {
 
     /// Runs a query and returns its rows as raw values (small results).
     pub fn rows(&mut self, q: impl AsRef<[u8]>) -> Result<Vec<Vec<Option<Vec<u8>>>>, EngineError> {
+        Ok(self.rows_unless(q, &[])?.unwrap_or_default())
+    }
+
+    /// Rows, or `Err(code)` (inner) when the server answers with one of the
+    /// error `codes` (an expected refusal the caller handles).
+    #[allow(clippy::type_complexity)]
+    pub fn rows_unless(
+        &mut self,
+        q: impl AsRef<[u8]>,
+        codes: &[u16],
+    ) -> Result<Result<Vec<Vec<Option<Vec<u8>>>>, u16>, EngineError> {
         let rt = self.rt.clone();
         let c = self.conn();
-        rt.block_on(async {
+        let r = rt.block_on(async {
             let mut r = c.query_iter(q.as_ref()).await?;
             let mut out = Vec::new();
             while let Some(row) = r.next().await? {
                 out.push(raw(row));
             }
             Ok::<_, mysql_async::Error>(out)
-        })
-        .map_err(|e| driver_error(e, true))
+        });
+        match r {
+            Ok(rows) => Ok(Ok(rows)),
+            Err(mysql_async::Error::Server(s)) if codes.contains(&s.code) => Ok(Err(s.code)),
+            Err(e) => Err(driver_error(e, true)),
+        }
+    }
+
+    /// Runs a statement; `Some(code)` when the server refuses it with one of
+    /// the error `codes`.
+    pub fn exec_unless(
+        &mut self,
+        q: impl AsRef<[u8]>,
+        codes: &[u16],
+    ) -> Result<Option<u16>, EngineError> {
+        let rt = self.rt.clone();
+        let c = self.conn();
+        match rt.block_on(c.query_drop(q.as_ref())) {
+            Ok(()) => Ok(None),
+            Err(mysql_async::Error::Server(s)) if codes.contains(&s.code) => Ok(Some(s.code)),
+            Err(e) => Err(driver_error(e, true)),
+        }
     }
 
     /// Rows as text (names, statements: the server's UTF-8).
@@ -564,17 +596,24 @@ pub fn required_privileges(
 /// The session user's global privileges, upper case. Only its own rows: a
 /// user with global SELECT sees everyone's in `USER_PRIVILEGES`.
 pub fn own_privileges(s: &mut Session) -> Result<std::collections::BTreeSet<String>, EngineError> {
-    Ok(s.text_rows(
-        "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = \
-             CONCAT('''', LEFT(CURRENT_USER(), LENGTH(CURRENT_USER()) - \
-             LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), \
-             '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
-    )?
+    Ok(s.text_rows(format!(
+        "SELECT PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = {OWN_GRANTEE}"
+    ))?
     .into_iter()
-    .filter_map(|r| r.into_iter().next().flatten())
-    .map(|p| p.to_ascii_uppercase())
+    .flat_map(|r| {
+        let grantable = r.get(1).cloned().flatten().is_some_and(|g| g == "YES");
+        let p = r.into_iter().next().flatten().map(|p| p.to_ascii_uppercase());
+        // Global `WITH GRANT OPTION` shows as grantable rows.
+        p.into_iter()
+            .chain(grantable.then(|| "GRANT OPTION".to_string()))
+    })
     .collect())
 }
+
+/// The current user as `USER_PRIVILEGES` names grantees (`'user'@'host'`).
+const OWN_GRANTEE: &str = "CONCAT('''', LEFT(CURRENT_USER(), LENGTH(CURRENT_USER()) - \
+     LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), \
+     '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')";
 
 /// Connects, learns the server and checks the user's global privileges.
 pub fn check_server(s: &mut Session, user: &str) -> Result<Facts, EngineError> {
@@ -737,6 +776,7 @@ impl crate::Engine for MysqlLogical {
             drop: opts.drop,
             threads: 0,
             defer_indexes: std::env::var("STOWAGE_MYSQL_DEFER_INDEXES").map_or(true, |v| v != "0"),
+            accounts: opts.accounts,
         };
         load::restore(conn, repo, m, &o, live)
     }

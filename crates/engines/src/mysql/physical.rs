@@ -47,33 +47,53 @@ struct OptionsFile {
 
 impl OptionsFile {
     fn new(conn: &ConnSpec) -> Result<OptionsFile, EngineError> {
-        // A line break would end the value and start another option.
-        let bad = |v: &str| v.contains(['\n', '\r', '\0']);
-        if bad(&conn.user) || conn.password.as_ref().is_some_and(|p| bad(p.expose())) {
-            return Err(err(
-                ErrorKind::Unsupported,
-                "the physical method cannot pass a user or password with a line break to mariadb-backup",
-            ));
+        let ca = conn
+            .tls_root_cert
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        let fields = [
+            ("user", Some(conn.user.as_str())),
+            ("password", conn.password.as_ref().map(|p| p.expose())),
+            ("host", Some(conn.host.as_str())),
+            ("CA file name", ca.as_deref()),
+        ];
+        for (name, v) in fields {
+            let Some(v) = v else { continue };
+            // A line break would end the value and start another option;
+            // the tool reads its options file in lines of at most 4 KiB.
+            if v.contains(['\n', '\r', '\0']) || v.len() > 1024 {
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the physical method cannot pass a {name} with a line break, or longer than 1024 bytes, to mariadb-backup"
+                    ),
+                ));
+            }
         }
         let dir = tempfile::Builder::new()
             .prefix("stowage-mariadb-backup-")
             .tempdir()
             .map_err(|e| err(ErrorKind::Filesystem, format!("a temporary folder: {e}")))?;
-        let mut body = String::from("[mariadb-backup]\n");
-        let host = conn
-            .addrs
-            .first()
-            .map_or_else(|| conn.host.clone(), |a| a.ip().to_string());
-        let quote = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
-        body.push_str(&format!(
-            "host={}\nport={}\nuser={}\n",
-            quote(&host),
-            conn.port,
-            quote(&conn.user)
-        ));
-        if let Some(p) = &conn.password {
-            body.push_str(&format!("password={}\n", quote(p.expose())));
+        // Verifying the certificate, the tool connects by name (resolving
+        // it itself): the name must lead to this machine, as the checked
+        // address does.
+        if conn.tls_mode.verifies() && !conn.addrs.is_empty() {
+            use std::net::ToSocketAddrs;
+            let here = (conn.host.as_str(), conn.port)
+                .to_socket_addrs()
+                .map(|a| a.collect::<Vec<_>>())
+                .unwrap_or_default();
+            if here.is_empty() || !here.iter().all(|a| a.ip().is_loopback()) {
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the physical method verifies the certificate of {} by name, and that name does not lead to this machine's loopback address only",
+                        conn.host
+                    ),
+                ));
+            }
         }
+        let body = options_body(conn);
         let path = dir.path().join("my.cnf");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -89,6 +109,52 @@ impl OptionsFile {
     fn path(&self) -> PathBuf {
         self.dir.path().join("my.cnf")
     }
+}
+
+/// The `[mariadb-backup]` options: the server, the credentials and the
+/// instance's TLS mode as the MariaDB client names it. `prefer` is the
+/// client's own default (TLS when the server offers it); `require`
+/// encrypts without checking the certificate; `verify-ca` and
+/// `verify-full` both check the chain and the host name (the client has
+/// no chain-only check) against the instance's CA file, or the system's
+/// roots when it says `system`, and connect by the instance's host name,
+/// which the certificate names (the address Stowage resolved is used
+/// otherwise).
+fn options_body(conn: &ConnSpec) -> String {
+    use crate::tls::TlsMode;
+    let quote = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    let host = match (conn.tls_mode, conn.addrs.first()) {
+        (TlsMode::VerifyCa | TlsMode::VerifyFull, _) | (_, None) => conn.host.clone(),
+        (_, Some(a)) => a.ip().to_string(),
+    };
+    // TCP always: the client takes `localhost` for its unix socket.
+    let mut body = String::from("[mariadb-backup]\nprotocol=TCP\n");
+    body.push_str(&format!(
+        "host={}\nport={}\nuser={}\n",
+        quote(&host),
+        conn.port,
+        quote(&conn.user)
+    ));
+    if let Some(p) = &conn.password {
+        body.push_str(&format!("password={}\n", quote(p.expose())));
+    }
+    match conn.tls_mode {
+        TlsMode::Disable => body.push_str("skip-ssl\n"),
+        // Newer clients verify by default: these modes do not.
+        TlsMode::Prefer => body.push_str("skip-ssl-verify-server-cert\n"),
+        TlsMode::Require => body.push_str("ssl\nskip-ssl-verify-server-cert\n"),
+        TlsMode::VerifyCa | TlsMode::VerifyFull => {
+            body.push_str("ssl\nssl-verify-server-cert\n");
+            if let Some(ca) = conn
+                .tls_root_cert
+                .as_ref()
+                .filter(|p| p.as_path() != std::path::Path::new(crate::tls::SYSTEM_ROOTS))
+            {
+                body.push_str(&format!("ssl-ca={}\n", quote(&ca.to_string_lossy())));
+            }
+        }
+    }
+    body
 }
 
 /// The binary log position `mariadb-backup` recorded
@@ -413,6 +479,53 @@ pub fn prepare(target: &Path) -> Result<(), EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(mode: crate::tls::TlsMode, ca: Option<&str>) -> ConnSpec {
+        ConnSpec {
+            host: "db.example".into(),
+            port: 3306,
+            user: "backup".into(),
+            password: Some(stowage_core::Secret::new("p\"w")),
+            dbname: None,
+            connect_timeout: std::time::Duration::from_secs(5),
+            tls_mode: mode,
+            tls_root_cert: ca.map(PathBuf::from),
+            uri: None,
+            options: serde_json::Value::Null,
+            addrs: vec!["127.0.0.1:3306".parse().unwrap()],
+            host_check: None,
+        }
+    }
+
+    #[test]
+    fn the_options_file_carries_the_instances_tls_mode() {
+        use crate::tls::TlsMode;
+        let b = options_body(&spec(TlsMode::Disable, None));
+        assert_eq!(
+            b,
+            "[mariadb-backup]\nprotocol=TCP\nhost=\"127.0.0.1\"\nport=3306\nuser=\"backup\"\npassword=\"p\\\"w\"\nskip-ssl\n"
+        );
+        let b = options_body(&spec(TlsMode::Prefer, None));
+        assert!(
+            b.ends_with("\"p\\\"w\"\nskip-ssl-verify-server-cert\n"),
+            "{b}"
+        );
+        let b = options_body(&spec(TlsMode::Require, Some("/ca.pem")));
+        assert!(
+            b.ends_with("\nssl\nskip-ssl-verify-server-cert\n") && b.contains("127.0.0.1"),
+            "{b}"
+        );
+        for m in [TlsMode::VerifyCa, TlsMode::VerifyFull] {
+            let b = options_body(&spec(m, Some("/etc/x/ca.pem")));
+            assert!(
+                b.contains("host=\"db.example\"")
+                    && b.ends_with("ssl\nssl-verify-server-cert\nssl-ca=\"/etc/x/ca.pem\"\n"),
+                "{b}"
+            );
+            let b = options_body(&spec(m, Some(crate::tls::SYSTEM_ROOTS)));
+            assert!(b.ends_with("ssl-verify-server-cert\n"), "{b}");
+        }
+    }
 
     #[test]
     fn binlog_info_is_read() {

@@ -43,7 +43,7 @@ cleanup() {
   [ "${KEEP:-0}" = 1 ] && echo "kept $OUT" || rm -rf "$OUT"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 
 # start_mongo NAME: a Rust SecantusDB on a free port; sets PORT and MPID.
 start_mongo() {

@@ -40,7 +40,7 @@ cleanup() {
   [ "${KEEP:-0}" = 1 ] && echo "kept $OUT" || rm -rf "$OUT"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 now() { date +%s.%N; }
 secs() { python3 -c "print(round($2 - $1, 2))"; }
 bytes_of() { du -sb "$1" | cut -f1; }

@@ -12,11 +12,19 @@
 # --s3-ca-file); pgBackRest's S3 driver speaks HTTPS only (TLS verification
 # off: repo-storage-verify-tls=n). Both use zstd level 1 and 2 processes /
 # cores. Needs root on Debian 12 (installs pgbackrest, zstd, time, openssl).
+#
+#   PIN=1 bench/pg-s3.sh        # the store on core 1, everything else
+#                               # (PostgreSQL, Stowage, pgBackRest) on core 0,
+#                               # in the local-folder runs too: the store's
+#                               # own CPU no longer competes with the backup,
+#                               # as with a store on other machines
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${SCALE:-100}
 DATASET=${DATASET:-pgbench}
 SEMI_ROWS=${SEMI_ROWS:-13000000}
+PIN=${PIN:-0}
+if [ "$PIN" = 1 ]; then PIN_S3=(taskset -c 1); PIN_DB=(taskset -c 0); else PIN_S3=(); PIN_DB=(); fi
 bash scripts/deps.sh
 need=()
 for p in pgbackrest zstd openssl; do command -v $p >/dev/null || need+=($p); done
@@ -35,24 +43,12 @@ OUT=$(mktemp -d -p /var/tmp stowage-bench-s3.XXXXXX)
 chmod 755 "$OUT"; chown postgres:postgres "$OUT"
 PGBIN=$(pg_config --bindir)
 AS=(setpriv --reuid=postgres --regid=postgres --init-groups)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  sleep 4
-  [ "${KEEP:-0}" = 1 ] && echo "kept $OUT" || rm -rf "$OUT"
-}
-trap cleanup EXIT
+trap 'stop_all 4' EXIT
 RES="$OUT/results.tsv"
 printf 'tool\twall_s\tcpu_s\tstored_bytes\tpeak_rss_kb\n' > "$RES"
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RES"; printf '  %-48s wall %7ss  cpu %7ss  stored %12s B  rss %s kB\n' "$@"; }
-du_b() { du -sb "$1" | cut -f1; }
-timed() {
-  /usr/bin/time -f '%e %U %S %M' -o "$OUT/time" "$@" > "$OUT/cmd.out" 2> "$OUT/cmd.err" || { cat "$OUT/cmd.err"; return 1; }
-  read -r WALL U S RSS < "$OUT/time"; CPU=$(python3 -c "print(round($U+$S,2))")
-}
-proc_cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
-ticks() { getconf CLK_TCK; }
 
 # --- SeaweedFS: HTTP and HTTPS on one store, a test CA -------------------
 S3D="$OUT/s3"; mkdir -p "$S3D/logs"
@@ -62,7 +58,7 @@ printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$S3D/ext"
 openssl x509 -req -in "$S3D/s3.csr" -CA "$S3D/ca.crt" -CAkey "$S3D/ca.key" -CAcreateserial -days 2 -extfile "$S3D/ext" -out "$S3D/s3.crt" 2>/dev/null
 P=(); for _ in $(seq 11); do P+=("$(free_port)"); done
 export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=bench-secret-123 AWS_REGION=us-east-1
-"$V/bin/weed" -logdir="$S3D/logs" mini -dir="$S3D/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+"${PIN_S3[@]}" "$V/bin/weed" -logdir="$S3D/logs" mini -dir="$S3D/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -master.port="${P[0]}" -master.port.grpc="${P[1]}" -volume.port="${P[2]}" -volume.port.grpc="${P[3]}" \
   -filer.port="${P[4]}" -filer.port.grpc="${P[5]}" -s3.port="${P[6]}" -s3.port.grpc="${P[7]}" \
   -admin.port="${P[8]}" -admin.port.grpc="${P[9]}" -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
@@ -110,7 +106,7 @@ pg1-port=$PGPORT
 pg1-socket-path=$OUT
 CONF
 chown -R postgres:postgres "$OUT/pgbr" "$OUT/pgbr-log" "$OUT/pgbr-lock" "$OUT/pgbr-spool" "$OUT/pgbackrest.conf"
-"${AS[@]}" "$PGBIN/postgres" -D "$D" -c listen_addresses=127.0.0.1 -c port="$PGPORT" \
+"${PIN_DB[@]}" "${AS[@]}" "$PGBIN/postgres" -D "$D" -c listen_addresses=127.0.0.1 -c port="$PGPORT" \
   -c unix_socket_directories="$OUT" -c wal_level=replica -c max_wal_senders=10 -c max_replication_slots=10 \
   -c shared_buffers=256MB -c max_wal_size=8GB -c checkpoint_timeout=1h -c wal_keep_size=2GB \
   -c archive_mode=on -c "archive_command=pgbackrest --config=$OUT/pgbackrest.conf --stanza=bench archive-push %p" \
@@ -134,7 +130,7 @@ declare -A URL SPID
 start_stowage() { # NAME EXTRA-ARGS...
   local name=$1; shift
   local port; port=$(free_port)
-  "$BIN" serve --no-scheduler --listen "127.0.0.1:$port" --data-dir "$OUT/st-$name" --restore-root "$OUT/restores" "$@" > "$OUT/st-$name.log" 2>&1 &
+  "${PIN_DB[@]}" "$BIN" serve --no-scheduler --listen "127.0.0.1:$port" --data-dir "$OUT/st-$name" --restore-root "$OUT/restores" "$@" > "$OUT/st-$name.log" 2>&1 &
   SPID[$name]=$!; PIDS+=(${SPID[$name]}); URL[$name]="http://127.0.0.1:$port"
   for _ in $(seq 600); do curl -sf "${URL[$name]}/v1/health" >/dev/null && break; sleep 0.1; done
   st "$name" instance add --name db --port "$PGPORT" --user postgres > /dev/null
@@ -184,10 +180,10 @@ for round in 1 2; do
 done
 st s3 verify > /dev/null && echo "  S3 repository verifies"
 
-timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=1 --type=full backup
+timed "${PIN_DB[@]}" "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=1 --type=full backup
 record "pgBackRest full zst:1 process-max=2, local (repo1)" "$WALL" "$CPU" "$(du_b "$OUT/pgbr/backup")" "$RSS"
 w0=$(weed_cpu)
-timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=2 --type=full backup
+timed "${PIN_DB[@]}" "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=2 --type=full backup
 record "pgBackRest full zst:1 process-max=2, S3 https (repo2)" "$WALL" "$CPU" "-" "$RSS"
 weed_note "$w0" "$(weed_cpu)"
 
@@ -197,12 +193,13 @@ stowage_restore s3 "stowage restore, S3 http"
 stowage_restore s3tls "stowage restore, S3 https"
 for r in 1 2; do
   rm -rf "$OUT/r-pgbr"; mkdir -p "$OUT/r-pgbr"; chown postgres:postgres "$OUT/r-pgbr"; chmod 700 "$OUT/r-pgbr"; sync
-  timed "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=$r --pg1-path="$OUT/r-pgbr" --type=immediate --target-action=promote restore
+  timed "${PIN_DB[@]}" "${AS[@]}" pgbackrest --config="$OUT/pgbackrest.conf" --stanza=bench --repo=$r --pg1-path="$OUT/r-pgbr" --type=immediate --target-action=promote restore
   record "pgBackRest restore process-max=2, $([ $r = 1 ] && echo local || echo 'S3 https')" "$WALL" "$CPU" "$(du_b "$OUT/r-pgbr")" "$RSS"
 done
 rm -rf "$OUT/r-pgbr"
 
 DESC=$([ "$DATASET" = semi ] && echo "semi-random rows: $SEMI_ROWS" || echo "pgbench scale $SCALE")
+[ "$PIN" = 1 ] && DESC="$DESC; PIN=1: the store on core 1, PostgreSQL, Stowage and pgBackRest on core 0"
 python3 - "$RES" "$DESC, data directory $(du -sh "$D" | cut -f1)" <<'PY' | tee "$OUT/results.md"
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter='\t'))

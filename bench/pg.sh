@@ -31,25 +31,12 @@ OUT=$(mktemp -d -p /var/tmp stowage-bench.XXXXXX)
 chmod 755 "$OUT"; chown postgres:postgres "$OUT"
 PGBIN=$(pg_config --bindir)
 AS=(setpriv --reuid=postgres --regid=postgres --init-groups)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  sleep 2
-  [ "${KEEP:-0}" = 1 ] && echo "kept $OUT" || rm -rf "$OUT"
-}
-trap cleanup EXIT
+trap 'stop_all 2' EXIT
 RES="$OUT/results.tsv"
 printf 'dataset\ttool\twall_s\tcpu_s\tstored_bytes\tpeak_rss_kb\n' > "$RES"
 record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RES"; printf '  %-44s wall %6ss  cpu %6ss  stored %12s B  rss %s kB\n' "$2" "$3" "$4" "$5" "$6"; }
-du_b() { du -sb "$1" | cut -f1; }
-# Runs a command under /usr/bin/time; sets WALL CPU RSS.
-timed() {
-  /usr/bin/time -f '%e %U %S %M' -o "$OUT/time" "$@" > "$OUT/cmd.out" 2> "$OUT/cmd.err" || { cat "$OUT/cmd.err"; return 1; }
-  read -r WALL U S RSS < "$OUT/time"; CPU=$(python3 -c "print(round($U+$S,2))")
-}
-proc_cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
-ticks() { getconf CLK_TCK; }
 
 PGPORT=$(free_port)
 D="$OUT/pgdata"

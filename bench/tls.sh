@@ -17,7 +17,7 @@ OUT=$(mktemp -d -p /var/tmp stowage-tls.XXXXXX)
 chmod 755 "$OUT"; chown postgres:postgres "$OUT"
 PGBIN=$(pg_config --bindir)
 AS=(setpriv --reuid=postgres --regid=postgres --init-groups)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done; sleep 2; rm -rf "$OUT"; }
 trap cleanup EXIT

@@ -79,10 +79,17 @@ pub trait Catalog: Send + Sync + 'static {
     /// of nodes racing to set it, all read the first one's value.
     async fn setting_or_insert(&self, name: &str, value: &str) -> CatalogResult<String>;
     async fn set_setting(&self, name: &str, value: &str) -> CatalogResult<()>;
+    /// Counts this process as a running node of the deployment for as long
+    /// as it lives (PostgreSQL: a shared advisory lock on a connection of
+    /// its own, taken again if that session ended; SQLite: nothing, the
+    /// data directory's lock does it). `Conflict` while a server key
+    /// rotation runs.
+    async fn join_as_node(&self) -> CatalogResult<()>;
     /// Re-seals every stored secret (access-key secrets, instance
     /// passwords) with `reseal` and stores `check` as the server key's check
     /// value, in one transaction: all or nothing (`reseal` returning `None`
-    /// for any secret aborts it). Returns how many secrets were re-sealed.
+    /// for any secret aborts it). `Conflict` while a node has joined.
+    /// Returns how many secrets were re-sealed.
     async fn reseal_secrets(
         &self,
         reseal: &(dyn for<'a> Fn(&'a [u8]) -> Option<Vec<u8>> + Send + Sync),
@@ -211,6 +218,11 @@ pub trait Catalog: Send + Sync + 'static {
         f: &SetFilter,
     ) -> CatalogResult<Vec<BackupSet>>;
     async fn delete_backup_set(&self, account_id: &str, id: i64) -> CatalogResult<()>;
+    /// The repository snapshot of every set, of every account: what gc
+    /// must never take for an orphan.
+    async fn set_snapshot_ids(&self) -> CatalogResult<Vec<String>>;
+    /// Whether a set (of any account) names the snapshot.
+    async fn snapshot_named(&self, snapshot_id: &str) -> CatalogResult<bool>;
     /// Sets a set's expiry explicitly (`None`: never); a later policy change
     /// leaves it alone.
     async fn pin_backup_set_expiry(
@@ -252,6 +264,14 @@ pub trait Catalog: Send + Sync + 'static {
         now_ms: i64,
         lease_until_ms: Option<i64>,
     ) -> CatalogResult<()>;
+    /// Marks an unclaimed scheduled task as held back by the limit of
+    /// concurrent automated backups (`result.queued_ms`): it keeps its turn
+    /// past its window's end, whichever node schedules next. True when it
+    /// was not marked before.
+    async fn queue_scheduled_task(&self, id: i64, now_ms: i64) -> CatalogResult<bool>;
+    /// How many automated backups hold their instance's slot (claimed and
+    /// not ended), on every node: what the limit counts.
+    async fn active_automated_backups(&self) -> CatalogResult<u64>;
     /// Cancels the unclaimed scheduled tasks of an instance, except the one
     /// for window `keep_ms`; they no longer count for their window.
     async fn drop_scheduled_tasks(

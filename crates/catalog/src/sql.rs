@@ -80,7 +80,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
 pub struct SqlCatalog {
     pool: AnyPool,
     dialect: Dialect,
+    /// PostgreSQL: the connection holding this node's shared lock on
+    /// [`NODES_LOCK`] once it joined (see [`Catalog::join_as_node`]).
+    presence: tokio::sync::Mutex<Option<sqlx::AnyConnection>>,
 }
+
+/// PostgreSQL advisory lock every running node holds shared (on a
+/// connection of its own, for its whole life) and a server key rotation
+/// takes exclusively: a rotation never runs beside a node.
+const NODES_LOCK: i64 = 8421;
 
 fn bad_row(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Db(format!("malformed row: {e}"))
@@ -119,6 +127,7 @@ impl SqlCatalog {
         let c = SqlCatalog {
             pool,
             dialect: Dialect::Sqlite,
+            presence: Default::default(),
         };
         c.migrate().await?;
         Ok(c)
@@ -138,6 +147,7 @@ impl SqlCatalog {
         let c = SqlCatalog {
             pool,
             dialect: Dialect::Postgres,
+            presence: Default::default(),
         };
         c.migrate().await?;
         Ok(c)
@@ -601,12 +611,54 @@ impl Catalog for SqlCatalog {
         )
     }
 
+    async fn join_as_node(&self) -> CatalogResult<()> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        let mut held = self.presence.lock().await;
+        if let Some(c) = held.as_mut() {
+            use sqlx::Connection;
+            if c.ping().await.is_ok() {
+                return Ok(());
+            }
+            // The session ended (the database restarted): its lock with it.
+            *held = None;
+        }
+        let mut c = self.pool.acquire().await?.detach();
+        let ok: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1)")
+            .bind(NODES_LOCK)
+            .fetch_one(&mut c)
+            .await?;
+        if !ok {
+            return Err(CatalogError::Conflict(
+                "a server key rotation is running on this catalog; start the node when it has ended"
+                    .into(),
+            ));
+        }
+        *held = Some(c);
+        Ok(())
+    }
+
     async fn reseal_secrets(
         &self,
         reseal: &(dyn for<'a> Fn(&'a [u8]) -> Option<Vec<u8>> + Send + Sync),
         check: &str,
     ) -> CatalogResult<u64> {
         let mut tx = self.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // Held until the transaction ends; refused while any node runs
+            // (it would go on sealing new secrets with the old key).
+            let ok: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(NODES_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !ok {
+                return Err(CatalogError::Conflict(
+                    "a Stowage node is running on this catalog: stop every node before rotating the server key; nothing was changed"
+                        .into(),
+                ));
+            }
+        }
         let mut n = 0u64;
         for (table, col) in [("access_keys", "secret_enc"), ("instances", "password_enc")] {
             let sql = format!(
@@ -1545,6 +1597,57 @@ impl Catalog for SqlCatalog {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn set_snapshot_ids(&self) -> CatalogResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT snapshot_id FROM backup_sets")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn snapshot_named(&self, snapshot_id: &str) -> CatalogResult<bool> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM backup_sets WHERE snapshot_id = $1 LIMIT 1")
+                .bind(snapshot_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(n.is_some())
+    }
+
+    async fn queue_scheduled_task(&self, id: i64, now_ms: i64) -> CatalogResult<bool> {
+        let note = serde_json::json!({
+            "queued_ms": now_ms,
+            "why": "the limit of concurrent automated backups is reached",
+        });
+        Ok(sqlx::query(
+            "UPDATE tasks SET result = $1, updated_ms = $2
+             WHERE id = $3 AND state = 'pending' AND active IS NULL AND result IS NULL",
+        )
+        .bind(note.to_string())
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn active_automated_backups(&self) -> CatalogResult<u64> {
+        // Through the state index: few tasks are unfinished.
+        let sql = format!(
+            "SELECT COUNT(*) FROM tasks WHERE state IN ({})
+               AND mode = 'automated' AND kind = 'backup' AND parent_id IS NULL AND active IS NOT NULL",
+            literals(
+                TaskState::ALL
+                    .iter()
+                    .filter(|s| !s.is_terminal())
+                    .map(|s| s.as_str())
+            )
+        );
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
     }
 
     async fn drop_scheduled_tasks(

@@ -379,9 +379,14 @@ async fn contract_schedule(c: &dyn Catalog) {
     c.set_task_state(m.id, TaskState::Cancelled, StateUpdate::default(), 1002)
         .await
         .unwrap();
+    assert_eq!(c.active_automated_backups().await.unwrap(), 0);
     c.claim_scheduled_task(st.id, "n1", 1003, None)
         .await
         .unwrap();
+    // Claimed: it counts for the limit of automated backups (on any node),
+    // and can no longer be marked as waiting for it.
+    assert_eq!(c.active_automated_backups().await.unwrap(), 1);
+    assert!(!c.queue_scheduled_task(st.id, 1003).await.unwrap());
     assert!(c.due_scheduled_tasks(2000).await.unwrap().is_empty());
     assert!(matches!(
         c.create_task(&manual, 1004).await,
@@ -402,10 +407,35 @@ async fn contract_schedule(c: &dyn Catalog) {
         .await
         .unwrap();
     assert_eq!(c.fail_interrupted("n1", "restart", 1007).await.unwrap(), 1);
+    assert_eq!(c.active_automated_backups().await.unwrap(), 0);
     assert_eq!(
         c.task(&a.id, later.id).await.unwrap().unwrap().state,
         TaskState::Pending
     );
+    // Held back by the limit: marked once, and the mark is what the next
+    // scheduler (maybe another node) reads.
+    assert!(c.queue_scheduled_task(later.id, 5001).await.unwrap());
+    assert!(!c.queue_scheduled_task(later.id, 5002).await.unwrap());
+    let due = c.due_scheduled_tasks(5003).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].result.as_ref().unwrap()["queued_ms"], 5001);
+    // A scheduler's skip carries the epoch it read: after a claim (the
+    // next epoch) it is refused and the claimed task runs.
+    let skip = |epoch| StateUpdate {
+        error: Some("skipped".into()),
+        lease_epoch: Some(epoch),
+        ..Default::default()
+    };
+    assert!(matches!(
+        c.set_task_state(
+            later.id,
+            TaskState::Cancelled,
+            skip(later.lease_epoch + 1),
+            5004
+        )
+        .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
     // A policy change drops the tasks of other windows.
     assert_eq!(
         c.drop_scheduled_tasks(inst, Some(5000), "policy changed", 1008)
@@ -974,7 +1004,11 @@ async fn postgres_catalog_contracts() {
         "9,10,11,12,13"
     );
     // Two nodes racing to take over 20 expired tasks: each task once.
-    let (n1, n2) = (&nodes[0].as_ref().unwrap(), &nodes[1].as_ref().unwrap());
+    let (n1, n2, n3) = (
+        &nodes[0].as_ref().unwrap(),
+        &nodes[1].as_ref().unwrap(),
+        &nodes[2].as_ref().unwrap(),
+    );
     let acc = n1.create_account("race", 1).await.unwrap();
     for _ in 0..20 {
         n1.create_task(
@@ -1032,6 +1066,65 @@ async fn postgres_catalog_contracts() {
         );
         assert!(r1.unwrap() ^ r2.unwrap(), "{n}");
     }
+
+    // A running node (joined) keeps a key rotation out; its session's end
+    // lets it in; a node cannot join while a rotation runs (its lock is the
+    // rotation transaction's, taken here by hand).
+    n1.join_as_node().await.unwrap();
+    n1.join_as_node().await.unwrap();
+    let e = n2
+        .reseal_secrets(&|s| Some(s.to_vec()), "check")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CatalogError::Conflict(m) if m.contains("stop every node")),
+        "{e}"
+    );
+    // Nothing changed.
+    assert_eq!(
+        n2.setting_or_insert("server_key_check", "none")
+            .await
+            .unwrap(),
+        "none"
+    );
+    // The node's lock ends with its session (a crashed node's too).
+    pg.psql_db(
+        "racing",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 8421",
+    );
+    let mut rotated = None;
+    for _ in 0..50 {
+        match n2.reseal_secrets(&|s| Some(s.to_vec()), "check").await {
+            Ok(n) => {
+                rotated = Some(n);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert!(
+        rotated.is_some(),
+        "rotation still refused after the node's session ended"
+    );
+    // n1 notices its session ended and joins again.
+    n1.join_as_node().await.unwrap();
+    assert!(
+        n2.reseal_secrets(&|s| Some(s.to_vec()), "check")
+            .await
+            .is_err()
+    );
+    use sqlx::Connection;
+    let mut rotation = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+    pg.psql_db(
+        "racing",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 8421",
+    );
+    sqlx::query("SELECT pg_advisory_lock(8421)")
+        .execute(&mut rotation)
+        .await
+        .unwrap();
+    let e = n3.join_as_node().await.unwrap_err();
+    assert!(e.to_string().contains("rotation is running"), "{e}");
 
     // A wrong password is refused without echoing it.
     let e = SqlCatalog::open_postgres(&format!(

@@ -418,7 +418,7 @@ struct ServeArgs {
     /// Do not run automated backups, expiry or automatic gc (manual operations still work).
     #[arg(long, env = "STOWAGE_NO_SCHEDULER")]
     no_scheduler: bool,
-    /// How many automated backups may run at once; the others wait their turn.
+    /// How many automated backups may run at once (on a shared catalog: across its nodes); the others wait their turn.
     #[arg(long, env = "STOWAGE_MAX_AUTOMATED_BACKUPS", default_value_t = 4)]
     max_automated_backups: usize,
     /// Seconds between two passes of the scheduler.
@@ -2205,10 +2205,11 @@ fn follow_job(
                 s(&v["result"]["unreferenced_packs"])
             ),
             "gc" => out!(
-                "gc: {} packs deleted, {} reclaimed, {} packs kept",
+                "gc: {} packs deleted, {} reclaimed, {} packs kept; {} snapshots no set names deleted",
                 s(&v["result"]["packs_deleted"]),
                 bytes(&v["result"]["bytes_reclaimed"]),
-                s(&v["result"]["packs_kept"])
+                s(&v["result"]["packs_kept"]),
+                s(&v["result"]["orphan_snapshots_deleted"])
             ),
             _ => {}
         }

@@ -267,6 +267,17 @@ impl S3Storage {
         if let Some(t) = &opts.session_token {
             b = b.with_token(t);
         }
+        // One try, no retries: a certificate nobody vouches for is not
+        // transient, and fails the start at once rather than after the
+        // retry budget.
+        let once = b
+            .clone()
+            .with_retry(RetryConfig {
+                max_retries: 0,
+                ..RetryConfig::default()
+            })
+            .build()
+            .map_err(|e| other_err(&opts.bucket, format!("S3 client: {e}")))?;
         let store = b
             .build()
             .map_err(|e| other_err(&opts.bucket, format!("S3 client: {e}")))?;
@@ -284,14 +295,30 @@ impl S3Storage {
             opts,
             rt: Some(rt),
         };
-        s.probe()?;
+        let what = s.location();
+        match s.probe(Arc::new(once)) {
+            Err(StorageError::Io { source, .. })
+                if source.to_string().contains("invalid peer certificate") =>
+            {
+                return Err(other_err(
+                    &what,
+                    format!(
+                        "{source}: the server's TLS certificate is not trusted; give the CA that signed it with --s3-ca-file or AWS_CA_BUNDLE"
+                    ),
+                ));
+            }
+            Ok(()) => return Ok(s),
+            Err(_) => {}
+        }
+        // Anything else may pass: again within the retry budget.
+        s.probe(s.store.clone())?;
         Ok(s)
     }
 
     /// One listing request: fails on refused credentials, no bucket, no
-    /// server (after the retry budget for a server that does not answer).
-    fn probe(&self) -> StorageResult<()> {
-        let store = self.store.clone();
+    /// server (after `store`'s retry budget for a server that does not
+    /// answer).
+    fn probe(&self, store: Arc<AmazonS3>) -> StorageResult<()> {
         let prefix = self.dir_path("locks");
         let what = self.location();
         self.run(&what, async move {
@@ -444,9 +471,21 @@ fn map_err(what: &str, e: object_store::Error) -> StorageError {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => io::ErrorKind::PermissionDenied,
         _ => io::ErrorKind::Other,
     };
+    // The causes too: "error sending request" alone does not say that a
+    // certificate was refused or a connection reset.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
     StorageError::Io {
         path: what.to_string(),
-        source: io::Error::new(kind, e.to_string()),
+        source: io::Error::new(kind, text),
     }
 }
 

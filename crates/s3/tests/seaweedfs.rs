@@ -233,13 +233,18 @@ fn https_with_a_private_ca() {
     let st = S3Storage::open(o.clone()).unwrap();
     st.put(FileType::Index, "ab01", b"over tls").unwrap();
     assert_eq!(st.get(FileType::Index, "ab01").unwrap(), b"over tls");
+    // Refused at once, not retried for the budget: a certificate is not
+    // a transient failure.
     o.ca_file = None;
-    o.retry_timeout = Duration::from_secs(2);
+    o.retry_timeout = Duration::from_secs(60);
+    let t0 = std::time::Instant::now();
     let e = S3Storage::open(o)
         .err()
         .expect("unknown CA refused")
         .to_string();
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
     assert!(e.contains("s3://backups/tls"), "{e}");
+    assert!(e.contains("certificate is not trusted"), "{e}");
     let mut o = opts(&s, "tls");
     let bad = s.dir.path().join("not-pem");
     std::fs::write(&bad, "hello").unwrap();

@@ -235,6 +235,9 @@ pub fn repository_path(s: &str) -> ServiceResult<PathBuf> {
 /// How long an access key read from the catalog is used without reading
 /// it again (see `Service::key_cache`): a key disabled, deleted or limited
 /// through another node of a shared catalog stops working within this.
+/// The catalog setting that says data waits to be reclaimed by a gc ("1").
+pub(crate) const GC_NEEDED: &str = "gc_needed";
+
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 /// Keys remembered at most (expired ones are dropped first, then all).
 const KEY_CACHE_MAX: usize = 10_000;
@@ -400,14 +403,8 @@ pub struct Service {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Instance → start of the window the scheduler has created a task for.
     scheduled: Mutex<HashMap<String, i64>>,
-    /// Sets were deleted since the last gc: their data waits to be reclaimed.
-    gc_needed: std::sync::atomic::AtomicBool,
     /// Id of the `default` account (its keys are admin keys), set at start.
     admin_account: std::sync::OnceLock<String>,
-    /// Automated tasks the scheduler started (pruned to those still live).
-    automated: Mutex<std::collections::HashSet<i64>>,
-    /// Due automated tasks waiting for a free slot under the limit.
-    queued: Mutex<std::collections::HashSet<i64>>,
     /// How many automated backups may run at once.
     automated_limit: std::sync::atomic::AtomicUsize,
     /// Where directory restores may go, and what they never clear.
@@ -487,6 +484,9 @@ impl Service {
             .unwrap_or_else(|| dd.join("server.key"));
         let secrets = SecretBox::load_or_create(&key_file)?;
         let catalog = open_catalog(cfg.catalog.as_deref(), dd).await?;
+        // Counted as a running node first: a key rotation is refused from
+        // now on, and one running now refuses this start.
+        catalog.join_as_node().await?;
         // The catalog's secrets open only with the key they were sealed
         // with: a node with another key is refused before it serves. A
         // catalog without a check value yet (made before it existed) must
@@ -568,10 +568,7 @@ impl Service {
             live_tasks: Default::default(),
             shutting_down: Default::default(),
             scheduled: Default::default(),
-            gc_needed: Default::default(),
             admin_account: Default::default(),
-            automated: Default::default(),
-            queued: Default::default(),
             automated_limit: usize::MAX.into(),
             restore_roots,
             tenant_allow: cfg.tenant_allow.clone(),
@@ -1804,9 +1801,18 @@ impl Service {
         tokio::task::spawn_blocking(move || repo.delete_snapshot(&s.snapshot_id))
             .await
             .map_err(|e| ServiceError::internal(e.to_string()))??;
-        self.gc_needed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.note_gc_needed().await;
         Ok(())
+    }
+
+    /// Records in the catalog that data waits to be reclaimed (a set was
+    /// deleted, a gc failed): the node that schedules starts a gc, whichever
+    /// node deleted. A failure to record it is logged: the next deletion or
+    /// a manual gc reclaims the space.
+    pub(crate) async fn note_gc_needed(&self) {
+        if let Err(e) = self.catalog.set_setting(GC_NEEDED, "1").await {
+            tracing::warn!(error = %e, "could not record that a gc is needed");
+        }
     }
 
     /// The repository manifest of a set (file list, engine facts).
@@ -2454,6 +2460,10 @@ impl Service {
                 }
                 if let Err(e) = svc.measure_catalog_clock().await {
                     tracing::warn!(error = %e.message, "could not read the catalog's clock");
+                }
+                // Counted as running again if the catalog lost its session.
+                if let Err(e) = svc.catalog.join_as_node().await {
+                    tracing::warn!(error = %e, "could not count this node as running in the catalog");
                 }
                 while let Some(until) = svc.lease_until() {
                     // Its own expired tasks too (a final write lost while

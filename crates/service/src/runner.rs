@@ -588,6 +588,7 @@ pub(crate) async fn run_backup(
                 ),
                 Err(e) => {
                     tracing::error!(error = %e, "could not record the finished backup");
+                    forget_unrecorded_snapshot(&svc, task.id, &set.snapshot_id, &e).await;
                     fail(
                         &svc,
                         t,
@@ -607,6 +608,107 @@ pub(crate) async fn run_backup(
         }
     }
     guard.disarm();
+}
+
+/// Deletes the snapshots no set names whose backup task has ended: a node
+/// that died between writing its snapshot and recording the set, a set
+/// deleted while the snapshot's deletion failed. Only snapshots Stowage's
+/// backups wrote (labelled with a task of this catalog) are judged; a task
+/// that has not ended may still record its set. Returns how many.
+fn forget_orphan_snapshots(s: &Service) -> Result<u64, EngineError> {
+    let rt = tokio::runtime::Handle::current();
+    // The catalog away is transient: the gc waits and tries again.
+    let cat = |e: stowage_catalog::CatalogError| {
+        EngineError::new(ErrorKind::Busy, format!("catalog: {e}"))
+    };
+    let listed = s.repo.list_snapshots()?;
+    let named: std::collections::HashSet<String> = rt
+        .block_on(s.catalog.set_snapshot_ids())
+        .map_err(cat)?
+        .into_iter()
+        .collect();
+    let mut deleted = 0;
+    for snap in listed.iter().filter(|n| !named.contains(*n)) {
+        let m = match s.repo.read_snapshot(snap) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(snapshot = %snap, error = %e, "gc: could not read a snapshot no set names; kept");
+                continue;
+            }
+        };
+        let Some(task_id) = m.labels.get("task_id").and_then(|v| v.parse::<i64>().ok()) else {
+            continue;
+        };
+        let Some(t) = rt.block_on(s.catalog.task_by_id(task_id)).map_err(cat)? else {
+            continue;
+        };
+        if t.kind != stowage_core::TaskKind::Backup
+            || !t.state.is_terminal()
+            || m.labels.get("account_id") != Some(&t.account_id)
+            // Recorded since the listing (its task has ended since).
+            || rt.block_on(s.catalog.snapshot_named(snap)).map_err(cat)?
+        {
+            continue;
+        }
+        match s.repo.delete_snapshot(snap) {
+            Ok(()) => {
+                tracing::info!(snapshot = %snap, task = task_id, state = t.state.as_str(), "gc: deleted a snapshot no set names (its backup ended without recording it)");
+                deleted += 1;
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %snap, error = %e, "gc: could not delete an orphan snapshot")
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// A backup whose set could not be recorded (its lease was taken over
+/// while it finished, or the catalog failed) deletes the snapshot it wrote,
+/// once the catalog says no set names it: else the snapshot would keep its
+/// packs from every gc with no set to show or delete it. A takeover's new
+/// attempt writes its own snapshot.
+async fn forget_unrecorded_snapshot(
+    svc: &Arc<Service>,
+    task_id: i64,
+    snapshot: &str,
+    why: &stowage_catalog::CatalogError,
+) {
+    let recorded = match why {
+        stowage_catalog::CatalogError::LeaseLost(_) => Ok(false),
+        // The commit may have happened before the error: ask.
+        _ => svc
+            .catalog
+            .task_by_id(task_id)
+            .await
+            .map(|t| t.is_some_and(|t| t.state == TaskState::Finished && t.set_id.is_some())),
+    };
+    match recorded {
+        Ok(false) => {
+            let (repo, snap) = (svc.repo.clone(), snapshot.to_string());
+            match tokio::task::spawn_blocking(move || repo.delete_snapshot(&snap)).await {
+                Ok(Ok(())) => tracing::info!(
+                    task = task_id,
+                    snapshot,
+                    "deleted the snapshot no set names; gc reclaims its data"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(task = task_id, snapshot, error = %e, "could not delete the snapshot no set names")
+                }
+                Err(e) => {
+                    tracing::warn!(task = task_id, snapshot, error = %e, "could not delete the snapshot no set names")
+                }
+            }
+            svc.note_gc_needed().await;
+        }
+        Ok(true) => {}
+        Err(e) => tracing::warn!(
+            task = task_id,
+            snapshot,
+            error = %e,
+            "could not tell whether the backup's set was recorded; its snapshot is kept"
+        ),
+    }
 }
 
 fn is_root() -> bool {
@@ -991,9 +1093,12 @@ fn do_work(
             l.set_state(TaskState::Checking);
             l.set_state(TaskState::Preparing);
             l.set_state(TaskState::Running);
+            let orphans = forget_orphan_snapshots(s)?;
             let r = s.repo.gc()?;
             l.set_state(TaskState::Finishing);
-            Ok(serde_json::to_value(&r).expect("json"))
+            let mut v = serde_json::to_value(&r).expect("json");
+            v["orphan_snapshots_deleted"] = orphans.into();
+            Ok(v)
         }
     }
 }
@@ -1043,8 +1148,7 @@ pub(crate) async fn run_job(svc: Arc<Service>, job: Task, work: JobWork, live: A
                 }
                 tracing::warn!(job = job.id, error = %e.message, "job failed");
                 if job.kind == stowage_core::TaskKind::Gc {
-                    svc.gc_needed
-                        .store(true, std::sync::atomic::Ordering::Release);
+                    svc.note_gc_needed().await;
                 }
                 match attempt {
                     0 => fail(&svc, t, persisted, &e).await,

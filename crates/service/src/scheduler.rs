@@ -232,12 +232,9 @@ impl Service {
 
     async fn start_due(self: &Arc<Self>, now: i64) -> ServiceResult<()> {
         let limit = self.automated_limit.load(Ordering::Relaxed);
-        let running = {
-            let live = self.live_tasks.lock().expect("lock");
-            let mut a = self.automated.lock().expect("lock");
-            a.retain(|id| live.contains_key(id));
-            a.len()
-        };
+        // Counted in the catalog: automated backups taken over by other
+        // nodes, or started by a node that scheduled before this one, count.
+        let running = self.catalog.active_automated_backups().await? as usize;
         let mut free = limit.saturating_sub(running);
         for t in self.catalog.due_scheduled_tasks(now).await? {
             if self.is_shutting_down() {
@@ -261,28 +258,40 @@ impl Service {
                 .map(|s| s.policy)
                 .unwrap_or_default();
             let start = t.scheduled_ms.unwrap_or(now);
-            let queued = self.queued.lock().expect("lock").contains(&t.id);
+            // Marked in the catalog, so the mark outlives this node's role.
+            let queued = t
+                .result
+                .as_ref()
+                .is_some_and(|r| r.get("queued_ms").is_some());
             // A task held back only by the concurrency limit keeps its turn
             // past the window's end; one whose instance stayed busy (or
             // whose window passed while the server was down) is skipped.
             if !queued && now >= start + policy.window.len_min() as i64 * 60_000 {
                 let why = "skipped: the instance was busy or the server was down for the whole backup window";
-                self.catalog
+                let skip = self
+                    .catalog
                     .set_task_state(
                         t.id,
                         TaskState::Cancelled,
                         stowage_catalog::StateUpdate {
                             error: Some(why.into()),
+                            // Only while unclaimed: a claim (by a node that
+                            // scheduled a moment ago) takes the next epoch.
+                            lease_epoch: Some(t.lease_epoch),
                             ..Default::default()
                         },
                         now,
                     )
-                    .await?;
-                tracing::warn!(task = t.id, instance = t.instance(), "{why}");
+                    .await;
+                match skip {
+                    Ok(_) => tracing::warn!(task = t.id, instance = t.instance(), "{why}"),
+                    Err(CatalogError::LeaseLost(_)) | Err(CatalogError::Transition(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 continue;
             }
             if free == 0 {
-                if self.queued.lock().expect("lock").insert(t.id) {
+                if self.catalog.queue_scheduled_task(t.id, now).await? {
                     tracing::info!(
                         task = t.id,
                         instance = t.instance(),
@@ -318,8 +327,6 @@ impl Service {
                 tracing::warn!(task = id, error = %e, "automated backup could not start");
                 continue;
             }
-            self.queued.lock().expect("lock").remove(&id);
-            self.automated.lock().expect("lock").insert(id);
             free -= 1;
         }
         Ok(())
@@ -360,14 +367,24 @@ impl Service {
 
     /// Starts a gc job when sets were deleted and nothing else runs.
     async fn maybe_gc(self: &Arc<Self>) -> ServiceResult<()> {
-        if !self.gc_needed.load(Ordering::Acquire) || self.running() > 0 || self.is_shutting_down()
+        // The setting is shared: a set deleted through any node counts.
+        // Cleared before the gc starts, so a deletion meanwhile (its
+        // snapshot removed before it sets the flag) is either seen by this
+        // gc or sets the flag again.
+        if self.running() > 0
+            || self.is_shutting_down()
+            || self
+                .catalog
+                .setting_or_insert(crate::GC_NEEDED, "0")
+                .await?
+                != "1"
         {
             return Ok(());
         }
         let Some(acc) = self.catalog.account_by_name("default").await? else {
             return Ok(());
         };
-        self.gc_needed.store(false, Ordering::Release);
+        self.catalog.set_setting(crate::GC_NEEDED, "0").await?;
         let p = Principal {
             account_id: acc.id,
             key_id: "scheduler".into(),

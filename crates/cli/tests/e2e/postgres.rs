@@ -164,6 +164,43 @@ fn crash_mid_backup_leaves_a_failed_task_and_a_sound_repository() {
     let gc = s.ok(&["gc"]);
     assert!(gc.contains("gc:"), "{gc}");
     assert!(s.ok(&["verify"]).contains("repository OK"));
+
+    // A node that stops between forgetting a set and deleting its snapshot
+    // (here: the snapshot put back after the deletion) leaves a snapshot no
+    // set names; gc deletes it, and only it, and reclaims its data.
+    pg.psql("CREATE TABLE only_in_set3 AS SELECT g, md5(g::text) AS v FROM generate_series(1, 100000) g; CHECKPOINT;");
+    s.ok(&["backup", "slow", "--wait"]);
+    let set3 = s.json(&["set", "list"])["sets"][0]["id"].as_i64().unwrap();
+    let snaps = dd.join("repository/snapshots");
+    let before: std::collections::BTreeSet<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let keep = tempfile::tempdir().unwrap();
+    for n in &before {
+        std::fs::copy(snaps.join(n), keep.path().join(n)).unwrap();
+    }
+    s.ok(&["set", "delete", &set3.to_string()]);
+    let left: std::collections::BTreeSet<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let gone: Vec<_> = before.difference(&left).collect();
+    assert_eq!(gone.len(), 1, "{before:?} {left:?}");
+    std::fs::copy(keep.path().join(gone[0]), snaps.join(gone[0])).unwrap();
+    let gc = s.ok(&["gc"]);
+    assert!(gc.contains("1 snapshots no set names deleted"), "{gc}");
+    assert!(!gc.contains(" 0 packs deleted"), "{gc}");
+    let after: std::collections::BTreeSet<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(after, left);
+    let sets = s.json(&["set", "list"])["sets"].as_array().unwrap().len();
+    assert_eq!(sets, after.len(), "one snapshot per set");
+    assert!(s.ok(&["verify"]).contains("repository OK"));
+    let gc = s.ok(&["gc"]);
+    assert!(gc.contains("0 snapshots no set names deleted"), "{gc}");
 }
 
 #[test]

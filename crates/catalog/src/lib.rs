@@ -79,6 +79,8 @@ pub trait Catalog: Send + Sync + 'static {
     /// of nodes racing to set it, all read the first one's value.
     async fn setting_or_insert(&self, name: &str, value: &str) -> CatalogResult<String>;
     async fn set_setting(&self, name: &str, value: &str) -> CatalogResult<()>;
+    /// The stored value of a setting, if any (a read only).
+    async fn setting(&self, name: &str) -> CatalogResult<Option<String>>;
     /// Counts this process as a running node of the deployment for as long
     /// as it lives (PostgreSQL: a shared advisory lock on a connection of
     /// its own, taken again if that session ended; SQLite: nothing, the
@@ -266,8 +268,8 @@ pub trait Catalog: Send + Sync + 'static {
     ) -> CatalogResult<()>;
     /// Marks an unclaimed scheduled task as held back by the limit of
     /// concurrent automated backups (`result.queued_ms`): it keeps its turn
-    /// past its window's end, whichever node schedules next. True when it
-    /// was not marked before.
+    /// past its window's end, whichever node schedules next; the claim
+    /// clears the mark. True when it was not marked before.
     async fn queue_scheduled_task(&self, id: i64, now_ms: i64) -> CatalogResult<bool>;
     /// How many automated backups hold their instance's slot (claimed and
     /// not ended), on every node: what the limit counts.

@@ -87,7 +87,11 @@ pub struct SqlCatalog {
 
 /// PostgreSQL advisory lock every running node holds shared (on a
 /// connection of its own, for its whole life) and a server key rotation
-/// takes exclusively: a rotation never runs beside a node.
+/// takes exclusively: a rotation never runs beside a node whose session
+/// lives. A node whose session was cut joins again at its next lease tick
+/// and then checks the key (the service stops it if a rotation ran).
+/// Needs session-level connections: not through a pooler in transaction
+/// mode (pgbouncer's default), which would drop the lock at once.
 const NODES_LOCK: i64 = 8421;
 
 fn bad_row(e: impl std::fmt::Display) -> CatalogError {
@@ -618,7 +622,7 @@ impl Catalog for SqlCatalog {
         let mut held = self.presence.lock().await;
         if let Some(c) = held.as_mut() {
             use sqlx::Connection;
-            if c.ping().await.is_ok() {
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), c.ping()).await {
                 return Ok(());
             }
             // The session ended (the database restarted): its lock with it.
@@ -694,6 +698,15 @@ impl Catalog for SqlCatalog {
         .await?;
         tx.commit().await?;
         Ok(n)
+    }
+
+    async fn setting(&self, name: &str) -> CatalogResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn set_setting(&self, name: &str, value: &str) -> CatalogResult<()> {
@@ -1578,7 +1591,7 @@ impl Catalog for SqlCatalog {
     ) -> CatalogResult<()> {
         let res = sqlx::query(
             "UPDATE tasks SET active = 1, node = $1, updated_ms = $2,
-               lease_epoch = lease_epoch + 1, lease_expires_ms = $4
+               lease_epoch = lease_epoch + 1, lease_expires_ms = $4, result = NULL
              WHERE id = $3 AND state = 'pending' AND active IS NULL",
         )
         .bind(node)

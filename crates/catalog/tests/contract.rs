@@ -25,7 +25,9 @@ fn instance(account: &str, id: &str, name: &str) -> Instance {
 
 async fn contract(c: &dyn Catalog) {
     // Settings: the first value stays until set explicitly.
+    assert_eq!(c.setting("k").await.unwrap(), None);
     assert_eq!(c.setting_or_insert("k", "v1").await.unwrap(), "v1");
+    assert_eq!(c.setting("k").await.unwrap().as_deref(), Some("v1"));
     assert_eq!(c.setting_or_insert("k", "v2").await.unwrap(), "v1");
     c.set_setting("k", "v3").await.unwrap();
     assert_eq!(c.setting_or_insert("k", "v4").await.unwrap(), "v3");
@@ -420,22 +422,38 @@ async fn contract_schedule(c: &dyn Catalog) {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].result.as_ref().unwrap()["queued_ms"], 5001);
     // A scheduler's skip carries the epoch it read: after a claim (the
-    // next epoch) it is refused and the claimed task runs.
+    // next epoch) it is refused and the claimed task stays; the claim
+    // cleared the queued mark.
     let skip = |epoch| StateUpdate {
         error: Some("skipped".into()),
         lease_epoch: Some(epoch),
         ..Default::default()
     };
-    assert!(matches!(
-        c.set_task_state(
-            later.id,
-            TaskState::Cancelled,
-            skip(later.lease_epoch + 1),
-            5004
+    let w2 = c
+        .create_task(
+            &NewTask {
+                scheduled_ms: Some(7000),
+                ..sched.clone()
+            },
+            5004,
         )
-        .await,
+        .await
+        .unwrap();
+    assert!(c.queue_scheduled_task(w2.id, 7000).await.unwrap());
+    c.claim_scheduled_task(w2.id, "n2", 7001, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.set_task_state(w2.id, TaskState::Cancelled, skip(w2.lease_epoch), 7002)
+            .await,
         Err(CatalogError::LeaseLost(_))
     ));
+    let claimed = c.task(&a.id, w2.id).await.unwrap().unwrap();
+    assert_eq!((claimed.state, claimed.result), (TaskState::Pending, None));
+    // With the epoch it holds, the holder's own cancel goes through.
+    c.set_task_state(w2.id, TaskState::Cancelled, skip(claimed.lease_epoch), 7003)
+        .await
+        .unwrap();
     // A policy change drops the tasks of other windows.
     assert_eq!(
         c.drop_scheduled_tasks(inst, Some(5000), "policy changed", 1008)

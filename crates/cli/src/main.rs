@@ -918,7 +918,10 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
         // sees "cancelled" rather than a refused connection.
         let s2 = svc.clone();
         let stopping = async move {
-            shutdown_signal().await;
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = s2.fatal() => {}
+            }
             let left = s2.shutdown(std::time::Duration::from_secs(30)).await;
             if left > 0 {
                 tracing::warn!(count = left, "tasks still running at shutdown; they are marked failed at the next start");
@@ -927,7 +930,10 @@ fn serve(a: ServeArgs, data_dir: PathBuf) -> ExitCode {
             tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
         };
         stowage_api::serve(listener, svc.clone(), rpc, stopping).await.map_err(|e| e.to_string())?;
-        Ok::<(), String>(())
+        match svc.fatal_reason() {
+            Some(why) => Err(why),
+            None => Ok::<(), String>(()),
+        }
     });
     match res {
         Ok(()) => ExitCode::SUCCESS,

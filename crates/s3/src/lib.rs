@@ -300,12 +300,12 @@ impl S3Storage {
             Err(StorageError::Io { source, .. })
                 if source.to_string().contains("invalid peer certificate") =>
             {
-                return Err(other_err(
-                    &what,
-                    format!(
-                        "{source}: the server's TLS certificate is not trusted; give the CA that signed it with --s3-ca-file or AWS_CA_BUNDLE"
-                    ),
-                ));
+                let hint = if source.to_string().contains("UnknownIssuer") {
+                    "the server's TLS certificate is not trusted; give the CA that signed it with --s3-ca-file or AWS_CA_BUNDLE"
+                } else {
+                    "the server's TLS certificate was refused (check that it names the endpoint's host and has not expired)"
+                };
+                return Err(other_err(&what, format!("{source}: {hint}")));
             }
             Ok(()) => return Ok(s),
             Err(_) => {}

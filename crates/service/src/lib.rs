@@ -232,12 +232,12 @@ pub fn repository_path(s: &str) -> ServiceResult<PathBuf> {
     Ok(PathBuf::from(s))
 }
 
-/// How long an access key read from the catalog is used without reading
-/// it again (see `Service::key_cache`): a key disabled, deleted or limited
-/// through another node of a shared catalog stops working within this.
 /// The catalog setting that says data waits to be reclaimed by a gc ("1").
 pub(crate) const GC_NEEDED: &str = "gc_needed";
 
+/// How long an access key read from the catalog is used without reading
+/// it again (see `Service::key_cache`): a key disabled, deleted or limited
+/// through another node of a shared catalog stops working within this.
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 /// Keys remembered at most (expired ones are dropped first, then all).
 const KEY_CACHE_MAX: usize = 10_000;
@@ -401,8 +401,10 @@ pub struct Service {
     /// Set by [`Service::shutdown`]: new work is refused, running work is
     /// cancelled with this as the reason.
     shutting_down: std::sync::atomic::AtomicBool,
-    /// Instance → start of the window the scheduler has created a task for.
-    scheduled: Mutex<HashMap<String, i64>>,
+    /// Instance → start of the window the scheduler has created a task for,
+    /// and when: a cache, forgotten after `scheduler::SCHEDULED_MEMORY` (a
+    /// policy change through another node may have dropped the task).
+    scheduled: Mutex<HashMap<String, (i64, std::time::Instant)>>,
     /// Id of the `default` account (its keys are admin keys), set at start.
     admin_account: std::sync::OnceLock<String>,
     /// How many automated backups may run at once.
@@ -426,6 +428,14 @@ pub struct Service {
     /// leases are given and judged by the catalog's clock, so nodes whose
     /// clocks disagree still agree on when a lease expires).
     clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// This catalog's random id (`settings.catalog_id`), a label of every
+    /// snapshot its backups write: gc judges only snapshots of its own
+    /// catalog (never those of another deployment on the same repository).
+    pub(crate) catalog_id: String,
+    /// Why this node must stop (set once), and the wake-up of whoever
+    /// waits for it ([`Service::fatal`]).
+    fatal: std::sync::OnceLock<String>,
+    fatal_notify: tokio::sync::Notify,
     /// Active access keys read from the catalog in the last
     /// [`KEY_CACHE_TTL`], by id: a signed request does not read its key
     /// (and open its secret) again. A change made through this node drops
@@ -559,6 +569,9 @@ impl Service {
         let interrupted = catalog
             .fail_interrupted(&cfg.node, "interrupted: the server stopped while the task ran; its partial data is reclaimed by gc", now_ms())
             .await?;
+        let catalog_id = catalog
+            .setting_or_insert("catalog_id", &random_token(24, false))
+            .await?;
         let link_key = secrets.link_key();
         let svc = Arc::new(Service {
             catalog,
@@ -579,6 +592,9 @@ impl Service {
             key_cache: Default::default(),
             key_generation: Default::default(),
             clock_offset_ms: Default::default(),
+            catalog_id,
+            fatal: Default::default(),
+            fatal_notify: Default::default(),
             _data_dir_lock: lock,
         });
         let admin_credentials_file = svc.ensure_admin(dd).await?;
@@ -1798,10 +1814,13 @@ impl Service {
         let s = self.set(p, id).await?;
         self.catalog.delete_backup_set(&p.account_id, id).await?;
         let repo = self.repo.clone();
-        tokio::task::spawn_blocking(move || repo.delete_snapshot(&s.snapshot_id))
+        let deleted = tokio::task::spawn_blocking(move || repo.delete_snapshot(&s.snapshot_id))
             .await
-            .map_err(|e| ServiceError::internal(e.to_string()))??;
+            .map_err(|e| ServiceError::internal(e.to_string()));
+        // Even when the snapshot's deletion failed: the gc deletes a
+        // snapshot no set names once its task has ended.
         self.note_gc_needed().await;
+        deleted??;
         Ok(())
     }
 
@@ -2461,9 +2480,26 @@ impl Service {
                 if let Err(e) = svc.measure_catalog_clock().await {
                     tracing::warn!(error = %e.message, "could not read the catalog's clock");
                 }
-                // Counted as running again if the catalog lost its session.
-                if let Err(e) = svc.catalog.join_as_node().await {
-                    tracing::warn!(error = %e, "could not count this node as running in the catalog");
+                // Counted as running again if the catalog lost its session;
+                // a key rotation may have run meanwhile: a node with the
+                // old key must not seal another secret.
+                match svc.catalog.join_as_node().await {
+                    Ok(()) => match svc
+                        .catalog
+                        .setting_or_insert("server_key_check", svc.secrets.check_value())
+                        .await
+                    {
+                        Ok(v) if v != svc.secrets.check_value() => svc.stop_fatally(
+                            "the server key was rotated while this node's catalog session was away: \
+                             restart it with the new key file (--server-key-file)"
+                                .into(),
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not read the server key's check value"),
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not count this node as running in the catalog")
+                    }
                 }
                 while let Some(until) = svc.lease_until() {
                     // Its own expired tasks too (a final write lost while
@@ -2574,6 +2610,28 @@ impl Service {
     /// Number of tasks (and parts) running on this node.
     pub fn running(&self) -> usize {
         self.live_tasks.lock().expect("lock").len()
+    }
+
+    /// Asks the server to stop (gracefully) because it must not go on;
+    /// the first reason wins.
+    pub fn stop_fatally(&self, why: String) {
+        tracing::error!(reason = %why, "stopping this node");
+        if self.fatal.set(why).is_ok() {
+            self.fatal_notify.notify_one();
+        }
+    }
+
+    /// Waits until [`stop_fatally`](Self::stop_fatally) is called; its reason.
+    pub async fn fatal(&self) -> String {
+        if self.fatal.get().is_none() {
+            self.fatal_notify.notified().await;
+        }
+        self.fatal.get().cloned().unwrap_or_default()
+    }
+
+    /// Why the node stopped fatally, if it did.
+    pub fn fatal_reason(&self) -> Option<String> {
+        self.fatal.get().cloned()
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -490,6 +490,7 @@ pub(crate) async fn run_backup(
         ("task_id", task.id.to_string()),
         ("engine", inst.engine.clone()),
         ("account_id", inst.account_id.clone()),
+        ("catalog_id", svc.catalog_id.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -612,12 +613,23 @@ pub(crate) async fn run_backup(
 
 /// Deletes the snapshots no set names whose backup task has ended: a node
 /// that died between writing its snapshot and recording the set, a set
-/// deleted while the snapshot's deletion failed. Only snapshots Stowage's
-/// backups wrote (labelled with a task of this catalog) are judged; a task
-/// that has not ended may still record its set. Returns how many.
-fn forget_orphan_snapshots(s: &Service) -> Result<u64, EngineError> {
+/// deleted while the snapshot's deletion failed. Only snapshots this
+/// catalog's backups wrote are judged (labelled with its `catalog_id`, a
+/// backup task of the same account and instance); a task that has not
+/// ended may still record its set. Best effort: a failure is logged and
+/// the gc goes on. Returns how many.
+fn forget_orphan_snapshots(s: &Service) -> u64 {
+    match orphan_snapshots_pass(s) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "gc: could not look for snapshots no set names; the gc goes on");
+            0
+        }
+    }
+}
+
+fn orphan_snapshots_pass(s: &Service) -> Result<u64, EngineError> {
     let rt = tokio::runtime::Handle::current();
-    // The catalog away is transient: the gc waits and tries again.
     let cat = |e: stowage_catalog::CatalogError| {
         EngineError::new(ErrorKind::Busy, format!("catalog: {e}"))
     };
@@ -636,6 +648,9 @@ fn forget_orphan_snapshots(s: &Service) -> Result<u64, EngineError> {
                 continue;
             }
         };
+        if m.labels.get("catalog_id") != Some(&s.catalog_id) {
+            continue;
+        }
         let Some(task_id) = m.labels.get("task_id").and_then(|v| v.parse::<i64>().ok()) else {
             continue;
         };
@@ -645,6 +660,7 @@ fn forget_orphan_snapshots(s: &Service) -> Result<u64, EngineError> {
         if t.kind != stowage_core::TaskKind::Backup
             || !t.state.is_terminal()
             || m.labels.get("account_id") != Some(&t.account_id)
+            || m.labels.get("instance_id") != t.instance_id.as_ref()
             // Recorded since the listing (its task has ended since).
             || rt.block_on(s.catalog.snapshot_named(snap)).map_err(cat)?
         {
@@ -663,52 +679,36 @@ fn forget_orphan_snapshots(s: &Service) -> Result<u64, EngineError> {
     Ok(deleted)
 }
 
-/// A backup whose set could not be recorded (its lease was taken over
-/// while it finished, or the catalog failed) deletes the snapshot it wrote,
-/// once the catalog says no set names it: else the snapshot would keep its
-/// packs from every gc with no set to show or delete it. A takeover's new
-/// attempt writes its own snapshot.
+/// A backup whose set was refused because another node took the task over
+/// while it finished (`LeaseLost`: refused inside the transaction, so
+/// certainly not recorded) deletes the snapshot it wrote; the new attempt
+/// writes its own. Any other failure to record leaves the snapshot to gc,
+/// which judges it once the task has ended: a commit still in flight may
+/// yet record the set.
 async fn forget_unrecorded_snapshot(
     svc: &Arc<Service>,
     task_id: i64,
     snapshot: &str,
     why: &stowage_catalog::CatalogError,
 ) {
-    let recorded = match why {
-        stowage_catalog::CatalogError::LeaseLost(_) => Ok(false),
-        // The commit may have happened before the error: ask.
-        _ => svc
-            .catalog
-            .task_by_id(task_id)
-            .await
-            .map(|t| t.is_some_and(|t| t.state == TaskState::Finished && t.set_id.is_some())),
-    };
-    match recorded {
-        Ok(false) => {
-            let (repo, snap) = (svc.repo.clone(), snapshot.to_string());
-            match tokio::task::spawn_blocking(move || repo.delete_snapshot(&snap)).await {
-                Ok(Ok(())) => tracing::info!(
-                    task = task_id,
-                    snapshot,
-                    "deleted the snapshot no set names; gc reclaims its data"
-                ),
-                Ok(Err(e)) => {
-                    tracing::warn!(task = task_id, snapshot, error = %e, "could not delete the snapshot no set names")
-                }
-                Err(e) => {
-                    tracing::warn!(task = task_id, snapshot, error = %e, "could not delete the snapshot no set names")
-                }
-            }
-            svc.note_gc_needed().await;
-        }
-        Ok(true) => {}
-        Err(e) => tracing::warn!(
+    if !matches!(why, stowage_catalog::CatalogError::LeaseLost(_)) {
+        return;
+    }
+    let (repo, snap) = (svc.repo.clone(), snapshot.to_string());
+    match tokio::task::spawn_blocking(move || repo.delete_snapshot(&snap)).await {
+        Ok(Ok(())) => tracing::info!(
             task = task_id,
             snapshot,
-            error = %e,
-            "could not tell whether the backup's set was recorded; its snapshot is kept"
+            "deleted the snapshot of an attempt taken over; gc reclaims its data"
         ),
+        Ok(Err(e)) => {
+            tracing::warn!(task = task_id, snapshot, error = %e, "could not delete the snapshot of an attempt taken over; gc will")
+        }
+        Err(e) => {
+            tracing::warn!(task = task_id, snapshot, error = %e, "could not delete the snapshot of an attempt taken over; gc will")
+        }
     }
+    svc.note_gc_needed().await;
 }
 
 fn is_root() -> bool {
@@ -1093,7 +1093,7 @@ fn do_work(
             l.set_state(TaskState::Checking);
             l.set_state(TaskState::Preparing);
             l.set_state(TaskState::Running);
-            let orphans = forget_orphan_snapshots(s)?;
+            let orphans = forget_orphan_snapshots(s);
             let r = s.repo.gc()?;
             l.set_state(TaskState::Finishing);
             let mut v = serde_json::to_value(&r).expect("json");

@@ -26,6 +26,11 @@ use stowage_catalog::{CatalogError, NewTask, StoredPolicy};
 use stowage_core::retention::{SetAge, plan_expiry};
 use stowage_core::{BackupPolicy, TaskMode, TaskState, Weekdays, Window};
 
+/// How long the scheduler trusts its memory that a window's task exists
+/// before it asks the catalog again (creating it; the unique index answers
+/// if it does): another node may have dropped it for a policy change.
+pub(crate) const SCHEDULED_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long before its window an automated task appears.
 pub const LEAD_MS: i64 = 10 * 60_000;
 
@@ -180,18 +185,27 @@ impl Service {
         // On a shared catalog one node schedules at a time (a leased role):
         // a window never gets two automated tasks, sets are expired and gc
         // started once.
-        if let Some(until) = self.lease_until()
-            && !self
-                .catalog
-                .acquire_role("scheduler", &self.node, until, self.catalog_now_ms())
-                .await?
-        {
+        if !self.holds_scheduler_role().await? {
             return Ok(());
         }
         self.schedule_windows(now).await?;
         self.start_due(now).await?;
         self.expire_sets(now).await?;
         self.maybe_gc().await
+    }
+
+    /// Takes or keeps the scheduler role (always held on a one-node
+    /// catalog). Asked again before each start or skip: a tick slower than
+    /// the lease must not act beside the node that took the role over.
+    async fn holds_scheduler_role(&self) -> ServiceResult<bool> {
+        Ok(match self.lease_until() {
+            None => true,
+            Some(until) => {
+                self.catalog
+                    .acquire_role("scheduler", &self.node, until, self.catalog_now_ms())
+                    .await?
+            }
+        })
     }
 
     async fn schedule_windows(&self, now: i64) -> ServiceResult<()> {
@@ -202,7 +216,14 @@ impl Service {
                 continue;
             };
             if now < o.start_ms - LEAD_MS
-                || self.scheduled.lock().expect("lock").get(&ip.instance_id) == Some(&o.start_ms)
+                || self
+                    .scheduled
+                    .lock()
+                    .expect("lock")
+                    .get(&ip.instance_id)
+                    .is_some_and(|(at, when)| {
+                        *at == o.start_ms && when.elapsed() < SCHEDULED_MEMORY
+                    })
             {
                 continue;
             }
@@ -225,7 +246,7 @@ impl Service {
             self.scheduled
                 .lock()
                 .expect("lock")
-                .insert(ip.instance_id, o.start_ms);
+                .insert(ip.instance_id, (o.start_ms, std::time::Instant::now()));
         }
         Ok(())
     }
@@ -237,7 +258,7 @@ impl Service {
         let running = self.catalog.active_automated_backups().await? as usize;
         let mut free = limit.saturating_sub(running);
         for t in self.catalog.due_scheduled_tasks(now).await? {
-            if self.is_shutting_down() {
+            if self.is_shutting_down() || !self.holds_scheduler_role().await? {
                 return Ok(());
             }
             let p = Principal {
@@ -373,11 +394,7 @@ impl Service {
         // gc or sets the flag again.
         if self.running() > 0
             || self.is_shutting_down()
-            || self
-                .catalog
-                .setting_or_insert(crate::GC_NEEDED, "0")
-                .await?
-                != "1"
+            || self.catalog.setting(crate::GC_NEEDED).await?.as_deref() != Some("1")
         {
             return Ok(());
         }
@@ -391,9 +408,17 @@ impl Service {
             admin: true,
             policy: None,
         };
-        let job = self.start_gc(&p).await?;
-        tracing::info!(job = job.id, "gc started to reclaim deleted sets");
-        Ok(())
+        match self.start_gc(&p).await {
+            Ok(job) => {
+                tracing::info!(job = job.id, "gc started to reclaim deleted sets");
+                Ok(())
+            }
+            Err(e) => {
+                // Still needed: asked again at the next tick.
+                self.note_gc_needed().await;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::harness::{Stowage, bin, stderr};
 use std::path::{Path, PathBuf};
-use stowage_testkit::{PgOptions, PgServer, S3Server, fix_ownership};
+use stowage_testkit::{MongoOptions, MongoServer, PgOptions, PgServer, S3Server, fix_ownership};
 
 /// One deployment: a PostgreSQL catalog and an S3 bucket shared by its
 /// nodes. The first node started makes the server key, the repository
@@ -433,8 +433,12 @@ fn a_killed_nodes_backup_is_taken_over_and_finishes_once_with_a_sound_set() {
     // A node killed after writing its snapshot but before recording the
     // set leaves a snapshot no set names: gc deletes those, so one
     // snapshot per set is left.
-    let gc = b.ok(&["gc"]);
-    assert!(gc.contains("snapshots no set names deleted"), "{gc}");
+    let gc = b.json(&["gc"]);
+    eprintln!(
+        "orphan snapshots deleted by gc: {}",
+        gc["result"]["orphan_snapshots_deleted"]
+    );
+    assert!(gc["result"]["orphan_snapshots_deleted"].is_u64(), "{gc}");
     let v = b.json(&["verify"]);
     assert_eq!(
         v["result"]["snapshots_checked"].as_u64(),
@@ -446,7 +450,9 @@ fn a_killed_nodes_backup_is_taken_over_and_finishes_once_with_a_sound_set() {
 /// Three nodes on one PostgreSQL catalog and one S3 bucket: backups of
 /// three instances, each asked of another node, run on the node asked, at
 /// once; a gc through a third node while a backup runs leaves both sound;
-/// the rds and polardb SDK suites pass against the second and the first.
+/// the rds and polardb SDK suites pass against the second and the first;
+/// Tencent's and Alibaba's MongoDB SDKs follow a backup and its download
+/// from node to node.
 #[test]
 fn three_nodes_spread_backups_run_gc_beside_them_and_serve_the_sdks() {
     let deployment = Cluster::new("three", &[]);
@@ -630,5 +636,44 @@ fn three_nodes_spread_backups_run_gc_beside_them_and_serve_the_sdks() {
         "alibaba_polardb.py",
         &[("CLUSTER", &cluster)],
         "all polardb SDK checks passed",
+    );
+
+    // The MongoDB dialects (Tencent, Alibaba dds) across the nodes: each
+    // call of a backup and its download to another node than the last.
+    let m = MongoServer::start(MongoOptions {
+        replica_set: "rs-nodes".into(),
+        ..Default::default()
+    });
+    m.pymongo("client.shop.a.insert_many([{'_id': i, 'pad': 'x' * 200} for i in range(300)])");
+    let mongo = |name: &str, dialect: &str| {
+        a.json(&[
+            "instance",
+            "add",
+            "--name",
+            name,
+            "--engine",
+            "mongodb",
+            "--dialect",
+            dialect,
+            "--uri",
+            &m.uri(),
+        ])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let cmgo = mongo("tc", "tencent_mongo");
+    let dds = mongo("ali", "dds");
+    let endpoints = nodes
+        .iter()
+        .map(|n| n.url.trim_start_matches("http://"))
+        .collect::<Vec<_>>()
+        .join(",");
+    crate::sdk::run_script(
+        &v,
+        &a,
+        "nodes_mongo.py",
+        &[("ENDPOINTS", &endpoints), ("CMGO", &cmgo), ("DDS", &dds)],
+        "all node SDK checks passed",
     );
 }

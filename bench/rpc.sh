@@ -7,6 +7,9 @@
 #   bench/rpc.sh                       # defaults: 8 clients, 20 s
 #   bench/rpc.sh --clients 4 --seconds 30 --tasks 10000 --instances 20
 #   bench/rpc.sh --nodes 3             # three servers on one PostgreSQL catalog
+#   bench/rpc.sh --nodes 3 --nonces 4500000 --seconds 90
+#                                      # ... with the nonce table at its steady
+#                                      # size for 2,500 req/s (x 1,800 s)
 #
 # The load generator runs on the same machine as the server and PostgreSQL
 # (all share the 2 cores). Needs root on Debian 12 (installs PostgreSQL).

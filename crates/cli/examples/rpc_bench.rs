@@ -12,7 +12,9 @@
 //!
 //! `--nodes N` (N > 1): N servers on one PostgreSQL catalog (a second test
 //! PostgreSQL) and one repository folder; the backups are started through
-//! the nodes in turn and the clients spread over them.
+//! the nodes in turn and the clients spread over them. `--nonces N` fills
+//! the shared nonce table with N unexpired nonces first (its steady size at
+//! a rate: rate × 1,800 s).
 
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -32,6 +34,9 @@ struct Args {
     instances: usize,
     scale: u32,
     nodes: usize,
+    /// Unexpired nonces in the shared catalog before the load (its steady
+    /// size: requests/s × the 30-minute window, expiries spread over it).
+    nonces: u64,
 }
 
 fn args() -> Args {
@@ -42,6 +47,7 @@ fn args() -> Args {
         instances: 20,
         scale: 10,
         nodes: 1,
+        nonces: 0,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -54,6 +60,7 @@ fn args() -> Args {
             "--instances" => a.instances = n as usize,
             "--scale" => a.scale = n as u32,
             "--nodes" => a.nodes = (n as usize).max(1),
+            "--nonces" => a.nonces = n,
             o => panic!("unknown argument {o}"),
         }
         i += 2;
@@ -246,6 +253,23 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    if a.nonces > 0 {
+        let c = catalog_pg
+            .as_ref()
+            .expect("--nonces needs --nodes 2 or more (a shared catalog)");
+        eprintln!("filling the nonce table with {} unexpired nonces", a.nonces);
+        c.psql_db(
+            "stowage",
+            &format!(
+                "INSERT INTO nonces (id, expires_ms)
+                 SELECT decode(md5('bench' || g), 'hex'),
+                        (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 60000 + g % 1800000
+                 FROM generate_series(1, {}) g",
+                a.nonces
+            ),
+        );
+        c.psql_db("stowage", "VACUUM ANALYZE nonces");
+    }
     eprintln!(
         "load: {} clients for {} s (+2 s warm-up)",
         a.clients, a.seconds

@@ -396,20 +396,34 @@ fn transfers(
             } else {
                 (b, a, amt as i64, -(amt as i64))
             };
-            s.exec("START TRANSACTION").unwrap();
-            s.exec(format!(
-                "UPDATE bank.accounts SET balance = balance + ({d1}) WHERE id = {first}"
-            ))
-            .unwrap();
-            s.exec(format!(
-                "UPDATE bank.accounts SET balance = balance + ({d2}) WHERE id = {second}"
-            ))
-            .unwrap();
-            s.exec(format!(
-                "INSERT INTO bank.moves (a, b, amt) VALUES ({a}, {b}, {amt})"
-            ))
-            .unwrap();
-            s.exec("COMMIT").unwrap();
+            // As an application does: a transaction the server rolled
+            // back for a lock wait timeout is run again. (One writer's
+            // statement waiting for a row lock of another writer, which
+            // waits for the global read lock, holds FLUSH TABLES WITH READ
+            // LOCK back until InnoDB's lock wait timeout ends the cycle.)
+            loop {
+                let tx = (|| {
+                    s.exec("START TRANSACTION")?;
+                    s.exec(format!(
+                        "UPDATE bank.accounts SET balance = balance + ({d1}) WHERE id = {first}"
+                    ))?;
+                    s.exec(format!(
+                        "UPDATE bank.accounts SET balance = balance + ({d2}) WHERE id = {second}"
+                    ))?;
+                    s.exec(format!(
+                        "INSERT INTO bank.moves (a, b, amt) VALUES ({a}, {b}, {amt})"
+                    ))?;
+                    s.exec("COMMIT")
+                })();
+                match tx {
+                    Ok(()) => break,
+                    Err(e) if e.message.contains("(error 1205)") => {
+                        eprintln!("writer {seed}: {}; run again", e.message);
+                        s.exec("ROLLBACK").unwrap();
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
             if myisam {
                 s.exec(format!(
                     "INSERT INTO bank.ledger (a, amt) VALUES ({a}, {amt})"

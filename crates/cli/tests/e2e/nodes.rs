@@ -507,8 +507,9 @@ fn three_nodes_spread_backups_run_gc_beside_them_and_serve_the_sdks() {
                 &port,
                 "--user",
                 "postgres",
+                // ~9 s each: long enough to watch their progress.
                 "--max-rate-kbps",
-                "16384",
+                "4096",
             ],
         );
         ids.push(v["id"].as_str().unwrap().to_string());
@@ -525,6 +526,41 @@ fn three_nodes_spread_backups_run_gc_beside_them_and_serve_the_sdks() {
     // A gc through the third node while they run: it waits for the
     // backups' locks (retrying) or runs beside nothing; never breaks them.
     let gc = c.json(&["gc", "--no-wait"])["id"].as_i64().unwrap();
+    // Live progress through every node, from the catalog, at most 2 s
+    // stale: what any node shows of a running backup at one moment, every
+    // node shows (at least) 2 s later.
+    let mut checked = 0;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(60) {
+        let mut floor = vec![None; tasks.len()];
+        for (k, id) in tasks.iter().enumerate() {
+            for n in nodes {
+                let v = ops(n, &["task", "show", &id.to_string()]);
+                if v["state"] == "running" {
+                    let done = v["progress"]["bytes_done"].as_u64().unwrap();
+                    floor[k] = Some(floor[k].unwrap_or(0).max(done));
+                }
+            }
+        }
+        if floor.iter().all(Option::is_none) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        for (k, id) in tasks.iter().enumerate() {
+            let Some(min) = floor[k] else { continue };
+            for n in nodes {
+                let v = ops(n, &["task", "show", &id.to_string()]);
+                let done = v["progress"]["bytes_done"].as_u64().unwrap();
+                assert!(
+                    done >= min,
+                    "task {id} through {}: {done} bytes shown 2 s after {min} was: {v}",
+                    n.url
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no backup seen running");
     let mut ran_on = std::collections::BTreeSet::new();
     for id in &tasks {
         let v = wait(&a, *id);
